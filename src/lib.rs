@@ -1,0 +1,10 @@
+//! push-to-k8s: keeps labelled Secrets from one source namespace present and
+//! identical in every namespace that should have them.
+//!
+//! Data flow (one module, one job):
+//! `watch` (caches + dirty keys) → `batch` (quiet window, max wait) →
+//! `plan` (desired vs observed, pure) → `push` (paced writes) → API server,
+//! with `resync` re-listing periodically as the fallback.
+
+pub mod batch;
+pub mod config;

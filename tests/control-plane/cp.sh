@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# A real, local Kubernetes control plane for tests, benchmarks and the demo:
+# etcd + kube-apiserver + kube-controller-manager on loopback, built from the Go
+# module proxy once and cached outside the repository.
+#
+#   cp.sh build   build (or reuse) the cached binaries
+#   cp.sh up      start the control plane (idempotent) and wait for /readyz
+#   cp.sh env     print `export KUBECONFIG=...`
+#   cp.sh status  exit 0 when it is up and ready
+#   cp.sh down    stop exactly the processes `up` started and remove the state
+#
+# Environment:
+#   PUSH_TO_K8S_CP_DIR   state directory (default: ${TMPDIR:-/tmp}/push-to-k8s-cp-$UID)
+#   XDG_CACHE_HOME       cache root (binaries go to .../push-to-k8s/control-plane/<version>/)
+set -euo pipefail
+
+KUBE_VERSION=v1.36.3
+ETCD_VERSION=v3.6.8
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/control-plane/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
+BIN="$CACHE/bin"
+STATE="${PUSH_TO_K8S_CP_DIR:-${TMPDIR:-/tmp}/push-to-k8s-cp-$(id -u)}"
+# Downloads that take longer than this are treated as "the module proxy is unreachable".
+DOWNLOAD_TIMEOUT="${PUSH_TO_K8S_CP_DOWNLOAD_TIMEOUT:-900}"
+READY_TIMEOUT="${PUSH_TO_K8S_CP_READY_TIMEOUT:-120}"
+
+say() { echo "control-plane: $*" >&2; }
+die() { echo "control-plane: error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- build
+
+# go_build DIR OUT PKG... : download modules (bounded in time), then compile with progress.
+go_build() {
+    local dir="$1" out="$2"; shift 2
+    command -v go >/dev/null || die "Go is required to build the control plane (https://go.dev/doc/install); 'go' is not on PATH"
+    say "downloading Go modules for $(basename "$dir") (timeout ${DOWNLOAD_TIMEOUT}s)"
+    if ! (cd "$dir" && timeout "$DOWNLOAD_TIMEOUT" go mod download 2>"$CACHE/download.log"); then
+        sed 's/^/    /' "$CACHE/download.log" | tail -n 15 >&2
+        die "could not download the Go modules for $(basename "$dir"): is the Go module proxy (GOPROXY=$(go env GOPROXY)) reachable? Full log: $CACHE/download.log"
+    fi
+    local ldflags=""
+    if [[ "$(basename "$dir")" == kubernetes ]]; then
+        local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+        local p=k8s.io/component-base/version
+        ldflags="-s -w -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+        ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+    else
+        ldflags="-s -w"
+    fi
+    say "compiling $* (the first build takes 10-20 minutes on 2 cores; progress every 100 packages)"
+    local log="$CACHE/build-$(basename "$dir").log"
+    set +e
+    (cd "$dir" && go build -v -trimpath -ldflags "$ldflags" -o "$out/" "$@") 2>&1 | tee "$log" |
+        awk '{ n++ } n % 100 == 0 { printf "control-plane:   ... %d packages compiled\n", n > "/dev/stderr" }'
+    local rc="${PIPESTATUS[0]}"
+    set -e
+    if [[ "$rc" != 0 ]]; then
+        grep -v '^[a-zA-Z0-9._/-]*$' "$log" | tail -n 20 | sed 's/^/    /' >&2
+        die "building $* failed (exit $rc); full log: $log"
+    fi
+}
+
+cmd_build() {
+    if [[ -x "$BIN/etcd" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]]; then
+        return 0
+    fi
+    mkdir -p "$CACHE"
+    exec 8>"$CACHE/.build.lock"
+    flock 8
+    if [[ -x "$BIN/etcd" && -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]]; then
+        return 0
+    fi
+    say "building Kubernetes $KUBE_VERSION and etcd $ETCD_VERSION into $CACHE (once per machine)"
+    local tmp="$CACHE/bin.partial"
+    rm -rf "$tmp"; mkdir -p "$tmp"
+    go_build "$HERE/etcd" "$tmp" go.etcd.io/etcd/server/v3
+    mv "$tmp/v3" "$tmp/etcd" 2>/dev/null || mv "$tmp/server" "$tmp/etcd" 2>/dev/null || true
+    [[ -x "$tmp/etcd" ]] || die "etcd build produced no binary in $tmp"
+    go_build "$HERE/kubernetes" "$tmp" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    rm -rf "$BIN"; mv "$tmp" "$BIN"
+    say "built: $(ls "$BIN" | tr '\n' ' ')"
+}
+
+# ---------------------------------------------------------------- up / down
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# A process is ours only if it is alive and its command line names our state dir.
+is_ours() {
+    local pidfile="$1" pid
+    [[ -f "$pidfile" ]] || return 1
+    pid="$(cat "$pidfile")"
+    [[ -n "$pid" && -r "/proc/$pid/cmdline" ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$STATE/"
+}
+
+ready() {
+    [[ -f "$STATE/admin.kubeconfig" ]] || return 1
+    is_ours "$STATE/etcd.pid" && is_ours "$STATE/kube-apiserver.pid" && is_ours "$STATE/kube-controller-manager.pid" || return 1
+    local port; port="$(cat "$STATE/apiserver.port")"
+    [[ "$(curl -s --max-time 5 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" \
+        "https://127.0.0.1:$port/readyz" 2>/dev/null)" == ok ]]
+}
+
+make_pki() {
+    local d="$STATE/pki"
+    mkdir -p "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=push-to-k8s-test-ca" \
+        -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
+    # name CN O [SAN]
+    issue() {
+        local name="$1" subj="$2" san="${3:-}"
+        openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$d/$name.key" -out "$d/$name.csr" 2>/dev/null
+        if [[ -n "$san" ]]; then
+            printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" >"$d/$name.ext"
+        else
+            printf 'extendedKeyUsage=clientAuth\n' >"$d/$name.ext"
+        fi
+        openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+            -days 30 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
+    }
+    issue apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+    issue admin "/O=system:masters/CN=admin"
+    openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+}
+
+write_kubeconfig() {
+    local port="$1" out="$2"
+    cat >"$out" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $STATE/pki/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $STATE/pki/admin.crt
+    client-key: $STATE/pki/admin.key
+contexts:
+- name: local
+  context: {cluster: local, user: admin}
+current-context: local
+EOF
+}
+
+start() {
+    local name="$1"; shift
+    setsid "$@" >"$STATE/$name.log" 2>&1 </dev/null &
+    echo $! >"$STATE/$name.pid"
+}
+
+cmd_down() {
+    [[ -d "$STATE" ]] || return 0
+    local name pid
+    for name in kube-controller-manager kube-apiserver etcd; do
+        if is_ours "$STATE/$name.pid"; then
+            pid="$(cat "$STATE/$name.pid")"
+            kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$STATE"
+}
+
+cmd_up() {
+    mkdir -p "$(dirname "$STATE")"
+    exec 9>"$STATE.lock"
+    flock 9
+    if ready; then
+        say "already up: $STATE/admin.kubeconfig"
+        return 0
+    fi
+    cmd_build
+    cmd_down
+    mkdir -p "$STATE"
+    make_pki
+    local etcd_port peer_port api_port
+    etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
+    echo "$api_port" >"$STATE/apiserver.port"
+    start etcd "$BIN/etcd" --name default --data-dir "$STATE/etcd" \
+        --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+        --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-cluster "default=http://127.0.0.1:$peer_port" --unsafe-no-fsync --log-level warn
+    start kube-apiserver "$BIN/kube-apiserver" \
+        --etcd-servers "http://127.0.0.1:$etcd_port" \
+        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+        --cert-dir "$STATE/apiserver-certs" \
+        --tls-cert-file "$STATE/pki/apiserver.crt" --tls-private-key-file "$STATE/pki/apiserver.key" \
+        --client-ca-file "$STATE/pki/ca.crt" \
+        --authorization-mode RBAC \
+        --service-account-issuer https://kubernetes.default.svc.cluster.local \
+        --service-account-key-file "$STATE/pki/sa.pub" \
+        --service-account-signing-key-file "$STATE/pki/sa.key" \
+        --service-cluster-ip-range 10.0.0.0/24 \
+        --max-requests-inflight 1000 --max-mutating-requests-inflight 500
+    write_kubeconfig "$api_port" "$STATE/admin.kubeconfig"
+    say "waiting for kube-apiserver on 127.0.0.1:$api_port to be ready (up to ${READY_TIMEOUT}s)"
+    local deadline=$((SECONDS + READY_TIMEOUT)) started_kcm=0
+    while :; do
+        for name in etcd kube-apiserver; do
+            is_ours "$STATE/$name.pid" || { tail -n 20 "$STATE/$name.log" | sed 's/^/    /' >&2; die "$name exited during start; log: $STATE/$name.log"; }
+        done
+        if [[ $started_kcm == 0 ]] && curl -s --max-time 5 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" \
+            --key "$STATE/pki/admin.key" "https://127.0.0.1:$api_port/healthz" 2>/dev/null | grep -q ok; then
+            start kube-controller-manager "$BIN/kube-controller-manager" \
+                --kubeconfig "$STATE/admin.kubeconfig" \
+                --authentication-kubeconfig "$STATE/admin.kubeconfig" --authorization-kubeconfig "$STATE/admin.kubeconfig" \
+                --controllers namespace-controller,garbage-collector-controller,serviceaccount-controller \
+                --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
+                --root-ca-file "$STATE/pki/ca.crt" --service-account-private-key-file "$STATE/pki/sa.key"
+            started_kcm=1
+        fi
+        if [[ $started_kcm == 1 ]] && ready; then break; fi
+        if (( SECONDS > deadline )); then
+            tail -n 20 "$STATE/kube-apiserver.log" | sed 's/^/    /' >&2
+            die "kube-apiserver did not become ready within ${READY_TIMEOUT}s; logs in $STATE"
+        fi
+        sleep 0.5
+    done
+    say "up: export KUBECONFIG=$STATE/admin.kubeconfig (logs in $STATE)"
+}
+
+case "${1:-}" in
+    build) cmd_build ;;
+    up) cmd_up ;;
+    down)
+        mkdir -p "$(dirname "$STATE")"; exec 9>"$STATE.lock"; flock 9
+        cmd_down; say "down" ;;
+    env) echo "export KUBECONFIG=$STATE/admin.kubeconfig" ;;
+    status) ready ;;
+    *) echo "usage: $0 build|up|down|env|status" >&2; exit 64 ;;
+esac
