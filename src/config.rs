@@ -1,0 +1,915 @@
+//! Configuration from environment variables (DESIGN §2).
+//!
+//! Every variable is read through `envy` into [`RawEnv`], a struct of
+//! `Option<String>` fields, and only then validated into the typed [`Config`].
+//! Reading strings first (instead of letting envy/serde parse numbers and
+//! booleans) is deliberate: it lets us be strict (no surrounding whitespace, no
+//! `+5`, no `5.0`, no silent fallback on an empty value) and produce one precise
+//! message per variable naming the variable, the value given and what is valid.
+//!
+//! Any invalid value is a [`ConfigError`]; the binary prints its `Display` (always
+//! a single line, the value is `Debug`-quoted so control characters are escaped)
+//! and exits with status 2 before touching the cluster.
+//!
+//! Decisions where the brief was silent (also worth copying into `docs/`):
+//! - Variable names are matched exactly (upper case). envy lower-cases names,
+//!   so without an exact-name filter `namespace=x` would be read as `NAMESPACE`,
+//!   and having both set would be a confusing "duplicate field" error.
+//! - `NAMESPACE=""` is an error (an empty value is not a namespace), not the
+//!   default: the source namespace decides what gets garbage-collected, so we
+//!   never guess it from a mistyped value.
+//! - `POD_NAMESPACE` (downward API) is only a fallback: empty is treated as
+//!   unset, an invalid non-empty value is an error naming `POD_NAMESPACE`.
+//! - Booleans and `LOG_FORMAT` are case-insensitive (`TRUE`, `Json`), because
+//!   YAML users write them that way; numbers are not trimmed or signed.
+//! - `PROTECTED_NAMESPACES` items may have spaces around the commas
+//!   (`kube-system, kube-public`); empty items (`a,,b`, trailing comma) are
+//!   errors; duplicates are dropped.
+//! - `KUBECONFIG` must be a single existing file: `kube` is handed one path, so
+//!   a `:`-separated list (valid for kubectl) is rejected rather than
+//!   half-honoured.
+//! - When several variables are invalid, the first in the table order of
+//!   [`Config`] is reported (one line, one problem).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// File the kubelet mounts into every pod with a service account token; its
+/// content is the pod's namespace.
+pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Namespace used when nothing else tells us where we run.
+pub const DEFAULT_NAMESPACE: &str = "push-to-k8s";
+
+/// Default for `PROTECTED_NAMESPACES`.
+pub const DEFAULT_PROTECTED_NAMESPACES: &str = "kube-system,kube-public,kube-node-lease";
+
+/// Typed, validated configuration. Build it with [`Config::from_env`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `NAMESPACE`: where the source objects live.
+    pub namespace: String,
+    /// `ENABLE_SECRET_WATCHER`: `false` means periodic sync only.
+    pub enable_secret_watcher: bool,
+    /// `SECRET_SYNC_DEBOUNCE_SECONDS`: quiet window of the batcher.
+    pub debounce: Duration,
+    /// `SECRET_SYNC_MAX_WAIT_SECONDS`: longest a batch waits after its first key.
+    pub max_wait: Duration,
+    /// `SECRET_SYNC_RATE_LIMIT`: write operations per second (all writers).
+    pub rate_limit: NonZeroU32,
+    /// `SECRET_SYNC_RATE_BURST`: writes allowed back to back.
+    pub rate_burst: NonZeroU32,
+    /// `SYNC_INTERVAL` (minutes): periodic full resync.
+    pub sync_interval: Duration,
+    /// `EXCLUDE_NAMESPACE_LABEL`: namespaces carrying this label key get nothing.
+    pub exclude_namespace_label: Option<String>,
+    /// `PROTECTED_NAMESPACES`: never receive copies unless a source names them.
+    pub protected_namespaces: Vec<String>,
+    /// `METRICS_PORT`: port of `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_port: u16,
+    /// `DEBUG`: debug logs (`RUST_LOG` overrides).
+    pub debug: bool,
+    /// `LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// `KUBECONFIG`: explicit kubeconfig file; `None` means in-cluster or the
+    /// client's own default (`~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// Log output format (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One invalid variable. `Display` is a single line, e.g.
+/// `invalid SECRET_SYNC_RATE_LIMIT="0": must be an integer from 1 to 100 (writes per second)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {variable}={value:?}: {valid}")]
+pub struct ConfigError {
+    /// Name of the environment variable (or the file) the value came from.
+    pub variable: &'static str,
+    /// The value exactly as given.
+    pub value: String,
+    /// What would have been accepted (never contains a newline).
+    pub valid: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, value: &str, valid: impl Into<String>) -> Self {
+        ConfigError {
+            variable,
+            value: value.to_owned(),
+            valid: valid.into(),
+        }
+    }
+}
+
+/// Every variable this module reads, exactly as spelled in the environment.
+const VARIABLES: &[&str] = &[
+    "NAMESPACE",
+    "POD_NAMESPACE",
+    "ENABLE_SECRET_WATCHER",
+    "SECRET_SYNC_DEBOUNCE_SECONDS",
+    "SECRET_SYNC_MAX_WAIT_SECONDS",
+    "SECRET_SYNC_RATE_LIMIT",
+    "SECRET_SYNC_RATE_BURST",
+    "SYNC_INTERVAL",
+    "EXCLUDE_NAMESPACE_LABEL",
+    "PROTECTED_NAMESPACES",
+    "METRICS_PORT",
+    "DEBUG",
+    "LOG_FORMAT",
+    "KUBECONFIG",
+];
+
+/// The environment as envy sees it: strings only, `None` when unset. envy
+/// lower-cases variable names, hence lower-case field names.
+#[derive(Debug, Default, Deserialize)]
+struct RawEnv {
+    namespace: Option<String>,
+    pod_namespace: Option<String>,
+    enable_secret_watcher: Option<String>,
+    secret_sync_debounce_seconds: Option<String>,
+    secret_sync_max_wait_seconds: Option<String>,
+    secret_sync_rate_limit: Option<String>,
+    secret_sync_rate_burst: Option<String>,
+    sync_interval: Option<String>,
+    exclude_namespace_label: Option<String>,
+    protected_namespaces: Option<String>,
+    metrics_port: Option<String>,
+    debug: Option<String>,
+    log_format: Option<String>,
+    kubeconfig: Option<String>,
+}
+
+const NAMESPACE_RULE: &str = "must be a namespace name: 1 to 63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit";
+const BOOL_RULE: &str = "must be true or false";
+
+impl Config {
+    /// Reads and validates the process environment.
+    ///
+    /// Uses `vars_os` rather than `std::env::vars()` because the latter panics on
+    /// any non-UTF-8 variable, even one we do not care about. A non-UTF-8 value
+    /// of one of *our* variables is reported as a `ConfigError`.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        let mut vars = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            let Some(name) = name.to_str().and_then(known_variable) else {
+                continue;
+            };
+            vars.push((name.to_owned(), utf8_value(name, value)?));
+        }
+        Self::from_vars(vars)
+    }
+
+    /// Same as [`Config::from_env`], from an explicit list of `(name, value)`
+    /// pairs (later pairs win over earlier ones with the same name). Unknown
+    /// names are ignored.
+    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(
+        vars: I,
+    ) -> Result<Config, ConfigError> {
+        Self::from_vars_with_sa_file(vars, Path::new(SERVICE_ACCOUNT_NAMESPACE_FILE))
+    }
+
+    /// [`Config::from_vars`] with the service-account namespace file injectable,
+    /// so the fallback chain can be tested without a pod.
+    fn from_vars_with_sa_file<I: IntoIterator<Item = (String, String)>>(
+        vars: I,
+        sa_namespace_file: &Path,
+    ) -> Result<Config, ConfigError> {
+        // Exact-name filter + de-duplication before envy (see module docs).
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .filter(|(name, _)| known_variable(name).is_some())
+            .collect();
+        let raw: RawEnv = envy::from_iter(vars).map_err(|e| {
+            // Unreachable with all-string fields, but never panic on input.
+            ConfigError::new("environment", "", e.to_string().replace('\n', " "))
+        })?;
+        Self::validate(raw, sa_namespace_file)
+    }
+
+    fn validate(raw: RawEnv, sa_namespace_file: &Path) -> Result<Config, ConfigError> {
+        let namespace = resolve_namespace(&raw, sa_namespace_file)?;
+
+        let enable_secret_watcher = match &raw.enable_secret_watcher {
+            None => true,
+            Some(v) => parse_bool("ENABLE_SECRET_WATCHER", v)?,
+        };
+
+        let debounce_secs = match &raw.secret_sync_debounce_seconds {
+            None => 5,
+            Some(v) => parse_int("SECRET_SYNC_DEBOUNCE_SECONDS", v, 1, 60, " (seconds)")?,
+        };
+        let max_wait_secs = match &raw.secret_sync_max_wait_seconds {
+            // Default keeps the documented ratio; 3 x 60 = 180 stays within 1..=600.
+            None => 3 * debounce_secs,
+            Some(v) => {
+                let n = parse_int("SECRET_SYNC_MAX_WAIT_SECONDS", v, 1, 600, " (seconds)")?;
+                // A max wait shorter than the quiet window would make the
+                // debounce meaningless; reject instead of silently clamping.
+                if n < debounce_secs {
+                    return Err(ConfigError::new(
+                        "SECRET_SYNC_MAX_WAIT_SECONDS",
+                        v,
+                        format!(
+                            "must be an integer from 1 to 600 (seconds) and not less than SECRET_SYNC_DEBOUNCE_SECONDS ({debounce_secs})"
+                        ),
+                    ));
+                }
+                n
+            }
+        };
+
+        let rate_limit = match &raw.secret_sync_rate_limit {
+            None => 10,
+            Some(v) => parse_int("SECRET_SYNC_RATE_LIMIT", v, 1, 100, " (writes per second)")?,
+        };
+        let rate_burst = match &raw.secret_sync_rate_burst {
+            None => 1,
+            Some(v) => parse_int("SECRET_SYNC_RATE_BURST", v, 1, 100, " (writes)")?,
+        };
+        let sync_interval_min = match &raw.sync_interval {
+            None => 15,
+            Some(v) => parse_int("SYNC_INTERVAL", v, 1, 1440, " (minutes)")?,
+        };
+
+        let exclude_namespace_label = match raw.exclude_namespace_label.as_deref() {
+            None | Some("") => None,
+            Some(v) => {
+                if !is_label_key(v) {
+                    return Err(ConfigError::new(
+                        "EXCLUDE_NAMESPACE_LABEL",
+                        v,
+                        "must be empty or a label key: an optional DNS subdomain prefix (at most 253 characters of lowercase letters, digits, '-' and '.') and '/', then a name of 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+                    ));
+                }
+                Some(v.to_owned())
+            }
+        };
+
+        let protected_namespaces = parse_namespace_list(
+            "PROTECTED_NAMESPACES",
+            raw.protected_namespaces
+                .as_deref()
+                .unwrap_or(DEFAULT_PROTECTED_NAMESPACES),
+        )?;
+
+        let metrics_port = match &raw.metrics_port {
+            None => 9090,
+            Some(v) => parse_int("METRICS_PORT", v, 1, 65535, "")?,
+        };
+
+        let debug = match &raw.debug {
+            None => false,
+            Some(v) => parse_bool("DEBUG", v)?,
+        };
+
+        let log_format = match &raw.log_format {
+            None => LogFormat::Text,
+            Some(v) if v.eq_ignore_ascii_case("text") => LogFormat::Text,
+            Some(v) if v.eq_ignore_ascii_case("json") => LogFormat::Json,
+            Some(v) => return Err(ConfigError::new("LOG_FORMAT", v, "must be text or json")),
+        };
+
+        let kubeconfig = match raw.kubeconfig.as_deref() {
+            None | Some("") => None,
+            Some(v) => Some(check_kubeconfig(v)?),
+        };
+
+        Ok(Config {
+            namespace,
+            enable_secret_watcher,
+            debounce: Duration::from_secs(debounce_secs),
+            max_wait: Duration::from_secs(max_wait_secs),
+            rate_limit: nonzero(rate_limit),
+            rate_burst: nonzero(rate_burst),
+            sync_interval: Duration::from_secs(sync_interval_min * 60),
+            exclude_namespace_label,
+            protected_namespaces,
+            metrics_port: u16::try_from(metrics_port).expect("range-checked to 1..=65535"),
+            debug,
+            log_format,
+            kubeconfig,
+        })
+    }
+}
+
+/// Returns the canonical spelling if `name` is one of our variables.
+fn known_variable(name: &str) -> Option<&'static str> {
+    VARIABLES.iter().copied().find(|v| *v == name)
+}
+
+fn utf8_value(name: &'static str, value: OsString) -> Result<String, ConfigError> {
+    value
+        .into_string()
+        .map_err(|raw| ConfigError::new(name, &raw.to_string_lossy(), "must be valid UTF-8"))
+}
+
+fn nonzero(n: u64) -> NonZeroU32 {
+    u32::try_from(n)
+        .ok()
+        .and_then(NonZeroU32::new)
+        .expect("range-checked to 1..=100")
+}
+
+/// `NAMESPACE`, else `POD_NAMESPACE`, else the service-account file, else the
+/// built-in default. Whatever is chosen must be a DNS-1123 label.
+fn resolve_namespace(raw: &RawEnv, sa_namespace_file: &Path) -> Result<String, ConfigError> {
+    let (variable, value): (&'static str, String) = if let Some(v) = &raw.namespace {
+        ("NAMESPACE", v.clone())
+    } else if let Some(v) = raw.pod_namespace.as_ref().filter(|v| !v.is_empty()) {
+        ("POD_NAMESPACE", v.clone())
+    } else {
+        match std::fs::read_to_string(sa_namespace_file) {
+            Ok(content) if !content.trim().is_empty() => {
+                (SERVICE_ACCOUNT_NAMESPACE_FILE, content.trim().to_owned())
+            }
+            _ => return Ok(DEFAULT_NAMESPACE.to_owned()),
+        }
+    };
+    if is_dns1123_label(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(variable, &value, NAMESPACE_RULE))
+    }
+}
+
+fn parse_bool(variable: &'static str, value: &str) -> Result<bool, ConfigError> {
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(ConfigError::new(variable, value, BOOL_RULE))
+    }
+}
+
+/// Strict decimal integer in `min..=max`: ASCII digits only, so whitespace,
+/// signs, decimals, hex and empty strings are all rejected; overflow is just
+/// "out of range".
+fn parse_int(
+    variable: &'static str,
+    value: &str,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> Result<u64, ConfigError> {
+    let err = || {
+        ConfigError::new(
+            variable,
+            value,
+            format!("must be an integer from {min} to {max}{unit}"),
+        )
+    };
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(err());
+    }
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(err()),
+    }
+}
+
+/// Comma-separated namespace names; empty string means "none".
+fn parse_namespace_list(variable: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let mut out: Vec<String> = Vec::new();
+    if value.is_empty() {
+        return Ok(out);
+    }
+    for item in value.split(',') {
+        let name = item.trim();
+        if !is_dns1123_label(name) {
+            return Err(ConfigError::new(
+                variable,
+                value,
+                format!(
+                    "item {name:?} is not a namespace name; must be empty or a comma-separated list of namespace names (1 to 63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit)"
+                ),
+            ));
+        }
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn check_kubeconfig(value: &str) -> Result<PathBuf, ConfigError> {
+    const RULE: &str = "must be the path of an existing kubeconfig file (one path, ':'-separated lists are not supported)";
+    let path = PathBuf::from(value);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(_) => Err(ConfigError::new(
+            "KUBECONFIG",
+            value,
+            format!("{RULE}; it is not a regular file"),
+        )),
+        Err(e) => Err(ConfigError::new(
+            "KUBECONFIG",
+            value,
+            format!("{RULE}; {}", e.to_string().replace('\n', " ")),
+        )),
+    }
+}
+
+/// RFC 1123 label as Kubernetes uses it for namespace names:
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
+fn is_dns1123_subdomain(s: &str) -> bool {
+    // Individual labels of a subdomain are not limited to 63 by Kubernetes'
+    // regex, only the total length is; check the shape label by label.
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
+}
+
+/// Kubernetes qualified name used as a label key: `[prefix/]name`.
+pub fn is_label_key(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    if let Some(p) = prefix {
+        if !is_dns1123_subdomain(p) {
+            return false;
+        }
+    }
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_SA_FILE: &str = "/nonexistent-on-purpose/serviceaccount/namespace";
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars_with_sa_file(
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+            Path::new(NO_SA_FILE),
+        )
+    }
+
+    fn ok(vars: &[(&str, &str)]) -> Config {
+        load(vars).unwrap_or_else(|e| panic!("{vars:?} should be valid, got: {e}"))
+    }
+
+    fn err(vars: &[(&str, &str)]) -> ConfigError {
+        match load(vars) {
+            Ok(c) => panic!("{vars:?} should be invalid, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Unique scratch directory under the system temp dir (no tempfile dep).
+    fn scratch_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "push-to-k8s-config-test-{}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn defaults_with_empty_environment() {
+        let c = ok(&[]);
+        assert_eq!(
+            c,
+            Config {
+                namespace: "push-to-k8s".into(),
+                enable_secret_watcher: true,
+                debounce: Duration::from_secs(5),
+                max_wait: Duration::from_secs(15),
+                rate_limit: NonZeroU32::new(10).unwrap(),
+                rate_burst: NonZeroU32::new(1).unwrap(),
+                sync_interval: Duration::from_secs(15 * 60),
+                exclude_namespace_label: None,
+                protected_namespaces: vec![
+                    "kube-system".into(),
+                    "kube-public".into(),
+                    "kube-node-lease".into()
+                ],
+                metrics_port: 9090,
+                debug: false,
+                log_format: LogFormat::Text,
+                kubeconfig: None,
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_and_wrong_case_variables_are_ignored() {
+        let c = ok(&[
+            ("namespace", "BAD NAME"),
+            ("Metrics_Port", "0"),
+            ("HOME", "/root"),
+            ("SOMETHING_ELSE", ""),
+        ]);
+        assert_eq!(c.namespace, "push-to-k8s");
+        assert_eq!(c.metrics_port, 9090);
+    }
+
+    #[test]
+    fn later_duplicate_wins() {
+        let c = ok(&[("METRICS_PORT", "0"), ("METRICS_PORT", "8080")]);
+        assert_eq!(c.metrics_port, 8080);
+    }
+
+    #[test]
+    fn valid_values_and_edges() {
+        // (vars, check) — min, max and ordinary values of every variable.
+        type Check = fn(&Config) -> bool;
+        let ns63 = "a".repeat(63);
+        let key63 = "A".repeat(63);
+        let key_prefix253 = format!("{}/n", "a".repeat(253));
+        let cases: &[(&[(&str, &str)], Check)] = &[
+            (&[("NAMESPACE", "a")], |c| c.namespace == "a"),
+            (&[("NAMESPACE", "0")], |c| c.namespace == "0"),
+            (&[("NAMESPACE", "team-1")], |c| c.namespace == "team-1"),
+            (&[("NAMESPACE", &ns63)], |c| c.namespace.len() == 63),
+            (&[("NAMESPACE", "src"), ("POD_NAMESPACE", "pod")], |c| {
+                c.namespace == "src"
+            }),
+            (&[("POD_NAMESPACE", "pod-ns")], |c| c.namespace == "pod-ns"),
+            (&[("POD_NAMESPACE", "")], |c| c.namespace == "push-to-k8s"),
+            (&[("ENABLE_SECRET_WATCHER", "true")], |c| {
+                c.enable_secret_watcher
+            }),
+            (&[("ENABLE_SECRET_WATCHER", "false")], |c| {
+                !c.enable_secret_watcher
+            }),
+            (&[("ENABLE_SECRET_WATCHER", "FALSE")], |c| {
+                !c.enable_secret_watcher
+            }),
+            (&[("ENABLE_SECRET_WATCHER", "True")], |c| {
+                c.enable_secret_watcher
+            }),
+            (&[("SECRET_SYNC_DEBOUNCE_SECONDS", "1")], |c| {
+                c.debounce == Duration::from_secs(1) && c.max_wait == Duration::from_secs(3)
+            }),
+            (&[("SECRET_SYNC_DEBOUNCE_SECONDS", "60")], |c| {
+                c.debounce == Duration::from_secs(60) && c.max_wait == Duration::from_secs(180)
+            }),
+            (&[("SECRET_SYNC_DEBOUNCE_SECONDS", "007")], |c| {
+                c.debounce == Duration::from_secs(7)
+            }),
+            (&[("SECRET_SYNC_MAX_WAIT_SECONDS", "5")], |c| {
+                c.max_wait == Duration::from_secs(5)
+            }),
+            (&[("SECRET_SYNC_MAX_WAIT_SECONDS", "600")], |c| {
+                c.max_wait == Duration::from_secs(600)
+            }),
+            (
+                &[
+                    ("SECRET_SYNC_DEBOUNCE_SECONDS", "1"),
+                    ("SECRET_SYNC_MAX_WAIT_SECONDS", "1"),
+                ],
+                |c| c.max_wait == Duration::from_secs(1),
+            ),
+            (
+                &[
+                    ("SECRET_SYNC_DEBOUNCE_SECONDS", "60"),
+                    ("SECRET_SYNC_MAX_WAIT_SECONDS", "60"),
+                ],
+                |c| c.max_wait == c.debounce,
+            ),
+            (&[("SECRET_SYNC_RATE_LIMIT", "1")], |c| {
+                c.rate_limit.get() == 1
+            }),
+            (&[("SECRET_SYNC_RATE_LIMIT", "100")], |c| {
+                c.rate_limit.get() == 100
+            }),
+            (&[("SECRET_SYNC_RATE_BURST", "1")], |c| {
+                c.rate_burst.get() == 1
+            }),
+            (&[("SECRET_SYNC_RATE_BURST", "100")], |c| {
+                c.rate_burst.get() == 100
+            }),
+            (&[("SYNC_INTERVAL", "1")], |c| {
+                c.sync_interval == Duration::from_secs(60)
+            }),
+            (&[("SYNC_INTERVAL", "1440")], |c| {
+                c.sync_interval == Duration::from_secs(86_400)
+            }),
+            (&[("EXCLUDE_NAMESPACE_LABEL", "")], |c| {
+                c.exclude_namespace_label.is_none()
+            }),
+            (&[("EXCLUDE_NAMESPACE_LABEL", "x")], |c| {
+                c.exclude_namespace_label.as_deref() == Some("x")
+            }),
+            (&[("EXCLUDE_NAMESPACE_LABEL", "push-to-k8s/exclude")], |c| {
+                c.exclude_namespace_label.as_deref() == Some("push-to-k8s/exclude")
+            }),
+            (
+                &[("EXCLUDE_NAMESPACE_LABEL", "example.com/No_Sync.v1")],
+                |c| c.exclude_namespace_label.as_deref() == Some("example.com/No_Sync.v1"),
+            ),
+            (&[("EXCLUDE_NAMESPACE_LABEL", &key63)], |c| {
+                c.exclude_namespace_label.as_ref().map(String::len) == Some(63)
+            }),
+            (&[("EXCLUDE_NAMESPACE_LABEL", &key_prefix253)], |c| {
+                c.exclude_namespace_label.as_ref().map(String::len) == Some(255)
+            }),
+            (&[("PROTECTED_NAMESPACES", "")], |c| {
+                c.protected_namespaces.is_empty()
+            }),
+            (&[("PROTECTED_NAMESPACES", "kube-system")], |c| {
+                c.protected_namespaces == ["kube-system"]
+            }),
+            (&[("PROTECTED_NAMESPACES", "a, b ,a")], |c| {
+                c.protected_namespaces == ["a", "b"]
+            }),
+            (&[("METRICS_PORT", "1")], |c| c.metrics_port == 1),
+            (&[("METRICS_PORT", "65535")], |c| c.metrics_port == 65535),
+            (&[("DEBUG", "true")], |c| c.debug),
+            (&[("DEBUG", "TRUE")], |c| c.debug),
+            (&[("DEBUG", "false")], |c| !c.debug),
+            (&[("LOG_FORMAT", "text")], |c| {
+                c.log_format == LogFormat::Text
+            }),
+            (&[("LOG_FORMAT", "json")], |c| {
+                c.log_format == LogFormat::Json
+            }),
+            (&[("LOG_FORMAT", "JSON")], |c| {
+                c.log_format == LogFormat::Json
+            }),
+            (&[("KUBECONFIG", "")], |c| c.kubeconfig.is_none()),
+        ];
+        for (vars, check) in cases {
+            let c = ok(vars);
+            assert!(check(&c), "{vars:?} gave unexpected {c:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_variable_value_and_rule() {
+        let long_label = "a".repeat(64);
+        let long_prefix = format!("{}/n", "a".repeat(254));
+        let long_key_name = "a".repeat(64);
+        // (variable, bad value, expected fragment of `valid`)
+        let cases: &[(&str, &str, &str)] = &[
+            // NAMESPACE: empty, upper case, bad edges, bad chars, too long, whitespace.
+            ("NAMESPACE", "", "namespace name"),
+            ("NAMESPACE", "Foo", "namespace name"),
+            ("NAMESPACE", "-foo", "namespace name"),
+            ("NAMESPACE", "foo-", "namespace name"),
+            ("NAMESPACE", "foo_bar", "namespace name"),
+            ("NAMESPACE", "foo.bar", "namespace name"),
+            ("NAMESPACE", " foo", "namespace name"),
+            ("NAMESPACE", "foo\n", "namespace name"),
+            ("NAMESPACE", &long_label, "1 to 63"),
+            ("POD_NAMESPACE", "Bad", "namespace name"),
+            ("POD_NAMESPACE", &long_label, "namespace name"),
+            // Booleans.
+            ("ENABLE_SECRET_WATCHER", "", "true or false"),
+            ("ENABLE_SECRET_WATCHER", "yes", "true or false"),
+            ("ENABLE_SECRET_WATCHER", "1", "true or false"),
+            ("ENABLE_SECRET_WATCHER", " true", "true or false"),
+            ("ENABLE_SECRET_WATCHER", "true ", "true or false"),
+            ("DEBUG", "", "true or false"),
+            ("DEBUG", "on", "true or false"),
+            ("DEBUG", "0", "true or false"),
+            ("DEBUG", "false\n", "true or false"),
+            // Numbers: below min, above max, empty, signs, decimals, words,
+            // whitespace, hex, overflow of u64.
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "0", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "61", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "+5", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "-5", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "5.0", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "5s", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", " 5", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "5 ", "from 1 to 60"),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "abc", "from 1 to 60"),
+            (
+                "SECRET_SYNC_DEBOUNCE_SECONDS",
+                "99999999999999999999999",
+                "from 1 to 60",
+            ),
+            ("SECRET_SYNC_MAX_WAIT_SECONDS", "0", "from 1 to 600"),
+            ("SECRET_SYNC_MAX_WAIT_SECONDS", "601", "from 1 to 600"),
+            ("SECRET_SYNC_MAX_WAIT_SECONDS", "", "from 1 to 600"),
+            (
+                "SECRET_SYNC_MAX_WAIT_SECONDS",
+                "4",
+                "not less than SECRET_SYNC_DEBOUNCE_SECONDS (5)",
+            ),
+            ("SECRET_SYNC_MAX_WAIT_SECONDS", "1e2", "from 1 to 600"),
+            (
+                "SECRET_SYNC_MAX_WAIT_SECONDS",
+                "18446744073709551616",
+                "from 1 to 600",
+            ),
+            ("SECRET_SYNC_RATE_LIMIT", "0", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_LIMIT", "101", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_LIMIT", "", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_LIMIT", "ten", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_LIMIT", "0x10", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_LIMIT", "4294967297", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_BURST", "0", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_BURST", "101", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_BURST", "", "from 1 to 100"),
+            ("SECRET_SYNC_RATE_BURST", "1.5", "from 1 to 100"),
+            ("SYNC_INTERVAL", "0", "from 1 to 1440"),
+            ("SYNC_INTERVAL", "1441", "from 1 to 1440"),
+            ("SYNC_INTERVAL", "", "from 1 to 1440"),
+            ("SYNC_INTERVAL", "15m", "from 1 to 1440"),
+            ("SYNC_INTERVAL", "\t15", "from 1 to 1440"),
+            ("METRICS_PORT", "0", "from 1 to 65535"),
+            ("METRICS_PORT", "65536", "from 1 to 65535"),
+            ("METRICS_PORT", "", "from 1 to 65535"),
+            ("METRICS_PORT", "-1", "from 1 to 65535"),
+            ("METRICS_PORT", "http", "from 1 to 65535"),
+            ("METRICS_PORT", "９０９０", "from 1 to 65535"), // full-width digits
+            // Label keys.
+            ("EXCLUDE_NAMESPACE_LABEL", "-x", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "x-", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "a b", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", " x", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "/x", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "x/", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "a/b/c", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "Example.com/x", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "example..com/x", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "x=y", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", "é", "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", &long_key_name, "label key"),
+            ("EXCLUDE_NAMESPACE_LABEL", &long_prefix, "label key"),
+            // Namespace lists.
+            ("PROTECTED_NAMESPACES", ",", "item \"\""),
+            ("PROTECTED_NAMESPACES", "a,,b", "item \"\""),
+            ("PROTECTED_NAMESPACES", "a,", "item \"\""),
+            ("PROTECTED_NAMESPACES", " ", "item \"\""),
+            (
+                "PROTECTED_NAMESPACES",
+                "kube-system,Kube-Public",
+                "item \"Kube-Public\"",
+            ),
+            ("PROTECTED_NAMESPACES", "a;b", "item \"a;b\""),
+            ("PROTECTED_NAMESPACES", &long_label, "namespace names"),
+            // Enumerations.
+            ("LOG_FORMAT", "", "text or json"),
+            ("LOG_FORMAT", "logfmt", "text or json"),
+            ("LOG_FORMAT", " json", "text or json"),
+            // Paths.
+            (
+                "KUBECONFIG",
+                "/nonexistent-on-purpose",
+                "existing kubeconfig file",
+            ),
+            ("KUBECONFIG", "/", "not a regular file"),
+            (
+                "KUBECONFIG",
+                "/etc/hostname-nope:/also-nope",
+                "':'-separated",
+            ),
+        ];
+        for (variable, value, fragment) in cases {
+            let e = err(&[(variable, value)]);
+            assert_eq!(e.variable, *variable, "for {variable}={value:?}: {e}");
+            assert_eq!(e.value, *value, "for {variable}={value:?}: {e}");
+            assert!(e.valid.contains(fragment), "for {variable}={value:?}: {e}");
+            let shown = e.to_string();
+            assert_eq!(shown.lines().count(), 1, "not one line: {shown:?}");
+            assert!(shown.contains(variable), "{shown}");
+            assert!(shown.contains(&format!("{value:?}")), "{shown}");
+            assert!(!shown.ends_with('\n'));
+        }
+    }
+
+    #[test]
+    fn max_wait_is_checked_against_explicit_debounce() {
+        let e = err(&[
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "30"),
+            ("SECRET_SYNC_MAX_WAIT_SECONDS", "29"),
+        ]);
+        assert_eq!(e.variable, "SECRET_SYNC_MAX_WAIT_SECONDS");
+        assert!(e.valid.contains("(30)"), "{e}");
+    }
+
+    #[test]
+    fn display_format_is_exact() {
+        let e = err(&[("SECRET_SYNC_RATE_LIMIT", "0")]);
+        assert_eq!(
+            e.to_string(),
+            "invalid SECRET_SYNC_RATE_LIMIT=\"0\": must be an integer from 1 to 100 (writes per second)"
+        );
+    }
+
+    #[test]
+    fn first_invalid_variable_in_table_order_is_reported() {
+        let e = err(&[("METRICS_PORT", "0"), ("SYNC_INTERVAL", "0")]);
+        assert_eq!(e.variable, "SYNC_INTERVAL");
+    }
+
+    #[test]
+    fn namespace_from_service_account_file() {
+        let dir = scratch_dir("sa");
+        let file = dir.join("namespace");
+
+        std::fs::write(&file, "from-file\n").unwrap();
+        let load_with = |vars: &[(&str, &str)]| {
+            Config::from_vars_with_sa_file(
+                vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+                &file,
+            )
+        };
+        assert_eq!(load_with(&[]).unwrap().namespace, "from-file");
+        // POD_NAMESPACE and NAMESPACE take precedence over the file.
+        assert_eq!(
+            load_with(&[("POD_NAMESPACE", "pod")]).unwrap().namespace,
+            "pod"
+        );
+        assert_eq!(
+            load_with(&[("NAMESPACE", "explicit")]).unwrap().namespace,
+            "explicit"
+        );
+
+        // Whitespace-only file: fall back to the default.
+        std::fs::write(&file, "  \n").unwrap();
+        assert_eq!(load_with(&[]).unwrap().namespace, "push-to-k8s");
+
+        // Invalid content is an error that names the file.
+        std::fs::write(&file, "Not_Valid\n").unwrap();
+        let e = load_with(&[]).unwrap_err();
+        assert_eq!(e.variable, SERVICE_ACCOUNT_NAMESPACE_FILE);
+        assert_eq!(e.value, "Not_Valid");
+
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn kubeconfig_existing_file_is_accepted() {
+        let dir = scratch_dir("kubeconfig");
+        let file = dir.join("config");
+        std::fs::write(&file, "apiVersion: v1\nkind: Config\n").unwrap();
+        let c = ok(&[("KUBECONFIG", file.to_str().unwrap())]);
+        assert_eq!(c.kubeconfig.as_deref(), Some(file.as_path()));
+        // A directory is not a kubeconfig.
+        let e = err(&[("KUBECONFIG", dir.to_str().unwrap())]);
+        assert_eq!(e.variable, "KUBECONFIG");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn display_of_control_characters_stays_on_one_line() {
+        for value in ["a\nb", "\r\n", "x\u{2028}y", "5\n\n"] {
+            let e = err(&[("SYNC_INTERVAL", value)]);
+            let shown = e.to_string();
+            assert!(!shown.contains('\n') && !shown.contains('\r'), "{shown:?}");
+            assert_eq!(e.value, value);
+        }
+    }
+
+    #[test]
+    fn label_key_and_dns_helpers() {
+        assert!(is_label_key("a"));
+        assert!(is_label_key("a.b/c"));
+        assert!(is_label_key("a-b.c-d/E_f.g-H"));
+        assert!(!is_label_key(""));
+        assert!(!is_label_key("a/"));
+        assert!(!is_label_key(".a"));
+        assert!(!is_label_key("a./b"));
+        assert!(is_dns1123_label("a-b"));
+        assert!(!is_dns1123_label("a--"));
+        assert!(is_dns1123_label("a--b"));
+        assert!(!is_dns1123_label(""));
+    }
+}

@@ -4,7 +4,18 @@
 //! Data flow (one module, one job):
 //! `watch` (caches + dirty keys) → `batch` (quiet window, max wait) →
 //! `plan` (desired vs observed, pure) → `push` (paced writes) → API server,
-//! with `resync` re-listing periodically as the fallback.
+//! with `resync` re-listing periodically as the fallback. `controller` wires
+//! them together; `targets` and `replica` hold the pure decisions.
 
 pub mod batch;
 pub mod config;
+pub mod controller;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod plan;
+pub mod push;
+pub mod replica;
+pub mod resync;
+pub mod targets;
+pub mod watch;

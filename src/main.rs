@@ -1,1 +1,107 @@
-fn main() {}
+//! The `push-to-k8s` binary: configuration, logging, client, signals.
+//!
+//! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad
+//! setting or a source namespace that does not exist (nothing is written
+//! first), 1 for anything else.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use push_to_k8s::config::{Config, LogFormat};
+use push_to_k8s::{controller, demo};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // First, before anything else: a bad setting stops us here.
+    let cfg = match Config::from_env() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let code = runtime.block_on(run(cfg));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::from(code)
+}
+
+/// Dependencies that could print raw HTTP traffic stay at `info` whatever
+/// RUST_LOG says, so no Secret value can reach a log line at any level.
+const CAPS: &[&str] = &[
+    "hyper=info",
+    "hyper_util=info",
+    "h2=info",
+    "rustls=info",
+    "tower=info",
+    "tower_http=info",
+    "kube_client=debug",
+];
+
+fn init_logging(cfg: &Config) {
+    let base = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ if cfg.debug => "info,push_to_k8s=debug".to_string(),
+        _ => "info".to_string(),
+    };
+    let mut filter = EnvFilter::builder().parse_lossy(&base);
+    for cap in CAPS {
+        filter = filter.add_directive(cap.parse().expect("static directive"));
+    }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(cfg: Config) -> u8 {
+    let client = match demo::client(&cfg).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("push-to-k8s: {e}");
+            return 1;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals(shutdown.clone()));
+    let task = controller::run(cfg, client, shutdown.clone());
+    // The loop stops taking events at once; give the write in flight a few
+    // seconds to finish, then abandon it (a restart converges from the caches).
+    let result = tokio::select! {
+        r = task => r,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(Duration::from_secs(8)).await } => {
+            tracing::warn!("shutdown grace period over; abandoning the write in flight");
+            return 0;
+        }
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            0
+        }
+        Err(e) => {
+            eprintln!("push-to-k8s: {e}");
+            e.exit_code() as u8
+        }
+    }
+}
+
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -50,7 +50,7 @@ go_build() {
     say "compiling $* (the first build takes 10-20 minutes on 2 cores; progress every 100 packages)"
     local log="$CACHE/build-$(basename "$dir").log"
     set +e
-    (cd "$dir" && go build -v -trimpath -ldflags "$ldflags" -o "$out/" "$@") 2>&1 | tee "$log" |
+    (cd "$dir" && go build -v -ldflags "$ldflags" -o "$out/" "$@") 2>&1 | tee "$log" |
         awk '{ n++ } n % 100 == 0 { printf "control-plane:   ... %d packages compiled\n", n > "/dev/stderr" }'
     local rc="${PIPESTATUS[0]}"
     set -e

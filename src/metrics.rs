@@ -1,0 +1,153 @@
+//! Prometheus metrics. Labels are bounded: operation, result and watch names
+//! only, never a namespace or object name chosen by a user (DESIGN §5).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub kind: &'static str,
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub watch: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnotationLabels {
+    pub annotation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub writes: Family<WriteLabels, Counter>,
+    pub watch_events: Family<WatchLabels, Counter>,
+    pub watch_errors: Family<WatchLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+    pub propagation: Histogram,
+    pub managed_replicas: Gauge,
+    pub conflicts: Counter,
+    pub invalid_annotations: Family<AnnotationLabels, Counter>,
+    pub resyncs: Family<ResultLabels, Counter>,
+    pub resync_stale: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("push_to_k8s");
+        let writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "writes",
+            "Write requests to the API server by kind, operation and result",
+            writes.clone(),
+        );
+        let watch_events = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "watch_events",
+            "Watch events received",
+            watch_events.clone(),
+        );
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Watch stream errors (each is retried with backoff)",
+            watch_errors.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Dirty keys waiting for the next batch",
+            queue_depth.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "batch_size",
+            "Dirty keys per flushed batch",
+            batch_size.clone(),
+        );
+        let propagation = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        registry.register(
+            "propagation_seconds",
+            "Time from the first change of a batch to each of its writes completing",
+            propagation.clone(),
+        );
+        let managed_replicas = Gauge::default();
+        registry.register(
+            "managed_replicas",
+            "Replicas currently managed (from the cache)",
+            managed_replicas.clone(),
+        );
+        let conflicts = Counter::default();
+        registry.register(
+            "conflicts",
+            "Copies skipped because an unmanaged object of the same name exists",
+            conflicts.clone(),
+        );
+        let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
+        registry.register(
+            "invalid_annotations",
+            "Sources skipped because a targeting annotation does not parse",
+            invalid_annotations.clone(),
+        );
+        let resyncs = Family::<ResultLabels, Counter>::default();
+        registry.register("resyncs", "Periodic full resyncs", resyncs.clone());
+        let resync_stale = Counter::default();
+        registry.register(
+            "resync_cache_corrections",
+            "Cache entries a resync found different from the API server",
+            resync_stale.clone(),
+        );
+        Metrics {
+            registry,
+            writes,
+            watch_events,
+            watch_errors,
+            queue_depth,
+            batch_size,
+            propagation,
+            managed_replicas,
+            conflicts,
+            invalid_annotations,
+            resyncs,
+            resync_stale,
+        }
+    }
+
+    pub fn write(&self, op: &'static str, result: &'static str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: "secret",
+                op,
+                result,
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

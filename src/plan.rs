@@ -1,0 +1,527 @@
+//! The planner: a pure function from (sources, namespaces, replicas, config,
+//! dirty keys) to the writes that make observed state equal desired state.
+//!
+//! Level-triggered: it never looks at *what* happened, only at what is true
+//! now, so a replayed event or a create-then-delete inside one window plans
+//! nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::batch::DirtyKey;
+use crate::targets::{AnnotationError, NamespaceInfo, Scope, TargetRules};
+use crate::watch::{ObjectKey, ReplicaRecord, SourceRecord};
+
+/// One write (or write pair) against one `(namespace, name)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Action {
+    /// No copy exists yet: create it (fails safely if an unmanaged one does).
+    Create { namespace: String, source: String },
+    /// Our copy differs: server-side apply, guarded by its resourceVersion.
+    Update {
+        namespace: String,
+        source: String,
+        resource_version: String,
+    },
+    /// Our copy differs in `type` or is immutable: delete (UID precondition) then create.
+    Replace {
+        namespace: String,
+        source: String,
+        uid: String,
+        resource_version: String,
+    },
+    /// Our copy should not exist: delete with UID and resourceVersion preconditions.
+    Delete {
+        namespace: String,
+        source: String,
+        uid: String,
+        resource_version: String,
+    },
+}
+
+impl Action {
+    pub fn key(&self) -> ObjectKey {
+        let (namespace, name) = match self {
+            Action::Create { namespace, source }
+            | Action::Update {
+                namespace, source, ..
+            }
+            | Action::Replace {
+                namespace, source, ..
+            }
+            | Action::Delete {
+                namespace, source, ..
+            } => (namespace, source),
+        };
+        ObjectKey {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        match self {
+            Action::Create { source, .. }
+            | Action::Update { source, .. }
+            | Action::Replace { source, .. }
+            | Action::Delete { source, .. } => source,
+        }
+    }
+
+    pub fn op(&self) -> &'static str {
+        match self {
+            Action::Create { .. } => "create",
+            Action::Update { .. } => "apply",
+            Action::Replace { .. } => "replace",
+            Action::Delete { .. } => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Sources left untouched because an annotation does not parse.
+    pub invalid: Vec<(String, AnnotationError)>,
+    /// Known conflicts that are no longer wanted (the planner forgets them).
+    pub resolved_conflicts: Vec<ObjectKey>,
+}
+
+/// What the planner reads.
+pub struct World<'a> {
+    pub sources: &'a HashMap<String, SourceRecord>,
+    pub namespaces: &'a HashMap<String, NamespaceInfo>,
+    pub replicas: &'a HashMap<ObjectKey, ReplicaRecord>,
+    /// `(namespace, name)` pairs where an unmanaged object blocks a copy.
+    pub conflicts: &'a HashSet<ObjectKey>,
+}
+
+/// Is `r` exactly the copy `desired` describes, as far as we set it?
+pub fn in_sync(r: &ReplicaRecord, desired: &crate::replica::Replica) -> bool {
+    let subset = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    };
+    r.hash.as_deref() == Some(desired.hash.as_str())
+        && r.data_hash == desired.data_hash
+        && subset(&desired.labels, &r.labels)
+        && subset(&desired.annotations, &r.annotations)
+}
+
+/// Plan the writes for `dirty` (see [`DirtyKey`]): a source key re-plans that
+/// source everywhere, a namespace key re-plans every source in that namespace,
+/// `All` re-plans everything (and collects orphans).
+pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
+    let all = dirty.iter().any(|d| matches!(d, DirtyKey::All));
+    let mut whole_sources: BTreeSet<&str> = BTreeSet::new();
+    let mut only_namespaces: BTreeSet<&str> = BTreeSet::new();
+    for d in dirty {
+        match d {
+            DirtyKey::Source(s) => {
+                whole_sources.insert(s);
+            }
+            DirtyKey::Namespace(n) => {
+                only_namespaces.insert(n);
+            }
+            DirtyKey::All => {}
+        }
+    }
+
+    // Replicas grouped by source, so a gone source finds its copies.
+    let mut by_source: BTreeMap<&str, BTreeMap<&str, &ReplicaRecord>> = BTreeMap::new();
+    for (k, r) in world.replicas {
+        by_source
+            .entry(r.source.as_str())
+            .or_default()
+            .insert(k.namespace.as_str(), r);
+    }
+
+    let mut names: BTreeSet<&str> = world.sources.keys().map(String::as_str).collect();
+    names.extend(by_source.keys().copied());
+    let namespaces: BTreeMap<&str, &NamespaceInfo> = world
+        .namespaces
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+
+    let mut out = Plan::default();
+    let empty = BTreeMap::new();
+    for name in names {
+        // Which namespaces to look at for this source.
+        let everywhere = all || whole_sources.contains(name);
+        if !everywhere && only_namespaces.is_empty() {
+            continue;
+        }
+        let in_scope = |ns: &str| everywhere || only_namespaces.contains(ns);
+        let replicas = by_source.get(name).unwrap_or(&empty);
+
+        let Some(source) = world.sources.get(name) else {
+            // Source deleted or unlabelled: its copies go.
+            for (ns, r) in replicas {
+                if in_scope(ns) && !namespaces.get(ns).is_some_and(|i| i.terminating) {
+                    out.actions.push(delete(ns, name, r));
+                }
+            }
+            continue;
+        };
+        let rules = match TargetRules::parse(&source.annotations) {
+            Ok(rules) => rules,
+            Err(e) => {
+                // Only this source is affected, and its copies stay as they are.
+                out.invalid.push((name.to_string(), e));
+                continue;
+            }
+        };
+        let desired = &source.replica;
+        for (ns, info) in &namespaces {
+            if !in_scope(ns) || info.terminating {
+                continue;
+            }
+            let key = ObjectKey {
+                namespace: ns.to_string(),
+                name: name.to_string(),
+            };
+            let want = rules.wants(scope, ns, info);
+            match (want, replicas.get(ns)) {
+                (true, None) if world.conflicts.contains(&key) => {}
+                (true, None) => out.actions.push(Action::Create {
+                    namespace: ns.to_string(),
+                    source: name.to_string(),
+                }),
+                (true, Some(r)) if in_sync(r, desired) => {}
+                (true, Some(r)) if r.type_ != desired.type_ || r.immutable => {
+                    out.actions.push(Action::Replace {
+                        namespace: ns.to_string(),
+                        source: name.to_string(),
+                        uid: r.uid.clone(),
+                        resource_version: r.resource_version.clone(),
+                    })
+                }
+                (true, Some(r)) => out.actions.push(Action::Update {
+                    namespace: ns.to_string(),
+                    source: name.to_string(),
+                    resource_version: r.resource_version.clone(),
+                }),
+                (false, Some(r)) => out.actions.push(delete(ns, name, r)),
+                (false, None) => {
+                    if world.conflicts.contains(&key) {
+                        out.resolved_conflicts.push(key);
+                    }
+                }
+            }
+        }
+    }
+    out.actions.sort();
+    out
+}
+
+fn delete(ns: &str, name: &str, r: &ReplicaRecord) -> Action {
+    Action::Delete {
+        namespace: ns.to_string(),
+        source: name.to_string(),
+        uid: r.uid.clone(),
+        resource_version: r.resource_version.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{self, Replica};
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    const SRC: &str = "push-to-k8s";
+
+    fn secret(name: &str, value: &str, annotations: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(SRC.into()),
+                uid: Some(format!("uid-{name}")),
+                labels: Some(BTreeMap::from([(
+                    replica::SOURCE_LABEL_KEY.to_string(),
+                    replica::SOURCE_LABEL_VALUE.to_string(),
+                )])),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "k".to_string(),
+                ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    fn source(name: &str, value: &str, annotations: &[(&str, &str)]) -> (String, SourceRecord) {
+        SourceRecord::from_secret(&secret(name, value, annotations), SRC).unwrap()
+    }
+
+    /// The record of a copy exactly as we would write it into `ns`.
+    fn copy(ns: &str, s: &Secret) -> (ObjectKey, ReplicaRecord) {
+        let mut c = Replica::render(s, SRC).to_secret(ns);
+        c.metadata.uid = Some(format!("uid-{ns}"));
+        c.metadata.resource_version = Some("7".into());
+        ReplicaRecord::from_secret(&c, SRC).unwrap()
+    }
+
+    fn ns(labels: &[(&str, &str)]) -> NamespaceInfo {
+        NamespaceInfo {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            terminating: false,
+        }
+    }
+
+    struct Case {
+        sources: HashMap<String, SourceRecord>,
+        namespaces: HashMap<String, NamespaceInfo>,
+        replicas: HashMap<ObjectKey, ReplicaRecord>,
+        conflicts: HashSet<ObjectKey>,
+    }
+
+    impl Case {
+        fn new(namespaces: &[&str]) -> Case {
+            let mut n: HashMap<String, NamespaceInfo> = namespaces
+                .iter()
+                .map(|n| (n.to_string(), ns(&[])))
+                .collect();
+            n.insert(SRC.into(), ns(&[]));
+            n.insert("kube-system".into(), ns(&[]));
+            Case {
+                sources: HashMap::new(),
+                namespaces: n,
+                replicas: HashMap::new(),
+                conflicts: HashSet::new(),
+            }
+        }
+        fn plan(&self, dirty: &[DirtyKey]) -> Plan {
+            let protected = vec!["kube-system".to_string()];
+            let scope = Scope {
+                source_namespace: SRC,
+                exclude_label: Some("skip"),
+                protected: &protected,
+            };
+            let world = World {
+                sources: &self.sources,
+                namespaces: &self.namespaces,
+                replicas: &self.replicas,
+                conflicts: &self.conflicts,
+            };
+            plan(&world, &scope, dirty)
+        }
+    }
+
+    fn create(ns: &str, s: &str) -> Action {
+        Action::Create {
+            namespace: ns.into(),
+            source: s.into(),
+        }
+    }
+
+    fn src(n: &str) -> DirtyKey {
+        DirtyKey::Source(n.into())
+    }
+
+    #[test]
+    fn new_source_goes_everywhere_but_source_protected_and_excluded() {
+        let mut c = Case::new(&["a", "b"]);
+        c.namespaces.insert("opted-out".into(), ns(&[("skip", "")]));
+        let mut gone = ns(&[]);
+        gone.terminating = true;
+        c.namespaces.insert("dying".into(), gone);
+        c.sources.extend([source("db", "v1", &[])]);
+        let p = c.plan(&[src("db")]);
+        assert_eq!(p.actions, vec![create("a", "db"), create("b", "db")]);
+    }
+
+    #[test]
+    fn in_sync_plans_nothing_even_for_all() {
+        let mut c = Case::new(&["a", "b"]);
+        let s = secret("db", "v1", &[]);
+        c.sources.extend([source("db", "v1", &[])]);
+        c.replicas.extend([copy("a", &s), copy("b", &s)]);
+        assert_eq!(c.plan(&[DirtyKey::All]), Plan::default());
+        assert_eq!(
+            c.plan(&[src("db"), DirtyKey::Namespace("a".into())]),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn changed_data_labels_or_tampering_update() {
+        let old = secret("db", "v1", &[]);
+        // Source changed: the hash annotation no longer matches.
+        let mut c = Case::new(&["a"]);
+        c.sources.extend([source("db", "v2", &[])]);
+        c.replicas.extend([copy("a", &old)]);
+        let update = Action::Update {
+            namespace: "a".into(),
+            source: "db".into(),
+            resource_version: "7".into(),
+        };
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
+
+        // Annotation-only change on the source.
+        let mut c = Case::new(&["a"]);
+        c.sources.extend([source("db", "v1", &[("note", "x")])]);
+        c.replicas.extend([copy("a", &old)]);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
+
+        // Copy's data edited, its hash annotation untouched.
+        let mut c = Case::new(&["a"]);
+        c.sources.extend([source("db", "v1", &[])]);
+        let (k, mut r) = copy("a", &old);
+        r.data_hash = "tampered".into();
+        c.replicas.insert(k.clone(), r.clone());
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
+
+        // Copy's managed label value edited.
+        let (_, mut r) = copy("a", &old);
+        r.labels
+            .insert(replica::MANAGED_LABEL_KEY.into(), "x".into());
+        c.replicas.insert(k.clone(), r);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update]);
+
+        // Extra labels added by someone else are not drift.
+        let (_, mut r) = copy("a", &old);
+        r.labels.insert("added-by-policy".into(), "y".into());
+        c.replicas.insert(k, r);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![]);
+    }
+
+    #[test]
+    fn type_change_or_immutable_copy_is_replaced() {
+        let mut c = Case::new(&["a"]);
+        let mut s = secret("db", "v1", &[]);
+        c.replicas.extend([copy("a", &s)]);
+        s.type_ = Some("kubernetes.io/tls".into());
+        c.sources
+            .extend([SourceRecord::from_secret(&s, SRC).unwrap()]);
+        let replace = Action::Replace {
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "uid-a".into(),
+            resource_version: "7".into(),
+        };
+        assert_eq!(c.plan(&[src("db")]).actions, vec![replace.clone()]);
+
+        let mut c = Case::new(&["a"]);
+        let mut s = secret("db", "v1", &[]);
+        s.immutable = Some(true);
+        c.replicas.extend([copy("a", &s)]);
+        c.sources
+            .extend([SourceRecord::from_secret(&secret("db", "v2", &[]), SRC).unwrap()]);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![replace]);
+    }
+
+    #[test]
+    fn gone_source_deletes_its_copies_only() {
+        let mut c = Case::new(&["a", "b"]);
+        let s = secret("db", "v1", &[]);
+        let other = secret("api", "v1", &[]);
+        c.replicas
+            .extend([copy("a", &s), copy("b", &s), copy("a", &other)]);
+        c.sources.extend([source("api", "v1", &[])]);
+        let p = c.plan(&[src("db")]);
+        let names: Vec<_> = p
+            .actions
+            .iter()
+            .map(|a| (a.op(), a.key().to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("delete", "a/db".into()), ("delete", "b/db".into())]
+        );
+        // All (startup, resync) collects the same orphans.
+        assert_eq!(c.plan(&[DirtyKey::All]).actions, p.actions);
+    }
+
+    #[test]
+    fn create_then_delete_in_one_window_plans_nothing() {
+        // The source appeared and vanished before the flush: the cache has
+        // neither it nor copies, so the dirty key plans nothing.
+        let c = Case::new(&["a"]);
+        assert_eq!(c.plan(&[src("db"), src("db")]), Plan::default());
+    }
+
+    #[test]
+    fn namespace_key_replans_only_that_namespace() {
+        let mut c = Case::new(&["a", "b"]);
+        c.sources
+            .extend([source("db", "v1", &[]), source("api", "v1", &[])]);
+        let p = c.plan(&[DirtyKey::Namespace("b".into())]);
+        assert_eq!(p.actions, vec![create("b", "api"), create("b", "db")]);
+    }
+
+    #[test]
+    fn namespace_that_starts_to_be_excluded_loses_copies() {
+        let mut c = Case::new(&["a"]);
+        let s = secret("db", "v1", &[]);
+        c.sources.extend([source("db", "v1", &[])]);
+        c.replicas.extend([copy("a", &s)]);
+        c.namespaces.insert("a".into(), ns(&[("skip", "true")]));
+        let p = c.plan(&[DirtyKey::Namespace("a".into())]);
+        assert_eq!(
+            p.actions,
+            vec![Action::Delete {
+                namespace: "a".into(),
+                source: "db".into(),
+                uid: "uid-a".into(),
+                resource_version: "7".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_annotation_skips_only_that_source_and_keeps_its_copies() {
+        let mut c = Case::new(&["a"]);
+        let bad = secret("bad", "v1", &[("push-to-k8s.io/namespaces", "Team_[")]);
+        c.replicas.extend([copy("a", &bad)]);
+        c.sources.extend([
+            SourceRecord::from_secret(&bad, SRC).unwrap(),
+            source("good", "v1", &[]),
+        ]);
+        let p = c.plan(&[DirtyKey::All]);
+        assert_eq!(p.actions, vec![create("a", "good")]);
+        assert_eq!(p.invalid.len(), 1);
+        assert_eq!(p.invalid[0].0, "bad");
+    }
+
+    #[test]
+    fn known_conflict_is_not_retried_until_no_longer_wanted() {
+        let mut c = Case::new(&["a", "b"]);
+        c.sources.extend([source("db", "v1", &[])]);
+        let key = ObjectKey {
+            namespace: "a".into(),
+            name: "db".into(),
+        };
+        c.conflicts.insert(key.clone());
+        assert_eq!(c.plan(&[src("db")]).actions, vec![create("b", "db")]);
+        c.namespaces.insert("a".into(), ns(&[("skip", "")]));
+        assert_eq!(c.plan(&[src("db")]).resolved_conflicts, vec![key]);
+    }
+
+    #[test]
+    fn narrowed_source_deletes_copies_outside_its_targets() {
+        let mut c = Case::new(&["team-a", "other"]);
+        let s = secret("db", "v1", &[("push-to-k8s.io/namespaces", "team-*")]);
+        c.sources
+            .extend([SourceRecord::from_secret(&s, SRC).unwrap()]);
+        c.replicas.extend([copy("team-a", &s), copy("other", &s)]);
+        let ops: Vec<_> = c
+            .plan(&[src("db")])
+            .actions
+            .iter()
+            .map(|a| (a.op(), a.key().to_string()))
+            .collect();
+        assert_eq!(ops, vec![("delete", "other/db".to_string())]);
+    }
+}

@@ -1,0 +1,435 @@
+//! The writer: turns planned [`Action`]s into API requests.
+//!
+//! Every write request (create, apply, update, delete) first waits on one
+//! shared governor limiter, so the API load is `SECRET_SYNC_RATE_LIMIT`
+//! requests per second whatever caused them. One namespace failing never
+//! blocks another: each action ends in its own [`Outcome`], failures are
+//! retried with per-copy exponential backoff, and the source gets an Event.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::DirtyKey;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use crate::plan::Action;
+use crate::replica::{FIELD_MANAGER, Replica};
+use crate::watch::{Caches, ObjectKey, ReplicaRecord, owned_source};
+
+/// Writes in flight at once. The limiter alone decides the rate; a few
+/// requests in flight only hide API latency so that rate is actually reached.
+const IN_FLIGHT: usize = 4;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+pub fn limiter(rate: NonZeroU32, burst: NonZeroU32) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// How one action ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Nothing to do after all (namespace gone, object already deleted).
+    Skipped,
+    /// An unmanaged object of the same name exists; it is left alone.
+    Conflict,
+    /// Failed for a reason worth retrying; carries a short reason (never a value).
+    Failed(String),
+}
+
+pub struct Writer {
+    client: kube::Client,
+    source_namespace: String,
+    limiter: DefaultDirectRateLimiter,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    caches: Arc<Caches>,
+    /// Unmanaged same-named objects we must not overwrite.
+    pub conflicts: Mutex<HashSet<ObjectKey>>,
+    attempts: Mutex<HashMap<ObjectKey, u32>>,
+    dirty: UnboundedSender<DirtyKey>,
+    shutdown: CancellationToken,
+}
+
+#[derive(Default)]
+struct Tally {
+    done: BTreeMap<&'static str, usize>,
+    failed: Vec<(String, String)>,
+    conflicts: Vec<String>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: kube::Client,
+        source_namespace: String,
+        limiter: DefaultDirectRateLimiter,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        caches: Arc<Caches>,
+        dirty: UnboundedSender<DirtyKey>,
+        shutdown: CancellationToken,
+    ) -> Writer {
+        Writer {
+            client,
+            source_namespace,
+            limiter,
+            recorder,
+            metrics,
+            caches,
+            conflicts: Mutex::default(),
+            attempts: Mutex::default(),
+            dirty,
+            shutdown,
+        }
+    }
+
+    /// Execute `actions`; `since` is when the first change of this batch was seen.
+    pub async fn execute(&self, actions: Vec<Action>, since: Instant, health: &Health) {
+        let results: Vec<(Action, Outcome)> = futures::stream::iter(actions)
+            .map(|a| async move {
+                if self.shutdown.is_cancelled() {
+                    return None;
+                }
+                let outcome = self.run(&a).await;
+                health.beat();
+                Some((a, outcome))
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await;
+
+        let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+        for (action, outcome) in results {
+            let key = action.key();
+            let tally = tallies.entry(action.source().to_string()).or_default();
+            let result = match &outcome {
+                Outcome::Done => "ok",
+                Outcome::Skipped => "skipped",
+                Outcome::Conflict => "conflict",
+                Outcome::Failed(_) => "error",
+            };
+            self.metrics.write(action.op(), result);
+            match outcome {
+                Outcome::Done => {
+                    self.metrics
+                        .propagation
+                        .observe(since.elapsed().as_secs_f64());
+                    *tally.done.entry(action.op()).or_default() += 1;
+                    self.attempts.lock().expect("lock").remove(&key);
+                }
+                Outcome::Skipped => {
+                    self.attempts.lock().expect("lock").remove(&key);
+                }
+                Outcome::Conflict => {
+                    self.metrics.conflicts.inc();
+                    tally.conflicts.push(key.namespace.clone());
+                    self.conflicts.lock().expect("lock").insert(key);
+                }
+                Outcome::Failed(reason) => {
+                    tally.failed.push((key.namespace.clone(), reason));
+                    self.retry_later(key);
+                }
+            }
+        }
+        self.metrics
+            .managed_replicas
+            .set(self.caches.replicas.len() as i64);
+        for (source, tally) in tallies {
+            self.report(&source, tally).await;
+        }
+    }
+
+    /// Re-mark the copy's source dirty after an exponential backoff.
+    fn retry_later(&self, key: ObjectKey) {
+        let attempt = {
+            let mut attempts = self.attempts.lock().expect("lock");
+            let n = attempts.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let delay = Duration::from_secs(1u64 << attempt.min(9)).min(MAX_BACKOFF);
+        tracing::debug!(copy = %key, attempt, delay_s = delay.as_secs(), "retrying later");
+        let dirty = self.dirty.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(delay) => { let _ = dirty.send(DirtyKey::Source(key.name)); }
+            }
+        });
+    }
+
+    async fn run(&self, action: &Action) -> Outcome {
+        let key = action.key();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+        let desired = || {
+            self.caches
+                .sources
+                .get(&key.name)
+                .map(|s| s.replica)
+                .ok_or(Outcome::Skipped)
+        };
+        let result = match action {
+            Action::Create { .. } => match desired() {
+                Ok(d) => self.create(&api, &key, &d).await,
+                Err(o) => o,
+            },
+            Action::Update {
+                resource_version, ..
+            } => match desired() {
+                Ok(d) => self.apply(&api, &key, &d, resource_version).await,
+                Err(o) => o,
+            },
+            Action::Replace {
+                uid,
+                resource_version,
+                ..
+            } => match desired() {
+                Ok(d) => match self.delete(&api, &key, uid, resource_version).await {
+                    Outcome::Done | Outcome::Skipped => self.create(&api, &key, &d).await,
+                    other => other,
+                },
+                Err(o) => o,
+            },
+            Action::Delete {
+                uid,
+                resource_version,
+                ..
+            } => self.delete(&api, &key, uid, resource_version).await,
+        };
+        match &result {
+            Outcome::Failed(reason) => {
+                tracing::warn!(op = action.op(), copy = %key, reason, "write failed")
+            }
+            other => tracing::debug!(op = action.op(), copy = %key, outcome = ?other, "write"),
+        }
+        result
+    }
+
+    fn remember(&self, written: &Secret) {
+        if let Some((k, r)) = ReplicaRecord::from_secret(written, &self.source_namespace) {
+            self.caches.replicas.set(k, Some(r));
+        }
+    }
+
+    async fn create(&self, api: &Api<Secret>, key: &ObjectKey, desired: &Replica) -> Outcome {
+        self.limiter.until_ready().await;
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&pp, &desired.to_secret(&key.namespace)).await {
+            Ok(created) => {
+                self.remember(&created);
+                Outcome::Done
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {
+                // Ours but not yet in the cache, or somebody else's? Ask (metadata only).
+                match api.get_metadata_opt(&key.name).await {
+                    Ok(Some(meta)) => {
+                        if owned_source(&meta.metadata, &self.source_namespace).as_deref()
+                            == Some(key.name.as_str())
+                        {
+                            Outcome::Failed("copy exists but was not yet in the cache".into())
+                        } else {
+                            Outcome::Conflict
+                        }
+                    }
+                    Ok(None) => Outcome::Failed("copy vanished during create".into()),
+                    Err(e) => Outcome::Failed(describe(&e)),
+                }
+            }
+            Err(e) => classify(&e),
+        }
+    }
+
+    async fn apply(
+        &self,
+        api: &Api<Secret>,
+        key: &ObjectKey,
+        desired: &Replica,
+        resource_version: &str,
+    ) -> Outcome {
+        let mut body = desired.to_secret(&key.namespace);
+        // Precondition: we only overwrite the object we saw as ours.
+        body.metadata.resource_version = Some(resource_version.to_string());
+        self.limiter.until_ready().await;
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = match api.patch(&key.name, &pp, &Patch::Apply(&body)).await {
+            Ok(applied) => applied,
+            Err(e) => return classify(&e),
+        };
+        self.remember(&applied);
+        let in_sync = ReplicaRecord::from_secret(&applied, &self.source_namespace)
+            .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
+        if in_sync {
+            return Outcome::Done;
+        }
+        // Somebody else owns extra fields (e.g. a data key added by hand),
+        // which apply leaves in place. A full update makes the copy identical.
+        let mut body = desired.to_secret(&key.namespace);
+        body.metadata.resource_version = applied.metadata.resource_version.clone();
+        self.limiter.until_ready().await;
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.replace(&key.name, &pp, &body).await {
+            Ok(updated) => {
+                self.remember(&updated);
+                Outcome::Done
+            }
+            Err(e) => classify(&e),
+        }
+    }
+
+    async fn delete(
+        &self,
+        api: &Api<Secret>,
+        key: &ObjectKey,
+        uid: &str,
+        resource_version: &str,
+    ) -> Outcome {
+        self.limiter.until_ready().await;
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: Some(resource_version.to_string()),
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&key.name, &dp).await {
+            Ok(_) => {
+                self.caches.replicas.set(key.clone(), None);
+                Outcome::Done
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => {
+                self.caches.replicas.set(key.clone(), None);
+                Outcome::Skipped
+            }
+            Err(e) => classify(&e),
+        }
+    }
+
+    /// Events on the source: one summary per flush, one per new conflict.
+    /// Only names, namespaces, counts and reasons; never a value.
+    async fn report(&self, source: &str, tally: Tally) {
+        let Some(rec) = self.caches.sources.get(&source.to_string()) else {
+            return; // a deleted source has nothing to carry Events
+        };
+        let reference = self.source_ref(source, &rec.uid);
+        if !tally.done.is_empty() {
+            let note = tally
+                .done
+                .iter()
+                .map(|(op, n)| format!("{op} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.publish(
+                &reference,
+                EventType::Normal,
+                "Pushed",
+                "Push",
+                format!("copies written: {note}"),
+            )
+            .await;
+        }
+        for ns in tally.conflicts {
+            self.publish(
+                &reference,
+                EventType::Warning,
+                "Conflict",
+                "Push",
+                format!(
+                    "namespace {ns} already has a Secret named {source} that push-to-k8s does not manage; it was left untouched"
+                ),
+            )
+            .await;
+        }
+        if !tally.failed.is_empty() {
+            let n = tally.failed.len();
+            let sample = tally
+                .failed
+                .iter()
+                .take(5)
+                .map(|(ns, r)| format!("{ns}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            self.publish(
+                &reference,
+                EventType::Warning,
+                "PushFailed",
+                "Push",
+                format!("{n} copies failed, retrying with backoff ({sample})"),
+            )
+            .await;
+        }
+    }
+
+    pub fn source_ref(&self, name: &str, uid: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Secret".into()),
+            namespace: Some(self.source_namespace.clone()),
+            name: Some(name.to_string()),
+            uid: Some(uid.to_string()),
+            ..ObjectReference::default()
+        }
+    }
+
+    pub async fn publish(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let mut note = note;
+        note.truncate(1000);
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::warn!(reason, error = %describe(&e), "could not publish Event");
+        }
+    }
+}
+
+/// A short, value-free description of an API error: code and reason only,
+/// since a server message may quote the object it rejects.
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{} {}", s.code, s.reason),
+        // Transport errors carry no object content.
+        other => other.to_string(),
+    }
+}
+
+fn classify(e: &kube::Error) -> Outcome {
+    match e {
+        // The namespace is gone or going: its copies go with it.
+        kube::Error::Api(s) if s.is_not_found() => Outcome::Skipped,
+        kube::Error::Api(s) if s.is_forbidden() && s.message.contains("being terminated") => {
+            Outcome::Skipped
+        }
+        other => Outcome::Failed(describe(other)),
+    }
+}

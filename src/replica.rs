@@ -1,0 +1,333 @@
+//! What a copy is: rendering a source Secret into the replica we write, the
+//! markers that make a replica ours, and the content hash that turns a no-op
+//! into no write at all (DESIGN §4).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+/// Label selecting sources in the source namespace.
+pub const SOURCE_LABEL_KEY: &str = "push-to-k8s";
+pub const SOURCE_LABEL_VALUE: &str = "source";
+pub const SOURCE_SELECTOR: &str = "push-to-k8s=source";
+
+/// Label that lets us list our replicas with a selector.
+pub const MANAGED_LABEL_KEY: &str = "push-to-k8s.io/managed-by";
+pub const MANAGED_LABEL_VALUE: &str = "push-to-k8s";
+pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
+/// `namespace/name` of the source (annotation: object names may exceed 63 chars).
+pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
+/// Hash of everything we set, so an unchanged source never becomes a write.
+pub const HASH_ANNOTATION: &str = "push-to-k8s.io/content-hash";
+/// Our field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "push-to-k8s";
+
+/// Annotation keys (and prefixes) that are never copied: our own controls,
+/// kubectl's apply record, and GitOps ownership, so Argo CD or Flux never
+/// adopt (and then prune) a copy.
+const DROPPED_KEYS: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "app.kubernetes.io/instance",
+];
+const DROPPED_PREFIXES: &[&str] = &[
+    "push-to-k8s.io/",
+    "helm.sh/",
+    "meta.helm.sh/",
+    "argocd.argoproj.io/",
+    "kustomize.toolkit.fluxcd.io/",
+];
+
+fn is_dropped(key: &str) -> bool {
+    key == SOURCE_LABEL_KEY
+        || DROPPED_KEYS.contains(&key)
+        || DROPPED_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+fn copied(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    map.into_iter()
+        .flatten()
+        .filter(|(k, _)| !is_dropped(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The desired copy of one source, the same for every target namespace.
+#[derive(Clone, PartialEq)]
+pub struct Replica {
+    pub name: String,
+    pub type_: String,
+    pub data: BTreeMap<String, ByteString>,
+    pub immutable: bool,
+    /// Labels and annotations we set, markers included (hash annotation excluded).
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Hash of type, data and immutability only: comparable with what a copy holds.
+    pub data_hash: String,
+    /// Hash of everything we set; written into [`HASH_ANNOTATION`].
+    pub hash: String,
+}
+
+// Never print values: Debug shows names and hashes only.
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("name", &self.name)
+            .field("type", &self.type_)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("immutable", &self.immutable)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Render the copy of `source`, which lives in `source_namespace`.
+    pub fn render(source: &Secret, source_namespace: &str) -> Replica {
+        let name = source.metadata.name.clone().unwrap_or_default();
+        let type_ = secret_type(source);
+        let data = source.data.clone().unwrap_or_default();
+        let immutable = source.immutable.unwrap_or(false);
+        let mut labels = copied(source.metadata.labels.as_ref());
+        labels.insert(MANAGED_LABEL_KEY.into(), MANAGED_LABEL_VALUE.into());
+        let mut annotations = copied(source.metadata.annotations.as_ref());
+        annotations.insert(
+            SOURCE_ANNOTATION.into(),
+            format!("{source_namespace}/{name}"),
+        );
+        let data_hash = data_hash(&type_, &data, immutable);
+        let mut h = Sha256::new();
+        h.update(b"push-to-k8s/v1\0");
+        h.update(data_hash.as_bytes());
+        hash_map(&mut h, &labels);
+        hash_map(&mut h, &annotations);
+        let hash = hex(&h.finalize()[..16]);
+        Replica {
+            name,
+            type_,
+            data,
+            immutable,
+            labels,
+            annotations,
+            data_hash,
+            hash,
+        }
+    }
+
+    /// The object we send with server-side apply (or create) into `namespace`.
+    pub fn to_secret(&self, namespace: &str) -> Secret {
+        let mut annotations = self.annotations.clone();
+        annotations.insert(HASH_ANNOTATION.into(), self.hash.clone());
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(namespace.to_string()),
+                labels: Some(self.labels.clone()),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            type_: Some(self.type_.clone()),
+            data: Some(self.data.clone()),
+            immutable: self.immutable.then_some(true),
+            string_data: None,
+        }
+    }
+}
+
+/// A Secret without a type is `Opaque` on the server; normalise so the two compare equal.
+pub fn secret_type(s: &Secret) -> String {
+    s.type_
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "Opaque".into())
+}
+
+/// Hash of the content a copy actually holds (type, data, immutability).
+/// `stringData` is write-only and never read back, so it is not part of it.
+pub fn data_hash(type_: &str, data: &BTreeMap<String, ByteString>, immutable: bool) -> String {
+    let mut h = Sha256::new();
+    h.update(b"push-to-k8s/data/v1\0");
+    field(&mut h, type_.as_bytes());
+    h.update([u8::from(immutable)]);
+    for (k, v) in data {
+        field(&mut h, k.as_bytes());
+        field(&mut h, &v.0);
+    }
+    hex(&h.finalize()[..16])
+}
+
+// Length-prefixed so that no two different inputs share a byte stream.
+fn field(h: &mut Sha256, bytes: &[u8]) {
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(bytes);
+}
+
+fn hash_map(h: &mut Sha256, map: &BTreeMap<String, String>) {
+    h.update((map.len() as u64).to_le_bytes());
+    for (k, v) in map {
+        field(h, k.as_bytes());
+        field(h, v.as_bytes());
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Secret {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("src".into()),
+                labels: map(labels),
+                annotations: map(annotations),
+                uid: Some("u-1".into()),
+                resource_version: Some("42".into()),
+                finalizers: Some(vec!["x/y".into()]),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/basic-auth".into()),
+            data: Some(BTreeMap::from([(
+                "password".to_string(),
+                ByteString(b"hunter2".to_vec()),
+            )])),
+            immutable: None,
+            string_data: None,
+        }
+    }
+
+    #[test]
+    fn copies_user_metadata_and_drops_control_and_gitops_keys() {
+        let s = source(
+            &[
+                ("push-to-k8s", "source"),
+                ("team", "a"),
+                ("app.kubernetes.io/instance", "argo-app"),
+                ("helm.sh/chart", "x"),
+            ],
+            &[
+                ("note", "hi"),
+                ("push-to-k8s.io/namespaces", "team-*"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+                ("argocd.argoproj.io/tracking-id", "t"),
+                ("kustomize.toolkit.fluxcd.io/name", "k"),
+                ("meta.helm.sh/release-name", "r"),
+            ],
+        );
+        let r = Replica::render(&s, "src");
+        assert_eq!(
+            r.labels,
+            BTreeMap::from([
+                ("team".to_string(), "a".to_string()),
+                (
+                    MANAGED_LABEL_KEY.to_string(),
+                    MANAGED_LABEL_VALUE.to_string()
+                ),
+            ])
+        );
+        assert_eq!(
+            r.annotations,
+            BTreeMap::from([
+                ("note".to_string(), "hi".to_string()),
+                (SOURCE_ANNOTATION.to_string(), "src/db".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn copy_carries_content_and_markers_but_no_identity() {
+        let r = Replica::render(&source(&[], &[]), "src");
+        let c = r.to_secret("team-a");
+        assert_eq!(c.metadata.namespace.as_deref(), Some("team-a"));
+        assert_eq!(c.metadata.name.as_deref(), Some("db"));
+        assert_eq!(c.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+        assert_eq!(c.data, source(&[], &[]).data);
+        assert!(c.metadata.uid.is_none());
+        assert!(c.metadata.resource_version.is_none());
+        assert!(c.metadata.finalizers.is_none());
+        assert!(c.metadata.owner_references.is_none());
+        assert_eq!(c.immutable, None);
+        let ann = c.metadata.annotations.unwrap();
+        assert_eq!(ann[HASH_ANNOTATION], r.hash);
+        assert_eq!(ann[SOURCE_ANNOTATION], "src/db");
+    }
+
+    #[test]
+    fn hash_changes_with_every_field_we_set_and_only_those() {
+        let base = source(&[], &[]);
+        let h = |s: &Secret| Replica::render(s, "src").hash;
+        let mut same = base.clone();
+        same.metadata.resource_version = Some("43".into());
+        same.metadata.uid = Some("other".into());
+        same.metadata.labels = Some(BTreeMap::from([(
+            "push-to-k8s".to_string(),
+            "source".to_string(),
+        )]));
+        assert_eq!(
+            h(&base),
+            h(&same),
+            "identity and the source label are not content"
+        );
+
+        let mut variants = Vec::new();
+        let mut v = base.clone();
+        v.data
+            .as_mut()
+            .unwrap()
+            .insert("k2".into(), ByteString(vec![]));
+        variants.push(v);
+        let mut v = base.clone();
+        v.type_ = Some("Opaque".into());
+        variants.push(v);
+        let mut v = base.clone();
+        v.immutable = Some(true);
+        variants.push(v);
+        let mut v = base.clone();
+        v.metadata.labels = Some(BTreeMap::from([("l".to_string(), "1".to_string())]));
+        variants.push(v);
+        let mut v = base.clone();
+        v.metadata.annotations = Some(BTreeMap::from([("a".to_string(), "1".to_string())]));
+        variants.push(v);
+        for v in &variants {
+            assert_ne!(h(&base), h(v), "{v:?}");
+        }
+        // Different namespace of origin, different marker, different hash.
+        assert_ne!(h(&base), Replica::render(&base, "other").hash);
+    }
+
+    #[test]
+    fn data_hash_is_unambiguous_and_defaults_type() {
+        let a = BTreeMap::from([("ab".to_string(), ByteString(b"c".to_vec()))]);
+        let b = BTreeMap::from([("a".to_string(), ByteString(b"bc".to_vec()))]);
+        assert_ne!(
+            data_hash("Opaque", &a, false),
+            data_hash("Opaque", &b, false)
+        );
+        let mut s = source(&[], &[]);
+        s.type_ = None;
+        assert_eq!(secret_type(&s), "Opaque");
+        s.type_ = Some(String::new());
+        assert_eq!(secret_type(&s), "Opaque");
+    }
+
+    #[test]
+    fn debug_output_never_shows_values() {
+        let r = Replica::render(&source(&[], &[]), "src");
+        let text = format!("{r:?}");
+        assert!(text.contains("password"));
+        assert!(!text.contains("hunter2"));
+    }
+}

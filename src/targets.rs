@@ -1,0 +1,801 @@
+//! Which namespaces should hold a copy of a source (DESIGN.md §3).
+//!
+//! A pure decision: cluster-wide [`Scope`] (source namespace, opt-out label,
+//! protected namespaces) combined with a source's own [`TargetRules`], parsed from
+//! its annotations, answers "does namespace X want a copy?". No I/O, so the planner
+//! can call it for every (source, namespace) pair on every flush.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Comma-separated namespace names and globs (`team-*`, `?` = one character).
+/// Absent or empty means all namespaces.
+pub const NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/namespaces";
+/// Comma-separated namespace names and globs that never get a copy; exclusions always win.
+pub const EXCLUDE_NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/exclude-namespaces";
+/// A Kubernetes label selector (kubectl syntax) the namespace's labels must match.
+pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "push-to-k8s.io/namespace-selector";
+
+/// Longest namespace name (an RFC 1123 label), hence the longest useful entry.
+const MAX_ENTRY_LEN: usize = 63;
+
+/// What the planner knows about a namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub labels: BTreeMap<String, String>,
+    pub terminating: bool,
+}
+
+/// Cluster-wide settings (from config).
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    pub source_namespace: &'a str,
+    pub exclude_label: Option<&'a str>,
+    pub protected: &'a [String],
+}
+
+/// A source's own narrowing, parsed from its annotations.
+///
+/// `Default` narrows nothing: every namespace allowed by the [`Scope`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TargetRules {
+    /// Empty means "all namespaces".
+    include: Vec<String>,
+    exclude: Vec<String>,
+    /// AND-ed; empty matches everything.
+    selector: Vec<Requirement>,
+}
+
+/// A source annotation that does not parse. Affects only that source (DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AnnotationError {
+    /// An entry of [`NAMESPACES_ANNOTATION`] or [`EXCLUDE_NAMESPACES_ANNOTATION`].
+    #[error("annotation {key}: {entry:?} {problem}")]
+    Entry {
+        key: &'static str,
+        entry: String,
+        problem: EntryProblem,
+    },
+    /// A requirement of [`NAMESPACE_SELECTOR_ANNOTATION`] (the whole selector when
+    /// its parentheses do not balance).
+    #[error("annotation {NAMESPACE_SELECTOR_ANNOTATION}: {entry:?} {problem}")]
+    Selector {
+        entry: String,
+        problem: SelectorProblem,
+    },
+}
+
+/// Why a namespace name or glob was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("is longer than 63 characters")]
+    TooLong,
+    #[error("is not a valid name or glob (allowed: a-z, 0-9, '-', '*', '?')")]
+    InvalidChar,
+}
+
+/// Why a label selector was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorProblem {
+    #[error("has unbalanced parentheses")]
+    UnbalancedParens,
+    #[error("contains an empty requirement (check for doubled or trailing commas)")]
+    EmptyRequirement,
+    #[error(
+        "does not start with a valid label key (optional DNS prefix and '/', then 1-63 of \
+         A-Z, a-z, 0-9, '.', '_', '-', starting and ending alphanumeric)"
+    )]
+    InvalidKey,
+    #[error(
+        "has an invalid label value (at most 63 of A-Z, a-z, 0-9, '.', '_', '-', \
+         starting and ending alphanumeric)"
+    )]
+    InvalidValue,
+    #[error("is not a requirement (expected k=v, k==v, k!=v, k in (a,b), k notin (a,b), k or !k)")]
+    UnknownOperator,
+    #[error("needs a parenthesised value list after 'in' or 'notin', e.g. k in (a,b)")]
+    MissingValueList,
+    #[error("has an empty value list")]
+    EmptyValueList,
+}
+
+impl AnnotationError {
+    /// Bounded metric label naming the annotation, never its user-chosen content.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Entry { key, .. } if *key == EXCLUDE_NAMESPACES_ANNOTATION => {
+                "exclude_namespaces"
+            }
+            Self::Entry { .. } => "namespaces",
+            Self::Selector { .. } => "namespace_selector",
+        }
+    }
+}
+
+impl TargetRules {
+    /// Parses the source's annotations; absent annotations narrow nothing.
+    pub fn parse(annotations: &BTreeMap<String, String>) -> Result<TargetRules, AnnotationError> {
+        let get = |key| annotations.get(key).map_or("", String::as_str);
+        Ok(TargetRules {
+            include: parse_entries(NAMESPACES_ANNOTATION, get(NAMESPACES_ANNOTATION))?,
+            exclude: parse_entries(
+                EXCLUDE_NAMESPACES_ANNOTATION,
+                get(EXCLUDE_NAMESPACES_ANNOTATION),
+            )?,
+            selector: parse_selector(get(NAMESPACE_SELECTOR_ANNOTATION))?,
+        })
+    }
+
+    /// Should namespace `name` (with `info`) hold a copy?
+    pub fn wants(&self, scope: &Scope<'_>, name: &str, info: &NamespaceInfo) -> bool {
+        if name == scope.source_namespace || info.terminating {
+            return false;
+        }
+        // The namespace owner's opt-out beats anything a source asks for.
+        if scope
+            .exclude_label
+            .is_some_and(|key| info.labels.contains_key(key))
+        {
+            return false;
+        }
+        if self.exclude.iter().any(|glob| glob_match(glob, name)) {
+            return false;
+        }
+        // A broad glob like `kube-*` must not reach system namespaces by accident;
+        // only spelling the name out counts as deliberate.
+        let named_exactly = self.include.iter().any(|entry| entry == name);
+        if scope.protected.iter().any(|p| p == name) && !named_exactly {
+            return false;
+        }
+        if !self.include.is_empty() && !self.include.iter().any(|glob| glob_match(glob, name)) {
+            return false;
+        }
+        self.selector.iter().all(|req| req.matches(&info.labels))
+    }
+}
+
+/// Splits a comma-separated list of names and globs, skipping empty entries.
+fn parse_entries(key: &'static str, value: &str) -> Result<Vec<String>, AnnotationError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let problem = if entry.len() > MAX_ENTRY_LEN {
+                Some(EntryProblem::TooLong)
+            } else if !entry
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'*' | b'?'))
+            {
+                Some(EntryProblem::InvalidChar)
+            } else {
+                None
+            };
+            match problem {
+                None => Ok(entry.to_owned()),
+                Some(problem) => Err(AnnotationError::Entry {
+                    key,
+                    entry: entry.to_owned(),
+                    problem,
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Glob match: `*` matches any run (including empty), `?` exactly one character.
+///
+/// Iterative with single-star backtracking, so it is linear-ish and cannot blow the
+/// stack. Works on bytes: entries are ASCII by validation and namespace names are
+/// RFC 1123 labels.
+fn glob_match(glob: &str, name: &str) -> bool {
+    let (glob, name) = (glob.as_bytes(), name.as_bytes());
+    let (mut g, mut n) = (0, 0);
+    // Position after the last `*` seen, and the name position that star resumes from.
+    let mut backtrack: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match glob.get(g) {
+            Some(b'*') => {
+                g += 1;
+                backtrack = Some((g, n));
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                g += 1;
+                n += 1;
+            }
+            // Mismatch: let the last star swallow one more character and retry.
+            _ => match backtrack {
+                Some((star_g, star_n)) => {
+                    g = star_g;
+                    n = star_n + 1;
+                    backtrack = Some((star_g, n));
+                }
+                None => return false,
+            },
+        }
+    }
+    glob[g..].iter().all(|&c| c == b'*')
+}
+
+/// One AND-ed term of a label selector. `k=v` is stored as `k in (v)` and
+/// `k!=v` as `k notin (v)`: the semantics are identical.
+#[derive(Clone, Debug, PartialEq)]
+struct Requirement {
+    key: String,
+    op: Op,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Op {
+    In(BTreeSet<String>),
+    /// Also matches namespaces without the key, as in Kubernetes.
+    NotIn(BTreeSet<String>),
+    Exists,
+    DoesNotExist,
+}
+
+impl Requirement {
+    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let value = labels.get(&self.key);
+        match &self.op {
+            Op::In(values) => value.is_some_and(|v| values.contains(v)),
+            Op::NotIn(values) => !value.is_some_and(|v| values.contains(v)),
+            Op::Exists => value.is_some(),
+            Op::DoesNotExist => value.is_none(),
+        }
+    }
+}
+
+/// Parses a kubectl-style label selector; an empty string selects everything.
+fn parse_selector(selector: &str) -> Result<Vec<Requirement>, AnnotationError> {
+    let selector = selector.trim();
+    if selector.is_empty() {
+        return Ok(Vec::new());
+    }
+    let error = |entry: &str, problem| AnnotationError::Selector {
+        entry: entry.to_owned(),
+        problem,
+    };
+    split_requirements(selector)
+        .ok_or_else(|| error(selector, SelectorProblem::UnbalancedParens))?
+        .into_iter()
+        .map(|text| {
+            // An empty piece has no text of its own to show; name the whole selector.
+            if text.is_empty() {
+                return Err(error(selector, SelectorProblem::EmptyRequirement));
+            }
+            parse_requirement(text).map_err(|problem| error(text, problem))
+        })
+        .collect()
+}
+
+/// Splits at commas outside parentheses; `None` if the parentheses do not balance.
+fn split_requirements(selector: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.checked_sub(1)?,
+            ',' if depth == 0 => {
+                parts.push(selector[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    (depth == 0).then(|| {
+        parts.push(selector[start..].trim());
+        parts
+    })
+}
+
+fn parse_requirement(text: &str) -> Result<Requirement, SelectorProblem> {
+    if let Some(key) = text.strip_prefix('!') {
+        return requirement(key.trim(), Op::DoesNotExist);
+    }
+    // The key runs up to the first character that starts an operator or a gap.
+    let key_end = text
+        .find(|c: char| c.is_whitespace() || "=!(),".contains(c))
+        .unwrap_or(text.len());
+    let (key, rest) = (&text[..key_end], text[key_end..].trim_start());
+
+    let single = |value: &str| -> Result<BTreeSet<String>, SelectorProblem> {
+        let value = value.trim();
+        check_value(value)?;
+        Ok(BTreeSet::from([value.to_owned()]))
+    };
+    let op = if rest.is_empty() {
+        Op::Exists
+    } else if let Some(value) = rest.strip_prefix("!=") {
+        Op::NotIn(single(value)?)
+    } else if let Some(value) = rest.strip_prefix("==").or_else(|| rest.strip_prefix('=')) {
+        Op::In(single(value)?)
+    } else if let Some(list) = rest.strip_prefix("notin") {
+        Op::NotIn(parse_value_list(list)?)
+    } else if let Some(list) = rest.strip_prefix("in") {
+        Op::In(parse_value_list(list)?)
+    } else {
+        // Report a broken key before a confusing "unknown operator".
+        check_key(key)?;
+        return Err(SelectorProblem::UnknownOperator);
+    };
+    requirement(key, op)
+}
+
+fn requirement(key: &str, op: Op) -> Result<Requirement, SelectorProblem> {
+    check_key(key)?;
+    Ok(Requirement {
+        key: key.to_owned(),
+        op,
+    })
+}
+
+/// Parses what follows `in`/`notin`: `(a, b, ...)`.
+fn parse_value_list(after_op: &str) -> Result<BTreeSet<String>, SelectorProblem> {
+    // `inx (a)` is not `in`: the operator must end at a gap or the parenthesis.
+    if !after_op.starts_with(|c: char| c.is_whitespace() || c == '(') {
+        return Err(SelectorProblem::UnknownOperator);
+    }
+    let inner = after_op
+        .trim()
+        .strip_prefix('(')
+        .and_then(|list| list.strip_suffix(')'))
+        .ok_or(SelectorProblem::MissingValueList)?;
+    if inner.trim().is_empty() {
+        return Err(SelectorProblem::EmptyValueList);
+    }
+    inner
+        .split(',')
+        .map(|value| {
+            let value = value.trim();
+            check_value(value).map(|()| value.to_owned())
+        })
+        .collect()
+}
+
+/// A label key: optional DNS-subdomain prefix and `/`, then a label name.
+fn check_key(key: &str) -> Result<(), SelectorProblem> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        p.len() <= 253
+            && p.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && alnum_ends(label)
+            })
+    });
+    if prefix_ok && !name.is_empty() && is_label_value(name) {
+        Ok(())
+    } else {
+        Err(SelectorProblem::InvalidKey)
+    }
+}
+
+fn check_value(value: &str) -> Result<(), SelectorProblem> {
+    if is_label_value(value) {
+        Ok(())
+    } else {
+        Err(SelectorProblem::InvalidValue)
+    }
+}
+
+/// 0..=63 of `[A-Za-z0-9._-]`, starting and ending alphanumeric when non-empty.
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            && alnum_ends(s))
+}
+
+fn alnum_ends(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn map(pairs: Pairs<'_>) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn rules(pairs: Pairs<'_>) -> TargetRules {
+        TargetRules::parse(&map(pairs)).expect("annotations parse")
+    }
+
+    fn ns(labels: Pairs<'_>) -> NamespaceInfo {
+        NamespaceInfo {
+            labels: map(labels),
+            terminating: false,
+        }
+    }
+
+    fn selector_matches(selector: &str, labels: Pairs<'_>) -> bool {
+        parse_selector(selector)
+            .unwrap_or_else(|e| panic!("{selector:?}: {e}"))
+            .iter()
+            .all(|req| req.matches(&map(labels)))
+    }
+
+    #[test]
+    fn glob_matching() {
+        let cases = [
+            ("team-*", "team-a", true), // prefix
+            ("team-*", "team-", true),  // star matches empty
+            ("team-*", "teams", false),
+            ("*-prod", "billing-prod", true), // suffix
+            ("*-prod", "prod", false),
+            ("a*b*c", "a-x-b-y-c", true), // middle, needs backtracking
+            ("a*b*c", "a-x-c-y-b", false),
+            ("*a*", "bab", true),
+            ("team-?", "team-a", true),
+            ("team-?", "team-", false),
+            ("team-?", "team-ab", false),
+            ("??", "ab", true),
+            ("*", "", true),
+            ("*", "anything", true),
+            ("team-a", "team-a", true), // exact
+            ("team-a", "team-ab", false),
+            ("team-ab", "team-a", false),
+            ("", "", true),
+            ("", "a", false),
+        ];
+        for (glob, name, want) in cases {
+            assert_eq!(glob_match(glob, name), want, "{glob:?} vs {name:?}");
+        }
+    }
+
+    #[test]
+    fn entries_trimmed_and_empties_ignored() {
+        let r = rules(&[
+            (NAMESPACES_ANNOTATION, " a , ,b,, team-* ,"),
+            (EXCLUDE_NAMESPACES_ANNOTATION, " , "),
+            (NAMESPACE_SELECTOR_ANNOTATION, "  "),
+        ]);
+        assert_eq!(r.include, ["a", "b", "team-*"]);
+        assert!(r.exclude.is_empty());
+        assert!(r.selector.is_empty());
+        assert_eq!(rules(&[]), TargetRules::default());
+    }
+
+    #[test]
+    fn entry_errors() {
+        let long = "a".repeat(64);
+        let cases = [
+            ("team-[", EntryProblem::InvalidChar),
+            ("Team-a", EntryProblem::InvalidChar),
+            ("team_a", EntryProblem::InvalidChar),
+            ("team a", EntryProblem::InvalidChar),
+            ("tëam", EntryProblem::InvalidChar),
+            (long.as_str(), EntryProblem::TooLong),
+        ];
+        for (key, label) in [
+            (NAMESPACES_ANNOTATION, "namespaces"),
+            (EXCLUDE_NAMESPACES_ANNOTATION, "exclude_namespaces"),
+        ] {
+            for (entry, problem) in cases {
+                let value = format!("ok, {entry} ,other");
+                let err = TargetRules::parse(&map(&[(key, &value)])).unwrap_err();
+                let expected = AnnotationError::Entry {
+                    key,
+                    entry: entry.to_owned(),
+                    problem,
+                };
+                assert_eq!(err, expected, "{key}: {entry:?}");
+                assert_eq!(err.metric_label(), label);
+            }
+        }
+        // 63 characters is the limit, not an error.
+        assert!(TargetRules::parse(&map(&[(NAMESPACES_ANNOTATION, &"a".repeat(63))])).is_ok());
+    }
+
+    #[test]
+    fn error_messages_are_one_sentence() {
+        let err = TargetRules::parse(&map(&[(NAMESPACES_ANNOTATION, "team-[")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"annotation push-to-k8s.io/namespaces: "team-[" is not a valid name or glob (allowed: a-z, 0-9, '-', '*', '?')"#
+        );
+        let err = TargetRules::parse(&map(&[(NAMESPACE_SELECTOR_ANNOTATION, "env=prod, k in a")]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"annotation push-to-k8s.io/namespace-selector: "k in a" needs a parenthesised value list after 'in' or 'notin', e.g. k in (a,b)"#
+        );
+    }
+
+    #[test]
+    fn selector_errors() {
+        use SelectorProblem::*;
+        let long = format!("k={}", "v".repeat(64));
+        let cases = [
+            ("k in (a,b", "k in (a,b", UnbalancedParens),
+            ("k in a,b)", "k in a,b)", UnbalancedParens),
+            ("a=b,,c=d", "a=b,,c=d", EmptyRequirement),
+            (" a=b, ", "a=b,", EmptyRequirement),
+            ("=v", "=v", InvalidKey),
+            ("!", "!", InvalidKey),
+            ("!k=v", "!k=v", InvalidKey),
+            ("-k=v", "-k=v", InvalidKey),
+            ("k@x=v", "k@x=v", InvalidKey),
+            ("Example.com/k=v", "Example.com/k=v", InvalidKey),
+            ("example.com/=v", "example.com/=v", InvalidKey),
+            ("a/b/c=v", "a/b/c=v", InvalidKey),
+            ("k=v=w", "k=v=w", InvalidValue),
+            ("k===v", "k===v", InvalidValue),
+            ("k=-v", "k=-v", InvalidValue),
+            ("k in (a,b c)", "k in (a,b c)", InvalidValue),
+            (long.as_str(), long.as_str(), InvalidValue),
+            ("k in a", "k in a", MissingValueList),
+            ("k notin a", "k notin a", MissingValueList),
+            ("k in (a) b", "k in (a) b", MissingValueList),
+            ("k in ()", "k in ()", EmptyValueList),
+            ("k notin ( )", "k notin ( )", EmptyValueList),
+            ("k inside (a)", "k inside (a)", UnknownOperator),
+            ("a b c", "a b c", UnknownOperator),
+            ("k!", "k!", UnknownOperator),
+            ("k < 3", "k < 3", UnknownOperator),
+        ];
+        for (selector, entry, problem) in cases {
+            let err =
+                TargetRules::parse(&map(&[(NAMESPACE_SELECTOR_ANNOTATION, selector)])).unwrap_err();
+            let expected = AnnotationError::Selector {
+                entry: entry.to_owned(),
+                problem,
+            };
+            assert_eq!(err, expected, "{selector:?}");
+            assert_eq!(err.metric_label(), "namespace_selector");
+        }
+    }
+
+    #[test]
+    fn selector_matching() {
+        let prod = [("env", "prod"), ("team", "a")];
+        let cases: &[(&str, Pairs<'_>, bool)] = &[
+            ("", &[], true),
+            ("env=prod", &prod, true),
+            ("env=dev", &prod, false),
+            ("env=prod", &[], false),
+            ("env==prod", &prod, true),
+            ("env!=dev", &prod, true),
+            ("env!=prod", &prod, false),
+            ("env!=prod", &[], true), // missing key matches !=
+            ("env in (dev,prod)", &prod, true),
+            ("env in (dev,qa)", &prod, false),
+            ("env in (prod)", &[], false),
+            ("env notin (dev,qa)", &prod, true),
+            ("env notin (dev,prod)", &prod, false),
+            ("env notin (dev)", &[], true), // missing key matches notin
+            ("env", &prod, true),
+            ("env", &[], false),
+            ("!env", &prod, false),
+            ("!env", &[], true),
+            ("env=", &[("env", "")], true), // empty value allowed
+            ("env=", &prod, false),
+            ("env in (,prod)", &prod, true),
+            (
+                "example.com/tier.x_y=a",
+                &[("example.com/tier.x_y", "a")],
+                true,
+            ),
+            // Multiple requirements are AND-ed.
+            ("env=prod,team=a", &prod, true),
+            ("env=prod,team=b", &prod, false),
+            ("env in (prod,dev),!legacy,team", &prod, true),
+            ("env in (prod,dev),legacy", &prod, false),
+            // Whitespace variants.
+            ("  env = prod  ,  team  ", &prod, true),
+            ("env != dev", &prod, true),
+            ("env  ==  prod", &prod, true),
+            ("env in(prod)", &prod, true),
+            ("env notin(dev)", &prod, true),
+            ("env in ( dev , prod )", &prod, true),
+            ("env\tin\t(prod)", &prod, true),
+            ("! env", &[], true),
+        ];
+        for &(selector, labels, want) in cases {
+            assert_eq!(
+                selector_matches(selector, labels),
+                want,
+                "{selector:?} on {labels:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn wants_follows_rules_in_order() {
+        let protected = ["kube-system".to_string(), "kube-public".to_string()];
+        let scope = Scope {
+            source_namespace: "push-to-k8s",
+            exclude_label: Some("push-to-k8s/ignore"),
+            protected: &protected,
+        };
+        let everything = rules(&[]);
+        let opted_out = ns(&[("push-to-k8s/ignore", "")]);
+        let terminating = NamespaceInfo {
+            terminating: true,
+            ..ns(&[])
+        };
+        let prod = ns(&[("env", "prod")]);
+        let cases: &[(&str, TargetRules, &str, &NamespaceInfo, bool)] = &[
+            (
+                "default: any namespace",
+                everything.clone(),
+                "team-a",
+                &ns(&[]),
+                true,
+            ),
+            // Rule 1.
+            (
+                "never the source namespace",
+                everything.clone(),
+                "push-to-k8s",
+                &ns(&[]),
+                false,
+            ),
+            (
+                "never the source namespace, even named",
+                rules(&[(NAMESPACES_ANNOTATION, "push-to-k8s")]),
+                "push-to-k8s",
+                &ns(&[]),
+                false,
+            ),
+            (
+                "never terminating",
+                everything.clone(),
+                "team-a",
+                &terminating,
+                false,
+            ),
+            // Rule 2.
+            (
+                "exclude label, any value",
+                everything.clone(),
+                "team-a",
+                &opted_out,
+                false,
+            ),
+            (
+                "exclude label beats explicit naming",
+                rules(&[(NAMESPACES_ANNOTATION, "team-a")]),
+                "team-a",
+                &opted_out,
+                false,
+            ),
+            // Rule 3.
+            (
+                "exclusion beats inclusion",
+                rules(&[
+                    (NAMESPACES_ANNOTATION, "team-a"),
+                    (EXCLUDE_NAMESPACES_ANNOTATION, "team-*"),
+                ]),
+                "team-a",
+                &ns(&[]),
+                false,
+            ),
+            (
+                "exclusion glob does not hit others",
+                rules(&[(EXCLUDE_NAMESPACES_ANNOTATION, "team-?")]),
+                "team-ab",
+                &ns(&[]),
+                true,
+            ),
+            // Rule 4.
+            (
+                "protected by default",
+                everything.clone(),
+                "kube-system",
+                &ns(&[]),
+                false,
+            ),
+            (
+                "protected reached by exact name",
+                rules(&[(NAMESPACES_ANNOTATION, "team-*, kube-system")]),
+                "kube-system",
+                &ns(&[]),
+                true,
+            ),
+            (
+                "protected not reached by glob",
+                rules(&[(NAMESPACES_ANNOTATION, "kube-*")]),
+                "kube-system",
+                &ns(&[]),
+                false,
+            ),
+            (
+                "glob still reaches unprotected kube-*",
+                rules(&[(NAMESPACES_ANNOTATION, "kube-*")]),
+                "kube-apps",
+                &ns(&[]),
+                true,
+            ),
+            (
+                "exclusion beats naming a protected namespace",
+                rules(&[
+                    (NAMESPACES_ANNOTATION, "kube-system"),
+                    (EXCLUDE_NAMESPACES_ANNOTATION, "kube-system"),
+                ]),
+                "kube-system",
+                &ns(&[]),
+                false,
+            ),
+            // Rule 5.
+            (
+                "included by glob",
+                rules(&[(NAMESPACES_ANNOTATION, "team-*")]),
+                "team-a",
+                &ns(&[]),
+                true,
+            ),
+            (
+                "not in the list",
+                rules(&[(NAMESPACES_ANNOTATION, "team-*,billing")]),
+                "other",
+                &ns(&[]),
+                false,
+            ),
+            // Rule 6.
+            (
+                "selector matches",
+                rules(&[(NAMESPACE_SELECTOR_ANNOTATION, "env=prod")]),
+                "team-a",
+                &prod,
+                true,
+            ),
+            (
+                "selector does not match",
+                rules(&[(NAMESPACE_SELECTOR_ANNOTATION, "env=prod")]),
+                "team-a",
+                &ns(&[]),
+                false,
+            ),
+            (
+                "list and selector are AND-ed",
+                rules(&[
+                    (NAMESPACES_ANNOTATION, "team-*"),
+                    (NAMESPACE_SELECTOR_ANNOTATION, "env=prod"),
+                ]),
+                "billing",
+                &prod,
+                false,
+            ),
+            (
+                "selector also applies to a named protected namespace",
+                rules(&[
+                    (NAMESPACES_ANNOTATION, "kube-system"),
+                    (NAMESPACE_SELECTOR_ANNOTATION, "env=prod"),
+                ]),
+                "kube-system",
+                &ns(&[]),
+                false,
+            ),
+        ];
+        for (what, rules, name, info, want) in cases {
+            assert_eq!(rules.wants(&scope, name, info), *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn wants_without_exclude_label() {
+        let scope = Scope {
+            source_namespace: "src",
+            exclude_label: None,
+            protected: &[],
+        };
+        let info = ns(&[("push-to-k8s/ignore", "true")]);
+        assert!(TargetRules::default().wants(&scope, "kube-system", &info));
+    }
+}

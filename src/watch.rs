@@ -1,0 +1,516 @@
+//! Watchers and their caches (DESIGN §1).
+//!
+//! Three watches feed three small caches: the source Secrets (label-selected,
+//! source namespace only), the namespaces (metadata only), and our replicas
+//! (label-selected). Events only mark keys dirty; the planner reads the caches
+//! at flush time, so replays and create-then-delete bursts cost nothing.
+//!
+//! Memory scales with what is replicated: sources are kept whole (rendered),
+//! namespaces as labels plus a terminating flag, and replicas as a compact
+//! [`ReplicaRecord`] — a hash of their content, never the content itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectList, PartialObjectMeta};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::DirtyKey;
+use crate::metrics::Metrics;
+use crate::replica::{self, Replica};
+use crate::targets::NamespaceInfo;
+
+/// `(namespace, name)` of a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A source as the planner needs it: identity, its annotations (target rules)
+/// and the rendered copy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceRecord {
+    pub uid: String,
+    pub annotations: BTreeMap<String, String>,
+    pub replica: Replica,
+}
+
+impl SourceRecord {
+    pub fn from_secret(s: &Secret, source_namespace: &str) -> Option<(String, SourceRecord)> {
+        let name = s.metadata.name.clone()?;
+        // Defensive: the watch is label- and namespace-scoped, but a relist
+        // or a test double must not be able to widen it.
+        let labelled = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(replica::SOURCE_LABEL_KEY))
+            .is_some_and(|v| v == replica::SOURCE_LABEL_VALUE);
+        if !labelled || s.metadata.namespace.as_deref() != Some(source_namespace) {
+            return None;
+        }
+        Some((
+            name,
+            SourceRecord {
+                uid: s.metadata.uid.clone().unwrap_or_default(),
+                annotations: s.metadata.annotations.clone().unwrap_or_default(),
+                replica: Replica::render(s, source_namespace),
+            },
+        ))
+    }
+}
+
+/// What we remember about one of our replicas: enough to decide "in sync",
+/// "update", "replace" or "delete" without ever holding its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    /// Name of the source (in the configured source namespace).
+    pub source: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// Our content-hash annotation as found on the object.
+    pub hash: Option<String>,
+    /// Hash of the type, data and immutability the object actually holds.
+    pub data_hash: String,
+    pub type_: String,
+    pub immutable: bool,
+    pub labels: BTreeMap<String, String>,
+    /// Annotations, without kubectl's apply record (which can be large).
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl ReplicaRecord {
+    /// A record for `s` if it is ours: it carries our managed-by label *and* a
+    /// source annotation naming the configured source namespace.
+    pub fn from_secret(s: &Secret, source_namespace: &str) -> Option<(ObjectKey, ReplicaRecord)> {
+        let source = owned_source(&s.metadata, source_namespace)?;
+        let key = ObjectKey {
+            namespace: s.metadata.namespace.clone()?,
+            name: s.metadata.name.clone()?,
+        };
+        let mut annotations = s.metadata.annotations.clone().unwrap_or_default();
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        let type_ = replica::secret_type(s);
+        let immutable = s.immutable.unwrap_or(false);
+        let data_hash = replica::data_hash(
+            &type_,
+            s.data.as_ref().unwrap_or(&BTreeMap::new()),
+            immutable,
+        );
+        Some((
+            key,
+            ReplicaRecord {
+                source,
+                uid: s.metadata.uid.clone().unwrap_or_default(),
+                resource_version: s.metadata.resource_version.clone().unwrap_or_default(),
+                hash: annotations.get(replica::HASH_ANNOTATION).cloned(),
+                data_hash,
+                type_,
+                immutable,
+                labels: s.metadata.labels.clone().unwrap_or_default(),
+                annotations,
+            },
+        ))
+    }
+}
+
+/// The source name if `meta` marks an object as a replica of a source in
+/// `source_namespace`; `None` for anything we must not touch.
+pub fn owned_source(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    source_namespace: &str,
+) -> Option<String> {
+    let managed = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(replica::MANAGED_LABEL_KEY))
+        .is_some_and(|v| v == replica::MANAGED_LABEL_VALUE);
+    if !managed {
+        return None;
+    }
+    let origin = meta.annotations.as_ref()?.get(replica::SOURCE_ANNOTATION)?;
+    let (ns, name) = origin.split_once('/')?;
+    (ns == source_namespace && !name.is_empty()).then(|| name.to_string())
+}
+
+pub fn namespace_info(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> NamespaceInfo {
+    NamespaceInfo {
+        labels: meta.labels.clone().unwrap_or_default(),
+        terminating: meta.deletion_timestamp.is_some(),
+    }
+}
+
+/// A map shared between one watcher (writer) and the planner (reader).
+pub struct Cache<K, V> {
+    map: RwLock<HashMap<K, V>>,
+    synced: AtomicBool,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
+    pub fn new() -> Self {
+        Cache {
+            map: RwLock::new(HashMap::new()),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().expect("cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, k: &K) -> Option<V> {
+        self.map.read().expect("cache lock").get(k).cloned()
+    }
+
+    /// Run `f` over the current contents without copying them.
+    pub fn read<R>(&self, f: impl FnOnce(&HashMap<K, V>) -> R) -> R {
+        f(&self.map.read().expect("cache lock"))
+    }
+
+    /// Insert or remove one entry; returns the previous value if it differs.
+    pub fn set(&self, k: K, v: Option<V>) -> Change<V> {
+        let mut map = self.map.write().expect("cache lock");
+        let old = match v {
+            Some(v) => {
+                if map.get(&k) == Some(&v) {
+                    return Change::None;
+                }
+                map.insert(k, v.clone())
+            }
+            None => match map.remove(&k) {
+                Some(old) => return Change::Removed(old),
+                None => return Change::None,
+            },
+        };
+        Change::Set(old)
+    }
+
+    /// Replace everything (after a full list); returns the keys whose value
+    /// changed, appeared or disappeared, with their old and new values.
+    pub fn replace(&self, fresh: HashMap<K, V>) -> Vec<(K, Option<V>, Option<V>)> {
+        let mut map = self.map.write().expect("cache lock");
+        let mut changed = Vec::new();
+        for (k, old) in map.iter() {
+            match fresh.get(k) {
+                Some(new) if new == old => {}
+                new => changed.push((k.clone(), Some(old.clone()), new.cloned())),
+            }
+        }
+        for (k, new) in fresh.iter() {
+            if !map.contains_key(k) {
+                changed.push((k.clone(), None, Some(new.clone())));
+            }
+        }
+        *map = fresh;
+        self.synced.store(true, Ordering::Release);
+        changed
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Default for Cache<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub enum Change<V> {
+    None,
+    /// Inserted or updated; carries the previous value, if any.
+    Set(Option<V>),
+    Removed(V),
+}
+
+/// The three caches together.
+pub struct Caches {
+    pub sources: Arc<Cache<String, SourceRecord>>,
+    pub namespaces: Arc<Cache<String, NamespaceInfo>>,
+    pub replicas: Arc<Cache<ObjectKey, ReplicaRecord>>,
+}
+
+impl Caches {
+    pub fn new() -> Self {
+        Caches {
+            sources: Arc::default(),
+            namespaces: Arc::default(),
+            replicas: Arc::default(),
+        }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.sources.synced() && self.namespaces.synced() && self.replicas.synced()
+    }
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Which dirty key a change of each kind of object produces.
+pub fn source_dirty(
+    name: &String,
+    _: Option<&SourceRecord>,
+    _: Option<&SourceRecord>,
+) -> Option<DirtyKey> {
+    Some(DirtyKey::Source(name.clone()))
+}
+
+pub fn namespace_dirty(
+    name: &String,
+    _: Option<&NamespaceInfo>,
+    _: Option<&NamespaceInfo>,
+) -> Option<DirtyKey> {
+    Some(DirtyKey::Namespace(name.clone()))
+}
+
+pub fn replica_dirty(
+    _: &ObjectKey,
+    old: Option<&ReplicaRecord>,
+    new: Option<&ReplicaRecord>,
+) -> Option<DirtyKey> {
+    new.or(old).map(|r| DirtyKey::Source(r.source.clone()))
+}
+
+/// Drive one watch stream into `cache`, sending a dirty key for every real
+/// change. Restarts (relists) are applied atomically at `InitDone`, so objects
+/// deleted while the watch was down are noticed too.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<K, Key, V, S>(
+    what: &'static str,
+    stream: S,
+    cache: Arc<Cache<Key, V>>,
+    transform: impl Fn(&K) -> Option<(Key, V)>,
+    key_of: impl Fn(&K) -> Option<Key>,
+    dirty_of: impl Fn(&Key, Option<&V>, Option<&V>) -> Option<DirtyKey>,
+    dirty: UnboundedSender<DirtyKey>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) where
+    K: Send,
+    Key: Eq + Hash + Clone,
+    V: Clone + PartialEq,
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut buffer: Option<HashMap<Key, V>> = None;
+    let emit = |k: &Key, old: Option<&V>, new: Option<&V>| {
+        if let Some(d) = dirty_of(k, old, new) {
+            let _ = dirty.send(d);
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            next = stream.next() => next,
+        };
+        let Some(next) = next else { return };
+        match next {
+            Err(e) => {
+                // The backoff wrapper retries; say so, without object contents.
+                metrics
+                    .watch_errors
+                    .get_or_create(&crate::metrics::WatchLabels { watch: what })
+                    .inc();
+                tracing::warn!(watch = what, error = %e, "watch failed; retrying with backoff");
+            }
+            Ok(Event::Init) => buffer = Some(HashMap::new()),
+            Ok(Event::InitApply(obj)) => {
+                if let (Some(buf), Some((k, v))) = (buffer.as_mut(), transform(&obj)) {
+                    buf.insert(k, v);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let fresh = buffer.take().unwrap_or_default();
+                let first = !cache.synced();
+                let changed = cache.replace(fresh);
+                tracing::debug!(
+                    watch = what,
+                    objects = cache.len(),
+                    changed = changed.len(),
+                    "watch (re)listed"
+                );
+                if !first {
+                    for (k, old, new) in &changed {
+                        emit(k, old.as_ref(), new.as_ref());
+                    }
+                }
+            }
+            Ok(Event::Apply(obj)) => {
+                metrics
+                    .watch_events
+                    .get_or_create(&crate::metrics::WatchLabels { watch: what })
+                    .inc();
+                match transform(&obj) {
+                    Some((k, v)) => {
+                        if let Change::Set(old) = cache.set(k.clone(), Some(v.clone())) {
+                            emit(&k, old.as_ref(), Some(&v));
+                        }
+                    }
+                    // No longer one of ours (e.g. its marker was removed): forget it.
+                    None => {
+                        if let Some(k) = key_of(&obj)
+                            && let Change::Removed(old) = cache.set(k.clone(), None)
+                        {
+                            emit(&k, Some(&old), None);
+                        }
+                    }
+                }
+            }
+            Ok(Event::Delete(obj)) => {
+                metrics
+                    .watch_events
+                    .get_or_create(&crate::metrics::WatchLabels { watch: what })
+                    .inc();
+                if let Some(k) = key_of(&obj)
+                    && let Change::Removed(old) = cache.set(k.clone(), None)
+                {
+                    emit(&k, Some(&old), None);
+                }
+            }
+        }
+    }
+}
+
+/// Watcher settings: a server-side timeout well under the default so a watch
+/// that silently stalls is re-established within minutes, not never.
+pub fn config(labels: Option<&str>) -> watcher::Config {
+    let c = watcher::Config::default().timeout(240);
+    match labels {
+        Some(l) => c.labels(l),
+        None => c,
+    }
+}
+
+pub fn key_of_meta(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<ObjectKey> {
+    Some(ObjectKey {
+        namespace: meta.namespace.clone()?,
+        name: meta.name.clone()?,
+    })
+}
+
+/// Spawn the three watchers. `watch_sources = false` (ENABLE_SECRET_WATCHER)
+/// leaves the source cache to the periodic resync.
+pub fn spawn_all(
+    client: kube::Client,
+    source_namespace: &str,
+    watch_sources: bool,
+    caches: Arc<Caches>,
+    dirty: UnboundedSender<DirtyKey>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let ns = source_namespace.to_string();
+    if watch_sources {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let stream =
+            watcher::watcher(api, config(Some(replica::SOURCE_SELECTOR))).default_backoff();
+        let (c, d, m, s, ns2) = (
+            caches.clone(),
+            dirty.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            ns.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            run(
+                "sources",
+                stream,
+                c.sources.clone(),
+                move |o: &Secret| SourceRecord::from_secret(o, &ns2),
+                |o: &Secret| o.metadata.name.clone(),
+                source_dirty,
+                d,
+                m,
+                s,
+            )
+            .await
+        }));
+    }
+    {
+        // Metadata only: labels and deletion state are all we need.
+        let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
+        let stream = watcher::watcher(api, config(None)).default_backoff();
+        let (c, d, m, s) = (
+            caches.clone(),
+            dirty.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            run(
+                "namespaces",
+                stream,
+                c.namespaces.clone(),
+                |o: &PartialObjectMeta<Namespace>| {
+                    Some((o.metadata.name.clone()?, namespace_info(&o.metadata)))
+                },
+                |o: &PartialObjectMeta<Namespace>| o.metadata.name.clone(),
+                namespace_dirty,
+                d,
+                m,
+                s,
+            )
+            .await
+        }));
+    }
+    {
+        let api: Api<Secret> = Api::all(client);
+        let stream =
+            watcher::watcher(api, config(Some(replica::MANAGED_SELECTOR))).default_backoff();
+        let (c, d, m, s) = (caches, dirty, metrics, shutdown);
+        tasks.push(tokio::spawn(async move {
+            run(
+                "replicas",
+                stream,
+                c.replicas.clone(),
+                move |o: &Secret| ReplicaRecord::from_secret(o, &ns),
+                |o: &Secret| key_of_meta(&o.metadata),
+                replica_dirty,
+                d,
+                m,
+                s,
+            )
+            .await
+        }));
+    }
+    tasks
+}
+
+/// Records from a full list, for the resync.
+pub fn collect<K, Key: Eq + Hash, V>(
+    list: ObjectList<K>,
+    transform: impl Fn(&K) -> Option<(Key, V)>,
+) -> HashMap<Key, V>
+where
+    K: Clone,
+{
+    list.items.iter().filter_map(transform).collect()
+}
