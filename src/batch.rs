@@ -245,6 +245,11 @@ mod tests {
         // every flush is forced by the max wait.
         let mut next_change = start;
         while flushes.len() < 3 {
+            assert!(
+                Instant::now() - start < MAX_WAIT * 4,
+                "starved: only {} flushes",
+                flushes.len()
+            );
             tokio::select! {
                 biased;
                 _ = b.ready() => flushes.push((batch_first.take().unwrap(), Instant::now())),

@@ -12,10 +12,17 @@ use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_push-to-k8s");
 const LIMIT: Duration = Duration::from_secs(20);
+const WORKERS: usize = 4;
+
+/// Set once a case hit LIMIT: the remaining cases are skipped (and reported)
+/// rather than each waiting out its own LIMIT.
+static HUNG: AtomicBool = AtomicBool::new(false);
 
 /// Invalid values for every variable (strings; a non-UTF-8 case is separate).
 const CASES: &[(&str, &[&str])] = &[
@@ -129,6 +136,7 @@ fn run_with(home: &ScratchHome, name: &str, value: &OsString) -> Result<Outcome,
         if started.elapsed() > LIMIT {
             let _ = child.kill();
             let _ = child.wait();
+            HUNG.store(true, Ordering::Relaxed);
             return Err(format!(
                 "still running after {LIMIT:?}; killed (did it try to reach a cluster?)"
             ));
@@ -187,26 +195,42 @@ fn check(home: &ScratchHome, name: &str, value: OsString) -> Option<String> {
 #[test]
 fn every_invalid_variable_exits_2_with_one_line_before_touching_the_cluster() {
     let home = ScratchHome::new();
-    let mut failures = Vec::new();
-    let mut count = 0;
-    for (name, values) in CASES {
-        for value in *values {
-            count += 1;
-            failures.extend(check(&home, name, OsString::from(value)));
-        }
-    }
+    let mut cases: Vec<(&str, OsString)> = CASES
+        .iter()
+        .flat_map(|(name, values)| values.iter().map(move |v| (*name, OsString::from(v))))
+        .collect();
     // A value that is not UTF-8 must be an error too, not a panic.
-    count += 1;
-    failures.extend(check(
-        &home,
-        "NAMESPACE",
-        OsString::from_vec(b"ns-\xff".to_vec()),
-    ));
+    cases.push(("NAMESPACE", OsString::from_vec(b"ns-\xff".to_vec())));
 
+    // A few workers, so a binary that hangs costs one LIMIT, not one per case.
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..WORKERS {
+            scope.spawn(|| {
+                while !HUNG.load(Ordering::Relaxed) {
+                    let Some((name, value)) = cases.get(next.fetch_add(1, Ordering::Relaxed))
+                    else {
+                        break;
+                    };
+                    if let Some(f) = check(&home, name, value.clone()) {
+                        failures.lock().unwrap().push(f);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+
+    let failures = failures.into_inner().unwrap();
+    let done = done.into_inner();
     assert!(
-        failures.is_empty(),
-        "{} of {count} cases failed:\n{}",
+        failures.is_empty() && done == cases.len(),
+        "{} of {} cases failed ({} not run after a hang):\n{}",
         failures.len(),
+        cases.len(),
+        cases.len() - done,
         failures.join("\n")
     );
 }

@@ -151,7 +151,8 @@ EOF
 
 start() {
     local name="$1"; shift
-    setsid "$@" >"$STATE/$name.log" 2>&1 </dev/null &
+    # Close the lock descriptors: a daemon holding them would block every later `up`.
+    setsid "$@" >"$STATE/$name.log" 2>&1 </dev/null 8>&- 9>&- &
     echo $! >"$STATE/$name.pid"
 }
 

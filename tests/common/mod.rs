@@ -1,0 +1,453 @@
+//! Shared helpers for end-to-end tests against the project's real control
+//! plane (`tests/control-plane/cp.sh`). No mock stands in for the cluster.
+//!
+//! - [`control_plane`] brings it up once per test binary (or reuses one that
+//!   is up) and panics loudly if it cannot: the suite never skips.
+//! - [`serial`] serialises tests across threads *and* test binaries with a
+//!   file lock: each test runs its own controller process, and two
+//!   controllers in one cluster would write into each other's namespaces.
+//! - [`TestEnv`] gives each test its own source and target namespaces.
+//! - [`eventually`] polls a condition with a generous timeout; no fixed sleeps.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub const SOURCE_SELECTOR_KEY: &str = "push-to-k8s";
+pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
+pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn cp_script() -> PathBuf {
+    repo().join("tests/control-plane/cp.sh")
+}
+
+/// Run `cp.sh <args>`; panic with its output on failure.
+pub fn cp(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(cp_script())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tests/control-plane/cp.sh");
+    assert!(
+        out.status.success(),
+        "tests/control-plane/cp.sh {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+}
+
+/// The control plane, started (or reused) once per test binary.
+pub fn control_plane() -> &'static ControlPlane {
+    static CP: OnceLock<ControlPlane> = OnceLock::new();
+    CP.get_or_init(|| {
+        cp(&["up"]);
+        let env = cp(&["env"]);
+        let path = env
+            .trim()
+            .strip_prefix("export KUBECONFIG=")
+            .unwrap_or_else(|| panic!("unexpected `cp.sh env` output: {env}"));
+        ControlPlane {
+            kubeconfig: PathBuf::from(path),
+        }
+    })
+}
+
+pub async fn client() -> kube::Client {
+    let path = &control_plane().kubeconfig;
+    let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+/// Hold for the whole test: one controller in the cluster at a time, across
+/// threads and test binaries.
+pub struct Serial(std::fs::File);
+
+pub fn serial() -> Serial {
+    control_plane();
+    let path = std::env::temp_dir().join(format!("push-to-k8s-e2e-{}.lock", unsafe_uid()));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("open e2e lock file");
+    f.lock().expect("lock e2e lock file");
+    Serial(f)
+}
+
+fn unsafe_uid() -> String {
+    // The uid only keys the lock file; `id -u` avoids a libc dependency.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Poll `check` until it returns `Some`, or panic after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A short unique suffix for names in this test run.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 1_000_000;
+    format!(
+        "{prefix}-{t}-{}-{}",
+        std::process::id() % 1000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One test's namespaces: a source namespace and `targets` target namespaces.
+pub struct TestEnv {
+    pub client: kube::Client,
+    pub source_ns: String,
+    pub targets: Vec<String>,
+    /// Every namespace this test created (removed by [`TestEnv::cleanup`]).
+    pub created: Vec<String>,
+    pub id: String,
+}
+
+impl TestEnv {
+    pub async fn new(name: &str, targets: usize) -> TestEnv {
+        let client = client().await;
+        let id = unique(name);
+        let mut env = TestEnv {
+            client,
+            source_ns: format!("{id}-src"),
+            targets: Vec::new(),
+            created: Vec::new(),
+            id: id.clone(),
+        };
+        env.create_namespace(&env.source_ns.clone(), &[]).await;
+        for i in 0..targets {
+            let ns = format!("{id}-t{i}");
+            env.create_namespace(&ns, &[]).await;
+            env.targets.push(ns);
+        }
+        env
+    }
+
+    pub async fn create_namespace(&mut self, name: &str, labels: &[(&str, &str)]) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                labels: Some(map(labels)),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        self.created.push(name.to_string());
+    }
+
+    pub fn secrets(&self, ns: &str) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub fn sources(&self) -> Api<Secret> {
+        self.secrets(&self.source_ns)
+    }
+
+    /// Create a Secret in the source namespace labelled as a source.
+    pub async fn create_source(&self, name: &str, data: &[(&str, &str)]) -> Secret {
+        let s = source_secret(name, data);
+        self.sources()
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("create source")
+    }
+
+    /// Every namespace that currently exists and is not terminating.
+    pub async fn active_namespaces(&self) -> Vec<Namespace> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        api.list(&ListParams::default())
+            .await
+            .expect("list namespaces")
+            .items
+            .into_iter()
+            .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+
+    /// The copy of `name` in `ns`, if any.
+    pub async fn copy(&self, ns: &str, name: &str) -> Option<Secret> {
+        self.secrets(ns).get_opt(name).await.expect("get copy")
+    }
+
+    /// Wait until every namespace in `namespaces` holds a copy whose data equals `data`.
+    pub async fn await_copies(&self, namespaces: &[String], name: &str, data: &[(&str, &str)]) {
+        let want = data_map(data);
+        for ns in namespaces {
+            eventually(
+                &format!("copy {ns}/{name} with the expected data"),
+                Duration::from_secs(60),
+                || async {
+                    self.copy(ns, name)
+                        .await
+                        .filter(|c| c.data.clone().unwrap_or_default() == want)
+                        .map(|_| ())
+                },
+            )
+            .await;
+        }
+    }
+
+    /// Wait until no namespace in `namespaces` holds a Secret `name`.
+    pub async fn await_no_copies(&self, namespaces: &[String], name: &str) {
+        for ns in namespaces {
+            eventually(
+                &format!("{ns}/{name} to be gone"),
+                Duration::from_secs(60),
+                || async { self.copy(ns, name).await.is_none().then_some(()) },
+            )
+            .await;
+        }
+    }
+
+    /// Delete the namespaces this test created (best effort).
+    pub async fn cleanup(self) {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        for ns in &self.created {
+            let _ = api.delete(ns, &DeleteParams::default()).await;
+        }
+    }
+}
+
+pub fn map(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn data_map(kv: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect()
+}
+
+pub fn source_secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(map(&[(SOURCE_SELECTOR_KEY, "source")])),
+            ..Default::default()
+        },
+        data: Some(data_map(data)),
+        ..Default::default()
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `push-to-k8s` process. Killed on drop; [`Daemon::stop`] sends
+/// SIGTERM and returns the exit status.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl Daemon {
+    /// Start the built binary against the test control plane with `env`
+    /// (NAMESPACE, KUBECONFIG and METRICS_PORT are set unless given).
+    pub fn start(source_ns: &str, env: &[(&str, &str)]) -> Daemon {
+        let metrics_port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique("push-to-k8s-daemon")));
+        let file = std::fs::File::create(&log).expect("daemon log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_push-to-k8s"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .env("KUBECONFIG", &control_plane().kubeconfig)
+            .env("NAMESPACE", source_ns)
+            .env("METRICS_PORT", metrics_port.to_string())
+            .env("SECRET_SYNC_DEBOUNCE_SECONDS", "1")
+            .env("SECRET_SYNC_RATE_LIMIT", "100")
+            .env("SECRET_SYNC_RATE_BURST", "10");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn push-to-k8s");
+        Daemon {
+            child: Some(child),
+            log,
+            metrics_port,
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn http(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .ok()?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    /// Wait until `/readyz` answers 200 (caches synced).
+    pub async fn await_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("controller exited early with {status}:\n{}", self.logs());
+            }
+            if matches!(self.http("/readyz").await, Some((200, _))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller not ready within 60 s; log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The controller's own `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.http("/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// Sum of a metric family's samples whose line contains every `filter`.
+    pub async fn metric_sum(&self, name: &str, filters: &[&str]) -> f64 {
+        sum_metric(&self.metrics().await, name, filters)
+    }
+
+    /// SIGTERM, then wait (up to 20 s) for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("controller did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sum the samples of metric `name` (exact family name, e.g.
+/// `apiserver_request_total`) on lines containing every `filter`.
+pub fn sum_metric(text: &str, name: &str, filters: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Write requests (POST, PUT, PATCH, DELETE) to Secrets, counted by the API
+/// server itself: the independent witness for "zero writes".
+pub async fn apiserver_secret_writes(client: &kube::Client) -> f64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.expect("apiserver /metrics");
+    ["POST", "PUT", "PATCH", "DELETE"]
+        .iter()
+        .map(|verb| {
+            sum_metric(
+                &text,
+                "apiserver_request_total",
+                &[&format!("verb=\"{verb}\""), "resource=\"secrets\""],
+            )
+        })
+        .sum()
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
