@@ -271,23 +271,7 @@ impl Default for Caches {
     }
 }
 
-/// Which dirty key a change of each kind of object produces.
-pub fn source_dirty(
-    name: &String,
-    _: Option<&SourceRecord>,
-    _: Option<&SourceRecord>,
-) -> Option<DirtyKey> {
-    Some(DirtyKey::Source(name.clone()))
-}
-
-pub fn namespace_dirty(
-    name: &String,
-    _: Option<&NamespaceInfo>,
-    _: Option<&NamespaceInfo>,
-) -> Option<DirtyKey> {
-    Some(DirtyKey::Namespace(name.clone()))
-}
-
+/// A change of a replica re-plans its source.
 pub fn replica_dirty(
     _: &ObjectKey,
     old: Option<&ReplicaRecord>,
@@ -446,7 +430,9 @@ pub fn spawn_all(
                 c.sources.clone(),
                 move |o: &Secret| SourceRecord::from_secret(o, &ns2),
                 |o: &Secret| o.metadata.name.clone(),
-                source_dirty,
+                |name: &String, _: Option<&SourceRecord>, _: Option<&SourceRecord>| {
+                    Some(DirtyKey::Source(name.clone()))
+                },
                 d,
                 m,
                 s,
@@ -473,7 +459,9 @@ pub fn spawn_all(
                     Some((o.metadata.name.clone()?, namespace_info(&o.metadata)))
                 },
                 |o: &PartialObjectMeta<Namespace>| o.metadata.name.clone(),
-                namespace_dirty,
+                |name: &String, _: Option<&NamespaceInfo>, _: Option<&NamespaceInfo>| {
+                    Some(DirtyKey::Namespace(name.clone()))
+                },
                 d,
                 m,
                 s,

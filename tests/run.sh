@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, provisioning what it needs:
+#   1. builds (once per machine, cached) and self-tests the local control plane,
+#   2. starts it, runs formatting and lint checks and `cargo test` (unit tests,
+#      the config table over the built binary, and every end-to-end test
+#      against the real kube-apiserver + etcd + kube-controller-manager),
+#   3. stops it again, also when a step fails.
+# If the control plane cannot be built or started this fails loudly; no test
+# is skipped.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+CP=tests/control-plane/cp.sh
+
+step() { echo; echo "==> $*"; }
+
+step "control plane: build (first run on a machine: 10-20 minutes) and self-test"
+bash "$CP" build
+bash tests/control-plane/selftest.sh
+
+step "control plane: up"
+trap 'step "control plane: down"; bash "$CP" down' EXIT
+bash "$CP" up
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test"
+cargo test "$@"
