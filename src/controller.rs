@@ -16,8 +16,9 @@ use crate::batch::{Batcher, DirtyKey};
 use crate::config::Config;
 use crate::http::{self, Health};
 use crate::metrics::{AnnotationLabels, Metrics};
+use crate::pace::Pacer;
 use crate::plan::{self, World};
-use crate::push::{self, Writer};
+use crate::push::Writer;
 use crate::resync;
 use crate::targets::Scope;
 use crate::watch::{self, Caches, owned_source};
@@ -103,7 +104,7 @@ pub async fn run(
     let writer = Writer::new(
         client.clone(),
         cfg.namespace.clone(),
-        push::limiter(cfg.rate_limit, cfg.rate_burst),
+        Pacer::new(cfg.rate_limit, cfg.rate_burst),
         Recorder::new(client.clone(), reporter),
         metrics.clone(),
         caches.clone(),

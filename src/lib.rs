@@ -13,6 +13,7 @@ pub mod controller;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod pace;
 pub mod plan;
 pub mod push;
 pub mod replica;

@@ -7,12 +7,10 @@
 //! retried with per-copy exponential backoff, and the source gets an Event.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -23,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::DirtyKey;
 use crate::http::Health;
 use crate::metrics::Metrics;
+use crate::pace::Pacer;
 use crate::plan::Action;
 use crate::replica::{FIELD_MANAGER, Replica};
 use crate::watch::{Caches, ObjectKey, ReplicaRecord, owned_source};
@@ -31,10 +30,6 @@ use crate::watch::{Caches, ObjectKey, ReplicaRecord, owned_source};
 /// requests in flight only hide API latency so that rate is actually reached.
 const IN_FLIGHT: usize = 4;
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-pub fn limiter(rate: NonZeroU32, burst: NonZeroU32) -> DefaultDirectRateLimiter {
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
-}
 
 /// How one action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +46,7 @@ pub enum Outcome {
 pub struct Writer {
     client: kube::Client,
     source_namespace: String,
-    limiter: DefaultDirectRateLimiter,
+    pacer: Pacer,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     caches: Arc<Caches>,
@@ -74,7 +69,7 @@ impl Writer {
     pub fn new(
         client: kube::Client,
         source_namespace: String,
-        limiter: DefaultDirectRateLimiter,
+        pacer: Pacer,
         recorder: Recorder,
         metrics: Arc<Metrics>,
         caches: Arc<Caches>,
@@ -84,7 +79,7 @@ impl Writer {
         Writer {
             client,
             source_namespace,
-            limiter,
+            pacer,
             recorder,
             metrics,
             caches,
@@ -226,7 +221,7 @@ impl Writer {
     }
 
     async fn create(&self, api: &Api<Secret>, key: &ObjectKey, desired: &Replica) -> Outcome {
-        self.limiter.until_ready().await;
+        self.pacer.ready().await;
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
@@ -266,7 +261,7 @@ impl Writer {
         let mut body = desired.to_secret(&key.namespace);
         // Precondition: we only overwrite the object we saw as ours.
         body.metadata.resource_version = Some(resource_version.to_string());
-        self.limiter.until_ready().await;
+        self.pacer.ready().await;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let applied = match api.patch(&key.name, &pp, &Patch::Apply(&body)).await {
             Ok(applied) => applied,
@@ -282,7 +277,7 @@ impl Writer {
         // which apply leaves in place. A full update makes the copy identical.
         let mut body = desired.to_secret(&key.namespace);
         body.metadata.resource_version = applied.metadata.resource_version.clone();
-        self.limiter.until_ready().await;
+        self.pacer.ready().await;
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
@@ -303,7 +298,7 @@ impl Writer {
         uid: &str,
         resource_version: &str,
     ) -> Outcome {
-        self.limiter.until_ready().await;
+        self.pacer.ready().await;
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(uid.to_string()),
