@@ -51,7 +51,7 @@ async fn runs_as_the_deploy_yaml_service_account() {
     let _serial = serial();
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy.yaml");
     kubectl(&["apply", "-f", manifest]);
-    let mut env = TestEnv::new("rbac", 3).await;
+    let env = TestEnv::new("rbac", 3).await;
     let name = format!("{}-s", env.id);
     let taken = env.targets[2].clone();
     // An unmanaged Secret of the same name: the conflict Event needs the events Role.
