@@ -428,3 +428,259 @@ fn classify(e: &kube::Error) -> Outcome {
         other => Outcome::Failed(describe(other)),
     }
 }
+
+/// "Exactly these requests, nothing else": the writer against a mock API
+/// server that checks each request (method, path and query, body) in order.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::{MANAGED_LABEL_KEY, SOURCE_LABEL_KEY};
+    use crate::watch::SourceRecord;
+    use http::{Method, Request, Response, StatusCode};
+    use k8s_openapi::ByteString;
+    use kube::client::Body;
+    use kube::runtime::events::Reporter;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+    use std::num::NonZeroU32;
+    use tower_test::mock::{Handle, SendResponse};
+
+    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+    const SRC: &str = "src";
+
+    fn writer() -> (Writer, ApiHandle, Arc<Caches>) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let caches = Arc::new(Caches::new());
+        let source = Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some(SRC.into()),
+                uid: Some("src-uid".into()),
+                labels: Some(BTreeMap::from([(SOURCE_LABEL_KEY.into(), "source".into())])),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([("k".into(), ByteString(b"v".to_vec()))])),
+            ..Default::default()
+        };
+        let (name, rec) = SourceRecord::from_secret(&source, SRC).unwrap();
+        caches.sources.set(name, Some(rec));
+        let (dirty, _) = tokio::sync::mpsc::unbounded_channel();
+        let reporter = Reporter {
+            controller: "push-to-k8s".into(),
+            instance: None,
+        };
+        let nz = |n| NonZeroU32::new(n).unwrap();
+        let w = Writer::new(
+            client.clone(),
+            SRC.into(),
+            Pacer::new(nz(100), nz(10)),
+            Recorder::new(client, reporter),
+            Arc::new(Metrics::new()),
+            caches.clone(),
+            dirty,
+            CancellationToken::new(),
+        );
+        (w, handle, caches)
+    }
+
+    async fn next(handle: &mut ApiHandle) -> (Method, String, Value, SendResponse<Response<Body>>) {
+        let (req, send) = handle.next_request().await.expect("another request");
+        let (method, uri) = (req.method().clone(), req.uri().to_string());
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (method, uri, body, send)
+    }
+
+    fn reply(send: SendResponse<Response<Body>>, code: StatusCode, body: Value) {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(bytes))
+                .unwrap(),
+        );
+    }
+
+    /// The object the server would return for `body` (a Secret we sent).
+    fn stored(mut body: Value, rv: &str) -> Value {
+        body["metadata"]["uid"] = json!("copy-uid");
+        body["metadata"]["resourceVersion"] = json!(rv);
+        body
+    }
+
+    async fn expect_event(handle: &mut ApiHandle, reason: &str) {
+        let (method, uri, body, send) = next(handle).await;
+        assert_eq!(method, Method::POST);
+        assert!(
+            uri.starts_with("/apis/events.k8s.io/v1/namespaces/src/events"),
+            "{uri}"
+        );
+        assert_eq!(body["reason"], reason);
+        assert!(
+            !body.to_string().contains("\"v\""),
+            "no value in Events: {body}"
+        );
+        reply(send, StatusCode::CREATED, body);
+    }
+
+    async fn run(
+        w: Writer,
+        mut handle: ApiHandle,
+        actions: Vec<Action>,
+        server: impl AsyncFnOnce(&mut ApiHandle),
+    ) {
+        let health = Health::default();
+        let client = async move {
+            w.execute(actions, Instant::now(), &health).await;
+            drop(w); // drops the last client: the mock sees no further request
+        };
+        let server = async move {
+            server(&mut handle).await;
+            assert!(
+                handle.next_request().await.is_none(),
+                "an unexpected extra request"
+            );
+        };
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            futures::future::join(client, server),
+        )
+        .await
+        .expect("writer finished");
+    }
+
+    #[tokio::test]
+    async fn update_is_one_forced_apply_guarded_by_resource_version() {
+        let (w, handle, caches) = writer();
+        let action = Action::Update {
+            namespace: "a".into(),
+            source: "db".into(),
+            resource_version: "7".into(),
+        };
+        run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, uri, body, send) = next(h).await;
+            assert_eq!(method, Method::PATCH);
+            assert_eq!(
+                uri,
+                "/api/v1/namespaces/a/secrets/db?&force=true&fieldManager=push-to-k8s"
+            );
+            assert_eq!(body["metadata"]["resourceVersion"], "7");
+            assert_eq!(body["metadata"]["labels"][MANAGED_LABEL_KEY], "push-to-k8s");
+            assert_eq!(
+                body["metadata"]["annotations"]["push-to-k8s.io/source"],
+                "src/db"
+            );
+            assert_eq!(body["data"]["k"], "dg==");
+            assert!(body["metadata"]["labels"].get(SOURCE_LABEL_KEY).is_none());
+            reply(send, StatusCode::OK, stored(body, "8"));
+            expect_event(h, "Pushed").await;
+        })
+        .await;
+        let key = ObjectKey {
+            namespace: "a".into(),
+            name: "db".into(),
+        };
+        assert_eq!(
+            caches.replicas.get(&key).unwrap().resource_version,
+            "8",
+            "write-through cache"
+        );
+    }
+
+    #[tokio::test]
+    async fn create_over_an_unmanaged_object_is_a_conflict_not_an_overwrite() {
+        let (w, handle, _) = writer();
+        let action = Action::Create {
+            namespace: "a".into(),
+            source: "db".into(),
+        };
+        run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, uri, _, send) = next(h).await;
+            assert_eq!(method, Method::POST);
+            assert_eq!(uri, "/api/v1/namespaces/a/secrets?&fieldManager=push-to-k8s");
+            reply(
+                send,
+                StatusCode::CONFLICT,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "AlreadyExists", "code": 409, "message": "secrets \"db\" already exists"}),
+            );
+            // Whose is it? A metadata-only GET, never a write.
+            let (method, uri, _, send) = next(h).await;
+            assert_eq!(method, Method::GET);
+            assert_eq!(uri, "/api/v1/namespaces/a/secrets/db");
+            reply(
+                send,
+                StatusCode::OK,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                       "metadata": {"name": "db", "namespace": "a", "uid": "theirs",
+                                    "labels": {MANAGED_LABEL_KEY: "push-to-k8s"},
+                                    "annotations": {"push-to-k8s.io/source": "other-ns/db"}}}),
+            );
+            expect_event(h, "Conflict").await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn delete_carries_uid_and_resource_version_preconditions() {
+        let (w, handle, caches) = writer();
+        caches.sources.set("db".into(), None); // the source is gone: no Event either
+        let action = Action::Delete {
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "copy-uid".into(),
+            resource_version: "9".into(),
+        };
+        run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, uri, body, send) = next(h).await;
+            assert_eq!(method, Method::DELETE);
+            assert_eq!(uri, "/api/v1/namespaces/a/secrets/db?");
+            assert_eq!(
+                body["preconditions"],
+                json!({"uid": "copy-uid", "resourceVersion": "9"})
+            );
+            reply(
+                send,
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn replace_deletes_with_preconditions_then_creates() {
+        let (w, handle, _) = writer();
+        let action = Action::Replace {
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "old-uid".into(),
+            resource_version: "3".into(),
+        };
+        run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, _, body, send) = next(h).await;
+            assert_eq!(method, Method::DELETE);
+            assert_eq!(body["preconditions"]["uid"], "old-uid");
+            reply(
+                send,
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            );
+            let (method, uri, body, send) = next(h).await;
+            assert_eq!(method, Method::POST);
+            assert_eq!(
+                uri,
+                "/api/v1/namespaces/a/secrets?&fieldManager=push-to-k8s"
+            );
+            reply(send, StatusCode::CREATED, stored(body, "4"));
+            expect_event(h, "Pushed").await;
+        })
+        .await;
+    }
+}
