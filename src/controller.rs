@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::Api;
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Reporter};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -105,7 +105,7 @@ pub async fn run(
         client.clone(),
         cfg.namespace.clone(),
         Pacer::new(cfg.rate_limit, cfg.rate_burst),
-        Recorder::new(client.clone(), reporter),
+        reporter,
         metrics.clone(),
         caches.clone(),
         dirty_tx.clone(),

@@ -42,7 +42,7 @@ const CAPS: &[&str] = &[
     "rustls=info",
     "tower=info",
     "tower_http=info",
-    "kube_client=debug",
+    "kube_client=info",
 ];
 
 fn init_logging(cfg: &Config) {

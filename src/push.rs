@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ pub struct Writer {
     client: kube::Client,
     source_namespace: String,
     pacer: Pacer,
-    recorder: Recorder,
+    reporter: Reporter,
     metrics: Arc<Metrics>,
     caches: Arc<Caches>,
     /// Unmanaged same-named objects we must not overwrite.
@@ -70,7 +70,7 @@ impl Writer {
         client: kube::Client,
         source_namespace: String,
         pacer: Pacer,
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Arc<Metrics>,
         caches: Arc<Caches>,
         dirty: UnboundedSender<DirtyKey>,
@@ -80,7 +80,7 @@ impl Writer {
             client,
             source_namespace,
             pacer,
-            recorder,
+            reporter,
             metrics,
             caches,
             conflicts: Mutex::default(),
@@ -270,11 +270,13 @@ impl Writer {
         self.remember(&applied);
         let in_sync = ReplicaRecord::from_secret(&applied, &self.source_namespace)
             .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
-        if in_sync {
+        if in_sync && stale_keys(&applied, desired).is_empty() {
             return Outcome::Done;
         }
-        // Somebody else owns extra fields (e.g. a data key added by hand),
-        // which apply leaves in place. A full update makes the copy identical.
+        // Apply prunes only what our *apply* entry owned. Fields somebody else
+        // owns (a data key added by hand) and fields our create (a POST, so an
+        // Update entry) set but the source no longer has (a removed label)
+        // stay. One full update makes the copy exactly the desired one.
         let mut body = desired.to_secret(&key.namespace);
         body.metadata.resource_version = applied.metadata.resource_version.clone();
         self.pacer.ready().await;
@@ -402,10 +404,53 @@ impl Writer {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, reference).await {
+        // A fresh recorder per Event: kube's recorder folds Events with the same
+        // reason into one series and keeps the *first* note, which would hide
+        // the second conflicting namespace and every later count.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, reference).await {
             tracing::warn!(reason, error = %describe(&e), "could not publish Event");
         }
     }
+}
+
+/// Label, annotation and data keys our field manager owns on `obj` (by any
+/// operation) that `desired` no longer sets.
+pub fn stale_keys(obj: &Secret, desired: &Replica) -> Vec<String> {
+    let mut stale = Vec::new();
+    let entries = obj.metadata.managed_fields.iter().flatten();
+    for entry in entries.filter(|e| e.manager.as_deref() == Some(FIELD_MANAGER)) {
+        let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
+            continue;
+        };
+        let keys = |v: Option<&serde_json::Value>| -> Vec<String> {
+            v.and_then(|v| v.as_object())
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.strip_prefix("f:"))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let meta = fields.get("f:metadata");
+        for k in keys(meta.and_then(|m| m.get("f:labels"))) {
+            if !desired.labels.contains_key(&k) {
+                stale.push(format!("label {k}"));
+            }
+        }
+        for k in keys(meta.and_then(|m| m.get("f:annotations"))) {
+            if k != crate::replica::HASH_ANNOTATION && !desired.annotations.contains_key(&k) {
+                stale.push(format!("annotation {k}"));
+            }
+        }
+        for k in keys(fields.get("f:data")) {
+            if !desired.data.contains_key(&k) {
+                stale.push(format!("data key {k}"));
+            }
+        }
+    }
+    stale
 }
 
 /// A short, value-free description of an API error: code and reason only,
@@ -476,7 +521,7 @@ mod tests {
             client.clone(),
             SRC.into(),
             Pacer::new(nz(100), nz(10)),
-            Recorder::new(client, reporter),
+            reporter,
             Arc::new(Metrics::new()),
             caches.clone(),
             dirty,

@@ -390,6 +390,23 @@ impl Daemon {
         sum_metric(&self.metrics().await, name, filters)
     }
 
+    /// Wait up to `timeout` for the process to exit on its own (no signal);
+    /// `None` if it is still running (it is then killed on drop).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("daemon already stopped");
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, then wait (up to 20 s) for the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");
@@ -433,21 +450,51 @@ pub fn sum_metric(text: &str, name: &str, filters: &[&str]) -> f64 {
 
 /// Write requests (POST, PUT, PATCH, DELETE) to Secrets, counted by the API
 /// server itself: the independent witness for "zero writes".
+///
+/// The API server files a server-side apply PATCH under `verb="APPLY"`, not
+/// `PATCH`, and a collection delete under `DELETECOLLECTION`; both are writes
+/// and are counted (the controller writes with server-side apply).
 pub async fn apiserver_secret_writes(client: &kube::Client) -> f64 {
     let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
     let text = client.request_text(req).await.expect("apiserver /metrics");
-    ["POST", "PUT", "PATCH", "DELETE"]
-        .iter()
-        .map(|verb| {
-            sum_metric(
-                &text,
-                "apiserver_request_total",
-                &[&format!("verb=\"{verb}\""), "resource=\"secrets\""],
-            )
-        })
-        .sum()
+    [
+        "POST",
+        "PUT",
+        "PATCH",
+        "APPLY",
+        "DELETE",
+        "DELETECOLLECTION",
+    ]
+    .iter()
+    .map(|verb| {
+        sum_metric(
+            &text,
+            "apiserver_request_total",
+            &[&format!("verb=\"{verb}\""), "resource=\"secrets\""],
+        )
+    })
+    .sum()
 }
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// Wait (up to 120 s) until no namespace is terminating. Earlier tests'
+/// cleanups make the namespace controller delete Secrets, which the API
+/// server counts as writes; a "zero writes" measurement must start after.
+pub async fn await_no_terminating_namespaces(client: &kube::Client) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    eventually(
+        "no namespace left in Terminating (earlier cleanups finished)",
+        Duration::from_secs(120),
+        || async {
+            let list = api.list_metadata(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|n| n.metadata.deletion_timestamp.is_none())
+                .then_some(())
+        },
+    )
+    .await;
 }
