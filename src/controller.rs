@@ -23,6 +23,8 @@ use crate::resync;
 use crate::targets::Scope;
 use crate::watch::{self, Caches, owned_source};
 
+const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
+
 /// Errors that stop the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -156,6 +158,11 @@ pub async fn run(
         tokio::time::interval_at(Instant::now() + cfg.sync_interval, cfg.sync_interval);
     resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    // Unmanaged objects that block a copy are invisible to our label-selected
+    // watch; look at them again (a metadata GET each) once a minute.
+    let mut conflict_timer =
+        tokio::time::interval_at(Instant::now() + CONFLICT_RECHECK, CONFLICT_RECHECK);
+    conflict_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     loop {
         health.beat();
@@ -183,6 +190,14 @@ pub async fn run(
                     since = Instant::now();
                 }
                 batcher.add(DirtyKey::All);
+            }
+            _ = conflict_timer.tick() => {
+                for source in recheck_conflicts(&client, &cfg.namespace, &writer).await {
+                    if batcher.pending() == 0 {
+                        since = Instant::now();
+                    }
+                    batcher.add(DirtyKey::Source(source));
+                }
             }
             _ = heartbeat.tick() => {}
         }
@@ -263,7 +278,12 @@ async fn flush(
 /// At a resync, look again at the unmanaged objects that blocked a copy
 /// (metadata GETs, no writes): the ones that are gone, or became ours, are
 /// forgotten so the next plan creates or adopts them.
-async fn recheck_conflicts(client: &kube::Client, source_namespace: &str, writer: &Writer) {
+/// Returns the sources whose blocked copies may now be written.
+async fn recheck_conflicts(
+    client: &kube::Client,
+    source_namespace: &str,
+    writer: &Writer,
+) -> Vec<String> {
     let known: Vec<_> = writer
         .conflicts
         .lock()
@@ -287,4 +307,5 @@ async fn recheck_conflicts(client: &kube::Client, source_namespace: &str, writer
     }
     let mut conflicts = writer.conflicts.lock().expect("lock");
     conflicts.retain(|k| !gone.contains_key(k));
+    gone.into_keys().map(|k| k.name).collect()
 }
