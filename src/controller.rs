@@ -81,10 +81,15 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     health.beat();
-    let listener_port = cfg.metrics_port;
+    let listener = http::bind(cfg.metrics_port)
+        .await
+        .map_err(|source| Error::Http {
+            port: cfg.metrics_port,
+            source,
+        })?;
     let http_task = {
         let (h, m, s) = (health.clone(), metrics.clone(), shutdown.child_token());
-        tokio::spawn(async move { http::serve(listener_port, h, m, s).await })
+        tokio::spawn(async move { http::serve(listener, h, m, s).await })
     };
 
     let caches = Arc::new(Caches::new());

@@ -80,9 +80,15 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Bind `0.0.0.0:port` and serve until `shutdown` fires.
+/// Bind `0.0.0.0:port` (before anything else runs, so a taken port stops
+/// the program instead of leaving it without health endpoints).
+pub async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(("0.0.0.0", port)).await
+}
+
+/// Serve until `shutdown` fires.
 pub async fn serve(
-    port: u16,
+    listener: tokio::net::TcpListener,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
@@ -92,7 +98,6 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(AppState { health, metrics });
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port)).await?;
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
