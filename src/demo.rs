@@ -20,7 +20,8 @@ const CONTROL_PLANE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/control-
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot load kubeconfig {path:?}: {message}")]
+    /// A KUBECONFIG file that is not a usable kubeconfig: a bad setting.
+    #[error("invalid KUBECONFIG={path:?}: not a usable kubeconfig file ({message})")]
     Kubeconfig { path: PathBuf, message: String },
     #[error(
         "no cluster configured (no KUBECONFIG, not in a pod, no ~/.kube/config) and no local control plane script at {0}"
@@ -32,10 +33,21 @@ pub enum Error {
     Client(#[from] kube::Error),
 }
 
+impl Error {
+    /// 2 for a setting the user must fix (like every other bad setting), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Kubeconfig { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
 async fn from_file(path: &Path) -> Result<kube::Config, Error> {
+    // One line, whatever the YAML parser said.
     let fail = |message: String| Error::Kubeconfig {
         path: path.to_path_buf(),
-        message,
+        message: message.split_whitespace().collect::<Vec<_>>().join(" "),
     };
     let kc = Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
     kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

@@ -52,8 +52,12 @@ fn init_logging(cfg: &Config) {
         _ => "info".to_string(),
     };
     let mut filter = EnvFilter::builder().parse_lossy(&base);
-    for cap in CAPS {
-        filter = filter.add_directive(cap.parse().expect("static directive"));
+    // A directive replaces the level for its target, so add the caps only
+    // when something asks for more than info; they must never raise a level.
+    if base.contains("debug") || base.contains("trace") {
+        for cap in CAPS {
+            filter = filter.add_directive(cap.parse().expect("static directive"));
+        }
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -69,8 +73,8 @@ async fn run(cfg: Config) -> u8 {
     let client = match demo::client(&cfg).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("push-to-k8s: {e}");
-            return 1;
+            eprintln!("{e}");
+            return e.exit_code();
         }
     };
     let shutdown = CancellationToken::new();

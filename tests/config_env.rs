@@ -201,6 +201,16 @@ fn every_invalid_variable_exits_2_with_one_line_before_touching_the_cluster() {
         .collect();
     // A value that is not UTF-8 must be an error too, not a panic.
     cases.push(("NAMESPACE", OsString::from_vec(b"ns-\xff".to_vec())));
+    // KUBECONFIG files that exist but are no usable kubeconfig: still a bad
+    // setting (exit 2, one line), found before any request is made.
+    for (file, text) in [
+        ("garbage.kubeconfig", "{{{ not: [yaml\n  - at all\n"),
+        ("empty.kubeconfig", "apiVersion: v1\nkind: Config\n"),
+    ] {
+        let path = home.0.join(file);
+        std::fs::write(&path, text).expect("write kubeconfig");
+        cases.push(("KUBECONFIG", path.into_os_string()));
+    }
 
     // A few workers, so a binary that hangs costs one LIMIT, not one per case.
     let next = AtomicUsize::new(0);
