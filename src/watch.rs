@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, ObjectList, PartialObjectMeta};
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc::UnboundedSender;
@@ -492,13 +492,103 @@ pub fn spawn_all(
     tasks
 }
 
-/// Records from a full list, for the resync.
-pub fn collect<K, Key: Eq + Hash, V>(
-    list: ObjectList<K>,
-    transform: impl Fn(&K) -> Option<(Key, V)>,
-) -> HashMap<Key, V>
-where
-    K: Clone,
-{
-    list.items.iter().filter_map(transform).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some("team-a".into()),
+            labels: map(labels),
+            annotations: map(annotations),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ours_needs_the_label_and_a_source_in_our_namespace() {
+        let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
+        let cases: &[(ObjectMeta, Option<&str>)] = &[
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src/db")]),
+                Some("db"),
+            ),
+            // No label: somebody else's, whatever the annotation says.
+            (meta(&[], &[(replica::SOURCE_ANNOTATION, "src/db")]), None),
+            // Another controller's source namespace, or one that merely starts like ours.
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "other/db")]),
+                None,
+            ),
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src-2/db")]),
+                None,
+            ),
+            // Label without (or with a malformed) source annotation.
+            (meta(&[managed], &[]), None),
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src/")]),
+                None,
+            ),
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src")]),
+                None,
+            ),
+            (
+                meta(
+                    &[(replica::MANAGED_LABEL_KEY, "helm")],
+                    &[(replica::SOURCE_ANNOTATION, "src/db")],
+                ),
+                None,
+            ),
+        ];
+        for (m, want) in cases {
+            assert_eq!(owned_source(m, "src").as_deref(), *want, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn cache_reports_only_real_changes() {
+        let c: Cache<String, u32> = Cache::new();
+        assert!(matches!(c.set("a".into(), Some(1)), Change::Set(None)));
+        assert!(matches!(c.set("a".into(), Some(1)), Change::None));
+        assert!(matches!(c.set("a".into(), Some(2)), Change::Set(Some(1))));
+        assert!(matches!(c.set("b".into(), None), Change::None));
+        assert!(matches!(c.set("a".into(), None), Change::Removed(2)));
+        assert!(!c.synced());
+    }
+
+    #[test]
+    fn relist_replaces_atomically_and_names_every_difference() {
+        let c: Cache<String, u32> = Cache::new();
+        c.set("same".into(), Some(1));
+        c.set("changed".into(), Some(1));
+        c.set("gone".into(), Some(1));
+        let fresh = HashMap::from([
+            ("same".to_string(), 1),
+            ("changed".to_string(), 2),
+            ("new".to_string(), 3),
+        ]);
+        let mut diff = c.replace(fresh);
+        diff.sort();
+        assert_eq!(
+            diff,
+            vec![
+                ("changed".to_string(), Some(1), Some(2)),
+                ("gone".to_string(), Some(1), None),
+                ("new".to_string(), None, Some(3)),
+            ]
+        );
+        assert!(c.synced());
+        assert_eq!(c.len(), 3);
+    }
 }
