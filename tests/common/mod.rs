@@ -475,3 +475,22 @@ pub async fn apiserver_secret_writes(client: &kube::Client) -> f64 {
     })
     .sum()
 }
+
+/// Wait (up to 120 s) until no namespace is terminating. Earlier tests'
+/// cleanups make the namespace controller delete Secrets, which the API
+/// server counts as writes; a "zero writes" measurement must start after.
+pub async fn await_no_terminating_namespaces(client: &kube::Client) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    eventually(
+        "no namespace left in Terminating (earlier cleanups finished)",
+        Duration::from_secs(120),
+        || async {
+            let list = api.list_metadata(&ListParams::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|n| n.metadata.deletion_timestamp.is_none())
+                .then_some(())
+        },
+    )
+    .await;
+}
