@@ -28,4 +28,9 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "cargo test"
-cargo test "$@"
+# Library, binary and integration tests (there are no doc tests to run).
+log="$(mktemp)"
+cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
