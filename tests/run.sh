@@ -18,7 +18,7 @@ bash "$CP" build
 bash tests/control-plane/selftest.sh
 
 step "control plane: up"
-trap 'step "control plane: down"; bash "$CP" down' EXIT
+trap 'bash "$CP" down >/dev/null 2>&1' EXIT
 bash "$CP" up
 
 step "cargo fmt --check"
@@ -30,7 +30,13 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test"
 # Library, binary and integration tests (there are no doc tests to run).
 log="$(mktemp)"
-cargo test --lib --bins --tests "$@" 2>&1 | tee "$log"
+status=0
+cargo test --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
+
+step "control plane: down"
+bash "$CP" down
+
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
+exit "$status"
