@@ -3,59 +3,57 @@
 //! drift repair, resync), so the API load is bounded per *request*, not per
 //! Secret.
 //!
-//! It is a governor GCRA limiter driven by tokio's clock rather than the
-//! system clock, so its timing is tested deterministically under tokio's
-//! paused clock.
+//! It is GCRA (the algorithm of the governor crate) in its reservation form:
+//! each caller takes the next slot under a lock, then sleeps until it. The
+//! schedule advances from the slot times, never from when a sleeper actually
+//! wakes up, so timer lateness does not accumulate. (governor's check-then-
+//! sleep loop loses it: tokio rounds every sleep up to the next millisecond,
+//! and with a burst of 1 the limiter restarts from the late wake-up, which
+//! capped `SECRET_SYNC_RATE_LIMIT=100` at about 89 writes/s in
+//! `benches/scale.rs`.) Driven by tokio's clock, so its timing is tested
+//! deterministically under tokio's paused clock.
+//!
+//! GCRA bounds: requests are spaced `1/rate` apart, `burst` may go back to
+//! back, so no one-second window holds more than `rate + burst` of them.
 
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
-
-/// Time since the pacer was made, read from tokio's clock.
-#[derive(Clone, Debug)]
-pub struct TokioClock {
-    start: tokio::time::Instant,
-}
-
-impl Clock for TokioClock {
-    type Instant = Duration;
-    fn now(&self) -> Duration {
-        self.start.elapsed()
-    }
-}
+use tokio::time::Instant;
 
 pub struct Pacer {
-    limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>,
-    clock: TokioClock,
+    /// Emission interval: one request per `interval`.
+    interval: Duration,
+    /// How far ahead of the schedule a request may go: `(burst - 1) x interval`.
+    tolerance: Duration,
+    /// Theoretical arrival time of the next request; `None` before the first.
+    next: Mutex<Option<Instant>>,
 }
 
 impl Pacer {
     /// `rate` requests per second, `burst` of them back to back.
     pub fn new(rate: NonZeroU32, burst: NonZeroU32) -> Pacer {
-        let clock = TokioClock {
-            start: tokio::time::Instant::now(),
-        };
-        let quota = Quota::per_second(rate).allow_burst(burst);
+        let interval = Duration::from_secs(1) / rate.get();
         Pacer {
-            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
-            clock,
+            interval,
+            tolerance: interval * (burst.get() - 1),
+            next: Mutex::new(None),
         }
     }
 
-    /// Wait until one more request may be sent, and take its slot.
+    /// Wait until one more request may be sent, and take its slot. A caller
+    /// that is cancelled while waiting leaves its slot unused (slower, never
+    /// faster).
     pub async fn ready(&self) {
-        loop {
-            match self.limiter.check() {
-                Ok(()) => return,
-                Err(not_until) => {
-                    tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await
-                }
-            }
-        }
+        let slot = {
+            let mut next = self.next.lock().expect("pacer lock");
+            let now = Instant::now();
+            let tat = next.map_or(now, |t| t.max(now));
+            *next = Some(tat + self.interval);
+            tat.checked_sub(self.tolerance).map_or(now, |s| s.max(now))
+        };
+        tokio::time::sleep_until(slot).await;
     }
 }
 
@@ -135,6 +133,23 @@ mod tests {
         }
         // Two from the refilled burst, then 2 more at 2/s.
         assert_eq!(start.elapsed(), Duration::from_millis(1000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_wake_up_does_not_push_the_schedule_back() {
+        let p = Arc::new(Pacer::new(nz(100), nz(1)));
+        let start = Instant::now();
+        p.ready().await;
+        let p2 = p.clone();
+        let late = tokio::spawn(async move { p2.ready().await });
+        tokio::task::yield_now().await; // it takes the 10 ms slot and sleeps
+        // The timer wakes it 5 ms late (tokio rounds every sleep up to the
+        // next millisecond, so real wake-ups are always a little late).
+        tokio::time::advance(Duration::from_millis(15)).await;
+        late.await.unwrap();
+        p.ready().await;
+        // The next slot is still 20 ms: the lateness was not carried over.
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
     }
 
     /// No one-second window [t, t+1s) holds more than `max` grants.

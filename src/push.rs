@@ -1,7 +1,7 @@
 //! The writer: turns planned [`Action`]s into API requests.
 //!
 //! Every write request (create, apply, update, delete) first waits on one
-//! shared governor limiter, so the API load is `SECRET_SYNC_RATE_LIMIT`
+//! shared limiter ([`crate::pace::Pacer`]), so the API load is `SECRET_SYNC_RATE_LIMIT`
 //! requests per second whatever caused them. One namespace failing never
 //! blocks another: each action ends in its own [`Outcome`], failures are
 //! retried with per-copy exponential backoff, and the source gets an Event.
@@ -99,6 +99,12 @@ impl Writer {
                 }
                 let outcome = self.run(&a).await;
                 health.beat();
+                if outcome == Outcome::Done {
+                    // Observed as each write completes, not when the batch does.
+                    self.metrics
+                        .propagation
+                        .observe(since.elapsed().as_secs_f64());
+                }
                 Some((a, outcome))
             })
             .buffer_unordered(IN_FLIGHT)
@@ -119,9 +125,6 @@ impl Writer {
             self.metrics.write(action.op(), result);
             match outcome {
                 Outcome::Done => {
-                    self.metrics
-                        .propagation
-                        .observe(since.elapsed().as_secs_f64());
                     *tally.done.entry(action.op()).or_default() += 1;
                     self.attempts.lock().expect("lock").remove(&key);
                 }
