@@ -20,14 +20,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::watcher::{self, Event};
 
 const MANAGED_LABEL: (&str, &str) = ("push-to-k8s.io/managed-by", "push-to-k8s");
 const BASIC_AUTH: &str = "kubernetes.io/basic-auth";
-const PROTECTED: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
 
 /// Start a controller for `env` and wait until `/readyz` says its caches synced.
 async fn start(env: &TestEnv, extra: &[(&str, &str)]) -> Daemon {
@@ -87,104 +86,17 @@ fn marked(name: &str, source_annotation: &str) -> Secret {
 
 /// Every active namespace a controller with default settings copies into.
 async fn default_targets(env: &TestEnv) -> Vec<String> {
-    env.active_namespaces()
+    env.targets_where(|_| true).await
+}
+
+/// Give source `name` the data `data` with an update (not a patch).
+async fn replace_data(env: &TestEnv, name: &str, data: &[(&str, &str)]) {
+    let mut s = env.sources().get(name).await.unwrap();
+    s.data = Some(data_map(data));
+    env.sources()
+        .replace(name, &PostParams::default(), &s)
         .await
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .filter(|n| *n != env.source_ns && !PROTECTED.contains(&n.as_str()))
-        .collect()
-}
-
-/// Namespaces holding a Secret marked as a copy of `source_ns/name`, cluster-wide.
-async fn copies_anywhere(env: &TestEnv, name: &str) -> Vec<String> {
-    let api: Api<Secret> = Api::all(env.client.clone());
-    let want = format!("{}/{name}", env.source_ns);
-    api.list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await
-        .expect("list replicas")
-        .items
-        .into_iter()
-        .filter(|m| m.metadata.name.as_deref() == Some(name))
-        .filter(|m| {
-            m.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(SOURCE_ANNOTATION))
-                == Some(&want)
-        })
-        .filter_map(|m| m.metadata.namespace)
-        .collect()
-}
-
-/// Remove this test's copies in namespaces it does not own (e.g. `default`):
-/// with the controller stopped and the source namespace going away, nothing
-/// else would ever collect them. Then delete the test's namespaces.
-async fn cleanup(env: TestEnv) {
-    remove(&env.client, &env.source_ns, &env.created).await;
-    env.cleanup().await;
-}
-
-async fn remove(client: &kube::Client, source_ns: &str, namespaces: &[String]) {
-    let api: Api<Secret> = Api::all(client.clone());
-    let prefix = format!("{source_ns}/");
-    if let Ok(list) = api
-        .list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await
-    {
-        for m in list.items {
-            let ours = m
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(SOURCE_ANNOTATION))
-                .is_some_and(|s| s.starts_with(&prefix));
-            if let (true, Some(ns), Some(name)) = (ours, &m.metadata.namespace, &m.metadata.name) {
-                let _ = Api::<Secret>::namespaced(client.clone(), ns)
-                    .delete(name, &DeleteParams::default())
-                    .await;
-            }
-        }
-    }
-    let api: Api<Namespace> = Api::all(client.clone());
-    for ns in namespaces {
-        let _ = api.delete(ns, &DeleteParams::default()).await;
-    }
-}
-
-/// Cleans up like [`cleanup`] when the test panics, so a failed assertion
-/// does not leave namespaces behind that every later controller copies into.
-/// Declare it after the `serial()` guard (it must run while that is held) and
-/// before any `Daemon` (which must be killed first).
-struct OnPanic {
-    source_ns: String,
-    created: Vec<String>,
-}
-
-impl OnPanic {
-    fn new(env: &TestEnv) -> OnPanic {
-        OnPanic {
-            source_ns: env.source_ns.clone(),
-            created: env.created.clone(),
-        }
-    }
-}
-
-impl Drop for OnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let (source_ns, created) = (self.source_ns.clone(), self.created.clone());
-        // The test's runtime is unwinding; clean up on a runtime of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async { remove(&client().await, &source_ns, &created).await });
-        })
-        .join();
-    }
+        .unwrap();
 }
 
 /// What a copy must hold.
@@ -300,7 +212,7 @@ async fn await_first_flush(daemon: &Daemon) {
 async fn type_change_and_replaced_immutable_source_converge_everywhere() {
     let _serial = serial();
     let env = TestEnv::new("lc-type", 4).await;
-    let _on_panic = OnPanic::new(&env);
+    let _on_panic = env.cleanup_on_panic();
     let typed = format!("{}-typed", env.id);
     let frozen = format!("{}-frozen", env.id);
     let typed_v1 = Expect {
@@ -324,10 +236,7 @@ async fn type_change_and_replaced_immutable_source_converge_everywhere() {
         immutable: true,
     };
     for (name, want) in [(&typed, &typed_v1), (&frozen, &frozen_v1)] {
-        env.sources()
-            .create(&PostParams::default(), &source(name, want))
-            .await
-            .unwrap();
+        env.add_source(&source(name, want)).await;
     }
     let mut daemon = start(&env, &[]).await;
     let everywhere = default_targets(&env).await;
@@ -338,16 +247,10 @@ async fn type_change_and_replaced_immutable_source_converge_everywhere() {
     // the controller sees "same name, different type / immutable changed").
     let t = Instant::now();
     for name in [&typed, &frozen] {
-        env.sources()
-            .delete(name, &DeleteParams::default())
-            .await
-            .unwrap();
+        env.delete_source(name).await;
     }
     for (name, want) in [(&typed, &typed_v2), (&frozen, &frozen_v2)] {
-        env.sources()
-            .create(&PostParams::default(), &source(name, want))
-            .await
-            .unwrap();
+        env.add_source(&source(name, want)).await;
     }
     await_exact(&env, &daemon, &everywhere, &typed, &typed_v2).await;
     await_exact(&env, &daemon, &everywhere, &frozen, &frozen_v2).await;
@@ -360,7 +263,7 @@ async fn type_change_and_replaced_immutable_source_converge_everywhere() {
     let mut want = everywhere.clone();
     want.sort();
     for name in [&typed, &frozen] {
-        let mut found = copies_anywhere(&env, name).await;
+        let mut found = env.copies_anywhere(name).await;
         found.sort();
         assert_eq!(found, want, "namespaces holding copies of {name}");
     }
@@ -380,7 +283,7 @@ async fn type_change_and_replaced_immutable_source_converge_everywhere() {
     await_exact(&env, &daemon, &everywhere, &frozen, &frozen_v2).await;
 
     stop_cleanly(&mut daemon);
-    cleanup(env).await;
+    env.teardown().await;
 }
 
 /// Scenario 8: a restart with everything in sync makes zero write requests,
@@ -392,7 +295,7 @@ async fn restart_in_sync_makes_zero_writes() {
     // Namespace deletions by earlier tests would show up as Secret writes.
     await_no_terminating_namespaces(&client().await).await;
     let env = TestEnv::new("lc-restart", 10).await;
-    let _on_panic = OnPanic::new(&env);
+    let _on_panic = env.cleanup_on_panic();
     let name = format!("{}-s", env.id);
     env.create_source(&name, &[("token", "v1")]).await;
 
@@ -435,12 +338,7 @@ async fn restart_in_sync_makes_zero_writes() {
 
     // The witness is live: one change of the source costs our own update plus
     // one write per copy, and the API server and the controller see them.
-    let mut s = env.sources().get(&name).await.unwrap();
-    s.data = Some(data_map(&[("token", "v2")]));
-    env.sources()
-        .replace(&name, &PostParams::default(), &s)
-        .await
-        .unwrap();
+    replace_data(&env, &name, &[("token", "v2")]).await;
     env.await_copies(&everywhere, &name, &[("token", "v2")])
         .await;
     let n = everywhere.len() as f64;
@@ -462,7 +360,7 @@ async fn restart_in_sync_makes_zero_writes() {
     );
 
     stop_cleanly(&mut second);
-    cleanup(env).await;
+    env.teardown().await;
 }
 
 /// Scenario 9: a source deleted while the controller is down has its copies
@@ -472,7 +370,7 @@ async fn restart_in_sync_makes_zero_writes() {
 async fn source_deleted_while_down_is_collected_at_start_but_not_foreign_copies() {
     let _serial = serial();
     let env = TestEnv::new("lc-down", 4).await;
-    let _on_panic = OnPanic::new(&env);
+    let _on_panic = env.cleanup_on_panic();
     let name = format!("{}-s", env.id);
     let other = format!("{}-x", env.id);
     let [t0, t1, t2, t3] = [0, 1, 2, 3].map(|i| env.targets[i].clone());
@@ -508,18 +406,10 @@ async fn source_deleted_while_down_is_collected_at_start_but_not_foreign_copies(
     env.await_copies(&everywhere, &name, &[("k", "v1")]).await;
     stop_cleanly(&mut first);
 
-    env.sources()
-        .delete(&name, &DeleteParams::default())
-        .await
-        .unwrap();
+    env.delete_source(&name).await;
     let mut second = start(&env, &[]).await;
     env.await_no_copies(&[t0.clone(), t3.clone()], &name).await;
-    eventually(
-        "every copy of the deleted source to be collected, cluster-wide",
-        Duration::from_secs(60),
-        || async { copies_anywhere(&env, &name).await.is_empty().then_some(()) },
-    )
-    .await;
+    env.await_no_copies_anywhere(&name).await;
     assert!(
         own_writes(&second, &["op=\"delete\"", "result=\"ok\""]).await >= everywhere.len() as f64,
         "the controller does not count the deletes it made"
@@ -542,7 +432,7 @@ async fn source_deleted_while_down_is_collected_at_start_but_not_foreign_copies(
     }
 
     stop_cleanly(&mut second);
-    cleanup(env).await;
+    env.teardown().await;
 }
 
 /// Scenario 9 (second part): a `NAMESPACE` that does not exist stops the
@@ -555,7 +445,7 @@ async fn missing_source_namespace_refuses_to_start_and_changes_nothing() {
     // Namespace deletions by earlier tests would show up as Secret writes.
     await_no_terminating_namespaces(&client().await).await;
     let env = TestEnv::new("lc-nons", 3).await;
-    let _on_panic = OnPanic::new(&env);
+    let _on_panic = env.cleanup_on_panic();
     let name = format!("{}-s", env.id);
     env.create_source(&name, &[("k", "v1")]).await;
     let mut real = start(&env, &[]).await;
@@ -620,7 +510,7 @@ async fn missing_source_namespace_refuses_to_start_and_changes_nothing() {
         );
     }
 
-    cleanup(env).await;
+    env.teardown().await;
 }
 
 /// Scenario 12: with SECRET_SYNC_RATE_LIMIT=5 and SECRET_SYNC_RATE_BURST=1 the
@@ -631,7 +521,7 @@ async fn missing_source_namespace_refuses_to_start_and_changes_nothing() {
 async fn rate_limit_spreads_the_writes_of_one_change() {
     let _serial = serial();
     let env = TestEnv::new("lc-rate", 30).await;
-    let _on_panic = OnPanic::new(&env);
+    let _on_panic = env.cleanup_on_panic();
     let name = format!("{}-s", env.id);
     env.create_source(&name, &[("k", "v1")]).await;
     let mut daemon = start(
@@ -690,12 +580,7 @@ async fn rate_limit_spreads_the_writes_of_one_change() {
     )
     .await;
 
-    let mut s = env.sources().get(&name).await.unwrap();
-    s.data = Some(data_map(&[("k", "v2")]));
-    env.sources()
-        .replace(&name, &PostParams::default(), &s)
-        .await
-        .unwrap();
+    replace_data(&env, &name, &[("k", "v2")]).await;
     let changed = Instant::now();
     eventually(
         "all 30 copies to show the new data",
@@ -721,7 +606,7 @@ async fn rate_limit_spreads_the_writes_of_one_change() {
     );
 
     stop_cleanly(&mut daemon);
-    cleanup(env).await;
+    env.teardown().await;
 }
 
 /// Scenario 12 (second part): with ENABLE_SECRET_WATCHER=false the sources
@@ -732,7 +617,7 @@ async fn rate_limit_spreads_the_writes_of_one_change() {
 async fn without_source_watch_only_the_initial_list_is_copied() {
     let _serial = serial();
     let env = TestEnv::new("lc-nowatch", 3).await;
-    let _on_panic = OnPanic::new(&env);
+    let _on_panic = env.cleanup_on_panic();
     let early = format!("{}-early", env.id);
     let late = format!("{}-late", env.id);
     env.create_source(&early, &[("k", "v1")]).await;
@@ -745,13 +630,7 @@ async fn without_source_watch_only_the_initial_list_is_copied() {
     .await;
     env.await_copies(&env.targets, &early, &[("k", "v1")]).await;
 
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &source_secret(&late, &[("k", "v1")]),
-        )
-        .await
-        .unwrap();
+    env.create_source(&late, &[("k", "v1")]).await;
     let created = Instant::now();
     while created.elapsed() < Duration::from_secs(10) {
         for ns in &env.targets {
@@ -776,5 +655,5 @@ async fn without_source_watch_only_the_initial_list_is_copied() {
     );
 
     stop_cleanly(&mut daemon);
-    cleanup(env).await;
+    env.teardown().await;
 }

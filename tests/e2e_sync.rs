@@ -15,7 +15,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,6 @@ const EXCLUDE_KEY: &str = "e2e.push-to-k8s.io/exclude";
 const MANAGED_KEY: &str = "push-to-k8s.io/managed-by";
 const MANAGED_VALUE: &str = "push-to-k8s";
 const HASH_ANNOTATION: &str = "push-to-k8s.io/content-hash";
-const PROTECTED: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 /// A non-default type, so "same type" is not satisfied by the `Opaque` default.
 const CUSTOM_TYPE: &str = "e2e.push-to-k8s.io/custom";
 const WAIT: Duration = Duration::from_secs(60);
@@ -106,106 +104,13 @@ fn assert_no_values(log: &str, values: &[String]) {
 async fn finish(env: TestEnv, mut daemon: Daemon, values: &[String]) -> String {
     let status = daemon.stop();
     let log = daemon.logs();
-    purge_copies(&env.client, &env.source_ns).await;
-    env.cleanup().await;
+    env.teardown().await;
     assert_no_values(&log, values);
     assert!(
         status.success(),
         "controller exited with {status} after SIGTERM"
     );
     log
-}
-
-/// Copies of `source_ns`'s sources, wherever they are (e.g. `default`): the
-/// controller is stopped and the source namespace is going away, so nothing
-/// else would ever collect them.
-async fn purge_copies(client: &kube::Client, source_ns: &str) {
-    let api: Api<Secret> = Api::all(client.clone());
-    let prefix = format!("{source_ns}/");
-    let Ok(list) = api
-        .list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await
-    else {
-        return;
-    };
-    for m in list.items {
-        let ours = m
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SOURCE_ANNOTATION))
-            .is_some_and(|s| s.starts_with(&prefix));
-        if let (true, Some(ns), Some(name)) = (ours, &m.metadata.namespace, &m.metadata.name) {
-            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-            let _ = api.delete(name, &DeleteParams::default()).await;
-        }
-    }
-}
-
-/// Cleans up after a test that panics: deletes every namespace named after
-/// the test's id and the copies of its sources elsewhere, so a failing test
-/// does not leave work for every later test's controller.
-struct Leftovers {
-    id: String,
-    source_ns: String,
-}
-
-impl Leftovers {
-    fn of(env: &TestEnv) -> Leftovers {
-        Leftovers {
-            id: env.id.clone(),
-            source_ns: env.source_ns.clone(),
-        }
-    }
-}
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let (id, source_ns) = (self.id.clone(), self.source_ns.clone());
-        // The test's runtime is unwinding; use a fresh one on its own thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let client = client().await;
-                purge_copies(&client, &source_ns).await;
-                let prefix = format!("{id}-");
-                let namespaces: Api<Namespace> = Api::all(client.clone());
-                if let Ok(list) = namespaces.list_metadata(&ListParams::default()).await {
-                    for n in list.items.into_iter().filter_map(|n| n.metadata.name) {
-                        if n.starts_with(&prefix) {
-                            let _ = namespaces.delete(&n, &DeleteParams::default()).await;
-                        }
-                    }
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Poll `check` until `Ok`; on timeout, panic with `what` and the last reason.
-async fn until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(why) => assert!(
-                start.elapsed() < timeout,
-                "timed out after {timeout:?} waiting for: {what}; last: {why}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn secret(
@@ -353,19 +258,79 @@ fn check_copy(copy: &Secret, source: &Secret, source_ns: &str) -> Result<(), Str
     Ok(())
 }
 
+/// Does each of `namespaces` hold exactly the current copy of `name`?
+async fn exact_copies(env: &TestEnv, namespaces: &[String], name: &str) -> Result<(), String> {
+    let source = env.sources().get(name).await.map_err(|e| e.to_string())?;
+    for ns in namespaces {
+        let copy = env
+            .copy(ns, name)
+            .await
+            .ok_or_else(|| format!("no copy in {ns}"))?;
+        check_copy(&copy, &source, &env.source_ns)?;
+    }
+    Ok(())
+}
+
 /// Wait until each of `namespaces` holds exactly the current copy of `name`.
 async fn await_exact(env: &TestEnv, namespaces: &[String], name: &str, timeout: Duration) {
     until(
         &format!("exact copies of {name} in {namespaces:?}"),
         timeout,
+        || exact_copies(env, namespaces, name),
+    )
+    .await
+}
+
+/// Which metadata of a copy an expectation of [`await_metadata`] is about.
+#[derive(Clone, Copy)]
+enum Meta {
+    Label,
+    Annotation,
+}
+
+/// Wait (up to `timeout`) until the copy of `name` in each of `namespaces`
+/// meets every `(kind, key, value)` of `want`: a label or annotation `key`
+/// with that value, or (`None`) no such key at all.
+async fn await_metadata(
+    env: &TestEnv,
+    namespaces: &[String],
+    name: &str,
+    timeout: Duration,
+    want: &[(Meta, &str, Option<&str>)],
+) {
+    let describe = |&(kind, key, value): &(Meta, &str, Option<&str>)| {
+        let kind = match kind {
+            Meta::Label => "label",
+            Meta::Annotation => "annotation",
+        };
+        match value {
+            Some(v) => format!("{kind} {key}={v}"),
+            None => format!("no {kind} {key}"),
+        }
+    };
+    let wanted: Vec<String> = want.iter().map(describe).collect();
+    until(
+        &format!(
+            "copies of {name} in {namespaces:?} with {}",
+            wanted.join(", ")
+        ),
+        timeout,
         || async {
-            let source = env.sources().get(name).await.map_err(|e| e.to_string())?;
             for ns in namespaces {
-                let copy = env
-                    .copy(ns, name)
-                    .await
-                    .ok_or_else(|| format!("no copy in {ns}"))?;
-                check_copy(&copy, &source, &env.source_ns)?;
+                let c = env.copy(ns, name).await.ok_or(format!("no copy in {ns}"))?;
+                for &(kind, key, value) in want {
+                    let map = match kind {
+                        Meta::Label => &c.metadata.labels,
+                        Meta::Annotation => &c.metadata.annotations,
+                    };
+                    let got = map.as_ref().and_then(|m| m.get(key)).map(String::as_str);
+                    if got != value {
+                        return Err(format!(
+                            "{ns}: labels {:?} annotations {:?}",
+                            c.metadata.labels, c.metadata.annotations
+                        ));
+                    }
+                }
             }
             Ok(())
         },
@@ -373,41 +338,17 @@ async fn await_exact(env: &TestEnv, namespaces: &[String], name: &str, timeout: 
     .await
 }
 
-/// Every copy of `source_ns/name` anywhere in the cluster.
-async fn copies_everywhere(env: &TestEnv, name: &str) -> Vec<String> {
-    let api: Api<Secret> = Api::all(env.client.clone());
-    let want = format!("{}/{name}", env.source_ns);
-    api.list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await
-        .expect("list copies")
-        .items
-        .into_iter()
-        .filter(|m| {
-            m.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(SOURCE_ANNOTATION))
-                == Some(&want)
-        })
-        .filter_map(|m| m.metadata.namespace)
-        .collect()
-}
-
 /// Every Active namespace that should get a copy (DESIGN §3, no narrowing).
 async fn expected_targets(env: &TestEnv) -> Vec<String> {
-    env.active_namespaces()
-        .await
-        .into_iter()
-        .filter(|n| n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating"))
-        .filter(|n| {
-            !n.metadata
+    env.targets_where(|n| {
+        n.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+            && !n
+                .metadata
                 .labels
                 .as_ref()
                 .is_some_and(|l| l.contains_key(EXCLUDE_KEY))
-        })
-        .filter_map(|n| n.metadata.name)
-        .filter(|n| *n != env.source_ns && !PROTECTED.contains(&n.as_str()))
-        .collect()
+    })
+    .await
 }
 
 /// Warning `Conflict` Events on source `name` (events.k8s.io/v1 notes and
@@ -449,7 +390,7 @@ async fn conflict_events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
 async fn s01_source_reaches_every_non_excluded_namespace() {
     let _serial = serial();
     let mut env = TestEnv::new("e2e-all", 21).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let excluded = format!("{}-excl", env.id);
     env.create_namespace(&excluded, &[(EXCLUDE_KEY, "true")])
         .await;
@@ -458,19 +399,14 @@ async fn s01_source_reaches_every_non_excluded_namespace() {
     let name = format!("{}-db", env.id);
     let (user, pass) = (secret_value("user"), secret_value("pass"));
     let started = Instant::now();
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(
-                &name,
-                &[("username", &user), ("password", &pass)],
-                &[("app", "e2e")],
-                &[("e2e/note", "copied")],
-                Some(CUSTOM_TYPE),
-            ),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(
+        &name,
+        &[("username", &user), ("password", &pass)],
+        &[("app", "e2e")],
+        &[("e2e/note", "copied")],
+        Some(CUSTOM_TYPE),
+    ))
+    .await;
 
     let reached = until(
         &format!("{name} in every Active, non-excluded namespace"),
@@ -531,7 +467,7 @@ async fn s01_source_reaches_every_non_excluded_namespace() {
         );
     }
     // Cluster-wide, the copies are exactly the expected namespaces.
-    let mut everywhere = copies_everywhere(&env, &name).await;
+    let mut everywhere = env.copies_anywhere(&name).await;
     everywhere.sort();
     let mut want = expected_targets(&env).await;
     want.sort();
@@ -545,17 +481,12 @@ async fn s01_source_reaches_every_non_excluded_namespace() {
 async fn s02_changes_on_the_source_propagate() {
     let _serial = serial();
     let env = TestEnv::new("e2e-upd", 3).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let daemon = start(&env, &[]).await;
     let name = format!("{}-cfg", env.id);
     let (v1, v2) = (secret_value("v1"), secret_value("v2"));
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(&name, &[("k", &v1)], &[("app", "e2e")], &[], None),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(&name, &[("k", &v1)], &[("app", "e2e")], &[], None))
+        .await;
     await_exact(&env, &env.targets, &name, WAIT).await;
 
     // Data.
@@ -573,20 +504,8 @@ async fn s02_changes_on_the_source_propagate() {
         json!({"metadata": {"labels": {"tier": "gold"}}}),
     )
     .await;
-    until("copies to gain label tier=gold", WAIT, || async {
-        for ns in &env.targets {
-            let c = env
-                .copy(ns, &name)
-                .await
-                .ok_or(format!("no copy in {ns}"))?;
-            let tier = c.metadata.labels.unwrap_or_default().remove("tier");
-            if tier.as_deref() != Some("gold") {
-                return Err(format!("{ns}: tier={tier:?}"));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    let tier = (Meta::Label, "tier", Some("gold"));
+    await_metadata(&env, &env.targets, &name, WAIT, &[tier]).await;
     await_exact(&env, &env.targets, &name, WAIT).await;
     println!("s02: label change propagated in {:?}", t.elapsed());
 
@@ -598,24 +517,8 @@ async fn s02_changes_on_the_source_propagate() {
         json!({"metadata": {"annotations": {"e2e/owner": "team-a"}}}),
     )
     .await;
-    until("copies to gain annotation e2e/owner", WAIT, || async {
-        for ns in &env.targets {
-            let c = env
-                .copy(ns, &name)
-                .await
-                .ok_or(format!("no copy in {ns}"))?;
-            let a = c
-                .metadata
-                .annotations
-                .unwrap_or_default()
-                .remove("e2e/owner");
-            if a.as_deref() != Some("team-a") {
-                return Err(format!("{ns}: e2e/owner={a:?}"));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    let owner = (Meta::Annotation, "e2e/owner", Some("team-a"));
+    await_metadata(&env, &env.targets, &name, WAIT, &[owner]).await;
     await_exact(&env, &env.targets, &name, WAIT).await;
     println!("s02: annotation change propagated in {:?}", t.elapsed());
 
@@ -628,7 +531,7 @@ async fn s02_changes_on_the_source_propagate() {
 async fn s03_deleted_or_unlabelled_source_removes_its_copies_only() {
     let _serial = serial();
     let env = TestEnv::new("e2e-del", 4).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let (gone, unlabelled) = (format!("{}-gone", env.id), format!("{}-unl", env.id));
     let (va, vb, ua, ub) = (
         secret_value("a"),
@@ -641,13 +544,8 @@ async fn s03_deleted_or_unlabelled_source_removes_its_copies_only() {
     let mine_b = create_unmanaged(&env, &env.targets[1], &unlabelled, &ub).await;
     let daemon = start(&env, &[]).await;
     for (n, v) in [(&gone, &va), (&unlabelled, &vb)] {
-        env.sources()
-            .create(
-                &PostParams::default(),
-                &secret(n, &[("k", v)], &[], &[], None),
-            )
-            .await
-            .expect("create source");
+        env.add_source(&secret(n, &[("k", v)], &[], &[], None))
+            .await;
     }
     let others = |skip: usize| -> Vec<String> {
         env.targets
@@ -661,23 +559,12 @@ async fn s03_deleted_or_unlabelled_source_removes_its_copies_only() {
     await_exact(&env, &others(1), &unlabelled, WAIT).await;
     assert_untouched(&env, &mine_a).await;
     assert_untouched(&env, &mine_b).await;
-    assert!(copies_everywhere(&env, &gone).await.len() >= 3);
+    assert!(env.copies_anywhere(&gone).await.len() >= 3);
 
     // Delete the first source.
     let t = Instant::now();
-    env.sources()
-        .delete(&gone, &DeleteParams::default())
-        .await
-        .expect("delete source");
-    until(&format!("every copy of {gone} to go"), WAIT, || async {
-        let left = copies_everywhere(&env, &gone).await;
-        if left.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("still in {left:?}"))
-        }
-    })
-    .await;
+    env.delete_source(&gone).await;
+    env.await_no_copies_anywhere(&gone).await;
     env.await_no_copies(&others(0), &gone).await;
     println!("s03: copies of a deleted source gone in {:?}", t.elapsed());
     assert_untouched(&env, &mine_a).await;
@@ -690,19 +577,7 @@ async fn s03_deleted_or_unlabelled_source_removes_its_copies_only() {
         json!({"metadata": {"labels": {SOURCE_SELECTOR_KEY: null}}}),
     )
     .await;
-    until(
-        &format!("every copy of {unlabelled} to go"),
-        WAIT,
-        || async {
-            let left = copies_everywhere(&env, &unlabelled).await;
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("still in {left:?}"))
-            }
-        },
-    )
-    .await;
+    env.await_no_copies_anywhere(&unlabelled).await;
     env.await_no_copies(&others(1), &unlabelled).await;
     println!(
         "s03: copies of an unlabelled source gone in {:?}",
@@ -722,17 +597,12 @@ async fn s03_deleted_or_unlabelled_source_removes_its_copies_only() {
 async fn s04_namespace_arrivals_and_label_changes() {
     let _serial = serial();
     let mut env = TestEnv::new("e2e-ns", 3).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let daemon = start(&env, &[]).await;
     let name = format!("{}-tok", env.id);
     let v = secret_value("tok");
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(&name, &[("token", &v)], &[], &[], None),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(&name, &[("token", &v)], &[], &[], None))
+        .await;
     await_exact(&env, &env.targets, &name, WAIT).await;
 
     // A namespace created after the copies exist: debounce (1 s) + 5 s,
@@ -783,7 +653,7 @@ async fn s04_namespace_arrivals_and_label_changes() {
 async fn s05_tampered_or_deleted_copies_are_repaired() {
     let _serial = serial();
     let env = TestEnv::new("e2e-drift", 4).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let daemon = start(&env, &[("SYNC_INTERVAL", "1440")]).await;
     let name = format!("{}-key", env.id);
     let (v, tampered, extra) = (
@@ -791,13 +661,8 @@ async fn s05_tampered_or_deleted_copies_are_repaired() {
         secret_value("tampered"),
         secret_value("extra"),
     );
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(&name, &[("k", &v)], &[("team", "a")], &[], None),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(&name, &[("k", &v)], &[("team", "a")], &[], None))
+        .await;
     await_exact(&env, &env.targets, &name, WAIT).await;
     let api = |i: usize| env.secrets(&env.targets[i]);
 
@@ -839,14 +704,8 @@ async fn s05_tampered_or_deleted_copies_are_repaired() {
     )
     .await;
     assert_eq!(edited.metadata.labels.unwrap()["team"], "b");
-    until("label team=a restored", REPAIR, || async {
-        let c = env.copy(&env.targets[2], &name).await.ok_or("no copy")?;
-        match c.metadata.labels.unwrap_or_default().remove("team") {
-            Some(t) if t == "a" => Ok(()),
-            other => Err(format!("team={other:?}")),
-        }
-    })
-    .await;
+    let team = (Meta::Label, "team", Some("a"));
+    await_metadata(&env, &env.targets[2..3], &name, REPAIR, &[team]).await;
     await_exact(&env, &env.targets[2..3], &name, REPAIR).await;
     println!("s05: edited label restored in {:?}", t.elapsed());
 
@@ -874,19 +733,14 @@ async fn s05_tampered_or_deleted_copies_are_repaired() {
 async fn s06_unmanaged_same_name_is_never_overwritten() {
     let _serial = serial();
     let env = TestEnv::new("e2e-conf", 3).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let name = format!("{}-shared", env.id);
     let (mine, v) = (secret_value("mine"), secret_value("src"));
     let blocked = env.targets[0].clone();
     let before = create_unmanaged(&env, &blocked, &name, &mine).await;
     let daemon = start(&env, &[]).await;
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(&name, &[("k", &v)], &[], &[], None),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(&name, &[("k", &v)], &[], &[], None))
+        .await;
 
     // Positive signals first: copies elsewhere, then the Event.
     await_exact(&env, &env.targets[1..], &name, WAIT).await;
@@ -920,7 +774,7 @@ async fn s06_unmanaged_same_name_is_never_overwritten() {
         .await;
     assert_untouched(&env, &before).await;
     assert!(
-        !copies_everywhere(&env, &name).await.contains(&blocked),
+        !env.copies_anywhere(&name).await.contains(&blocked),
         "the unmanaged Secret became a managed copy"
     );
 
@@ -933,7 +787,7 @@ async fn s06_unmanaged_same_name_is_never_overwritten() {
 async fn s06b_every_conflicting_namespace_is_named() {
     let _serial = serial();
     let env = TestEnv::new("e2e-conf2", 3).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let name = format!("{}-shared", env.id);
     let (m0, m1, v) = (
         secret_value("mine0"),
@@ -945,13 +799,8 @@ async fn s06b_every_conflicting_namespace_is_named() {
         create_unmanaged(&env, &env.targets[1], &name, &m1).await,
     ];
     let daemon = start(&env, &[]).await;
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(&name, &[("k", &v)], &[], &[], None),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(&name, &[("k", &v)], &[], &[], None))
+        .await;
     await_exact(&env, &env.targets[2..], &name, WAIT).await;
     eventually("push_to_k8s_conflicts_total >= 2", WAIT, || async {
         (daemon.metric_sum("push_to_k8s_conflicts_total", &[]).await >= 2.0).then_some(())
@@ -988,23 +837,18 @@ async fn s06b_every_conflicting_namespace_is_named() {
 async fn s02b_removed_label_and_annotation_propagate() {
     let _serial = serial();
     let env = TestEnv::new("e2e-rm", 2).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let daemon = start(&env, &[]).await;
     let name = format!("{}-meta", env.id);
     let v = secret_value("meta");
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(
-                &name,
-                &[("k", &v)],
-                &[("tier", "gold")],
-                &[("e2e/owner", "team-a")],
-                None,
-            ),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(
+        &name,
+        &[("k", &v)],
+        &[("tier", "gold")],
+        &[("e2e/owner", "team-a")],
+        None,
+    ))
+    .await;
     await_exact(&env, &env.targets, &name, WAIT).await;
 
     merge(
@@ -1013,23 +857,11 @@ async fn s02b_removed_label_and_annotation_propagate() {
         json!({"metadata": {"labels": {"tier": null}, "annotations": {"e2e/owner": null}}}),
     )
     .await;
-    until("label and annotation removed from copies", WAIT, || async {
-        for ns in &env.targets {
-            let c = env
-                .copy(ns, &name)
-                .await
-                .ok_or(format!("no copy in {ns}"))?;
-            let labels = c.metadata.labels.unwrap_or_default();
-            let annotations = c.metadata.annotations.unwrap_or_default();
-            if labels.contains_key("tier") || annotations.contains_key("e2e/owner") {
-                return Err(format!(
-                    "{ns}: labels {labels:?} annotations {annotations:?}"
-                ));
-            }
-        }
-        Ok(())
-    })
-    .await;
+    let removed = [
+        (Meta::Label, "tier", None),
+        (Meta::Annotation, "e2e/owner", None),
+    ];
+    await_metadata(&env, &env.targets, &name, WAIT, &removed).await;
     await_exact(&env, &env.targets, &name, WAIT).await;
 
     finish(env, daemon, &[v]).await;
@@ -1042,7 +874,7 @@ async fn s02b_removed_label_and_annotation_propagate() {
 async fn s11_no_secret_value_in_the_log_at_any_level() {
     let _serial = serial();
     let mut env = TestEnv::new("e2e-log", 3).await;
-    let _leftovers = Leftovers::of(&env);
+    let _on_panic = env.cleanup_on_panic();
     let excluded = format!("{}-excl", env.id);
     env.create_namespace(&excluded, &[(EXCLUDE_KEY, "")]).await;
     let daemon = start(&env, &[("SYNC_INTERVAL", "1440")]).await;
@@ -1054,19 +886,14 @@ async fn s11_no_secret_value_in_the_log_at_any_level() {
     let (v1, v1b, v2, tampered) = (&values[0], &values[1], &values[2], &values[3]);
 
     // 1: reaches the targets, not the excluded namespace.
-    env.sources()
-        .create(
-            &PostParams::default(),
-            &secret(
-                &name,
-                &[("password", v1), ("other", v1b)],
-                &[("app", "e2e")],
-                &[],
-                Some(CUSTOM_TYPE),
-            ),
-        )
-        .await
-        .expect("create source");
+    env.add_source(&secret(
+        &name,
+        &[("password", v1), ("other", v1b)],
+        &[("app", "e2e")],
+        &[],
+        Some(CUSTOM_TYPE),
+    ))
+    .await;
     await_exact(&env, &env.targets, &name, WAIT).await;
     assert!(env.copy(&excluded, &name).await.is_none());
     // 2: data and label changes.
@@ -1084,16 +911,8 @@ async fn s11_no_secret_value_in_the_log_at_any_level() {
         json!({"metadata": {"labels": {"tier": "gold"}}}),
     )
     .await;
-    until("label tier on the copies", WAIT, || async {
-        let source = env.sources().get(&name).await.map_err(|e| e.to_string())?;
-        for ns in &env.targets {
-            let c = env
-                .copy(ns, &name)
-                .await
-                .ok_or(format!("no copy in {ns}"))?;
-            check_copy(&c, &source, &env.source_ns)?;
-        }
-        Ok(())
+    until("label tier on the copies", WAIT, || {
+        exact_copies(&env, &env.targets, &name)
     })
     .await;
     // 4: a new namespace.
@@ -1114,10 +933,7 @@ async fn s11_no_secret_value_in_the_log_at_any_level() {
         .expect("delete copy");
     await_exact(&env, &env.targets[1..2], &name, REPAIR).await;
     // 3: deletion.
-    env.sources()
-        .delete(&name, &DeleteParams::default())
-        .await
-        .expect("delete source");
+    env.delete_source(&name).await;
     env.await_no_copies(&env.targets, &name).await;
     env.await_no_copies(std::slice::from_ref(&late), &name)
         .await;

@@ -7,7 +7,10 @@
 //!   file lock: each test runs its own controller process, and two
 //!   controllers in one cluster would write into each other's namespaces.
 //! - [`TestEnv`] gives each test its own source and target namespaces.
-//! - [`eventually`] polls a condition with a generous timeout; no fixed sleeps.
+//! - [`eventually`] and [`until`] poll a condition with a generous timeout;
+//!   no fixed sleeps.
+//! - [`TestEnv::teardown`] ends a test; [`CleanupOnPanic`] does the same when
+//!   it fails half-way.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -27,6 +30,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 pub const SOURCE_SELECTOR_KEY: &str = "push-to-k8s";
 pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
 pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
+/// Namespaces a controller never copies into.
+pub const PROTECTED: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -128,6 +133,25 @@ where
     }
 }
 
+/// Poll `check` until `Ok`; on timeout, panic with `what` and the last reason.
+pub async fn until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(why) => assert!(
+                start.elapsed() < timeout,
+                "timed out after {timeout:?} waiting for: {what}; last: {why}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A short unique suffix for names in this test run.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -197,13 +221,25 @@ impl TestEnv {
         self.secrets(&self.source_ns)
     }
 
-    /// Create a Secret in the source namespace labelled as a source.
-    pub async fn create_source(&self, name: &str, data: &[(&str, &str)]) -> Secret {
-        let s = source_secret(name, data);
+    /// Create `source` in the source namespace.
+    pub async fn add_source(&self, source: &Secret) -> Secret {
         self.sources()
-            .create(&PostParams::default(), &s)
+            .create(&PostParams::default(), source)
             .await
             .expect("create source")
+    }
+
+    /// Create a Secret in the source namespace labelled as a source.
+    pub async fn create_source(&self, name: &str, data: &[(&str, &str)]) -> Secret {
+        self.add_source(&source_secret(name, data)).await
+    }
+
+    /// Delete the source `name`.
+    pub async fn delete_source(&self, name: &str) {
+        self.sources()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete source");
     }
 
     /// Every namespace that currently exists and is not terminating.
@@ -215,6 +251,18 @@ impl TestEnv {
             .items
             .into_iter()
             .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+
+    /// Every active namespace `keep` accepts, except the source namespace and
+    /// the protected ones: where a controller for this test copies to.
+    pub async fn targets_where(&self, keep: impl Fn(&Namespace) -> bool) -> Vec<String> {
+        self.active_namespaces()
+            .await
+            .into_iter()
+            .filter(|n| keep(n))
+            .filter_map(|n| n.metadata.name)
+            .filter(|n| *n != self.source_ns && !PROTECTED.contains(&n.as_str()))
             .collect()
     }
 
@@ -253,12 +301,135 @@ impl TestEnv {
         }
     }
 
+    /// Namespaces holding a Secret marked as a copy of `source_ns/name`,
+    /// cluster-wide.
+    pub async fn copies_anywhere(&self, name: &str) -> Vec<String> {
+        let api: Api<Secret> = Api::all(self.client.clone());
+        let want = format!("{}/{name}", self.source_ns);
+        api.list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
+            .await
+            .expect("list copies")
+            .items
+            .into_iter()
+            .filter(|m| {
+                m.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SOURCE_ANNOTATION))
+                    == Some(&want)
+            })
+            .filter_map(|m| m.metadata.namespace)
+            .collect()
+    }
+
+    /// Wait (up to 60 s) until no Secret anywhere in the cluster is marked as
+    /// a copy of `source_ns/name`.
+    pub async fn await_no_copies_anywhere(&self, name: &str) {
+        until(
+            &format!("every copy of {name} to go, cluster-wide"),
+            Duration::from_secs(60),
+            || async {
+                let left = self.copies_anywhere(name).await;
+                if left.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("still in {left:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
     /// Delete the namespaces this test created (best effort).
     pub async fn cleanup(self) {
         let api: Api<Namespace> = Api::all(self.client.clone());
         for ns in &self.created {
             let _ = api.delete(ns, &DeleteParams::default()).await;
         }
+    }
+
+    /// End of a test whose controller is stopped: remove the copies it left in
+    /// namespaces it does not own (see [`purge_copies`]), then its namespaces.
+    pub async fn teardown(self) {
+        purge_copies(&self.client, &self.source_ns).await;
+        self.cleanup().await;
+    }
+
+    /// A guard that cleans up after this test if it panics; see [`CleanupOnPanic`].
+    pub fn cleanup_on_panic(&self) -> CleanupOnPanic {
+        CleanupOnPanic {
+            id: self.id.clone(),
+            source_ns: self.source_ns.clone(),
+        }
+    }
+}
+
+/// Delete every copy of `source_ns`'s sources, wherever it is (e.g.
+/// `default`), best effort: with the controller stopped and the source
+/// namespace going away, nothing else would ever collect them.
+pub async fn purge_copies(client: &kube::Client, source_ns: &str) {
+    let api: Api<Secret> = Api::all(client.clone());
+    let prefix = format!("{source_ns}/");
+    let Ok(list) = api
+        .list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
+        .await
+    else {
+        return;
+    };
+    for m in list.items {
+        let ours = m
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SOURCE_ANNOTATION))
+            .is_some_and(|s| s.starts_with(&prefix));
+        if let (true, Some(ns), Some(name)) = (ours, &m.metadata.namespace, &m.metadata.name) {
+            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+            let _ = api.delete(name, &DeleteParams::default()).await;
+        }
+    }
+}
+
+/// Cleans up after a test that panics, like [`TestEnv::teardown`]: deletes
+/// the copies of its sources wherever they are, then every namespace named
+/// after the test's id (also those it created after taking the guard), so a
+/// failing test does not leave work for every later test's controller.
+///
+/// Take it with [`TestEnv::cleanup_on_panic`] after the [`serial`] guard (it
+/// must run while that is held) and before any [`Daemon`] (which must be
+/// killed first).
+pub struct CleanupOnPanic {
+    id: String,
+    source_ns: String,
+}
+
+impl Drop for CleanupOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let (id, source_ns) = (self.id.clone(), self.source_ns.clone());
+        // The test's runtime is unwinding; use a fresh one on its own thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                let client = client().await;
+                purge_copies(&client, &source_ns).await;
+                let prefix = format!("{id}-");
+                let namespaces: Api<Namespace> = Api::all(client.clone());
+                if let Ok(list) = namespaces.list_metadata(&ListParams::default()).await {
+                    for n in list.items.into_iter().filter_map(|n| n.metadata.name) {
+                        if n.starts_with(&prefix) {
+                            let _ = namespaces.delete(&n, &DeleteParams::default()).await;
+                        }
+                    }
+                }
+            });
+        })
+        .join();
     }
 }
 
