@@ -174,17 +174,19 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            // A due batch goes before new keys, so a flood of events cannot
+            // push a batch past its maximum wait.
+            keys = batcher.ready() => {
+                metrics.queue_depth.set(0);
+                metrics.batch_size.observe(keys.len() as f64);
+                flush(&caches, &scope, &writer, &metrics, &keys, since, &health).await;
+            }
             Some(key) = dirty_rx.recv() => {
                 if batcher.pending() == 0 {
                     since = Instant::now();
                 }
                 batcher.add(key);
                 metrics.queue_depth.set(batcher.pending() as i64);
-            }
-            keys = batcher.ready() => {
-                metrics.queue_depth.set(0);
-                metrics.batch_size.observe(keys.len() as f64);
-                flush(&caches, &scope, &writer, &metrics, &keys, since, &health).await;
             }
             _ = resync_timer.tick() => {
                 tracing::info!("periodic resync: re-listing from the API server");
