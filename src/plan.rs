@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::batch::DirtyKey;
 use crate::targets::{AnnotationError, NamespaceInfo, Scope, TargetRules};
-use crate::watch::{ObjectKey, ReplicaRecord, SourceRecord};
+use crate::watch::{ObjectKey, Pairs, ReplicaRecord, SourceRecord};
 
 /// One write (or write pair) against one `(namespace, name)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,7 +97,7 @@ pub struct World<'a> {
 
 /// Is `r` exactly the copy `desired` describes, as far as we set it?
 pub fn in_sync(r: &ReplicaRecord, desired: &crate::replica::Replica) -> bool {
-    let subset = |want: &BTreeMap<String, String>, have: &BTreeMap<String, String>| {
+    let subset = |want: &BTreeMap<String, String>, have: &Pairs| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
     };
     r.hash.as_deref() == Some(desired.hash.as_str())

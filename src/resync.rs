@@ -1,12 +1,13 @@
 //! The periodic full resync: the fallback and the consistency check.
 //!
 //! Every `SYNC_INTERVAL` it re-LISTs sources, namespaces and replicas from the
-//! API server (paginated, a handful of requests), replaces the caches with
-//! what it found, and marks everything dirty. A watch that stalled silently
+//! API server (paginated, a handful of requests), brings the caches to what
+//! it found (compared page by page, so no second copy of a cache is ever
+//! held), and marks everything dirty. A watch that stalled silently
 //! therefore cannot leave the cluster wrong for longer than one interval.
 //! When everything is in sync the plan is empty: zero writes, no GETs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -20,25 +21,49 @@ use crate::watch::{Cache, Caches, ReplicaRecord, SourceRecord, namespace_info};
 
 const PAGE: u32 = 500;
 
-/// List every page, keeping only the compact record of each object.
+/// A full list, compared with a cache page by page as it came in.
+struct Listed<Key, V> {
+    /// Keys listed with a record equal to the cached one.
+    same: HashSet<Key>,
+    /// Records that are new or differ from the cache.
+    differ: HashMap<Key, V>,
+}
+
+/// List every page, keeping only the compact record of each object, and only
+/// the key of each record the cache already holds: a resync never holds a
+/// second copy of the cache (see [`Cache::reconcile`]).
 async fn list_records<K, Key, V, L>(
+    cache: &Cache<Key, V>,
     list: L,
     selector: Option<&str>,
     transform: impl Fn(&K) -> Option<(Key, V)>,
-) -> kube::Result<HashMap<Key, V>>
+) -> kube::Result<Listed<Key, V>>
 where
-    Key: Eq + Hash,
+    Key: Eq + Hash + Clone,
+    V: Clone + PartialEq,
     K: Clone + DeserializeOwned,
     L: AsyncFn(&ListParams) -> kube::Result<ObjectList<K>>,
 {
-    let mut out = HashMap::new();
+    let mut out = Listed {
+        same: HashSet::new(),
+        differ: HashMap::new(),
+    };
     let mut lp = ListParams::default().limit(PAGE);
     if let Some(s) = selector {
         lp = lp.labels(s);
     }
     loop {
         let page = list(&lp).await?;
-        out.extend(page.items.iter().filter_map(&transform));
+        let records: Vec<(Key, V)> = page.items.iter().filter_map(&transform).collect();
+        cache.read(|cached| {
+            for (k, v) in records {
+                if cached.get(&k) == Some(&v) {
+                    out.same.insert(k);
+                } else {
+                    out.differ.insert(k, v);
+                }
+            }
+        });
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => lp = lp.continue_token(&token),
             None => return Ok(out),
@@ -46,14 +71,14 @@ where
     }
 }
 
-/// Replace `cache` with `fresh`; count the entries the watch had wrong.
+/// Bring `cache` to what was listed; count the entries the watch had wrong.
 fn correct<K: Eq + Hash + Clone, V: Clone + PartialEq>(
     what: &str,
     cache: &Cache<K, V>,
-    fresh: HashMap<K, V>,
+    listed: Listed<K, V>,
     metrics: &Metrics,
 ) -> usize {
-    let n = cache.replace(fresh).len();
+    let n = cache.reconcile(listed.same, listed.differ).len();
     if n > 0 {
         tracing::info!(
             cache = what,
@@ -75,6 +100,7 @@ pub async fn relist(
 ) -> kube::Result<usize> {
     let secrets_src: Api<Secret> = Api::namespaced(client.clone(), source_namespace);
     let sources = list_records(
+        &caches.sources,
         async |lp: &ListParams| secrets_src.list(lp).await,
         Some(replica::SOURCE_SELECTOR),
         |s: &Secret| SourceRecord::from_secret(s, source_namespace),
@@ -82,6 +108,7 @@ pub async fn relist(
     .await?;
     let namespaces_api: Api<Namespace> = Api::all(client.clone());
     let namespaces = list_records(
+        &caches.namespaces,
         async |lp: &ListParams| namespaces_api.list_metadata(lp).await,
         None,
         |n: &kube::api::PartialObjectMeta<Namespace>| {
@@ -91,6 +118,7 @@ pub async fn relist(
     .await?;
     let replicas_api: Api<Secret> = Api::all(client.clone());
     let replicas = list_records(
+        &caches.replicas,
         async |lp: &ListParams| replicas_api.list(lp).await,
         Some(replica::MANAGED_SELECTOR),
         |s: &Secret| ReplicaRecord::from_secret(s, source_namespace),

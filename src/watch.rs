@@ -9,7 +9,7 @@
 //! namespaces as labels plus a terminating flag, and replicas as a compact
 //! [`ReplicaRecord`] — a hash of their content, never the content itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -74,6 +74,43 @@ impl SourceRecord {
     }
 }
 
+/// Labels or annotations of a replica: `(key, value)` pairs sorted by key, in
+/// one allocation. A `BTreeMap` allocates a ~540-byte node even for a single
+/// entry; with two maps per replica that was half of the replica cache: a
+/// record took 2,072 bytes with maps, 1,102 with pairs (docs/benchmarks.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pairs(Box<[(String, String)]>);
+
+impl Pairs {
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Set `key` to `value` (reallocates: for tests and rare paths).
+    pub fn insert(&mut self, key: String, value: String) {
+        let mut v = std::mem::take(&mut self.0).into_vec();
+        match v.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => v[i].1 = value,
+            Err(i) => v.insert(i, (key, value)),
+        }
+        self.0 = v.into_boxed_slice();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl From<BTreeMap<String, String>> for Pairs {
+    fn from(map: BTreeMap<String, String>) -> Pairs {
+        // A BTreeMap iterates in key order: already sorted.
+        Pairs(map.into_iter().collect())
+    }
+}
+
 /// What we remember about one of our replicas: enough to decide "in sync",
 /// "update", "replace" or "delete" without ever holding its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,9 +125,9 @@ pub struct ReplicaRecord {
     pub data_hash: String,
     pub type_: String,
     pub immutable: bool,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Pairs,
     /// Annotations, without kubectl's apply record (which can be large).
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Pairs,
 }
 
 impl ReplicaRecord {
@@ -121,8 +158,8 @@ impl ReplicaRecord {
                 data_hash,
                 type_,
                 immutable,
-                labels: s.metadata.labels.clone().unwrap_or_default(),
-                annotations,
+                labels: s.metadata.labels.clone().unwrap_or_default().into(),
+                annotations: annotations.into(),
             },
         ))
     }
@@ -226,6 +263,38 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
             }
         }
         *map = fresh;
+        self.synced.store(true, Ordering::Release);
+        changed
+    }
+    /// [`Cache::replace`] for a full list given in two parts: `same`, the keys
+    /// listed with a record equal to the cached one (compared page by page as
+    /// the list came in), and `differ`, the records that are new or differ.
+    /// Keys in neither are gone. So a resync never holds a second copy of the
+    /// cache: at 20,000 replicas that copy was ~40 MiB (`benches/scale.rs`).
+    /// A `same` entry the watch changed meanwhile keeps the watch's newer value.
+    pub fn reconcile(
+        &self,
+        same: HashSet<K>,
+        differ: HashMap<K, V>,
+    ) -> Vec<(K, Option<V>, Option<V>)> {
+        let mut map = self.map.write().expect("cache lock");
+        let mut changed = Vec::new();
+        map.retain(|k, old| {
+            let listed = same.contains(k) || differ.contains_key(k);
+            if !listed {
+                changed.push((k.clone(), Some(old.clone()), None));
+            }
+            listed
+        });
+        for (k, new) in differ {
+            match map.get(&k) {
+                Some(old) if *old == new => {}
+                old => {
+                    changed.push((k.clone(), old.cloned(), Some(new.clone())));
+                    map.insert(k, new);
+                }
+            }
+        }
         self.synced.store(true, Ordering::Release);
         changed
     }
@@ -590,5 +659,54 @@ mod tests {
         );
         assert!(c.synced());
         assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn reconcile_from_pages_matches_replace() {
+        let c: Cache<String, u32> = Cache::new();
+        c.set("same".into(), Some(1));
+        c.set("changed".into(), Some(1));
+        c.set("gone".into(), Some(1));
+        let same = HashSet::from(["same".to_string()]);
+        let differ = HashMap::from([("changed".to_string(), 2), ("new".to_string(), 3)]);
+        let mut diff = c.reconcile(same, differ);
+        diff.sort();
+        assert_eq!(
+            diff,
+            vec![
+                ("changed".to_string(), Some(1), Some(2)),
+                ("gone".to_string(), Some(1), None),
+                ("new".to_string(), None, Some(3)),
+            ]
+        );
+        assert!(c.synced());
+        assert_eq!(c.get(&"same".to_string()), Some(1));
+        assert_eq!(c.get(&"changed".to_string()), Some(2));
+        assert_eq!(c.len(), 3);
+        // Listed as equal, but the watch moved it on meanwhile: its value stays.
+        c.set("same".into(), Some(5));
+        let diff = c.reconcile(
+            HashSet::from(["same".to_string(), "changed".to_string(), "new".to_string()]),
+            HashMap::new(),
+        );
+        assert!(diff.is_empty());
+        assert_eq!(c.get(&"same".to_string()), Some(5));
+    }
+
+    #[test]
+    fn pairs_look_up_and_insert_in_key_order() {
+        let mut p = Pairs::from(BTreeMap::from([
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]));
+        assert_eq!(p.get("a").map(String::as_str), Some("1"));
+        assert_eq!(p.get("b").map(String::as_str), Some("2"));
+        assert_eq!(p.get("c"), None);
+        p.insert("c".into(), "3".into());
+        p.insert("a".into(), "x".into());
+        p.insert("0".into(), "0".into());
+        let all: Vec<_> = p.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(all, ["0=0", "a=x", "b=2", "c=3"]);
+        assert_eq!(p.get("a").map(String::as_str), Some("x"));
     }
 }
