@@ -90,8 +90,8 @@ fn correct<K: Eq + Hash + Clone, V: Clone + PartialEq>(
     n
 }
 
-/// Re-list everything into `caches`. `sources` is false only when nothing
-/// else refreshes the sources either (it is always true today; kept explicit).
+/// Re-list sources, namespaces and replicas, then bring `caches` to what was
+/// listed; returns how many cache entries were corrected.
 pub async fn relist(
     client: &kube::Client,
     source_namespace: &str,
