@@ -153,7 +153,15 @@ start() {
     local name="$1"; shift
     # Close the lock descriptors: a daemon holding them would block every later `up`.
     setsid "$@" >"$STATE/$name.log" 2>&1 </dev/null 8>&- 9>&- &
-    echo $! >"$STATE/$name.pid"
+    local pid=$!
+    echo "$pid" >"$STATE/$name.pid"
+    # Until the forked shell has exec'd the daemon, its command line is this
+    # script's and `is_ours` would call it gone. Wait for the exec (or an exit).
+    for _ in $(seq 1 200); do
+        is_ours "$STATE/$name.pid" && return 0
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.05
+    done
 }
 
 cmd_down() {

@@ -15,6 +15,13 @@ pass=0
 ok() { echo "cp selftest: ok: $*"; pass=$((pass + 1)); }
 
 ours() { pgrep -f -- "$PUSH_TO_K8S_CP_DIR/" || true; }
+# run LABEL CMD...: run quietly; on failure show what it printed, then fail.
+run() {
+    local label="$1" out; shift
+    out="$("$@" 2>&1)" && return 0
+    printf '%s\n' "$out" | tail -n 30 | sed 's/^/    /' >&2
+    fail "$label"
+}
 
 # 1. The module proxy is unreachable: a clear error, quickly, not a hang.
 start=$SECONDS
@@ -28,19 +35,19 @@ ok "unreachable module proxy: clear error in $((SECONDS - start)) s"
 chmod -R u+w "$WORK/modcache" 2>/dev/null || true  # Go makes its module cache read-only
 
 # 2. up, up again (idempotent), down, up, down: nothing left behind.
-bash "$CP" up >/dev/null 2>&1 || fail "first up"
+run "first up" bash "$CP" up
 eval "$(bash "$CP" env)"
-kubectl get namespace kube-system >/dev/null || fail "kubectl after up"
+run "kubectl after up" kubectl get namespace kube-system
 out="$(bash "$CP" up 2>&1)" || fail "second up"
 grep -q "already up" <<<"$out" || fail "second up restarted instead of reusing: $out"
 ok "up twice reuses the running control plane"
-bash "$CP" down >/dev/null 2>&1 || fail "down"
+run "down" bash "$CP" down
 [[ -z "$(ours)" ]] || fail "processes left after down: $(ours)"
 [[ ! -d "$PUSH_TO_K8S_CP_DIR" ]] || fail "state left after down"
 ok "down stops everything it started and removes its state"
-bash "$CP" up >/dev/null 2>&1 || fail "up after down"
-kubectl get namespace kube-system >/dev/null || fail "kubectl after down+up"
-bash "$CP" down >/dev/null 2>&1 || fail "second down"
+run "up after down" bash "$CP" up
+run "kubectl after down+up" kubectl get namespace kube-system
+run "second down" bash "$CP" down
 [[ -z "$(ours)" ]] || fail "processes left after second down: $(ours)"
 ok "down then up works"
 echo "cp selftest: $pass passed, 0 failed"
