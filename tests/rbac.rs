@@ -1,40 +1,52 @@
-//! The RBAC in deploy.yaml (same rules as the Helm chart) is enough: the
-//! controller runs as the chart's ServiceAccount, with a token the API server
-//! authenticates, and creates, updates and deletes copies and publishes Events
-//! without a single Forbidden.
+//! The manifests are what the code needs, and both ways of installing agree:
+//! - deploy.yaml is the Helm chart rendered by helm/render-deploy.sh, byte for
+//!   byte, and the chart lints;
+//! - the controller, run as the ServiceAccount of deploy.yaml, and as the
+//!   ServiceAccount of a `helm install ... --set env.X=...` with the installed
+//!   Deployment's own environment, creates, updates and deletes copies and
+//!   publishes Events without a single Forbidden.
+//!
+//! There is no kubelet in the test control plane, so the Deployment's pod never
+//! runs; the test runs the built binary with that pod's identity (a token of
+//! its ServiceAccount) and that pod's environment instead.
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 
-const NS: &str = "push-to-k8s";
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/push-to-k8s");
 
 fn kubectl(args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .args(args)
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .output()
-        .expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut cmd = Command::new("kubectl");
+    cmd.args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig);
+    run(cmd)
 }
 
-/// A kubeconfig that authenticates as the ServiceAccount with a bound token.
-fn service_account_kubeconfig() -> std::path::PathBuf {
+/// helm, built and cached by cp.sh like the control plane.
+fn helm(args: &[&str]) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.arg(cp_script())
+        .arg("helm")
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig);
+    run(cmd)
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a bound token.
+fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
     let admin = Kubeconfig::read_from(&control_plane().kubeconfig).unwrap();
     let cluster = admin.clusters[0].cluster.clone().unwrap();
-    let token = kubectl(&["create", "token", "push-to-k8s", "-n", NS, "--duration=1h"]);
+    let token = kubectl(&["create", "token", sa, "-n", ns, "--duration=1h"]);
     let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("push-to-k8s-sa")));
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa}}\ncurrent-context: sa\n",
@@ -46,23 +58,50 @@ fn service_account_kubeconfig() -> std::path::PathBuf {
     path
 }
 
-#[tokio::test]
-async fn runs_as_the_deploy_yaml_service_account() {
-    let _serial = serial();
-    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy.yaml");
-    kubectl(&["apply", "-f", manifest]);
-    let env = TestEnv::new("rbac", 3).await;
-    let name = format!("{}-s", env.id);
-    let taken = env.targets[2].clone();
+/// The ServiceAccount and environment of Deployment `ns/name`'s pod, as the
+/// kubelet would give them (downward-API fields resolved). The metrics port is
+/// left out: tests share the machine's ports, so the test picks one.
+async fn pod_identity(ns: &str, name: &str) -> (String, Vec<(String, String)>) {
+    let deployment = Api::<Deployment>::namespaced(client().await, ns)
+        .get(name)
+        .await
+        .expect("the Deployment");
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let mut env = Vec::new();
+    for var in pod.containers[0].env.clone().unwrap_or_default() {
+        let value = match (var.value, var.value_from) {
+            (Some(v), None) => v,
+            (None, Some(from)) => match from.field_ref.map(|f| f.field_path).as_deref() {
+                Some("metadata.namespace") => ns.to_string(),
+                Some("metadata.name") => format!("{name}-pod"),
+                other => panic!("{}: unexpected valueFrom {other:?}", var.name),
+            },
+            other => panic!("{}: unexpected env entry {other:?}", var.name),
+        };
+        if var.name != "METRICS_PORT" {
+            env.push((var.name, value));
+        }
+    }
+    let sa = pod.service_account_name.expect("a ServiceAccount");
+    (sa, env)
+}
+
+/// Run the controller as ServiceAccount `source_ns/sa` with `env` (a pod's,
+/// from [`pod_identity`]) and drive it through create, update, a conflict
+/// Event and delete.
+async fn replicates_as(source_ns: &str, sa: &str, env: &[(String, String)]) {
+    let test = TestEnv::new("rbac", 3).await;
+    let name = format!("{}-s", test.id);
+    let taken = test.targets[2].clone();
     // An unmanaged Secret of the same name: the conflict Event needs the events Role.
-    env.secrets(&taken)
+    test.secrets(&taken)
         .create(
             &PostParams::default(),
             &source_secret(&name, &[("mine", "x")]),
         )
         .await
         .unwrap();
-    let sources: Api<Secret> = Api::namespaced(env.client.clone(), NS);
+    let sources: Api<Secret> = Api::namespaced(test.client.clone(), source_ns);
     sources
         .create(
             &PostParams::default(),
@@ -71,11 +110,13 @@ async fn runs_as_the_deploy_yaml_service_account() {
         .await
         .unwrap();
 
-    let kubeconfig = service_account_kubeconfig();
-    let mut daemon = Daemon::start(NS, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let kubeconfig = service_account_kubeconfig(source_ns, sa);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+    let mut daemon = Daemon::start_exact(&env);
     daemon.await_ready().await;
-    let wanted = env.targets[..2].to_vec();
-    env.await_copies(&wanted, &name, &[("k", "v1")]).await;
+    let wanted = test.targets[..2].to_vec();
+    test.await_copies(&wanted, &name, &[("k", "v1")]).await;
 
     // update (apply) ...
     let patch = serde_json::json!({"stringData": {"k": "v2"}});
@@ -83,10 +124,10 @@ async fn runs_as_the_deploy_yaml_service_account() {
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    env.await_copies(&wanted, &name, &[("k", "v2")]).await;
+    test.await_copies(&wanted, &name, &[("k", "v2")]).await;
 
     // ... the conflict Event on the source ...
-    let events: Api<Event> = Api::namespaced(env.client.clone(), NS);
+    let events: Api<Event> = Api::namespaced(test.client.clone(), source_ns);
     eventually(
         "a Conflict Event on the source",
         Duration::from_secs(60),
@@ -112,9 +153,9 @@ async fn runs_as_the_deploy_yaml_service_account() {
         .delete(&name, &DeleteParams::default())
         .await
         .unwrap();
-    env.await_no_copies(&wanted, &name).await;
+    test.await_no_copies(&wanted, &name).await;
     assert!(
-        env.copy(&taken, &name).await.is_some(),
+        test.copy(&taken, &name).await.is_some(),
         "unmanaged Secret must stay"
     );
 
@@ -126,5 +167,71 @@ async fn runs_as_the_deploy_yaml_service_account() {
         "RBAC denied something:\n{logs}"
     );
     let _ = std::fs::remove_file(kubeconfig);
-    env.cleanup().await;
+    test.cleanup().await;
+}
+
+#[test]
+fn deploy_yaml_is_the_rendered_chart() {
+    helm(&["lint", "--strict", CHART]);
+    let mut render = Command::new("bash");
+    render.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/render-deploy.sh"
+    ));
+    let rendered = run(render);
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy.yaml")).unwrap();
+    assert!(
+        rendered == committed,
+        "deploy.yaml differs from the chart; regenerate it: bash helm/render-deploy.sh > deploy.yaml"
+    );
+}
+
+#[tokio::test]
+async fn runs_as_the_deploy_yaml_service_account() {
+    let _serial = serial();
+    kubectl(&[
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy.yaml"),
+    ]);
+    let (sa, env) = pod_identity("push-to-k8s", "push-to-k8s").await;
+    replicates_as("push-to-k8s", &sa, &env).await;
+}
+
+#[tokio::test]
+async fn runs_as_a_helm_release_with_its_own_env() {
+    let _serial = serial();
+    let release = "p2k-chart";
+    helm(&[
+        "upgrade",
+        "--install",
+        release,
+        CHART,
+        "--namespace",
+        release,
+        "--create-namespace",
+        "--set",
+        "env.SECRET_SYNC_DEBOUNCE_SECONDS=2",
+        "--set",
+        "env.SECRET_SYNC_RATE_LIMIT=20",
+    ]);
+    let (sa, env) = pod_identity(release, release).await;
+    assert_eq!(sa, release);
+    let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    assert_eq!(
+        get("SECRET_SYNC_DEBOUNCE_SECONDS"),
+        Some("2"),
+        "--set reaches the pod"
+    );
+    assert_eq!(get("SECRET_SYNC_RATE_LIMIT"), Some("20"));
+    assert_eq!(get("POD_NAMESPACE"), Some(release));
+
+    replicates_as(release, &sa, &env).await;
+
+    helm(&["uninstall", release, "--namespace", release, "--wait"]);
+    Api::<Namespace>::all(client().await)
+        .delete(release, &DeleteParams::default())
+        .await
+        .unwrap();
 }

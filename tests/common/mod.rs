@@ -43,15 +43,21 @@ pub fn cp_script() -> PathBuf {
 
 /// Run `cp.sh <args>`; panic with its output on failure.
 pub fn cp(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(cp_script())
-        .args(args)
+    let mut cmd = Command::new("bash");
+    cmd.arg(cp_script()).args(args);
+    run(cmd)
+}
+
+/// Run a command to completion (no stdin); its stdout, or a panic showing
+/// the command and everything it printed when it fails.
+pub fn run(mut cmd: Command) -> String {
+    let out = cmd
         .stdin(Stdio::null())
         .output()
-        .expect("run tests/control-plane/cp.sh");
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
-        "tests/control-plane/cp.sh {args:?} failed ({}):\n{}\n{}",
+        "{cmd:?} failed ({}):\n{}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -477,6 +483,19 @@ impl Daemon {
     /// Start the built binary against the test control plane with `env`
     /// (NAMESPACE, KUBECONFIG and METRICS_PORT are set unless given).
     pub fn start(source_ns: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut all = vec![
+            ("NAMESPACE", source_ns),
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "1"),
+            ("SECRET_SYNC_RATE_LIMIT", "100"),
+            ("SECRET_SYNC_RATE_BURST", "10"),
+        ];
+        all.extend_from_slice(env);
+        Daemon::start_exact(&all)
+    }
+
+    /// Start the built binary with exactly `env`, plus PATH, HOME, a free
+    /// METRICS_PORT and the test control plane's KUBECONFIG unless given.
+    pub fn start_exact(env: &[(&str, &str)]) -> Daemon {
         let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("push-to-k8s-daemon")));
         let file = std::fs::File::create(&log).expect("daemon log file");
@@ -485,11 +504,7 @@ impl Daemon {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", std::env::temp_dir())
             .env("KUBECONFIG", &control_plane().kubeconfig)
-            .env("NAMESPACE", source_ns)
-            .env("METRICS_PORT", metrics_port.to_string())
-            .env("SECRET_SYNC_DEBOUNCE_SECONDS", "1")
-            .env("SECRET_SYNC_RATE_LIMIT", "100")
-            .env("SECRET_SYNC_RATE_BURST", "10");
+            .env("METRICS_PORT", metrics_port.to_string());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -604,6 +619,10 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // The log is kept for diagnosis only when the test failed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }

@@ -8,6 +8,8 @@
 #   cp.sh env     print `export KUBECONFIG=...`
 #   cp.sh status  exit 0 when it is up and ready
 #   cp.sh down    stop exactly the processes `up` started and remove the state
+#   cp.sh helm ARGS...  run helm (built the same way, cached by its own version)
+#                       against the chart under helm/; used by the chart's tests
 #
 # Environment:
 #   PUSH_TO_K8S_CP_DIR   state directory (default: ${TMPDIR:-/tmp}/push-to-k8s-cp-$UID)
@@ -16,9 +18,11 @@ set -euo pipefail
 
 KUBE_VERSION=v1.36.3
 ETCD_VERSION=v3.6.8
+HELM_VERSION=v3.22.0
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/control-plane/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
 BIN="$CACHE/bin"
+HELM_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/helm-${HELM_VERSION}"
 STATE="${PUSH_TO_K8S_CP_DIR:-${TMPDIR:-/tmp}/push-to-k8s-cp-$(id -u)}"
 # Downloads that take longer than this are treated as "the module proxy is unreachable".
 DOWNLOAD_TIMEOUT="${PUSH_TO_K8S_CP_DOWNLOAD_TIMEOUT:-900}"
@@ -29,26 +33,27 @@ die() { echo "control-plane: error: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- build
 
-# go_build DIR OUT PKG... : download modules (bounded in time), then compile with progress.
+# go_build LOGS DIR OUT PKG... : download modules (bounded in time), then compile
+# with progress; logs go to the directory LOGS.
 go_build() {
-    local dir="$1" out="$2"; shift 2
+    local logs="$1" dir="$2" out="$3"; shift 3
     command -v go >/dev/null || die "Go is required to build the control plane (https://go.dev/doc/install); 'go' is not on PATH"
     say "downloading Go modules for $(basename "$dir") (timeout ${DOWNLOAD_TIMEOUT}s)"
-    if ! (cd "$dir" && timeout "$DOWNLOAD_TIMEOUT" go mod download 2>"$CACHE/download.log"); then
-        sed 's/^/    /' "$CACHE/download.log" | tail -n 15 >&2
-        die "could not download the Go modules for $(basename "$dir"): is the Go module proxy (GOPROXY=$(go env GOPROXY)) reachable? Full log: $CACHE/download.log"
+    if ! (cd "$dir" && timeout "$DOWNLOAD_TIMEOUT" go mod download 2>"$logs/download.log"); then
+        sed 's/^/    /' "$logs/download.log" | tail -n 15 >&2
+        die "could not download the Go modules for $(basename "$dir"): is the Go module proxy (GOPROXY=$(go env GOPROXY)) reachable? Full log: $logs/download.log"
     fi
-    local ldflags=""
+    local ldflags="-s -w"
     if [[ "$(basename "$dir")" == kubernetes ]]; then
         local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
         local p=k8s.io/component-base/version
-        ldflags="-s -w -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+        ldflags+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
         ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
-    else
-        ldflags="-s -w"
+    elif [[ "$(basename "$dir")" == helm ]]; then
+        ldflags+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
     fi
-    say "compiling $* (the first build takes 10-20 minutes on 2 cores; progress every 100 packages)"
-    local log="$CACHE/build-$(basename "$dir").log"
+    say "compiling $* (slow the first time on a machine: minutes; progress every 100 packages)"
+    local log="$logs/build-$(basename "$dir").log"
     set +e
     (cd "$dir" && go build -v -ldflags "$ldflags" -o "$out/" "$@") 2>&1 | tee "$log" |
         awk '{ n++ } n % 100 == 0 { printf "control-plane:   ... %d packages compiled\n", n > "/dev/stderr" }'
@@ -73,12 +78,26 @@ cmd_build() {
     say "building Kubernetes $KUBE_VERSION and etcd $ETCD_VERSION into $CACHE (once per machine)"
     local tmp="$CACHE/bin.partial"
     rm -rf "$tmp"; mkdir -p "$tmp"
-    go_build "$HERE/etcd" "$tmp" go.etcd.io/etcd/server/v3
+    go_build "$CACHE" "$HERE/etcd" "$tmp" go.etcd.io/etcd/server/v3
     mv "$tmp/v3" "$tmp/etcd" 2>/dev/null || mv "$tmp/server" "$tmp/etcd" 2>/dev/null || true
     [[ -x "$tmp/etcd" ]] || die "etcd build produced no binary in $tmp"
-    go_build "$HERE/kubernetes" "$tmp" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    go_build "$CACHE" "$HERE/kubernetes" "$tmp" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
     rm -rf "$BIN"; mv "$tmp" "$BIN"
     say "built: $(ls "$BIN" | tr '\n' ' ')"
+}
+
+cmd_build_helm() {
+    [[ -x "$HELM_CACHE/bin/helm" ]] && return 0
+    mkdir -p "$HELM_CACHE"
+    exec 8>"$HELM_CACHE/.build.lock"
+    flock 8
+    [[ -x "$HELM_CACHE/bin/helm" ]] && return 0
+    local tmp="$HELM_CACHE/bin.partial"
+    say "building helm $HELM_VERSION into $HELM_CACHE (once per machine)"
+    rm -rf "$tmp"; mkdir -p "$tmp"
+    go_build "$HELM_CACHE" "$HERE/helm" "$tmp" helm.sh/helm/v3/cmd/helm
+    [[ -x "$tmp/helm" ]] || die "helm build produced no binary in $tmp"
+    rm -rf "$HELM_CACHE/bin"; mv "$tmp" "$HELM_CACHE/bin"
 }
 
 # ---------------------------------------------------------------- up / down
@@ -237,12 +256,19 @@ cmd_up() {
 }
 
 case "${1:-}" in
-    build) cmd_build ;;
+    build) cmd_build; cmd_build_helm ;;
+    helm)
+        cmd_build_helm
+        shift
+        # helm keeps caches and config under HOME; keep them out of the user's.
+        export HELM_CACHE_HOME="$HELM_CACHE/home/cache" HELM_CONFIG_HOME="$HELM_CACHE/home/config" \
+            HELM_DATA_HOME="$HELM_CACHE/home/data"
+        exec "$HELM_CACHE/bin/helm" "$@" ;;
     up) cmd_up ;;
     down)
         mkdir -p "$(dirname "$STATE")"; exec 9>"$STATE.lock"; flock 9
         cmd_down; say "down" ;;
     env) echo "export KUBECONFIG=$STATE/admin.kubeconfig" ;;
     status) ready ;;
-    *) echo "usage: $0 build|up|down|env|status" >&2; exit 64 ;;
+    *) echo "usage: $0 build|up|down|env|status|helm ARGS..." >&2; exit 64 ;;
 esac

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# deploy.yaml is the chart under helm/push-to-k8s rendered with its default values
+# for the namespace `push-to-k8s`, plus that Namespace: one source of truth for
+# the manifests and their RBAC. After changing the chart, regenerate it:
+#   bash helm/render-deploy.sh > deploy.yaml
+# A test (tests/rbac.rs) fails while deploy.yaml and the chart disagree.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cat <<'EOF'
+# push-to-k8s: plain manifests, generated from the Helm chart by
+# helm/render-deploy.sh; edit the chart, not this file.
+# Sources live in the namespace the controller runs in (`push-to-k8s`).
+# RBAC is exactly what the code uses:
+#   secrets     get/list/watch cluster-wide (replicas), create/update/patch/delete (copies)
+#   namespaces  get (start-up check), list/watch (targets)
+#   events      create/patch in the source namespace (Events on sources)
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: push-to-k8s
+EOF
+bash tests/control-plane/cp.sh helm template push-to-k8s helm/push-to-k8s --namespace push-to-k8s
