@@ -351,9 +351,14 @@ async fn expected_targets(env: &TestEnv) -> Vec<String> {
     .await
 }
 
-/// Warning `Conflict` Events on source `name` (events.k8s.io/v1 notes and
-/// core/v1 messages), as `(type, text)`.
+/// Warning `Conflict` Events on source `name`, as `(type, text)`.
 async fn conflict_events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
+    events_on(env, name, "Conflict").await
+}
+
+/// Events with `reason` on source `name` (events.k8s.io/v1 notes and core/v1
+/// messages), as `(type, text)`.
+async fn events_on(env: &TestEnv, name: &str, reason: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let new: Api<EventsEvent> = Api::namespaced(env.client.clone(), &env.source_ns);
     for e in new
@@ -363,7 +368,7 @@ async fn conflict_events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
         .items
     {
         let about = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name);
-        if about && e.reason.as_deref() == Some("Conflict") {
+        if about && e.reason.as_deref() == Some(reason) {
             out.push((e.type_.unwrap_or_default(), e.note.unwrap_or_default()));
         }
     }
@@ -375,7 +380,7 @@ async fn conflict_events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
         .items
     {
         let about = e.involved_object.name.as_deref() == Some(name);
-        if about && e.reason.as_deref() == Some("Conflict") {
+        if about && e.reason.as_deref() == Some(reason) {
             out.push((e.type_.unwrap_or_default(), e.message.unwrap_or_default()));
         }
     }
@@ -954,4 +959,143 @@ async fn s11_no_secret_value_in_the_log_at_any_level() {
         about >= 5,
         "only {about} log lines name the Secret: the log says nothing about the writes"
     );
+}
+
+/// DESIGN §3, beyond the numbered scenarios: a source narrows its targets with
+/// names and globs, exclusions (which win) and a namespace label selector;
+/// naming a protected namespace overrides its protection; a namespace whose
+/// labels start or stop matching gains or loses the copy. An annotation that
+/// does not parse affects only its own source: a Warning Event, the metric,
+/// and its copies stay exactly as they were (its data change is held back)
+/// while another source goes on; fixing the annotation resumes it.
+#[tokio::test]
+async fn s13_target_annotations_and_a_bad_one_affects_only_its_source() {
+    const NAMESPACES: &str = "push-to-k8s.io/namespaces";
+    const EXCLUDE: &str = "push-to-k8s.io/exclude-namespaces";
+    const SELECTOR: &str = "push-to-k8s.io/namespace-selector";
+    const TIER: &str = "e2e.push-to-k8s.io/tier";
+    let _serial = serial();
+    let mut env = TestEnv::new("e2e-tgt", 0).await;
+    let _on_panic = env.cleanup_on_panic();
+    let id = env.id.clone();
+    let [team_a, team_b, other, gold] =
+        ["team-a", "team-b", "other", "gold"].map(|n| format!("{id}-{n}"));
+    for ns in [&team_a, &team_b, &other] {
+        env.create_namespace(ns, &[]).await;
+    }
+    env.create_namespace(&gold, &[(TIER, "gold")]).await;
+    let daemon = start(&env, &[]).await;
+    let sources = env.sources();
+
+    let globbed = format!("{id}-glob");
+    let v1 = secret_value("glob");
+    let include = format!("{id}-team-*, kube-public");
+    env.add_source(&secret(
+        &globbed,
+        &[("k", &v1)],
+        &[],
+        &[(NAMESPACES, &include), (EXCLUDE, &team_b)],
+        None,
+    ))
+    .await;
+    let selected = format!("{id}-sel");
+    let v2 = secret_value("sel");
+    env.add_source(&secret(
+        &selected,
+        &[("k", &v2)],
+        &[],
+        &[(SELECTOR, &format!("{TIER} in (gold, silver)"))],
+        None,
+    ))
+    .await;
+    let globbed_targets = vec![team_a.clone(), "kube-public".to_string()];
+    await_exact(&env, &globbed_targets, &globbed, WAIT).await;
+    await_exact(&env, std::slice::from_ref(&gold), &selected, WAIT).await;
+
+    // Labels that start to match bring the copy; labels that stop take it away.
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let set_tier = |tier: Option<&'static str>| {
+        let (api, ns) = (namespaces.clone(), other.clone());
+        async move {
+            let patch = json!({"metadata": {"labels": {TIER: tier}}});
+            api.patch(&ns, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("label namespace");
+        }
+    };
+    set_tier(Some("silver")).await;
+    await_exact(&env, std::slice::from_ref(&other), &selected, WAIT).await;
+    set_tier(None).await;
+    env.await_no_copies(std::slice::from_ref(&other), &selected)
+        .await;
+
+    // Several flushes later: nothing went anywhere else (team-b is both
+    // globbed and excluded; kube-system is protected and not named).
+    let mut anywhere = env.copies_anywhere(&globbed).await;
+    anywhere.sort();
+    assert_eq!(anywhere, globbed_targets, "copies of {globbed}");
+    assert_eq!(env.copies_anywhere(&selected).await, vec![gold.clone()]);
+
+    // A bad glob, together with a data change.
+    let metric = "push_to_k8s_invalid_annotations_total";
+    let before = daemon
+        .metric_sum(metric, &["annotation=\"namespaces\""])
+        .await;
+    let v1b = secret_value("glob-b");
+    merge(
+        &sources,
+        &globbed,
+        json!({"metadata": {"annotations": {NAMESPACES: format!("{id}-team-[a]")}},
+               "data": {"k": b64(&v1b)}}),
+    )
+    .await;
+    let warning = eventually(
+        "an InvalidAnnotation Warning Event on the source",
+        WAIT,
+        || async { events_on(&env, &globbed, "InvalidAnnotation").await.pop() },
+    )
+    .await;
+    assert_eq!(warning.0, "Warning");
+    assert!(
+        warning.1.contains(NAMESPACES),
+        "the Event names the annotation: {}",
+        warning.1
+    );
+    eventually(
+        "the invalid-annotation metric to count it",
+        WAIT,
+        || async {
+            (daemon
+                .metric_sum(metric, &["annotation=\"namespaces\""])
+                .await
+                > before)
+                .then_some(())
+        },
+    )
+    .await;
+    // The other source goes on (its change is flushed after the bad one)...
+    let v2b = secret_value("sel-b");
+    merge(&sources, &selected, json!({"data": {"k": b64(&v2b)}})).await;
+    await_exact(&env, std::slice::from_ref(&gold), &selected, WAIT).await;
+    // ... while the bad one's copies are exactly what they were.
+    for ns in &globbed_targets {
+        let copy = env.copy(ns, &globbed).await.expect("copy kept");
+        assert!(
+            copy.data == Some(data_map(&[("k", &v1)])),
+            "{ns}/{globbed}: a source with a bad annotation must leave its copies alone"
+        );
+    }
+
+    // Fixed (and narrowed: kube-public no longer named): it resumes.
+    merge(
+        &sources,
+        &globbed,
+        json!({"metadata": {"annotations": {NAMESPACES: format!("{id}-team-*")}}}),
+    )
+    .await;
+    await_exact(&env, std::slice::from_ref(&team_a), &globbed, WAIT).await;
+    env.await_no_copies(&["kube-public".to_string()], &globbed)
+        .await;
+
+    finish(env, daemon, &[v1, v1b, v2, v2b]).await;
 }
