@@ -20,9 +20,12 @@ pub enum Action {
     Update {
         namespace: String,
         source: String,
+        /// For a delete and create instead, should the server refuse the
+        /// update because a field is immutable (the copy's `type`).
+        uid: String,
         resource_version: String,
     },
-    /// Our copy differs in `type` or is immutable: delete (UID precondition) then create.
+    /// Our copy is immutable: delete (UID precondition) then create.
     Replace {
         namespace: String,
         source: String,
@@ -95,13 +98,16 @@ pub struct World<'a> {
     pub conflicts: &'a HashSet<ObjectKey>,
 }
 
-/// Is `r` exactly the copy `desired` describes, as far as we set it?
+/// Is `r` exactly the copy `desired` describes, as far as we set it? Its
+/// content hash says what our last write set; its managed fields say that
+/// nobody changed the content since (see [`crate::watch::Content`]).
 pub fn in_sync(r: &ReplicaRecord, desired: &crate::replica::Replica) -> bool {
     let subset = |want: &BTreeMap<String, String>, have: &Pairs| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
     };
     r.hash.as_deref() == Some(desired.hash.as_str())
-        && r.data_hash == desired.data_hash
+        && !r.content.foreign
+        && r.content.our_keys == desired.keys_hash
         && subset(&desired.labels, &r.labels)
         && subset(&desired.annotations, &r.annotations)
 }
@@ -187,17 +193,16 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
                     source: name.to_string(),
                 }),
                 (true, Some(r)) if in_sync(r, desired) => {}
-                (true, Some(r)) if r.type_ != desired.type_ || r.immutable => {
-                    out.actions.push(Action::Replace {
-                        namespace: ns.to_string(),
-                        source: name.to_string(),
-                        uid: r.uid.clone(),
-                        resource_version: r.resource_version.clone(),
-                    })
-                }
+                (true, Some(r)) if r.content.immutable => out.actions.push(Action::Replace {
+                    namespace: ns.to_string(),
+                    source: name.to_string(),
+                    uid: r.uid.clone(),
+                    resource_version: r.resource_version.clone(),
+                }),
                 (true, Some(r)) => out.actions.push(Action::Update {
                     namespace: ns.to_string(),
                     source: name.to_string(),
+                    uid: r.uid.clone(),
                     resource_version: r.resource_version.clone(),
                 }),
                 (false, Some(r)) => out.actions.push(delete(ns, name, r)),
@@ -264,10 +269,10 @@ mod tests {
 
     /// The record of a copy exactly as we would write it into `ns`.
     fn copy(ns: &str, s: &Secret) -> (ObjectKey, ReplicaRecord) {
-        let mut c = Replica::render(s, SRC).to_secret(ns);
+        let mut c = crate::watch::as_written_by_us(Replica::render(s, SRC).to_secret(ns));
         c.metadata.uid = Some(format!("uid-{ns}"));
         c.metadata.resource_version = Some("7".into());
-        ReplicaRecord::from_secret(&c, SRC).unwrap()
+        ReplicaRecord::from_meta(&c.metadata, SRC).unwrap()
     }
 
     fn ns(labels: &[(&str, &str)]) -> NamespaceInfo {
@@ -365,6 +370,7 @@ mod tests {
         let update = Action::Update {
             namespace: "a".into(),
             source: "db".into(),
+            uid: "uid-a".into(),
             resource_version: "7".into(),
         };
         assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
@@ -375,11 +381,18 @@ mod tests {
         c.replicas.extend([copy("a", &old)]);
         assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
 
-        // Copy's data edited, its hash annotation untouched.
+        // Copy's data edited by someone else (its managed fields say so),
+        // its hash annotation untouched.
         let mut c = Case::new(&["a"]);
         c.sources.extend([source("db", "v1", &[])]);
         let (k, mut r) = copy("a", &old);
-        r.data_hash = "tampered".into();
+        r.content.foreign = true;
+        c.replicas.insert(k.clone(), r.clone());
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
+
+        // A data key removed by someone else: we no longer own all our keys.
+        let (_, mut r) = copy("a", &old);
+        r.content.our_keys = replica::keys_hash([]);
         c.replicas.insert(k.clone(), r.clone());
         assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
 
@@ -398,20 +411,30 @@ mod tests {
     }
 
     #[test]
-    fn type_change_or_immutable_copy_is_replaced() {
+    fn immutable_copy_is_replaced_and_a_type_change_is_left_to_the_writer() {
+        // The metadata watch does not see a copy's type: a type change is an
+        // update, which the writer turns into a replace when the server
+        // refuses it (push.rs).
         let mut c = Case::new(&["a"]);
         let mut s = secret("db", "v1", &[]);
         c.replicas.extend([copy("a", &s)]);
         s.type_ = Some("kubernetes.io/tls".into());
         c.sources
             .extend([SourceRecord::from_secret(&s, SRC).unwrap()]);
+        let update = Action::Update {
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "uid-a".into(),
+            resource_version: "7".into(),
+        };
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update]);
+
         let replace = Action::Replace {
             namespace: "a".into(),
             source: "db".into(),
             uid: "uid-a".into(),
             resource_version: "7".into(),
         };
-        assert_eq!(c.plan(&[src("db")]).actions, vec![replace.clone()]);
 
         let mut c = Case::new(&["a"]);
         let mut s = secret("db", "v1", &[]);

@@ -186,9 +186,11 @@ impl Writer {
                 Err(o) => o,
             },
             Action::Update {
-                resource_version, ..
+                uid,
+                resource_version,
+                ..
             } => match desired() {
-                Ok(d) => self.apply(&api, &key, &d, resource_version).await,
+                Ok(d) => self.apply(&api, &key, &d, uid, resource_version).await,
                 Err(o) => o,
             },
             Action::Replace {
@@ -196,10 +198,7 @@ impl Writer {
                 resource_version,
                 ..
             } => match desired() {
-                Ok(d) => match self.delete(&api, &key, uid, resource_version).await {
-                    Outcome::Done | Outcome::Skipped => self.create(&api, &key, &d).await,
-                    other => other,
-                },
+                Ok(d) => self.replace(&api, &key, &d, uid, resource_version).await,
                 Err(o) => o,
             },
             Action::Delete {
@@ -218,8 +217,23 @@ impl Writer {
     }
 
     fn remember(&self, written: &Secret) {
-        if let Some((k, r)) = ReplicaRecord::from_secret(written, &self.source_namespace) {
+        if let Some((k, r)) = ReplicaRecord::from_meta(&written.metadata, &self.source_namespace) {
             self.caches.replicas.set(k, Some(r));
+        }
+    }
+
+    /// Delete (UID and resourceVersion preconditions), then create.
+    async fn replace(
+        &self,
+        api: &Api<Secret>,
+        key: &ObjectKey,
+        desired: &Replica,
+        uid: &str,
+        resource_version: &str,
+    ) -> Outcome {
+        match self.delete(api, key, uid, resource_version).await {
+            Outcome::Done | Outcome::Skipped => self.create(api, key, desired).await,
+            other => other,
         }
     }
 
@@ -259,6 +273,7 @@ impl Writer {
         api: &Api<Secret>,
         key: &ObjectKey,
         desired: &Replica,
+        uid: &str,
         resource_version: &str,
     ) -> Outcome {
         let mut body = desired.to_secret(&key.namespace);
@@ -268,10 +283,15 @@ impl Writer {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let applied = match api.patch(&key.name, &pp, &Patch::Apply(&body)).await {
             Ok(applied) => applied,
+            // The copy's `type` differs (the metadata watch cannot see it), or
+            // it became immutable meanwhile: only a delete and a create help.
+            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("immutable") => {
+                return self.replace(api, key, desired, uid, resource_version).await;
+            }
             Err(e) => return classify(&e),
         };
         self.remember(&applied);
-        let in_sync = ReplicaRecord::from_secret(&applied, &self.source_namespace)
+        let in_sync = ReplicaRecord::from_meta(&applied.metadata, &self.source_namespace)
             .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
         if in_sync && stale_keys(&applied, desired).is_empty() {
             return Outcome::Done;
@@ -556,9 +576,17 @@ mod tests {
     }
 
     /// The object the server would return for `body` (a Secret we sent).
+    /// `body` as the API server returns it after our write: with a UID, the
+    /// new resourceVersion and our managed fields.
     fn stored(mut body: Value, rv: &str) -> Value {
         body["metadata"]["uid"] = json!("copy-uid");
         body["metadata"]["resourceVersion"] = json!(rv);
+        let keys: Vec<&str> = body["data"]
+            .as_object()
+            .map(|m| m.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let entry = crate::watch::managed_entry(FIELD_MANAGER, &keys, false);
+        body["metadata"]["managedFields"] = json!([entry]);
         body
     }
 
@@ -609,6 +637,7 @@ mod tests {
         let action = Action::Update {
             namespace: "a".into(),
             source: "db".into(),
+            uid: "copy-uid".into(),
             resource_version: "7".into(),
         };
         run(w, handle, vec![action], async |h: &mut ApiHandle| {
@@ -726,6 +755,46 @@ mod tests {
                 uri,
                 "/api/v1/namespaces/a/secrets?&fieldManager=push-to-k8s"
             );
+            reply(send, StatusCode::CREATED, stored(body, "4"));
+            expect_event(h, "Pushed").await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn update_refused_for_an_immutable_field_becomes_a_replace() {
+        // The copy's type differs: the metadata watch could not see it, the
+        // server says so, and only a delete and a create can change it.
+        let (w, handle, _) = writer();
+        let action = Action::Update {
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "old-uid".into(),
+            resource_version: "3".into(),
+        };
+        run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, _, _, send) = next(h).await;
+            assert_eq!(method, Method::PATCH);
+            reply(
+                send,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                       "reason": "Invalid",
+                       "message": "Secret \"db\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable"}),
+            );
+            let (method, _, body, send) = next(h).await;
+            assert_eq!(method, Method::DELETE);
+            assert_eq!(
+                body["preconditions"],
+                json!({"uid": "old-uid", "resourceVersion": "3"})
+            );
+            reply(
+                send,
+                StatusCode::OK,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
+            );
+            let (method, _, body, send) = next(h).await;
+            assert_eq!(method, Method::POST);
             reply(send, StatusCode::CREATED, stored(body, "4"));
             expect_event(h, "Pushed").await;
         })

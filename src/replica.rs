@@ -64,8 +64,9 @@ pub struct Replica {
     /// Labels and annotations we set, markers included (hash annotation excluded).
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    /// Hash of type, data and immutability only: comparable with what a copy holds.
-    pub data_hash: String,
+    /// Hash of the data keys only: comparable with the keys our field manager
+    /// owns on a copy (see [`crate::watch::Content`]).
+    pub keys_hash: String,
     /// Hash of everything we set; written into [`HASH_ANNOTATION`].
     pub hash: String,
 }
@@ -97,10 +98,10 @@ impl Replica {
             SOURCE_ANNOTATION.into(),
             format!("{source_namespace}/{name}"),
         );
-        let data_hash = data_hash(&type_, &data, immutable);
+        let keys_hash = keys_hash(data.keys().map(String::as_str));
         let mut h = Sha256::new();
         h.update(b"push-to-k8s/v1\0");
-        h.update(data_hash.as_bytes());
+        h.update(data_hash(&type_, &data, immutable).as_bytes());
         hash_map(&mut h, &labels);
         hash_map(&mut h, &annotations);
         let hash = hex(&h.finalize()[..16]);
@@ -111,7 +112,7 @@ impl Replica {
             immutable,
             labels,
             annotations,
-            data_hash,
+            keys_hash,
             hash,
         }
     }
@@ -144,8 +145,20 @@ pub fn secret_type(s: &Secret) -> String {
         .unwrap_or_else(|| "Opaque".into())
 }
 
-/// Hash of the content a copy actually holds (type, data, immutability).
-/// `stringData` is write-only and never read back, so it is not part of it.
+/// Hash of a set of data keys (each counted once, in order).
+pub fn keys_hash<'a>(keys: impl IntoIterator<Item = &'a str>) -> String {
+    let keys: std::collections::BTreeSet<&str> = keys.into_iter().collect();
+    let mut h = Sha256::new();
+    h.update(b"push-to-k8s/keys/v1\0");
+    for k in keys {
+        field(&mut h, k.as_bytes());
+    }
+    hex(&h.finalize()[..16])
+}
+
+/// Hash of the content of a copy (type, data, immutability), part of the
+/// content hash. `stringData` is write-only and never read back, so it is not
+/// part of it.
 pub fn data_hash(type_: &str, data: &BTreeMap<String, ByteString>, immutable: bool) -> String {
     let mut h = Sha256::new();
     h.update(b"push-to-k8s/data/v1\0");

@@ -1,7 +1,7 @@
 //! The periodic full resync: the fallback and the consistency check.
 //!
-//! Every `SYNC_INTERVAL` it re-LISTs sources, namespaces and replicas from the
-//! API server (paginated, a handful of requests), brings the caches to what
+//! Every `SYNC_INTERVAL` it re-LISTs sources, namespaces and replica metadata
+//! from the API server (paginated, a handful of requests), brings the caches to what
 //! it found (compared page by page, so no second copy of a cache is ever
 //! held), and marks everything dirty. A watch that stalled silently
 //! therefore cannot leave the cluster wrong for longer than one interval.
@@ -119,9 +119,11 @@ pub async fn relist(
     let replicas_api: Api<Secret> = Api::all(client.clone());
     let replicas = list_records(
         &caches.replicas,
-        async |lp: &ListParams| replicas_api.list(lp).await,
+        async |lp: &ListParams| replicas_api.list_metadata(lp).await,
         Some(replica::MANAGED_SELECTOR),
-        |s: &Secret| ReplicaRecord::from_secret(s, source_namespace),
+        |s: &kube::api::PartialObjectMeta<Secret>| {
+            ReplicaRecord::from_meta(&s.metadata, source_namespace)
+        },
     )
     .await?;
     let mut n = correct("sources", &caches.sources, sources, metrics);

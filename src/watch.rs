@@ -2,20 +2,22 @@
 //!
 //! Three watches feed three small caches: the source Secrets (label-selected,
 //! source namespace only), the namespaces (metadata only), and our replicas
-//! (label-selected). Events only mark keys dirty; the planner reads the caches
+//! (label-selected, metadata only). Events only mark keys dirty; the planner reads the caches
 //! at flush time, so replays and create-then-delete bursts cost nothing.
 //!
 //! Memory scales with what is replicated: sources are kept whole (rendered),
 //! namespaces as labels plus a terminating flag, and replicas as a compact
-//! [`ReplicaRecord`] — a hash of their content, never the content itself.
+//! [`ReplicaRecord`] built from their metadata alone (the replica watch is a
+//! metadata watch: a copy's data never reaches the controller).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -112,53 +114,105 @@ impl From<BTreeMap<String, String>> for Pairs {
 }
 
 /// What we remember about one of our replicas: enough to decide "in sync",
-/// "update", "replace" or "delete" without ever holding its data.
+/// "update", "replace" or "delete" from its metadata alone (the replica watch
+/// never receives, let alone holds, a copy's data).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaRecord {
     /// Name of the source (in the configured source namespace).
     pub source: String,
     pub uid: String,
     pub resource_version: String,
-    /// Our content-hash annotation as found on the object.
+    /// Our content-hash annotation as found on the object: what our last
+    /// write set, type, data and immutability included.
     pub hash: Option<String>,
-    /// Hash of the type, data and immutability the object actually holds.
-    pub data_hash: String,
-    pub type_: String,
-    pub immutable: bool,
+    /// Whether anyone changed the content since (from its managed fields).
+    pub content: Content,
     pub labels: Pairs,
     /// Annotations, without kubectl's apply record (which can be large).
     pub annotations: Pairs,
 }
 
-impl ReplicaRecord {
-    /// A record for `s` if it is ours: it carries our managed-by label *and* a
-    /// source annotation naming the configured source namespace.
-    pub fn from_secret(s: &Secret, source_namespace: &str) -> Option<(ObjectKey, ReplicaRecord)> {
-        let source = owned_source(&s.metadata, source_namespace)?;
-        let key = ObjectKey {
-            namespace: s.metadata.namespace.clone()?,
-            name: s.metadata.name.clone()?,
+/// What a copy's managed fields say about its content (type, data,
+/// immutability), whose values the metadata watch does not carry.
+///
+/// The API server records, per field manager, which fields it set. Whoever
+/// changes a data key takes that key over (an update) or must force it away
+/// from us (an apply); whoever removes one takes it from us. So our content
+/// hash annotation describes the data exactly while our field manager still
+/// owns every key we set and nobody else owns one we do not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Content {
+    /// [`replica::keys_hash`] of the data keys our field manager owns.
+    pub our_keys: String,
+    /// Another manager owns a data key, or `immutable`, that we do not.
+    pub foreign: bool,
+    /// `immutable` is set on the copy (by us or anyone): only a delete and a
+    /// create can change it.
+    pub immutable: bool,
+}
+
+impl Content {
+    pub fn from_managed_fields(entries: Option<&Vec<ManagedFieldsEntry>>) -> Content {
+        let fields_of = |e: &ManagedFieldsEntry| e.fields_v1.as_ref().map(|f| f.0.clone());
+        let field_names = |v: Option<&serde_json::Value>| -> Vec<String> {
+            v.and_then(serde_json::Value::as_object)
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.strip_prefix("f:"))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
         };
-        let mut annotations = s.metadata.annotations.clone().unwrap_or_default();
+        let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
+        let (mut our_immutable, mut their_immutable) = (false, false);
+        for entry in entries.into_iter().flatten() {
+            let Some(fields) = fields_of(entry) else {
+                continue;
+            };
+            let keys = field_names(fields.get("f:data"));
+            let immutable = fields.get("f:immutable").is_some();
+            if entry.manager.as_deref() == Some(replica::FIELD_MANAGER) {
+                ours.extend(keys);
+                our_immutable |= immutable;
+            } else {
+                theirs.extend(keys);
+                their_immutable |= immutable;
+            }
+        }
+        Content {
+            our_keys: replica::keys_hash(ours.iter().map(String::as_str)),
+            foreign: theirs.difference(&ours).next().is_some()
+                || (their_immutable && !our_immutable),
+            immutable: our_immutable || their_immutable,
+        }
+    }
+}
+
+impl ReplicaRecord {
+    /// A record for the object with `meta` if it is ours: it carries our
+    /// managed-by label *and* a source annotation naming the configured
+    /// source namespace.
+    pub fn from_meta(
+        meta: &ObjectMeta,
+        source_namespace: &str,
+    ) -> Option<(ObjectKey, ReplicaRecord)> {
+        let source = owned_source(meta, source_namespace)?;
+        let key = ObjectKey {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+        };
+        let mut annotations = meta.annotations.clone().unwrap_or_default();
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-        let type_ = replica::secret_type(s);
-        let immutable = s.immutable.unwrap_or(false);
-        let data_hash = replica::data_hash(
-            &type_,
-            s.data.as_ref().unwrap_or(&BTreeMap::new()),
-            immutable,
-        );
         Some((
             key,
             ReplicaRecord {
                 source,
-                uid: s.metadata.uid.clone().unwrap_or_default(),
-                resource_version: s.metadata.resource_version.clone().unwrap_or_default(),
+                uid: meta.uid.clone().unwrap_or_default(),
+                resource_version: meta.resource_version.clone().unwrap_or_default(),
                 hash: annotations.get(replica::HASH_ANNOTATION).cloned(),
-                data_hash,
-                type_,
-                immutable,
-                labels: s.metadata.labels.clone().unwrap_or_default().into(),
+                content: Content::from_managed_fields(meta.managed_fields.as_ref()),
+                labels: meta.labels.clone().unwrap_or_default().into(),
                 annotations: annotations.into(),
             },
         ))
@@ -167,10 +221,7 @@ impl ReplicaRecord {
 
 /// The source name if `meta` marks an object as a replica of a source in
 /// `source_namespace`; `None` for anything we must not touch.
-pub fn owned_source(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    source_namespace: &str,
-) -> Option<String> {
+pub fn owned_source(meta: &ObjectMeta, source_namespace: &str) -> Option<String> {
     let managed = meta
         .labels
         .as_ref()
@@ -539,7 +590,8 @@ pub fn spawn_all(
         }));
     }
     {
-        let api: Api<Secret> = Api::all(client);
+        // Metadata only: a copy's data never reaches us (see [`Content`]).
+        let api: Api<PartialObjectMeta<Secret>> = Api::all(client);
         let stream =
             watcher::watcher(api, config(Some(replica::MANAGED_SELECTOR))).default_backoff();
         let (c, d, m, s) = (caches, dirty, metrics, shutdown);
@@ -548,8 +600,8 @@ pub fn spawn_all(
                 "replicas",
                 stream,
                 c.replicas.clone(),
-                move |o: &Secret| ReplicaRecord::from_secret(o, &ns),
-                |o: &Secret| key_of_meta(&o.metadata),
+                move |o: &PartialObjectMeta<Secret>| ReplicaRecord::from_meta(&o.metadata, &ns),
+                |o: &PartialObjectMeta<Secret>| key_of_meta(&o.metadata),
                 replica_dirty,
                 d,
                 m,
@@ -559,6 +611,42 @@ pub fn spawn_all(
         }));
     }
     tasks
+}
+
+/// Test support: a managed-fields entry of `manager` owning `data_keys` (and
+/// `immutable`), as the API server records it.
+#[cfg(test)]
+pub fn managed_entry(manager: &str, data_keys: &[&str], immutable: bool) -> ManagedFieldsEntry {
+    let mut fields = serde_json::json!({});
+    if !data_keys.is_empty() {
+        let keys: serde_json::Map<String, serde_json::Value> = data_keys
+            .iter()
+            .map(|k| (format!("f:{k}"), serde_json::json!({})))
+            .collect();
+        fields["f:data"] = serde_json::Value::Object(keys);
+    }
+    if immutable {
+        fields["f:immutable"] = serde_json::json!({});
+    }
+    ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some("Apply".into()),
+        api_version: Some("v1".into()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+            fields,
+        )),
+        ..Default::default()
+    }
+}
+
+/// Test support: `s` as our write leaves it on the server (managed fields).
+#[cfg(test)]
+pub fn as_written_by_us(mut s: Secret) -> Secret {
+    let keys: Vec<&str> = s.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
+    let entry = managed_entry(replica::FIELD_MANAGER, &keys, s.immutable == Some(true));
+    s.metadata.managed_fields = Some(vec![entry]);
+    s
 }
 
 #[cfg(test)]
@@ -708,5 +796,100 @@ mod tests {
         let all: Vec<_> = p.iter().map(|(k, v)| format!("{k}={v}")).collect();
         assert_eq!(all, ["0=0", "a=x", "b=2", "c=3"]);
         assert_eq!(p.get("a").map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn content_tells_from_managed_fields_whether_anyone_changed_the_data() {
+        use replica::FIELD_MANAGER as US;
+        let keys = |k: &[&str]| replica::keys_hash(k.iter().copied());
+        let content =
+            |entries: Vec<ManagedFieldsEntry>| Content::from_managed_fields(Some(&entries));
+        // (entries, our keys, foreign, immutable)
+        type Case<'a> = (&'a str, Vec<ManagedFieldsEntry>, &'a [&'a str], bool, bool);
+        let cases: Vec<Case> = vec![
+            (
+                "as we wrote it",
+                vec![managed_entry(US, &["j", "k"], false)],
+                &["j", "k"],
+                false,
+                false,
+            ),
+            // Our create (an update entry) and a later apply: the union is ours.
+            (
+                "create then apply",
+                vec![
+                    managed_entry(US, &["k"], false),
+                    managed_entry(US, &["j"], false),
+                ],
+                &["j", "k"],
+                false,
+                false,
+            ),
+            // Someone changed k: it moved to them (seen on a real API server).
+            (
+                "a key edited",
+                vec![
+                    managed_entry("kubectl-edit", &["k"], false),
+                    managed_entry(US, &["j"], false),
+                ],
+                &["j"],
+                true,
+                false,
+            ),
+            // Someone removed j: it is gone from our set, nobody else gained it.
+            (
+                "a key removed",
+                vec![managed_entry(US, &["k"], false)],
+                &["k"],
+                false,
+                false,
+            ),
+            (
+                "a key added",
+                vec![
+                    managed_entry(US, &["j", "k"], false),
+                    managed_entry("kubectl-patch", &["x"], false),
+                ],
+                &["j", "k"],
+                true,
+                false,
+            ),
+            // Applied with the same value by someone else: shared, not a change.
+            (
+                "a key co-owned",
+                vec![
+                    managed_entry(US, &["j", "k"], false),
+                    managed_entry("kubectl", &["k"], false),
+                ],
+                &["j", "k"],
+                false,
+                false,
+            ),
+            (
+                "made immutable by someone else",
+                vec![
+                    managed_entry(US, &["k"], false),
+                    managed_entry("other", &[], true),
+                ],
+                &["k"],
+                true,
+                true,
+            ),
+            (
+                "immutable as we wrote it",
+                vec![managed_entry(US, &["k"], true)],
+                &["k"],
+                false,
+                true,
+            ),
+            // Managed fields wiped: nothing is known to be ours.
+            ("no managed fields", vec![], &[], false, false),
+        ];
+        for (what, entries, our_keys, foreign, immutable) in cases {
+            let c = content(entries);
+            assert_eq!(c.our_keys, keys(our_keys), "{what}: our keys");
+            assert_eq!(c.foreign, foreign, "{what}: foreign");
+            assert_eq!(c.immutable, immutable, "{what}: immutable");
+        }
     }
 }

@@ -22,7 +22,7 @@ use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher::{self, Event};
 
 const MANAGED_LABEL: (&str, &str) = ("push-to-k8s.io/managed-by", "push-to-k8s");
@@ -655,5 +655,54 @@ async fn without_source_watch_only_the_initial_list_is_copied() {
     );
 
     stop_cleanly(&mut daemon);
+    env.teardown().await;
+}
+
+/// The replica watch carries metadata only; a copy whose data was changed
+/// while the controller was down is still found at start (its managed fields
+/// show another writer, or a key no longer ours) and repaired, with the
+/// periodic resync out of the picture. An untouched copy is not written.
+#[tokio::test]
+async fn copies_tampered_while_down_are_repaired_at_start() {
+    let _serial = serial();
+    let env = TestEnv::new("lc-tamper", 3).await;
+    let _on_panic = env.cleanup_on_panic();
+    let name = format!("{}-s", env.id);
+    let data = [("a", "v1"), ("b", "v1")];
+    env.create_source(&name, &data).await;
+    let mut first = start(&env, &[]).await;
+    env.await_copies(&env.targets, &name, &data).await;
+    stop_cleanly(&mut first);
+
+    // While it is down: a value edited, a key removed, a copy left alone.
+    let patch = |ns: &str, body: serde_json::Value| {
+        let api = env.secrets(ns);
+        let name = name.clone();
+        async move {
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+                .expect("edit the copy")
+        }
+    };
+    let edited = patch(&env.targets[0], serde_json::json!({"data": {"a": "eA=="}})).await;
+    assert_eq!(edited.data.unwrap()["a"].0, b"x");
+    let removed = patch(&env.targets[1], serde_json::json!({"data": {"b": null}})).await;
+    assert!(!removed.data.unwrap().contains_key("b"));
+    let untouched = env.copy(&env.targets[2], &name).await.unwrap();
+
+    let mut second = start(&env, &[("SYNC_INTERVAL", "1440")]).await;
+    env.await_copies(&env.targets[..2], &name, &data).await;
+    await_first_flush(&second).await;
+    let now = env.copy(&env.targets[2], &name).await.unwrap();
+    assert_eq!(
+        now.metadata.resource_version, untouched.metadata.resource_version,
+        "the copy in sync was written"
+    );
+    assert_eq!(
+        second.metric_sum("push_to_k8s_resyncs_total", &[]).await,
+        0.0,
+        "a periodic resync ran although SYNC_INTERVAL=1440"
+    );
+    stop_cleanly(&mut second);
     env.teardown().await;
 }
