@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::pace::Pacer;
 use crate::plan::Action;
 use crate::replica::{FIELD_MANAGER, Replica};
-use crate::watch::{Caches, ObjectKey, ReplicaRecord, owned_source};
+use crate::watch::{Caches, ObjectKey, ReplicaRecord, field_names, owned_source};
 
 /// Writes in flight at once. The limiter alone decides the rate; a few
 /// requests in flight only hide API latency so that rate is actually reached.
@@ -446,29 +446,19 @@ pub fn stale_keys(obj: &Secret, desired: &Replica) -> Vec<String> {
         let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
             continue;
         };
-        let keys = |v: Option<&serde_json::Value>| -> Vec<String> {
-            v.and_then(|v| v.as_object())
-                .map(|m| {
-                    m.keys()
-                        .filter_map(|k| k.strip_prefix("f:"))
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let meta = fields.get("f:metadata");
-        for k in keys(meta.and_then(|m| m.get("f:labels"))) {
-            if !desired.labels.contains_key(&k) {
+        for k in field_names(meta.and_then(|m| m.get("f:labels"))) {
+            if !desired.labels.contains_key(k) {
                 stale.push(format!("label {k}"));
             }
         }
-        for k in keys(meta.and_then(|m| m.get("f:annotations"))) {
-            if k != crate::replica::HASH_ANNOTATION && !desired.annotations.contains_key(&k) {
+        for k in field_names(meta.and_then(|m| m.get("f:annotations"))) {
+            if k != crate::replica::HASH_ANNOTATION && !desired.annotations.contains_key(k) {
                 stale.push(format!("annotation {k}"));
             }
         }
-        for k in keys(fields.get("f:data")) {
-            if !desired.data.contains_key(&k) {
+        for k in field_names(fields.get("f:data")) {
+            if !desired.data.contains_key(k) {
                 stale.push(format!("data key {k}"));
             }
         }

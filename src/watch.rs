@@ -153,21 +153,10 @@ pub struct Content {
 
 impl Content {
     pub fn from_managed_fields(entries: Option<&Vec<ManagedFieldsEntry>>) -> Content {
-        let fields_of = |e: &ManagedFieldsEntry| e.fields_v1.as_ref().map(|f| f.0.clone());
-        let field_names = |v: Option<&serde_json::Value>| -> Vec<String> {
-            v.and_then(serde_json::Value::as_object)
-                .map(|m| {
-                    m.keys()
-                        .filter_map(|k| k.strip_prefix("f:"))
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
         let (mut our_immutable, mut their_immutable) = (false, false);
         for entry in entries.into_iter().flatten() {
-            let Some(fields) = fields_of(entry) else {
+            let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
                 continue;
             };
             let keys = field_names(fields.get("f:data"));
@@ -181,12 +170,21 @@ impl Content {
             }
         }
         Content {
-            our_keys: replica::keys_hash(ours.iter().map(String::as_str)),
+            our_keys: replica::keys_hash(ours.iter().copied()),
             foreign: theirs.difference(&ours).next().is_some()
                 || (their_immutable && !our_immutable),
             immutable: our_immutable || their_immutable,
         }
     }
+}
+
+/// The names of the fields a managed-fields set (`fieldsV1`) holds under one
+/// map: `{"f:a": {}, "f:b": {}, ".": {}}` gives `a`, `b`.
+pub fn field_names(set: Option<&serde_json::Value>) -> impl Iterator<Item = &str> {
+    set.and_then(serde_json::Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .filter_map(|k| k.strip_prefix("f:"))
 }
 
 impl ReplicaRecord {
