@@ -566,6 +566,11 @@ mod tests {
     }
 
     /// The object the server would return for `body` (a Secret we sent).
+    /// The API server's answer to a successful DELETE.
+    fn success() -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
+    }
+
     /// `body` as the API server returns it after our write: with a UID, the
     /// new resourceVersion and our managed fields.
     fn stored(mut body: Value, rv: &str) -> Value {
@@ -712,13 +717,29 @@ mod tests {
                 body["preconditions"],
                 json!({"uid": "copy-uid", "resourceVersion": "9"})
             );
-            reply(
-                send,
-                StatusCode::OK,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
-            );
+            reply(send, StatusCode::OK, success());
         })
         .await;
+    }
+
+    /// The server side of a replace: a DELETE with UID and resourceVersion
+    /// preconditions, then a POST; then the summary Event.
+    async fn expect_delete_then_create(h: &mut ApiHandle, uid: &str, rv: &str) {
+        let (method, _, body, send) = next(h).await;
+        assert_eq!(method, Method::DELETE);
+        assert_eq!(
+            body["preconditions"],
+            json!({"uid": uid, "resourceVersion": rv})
+        );
+        reply(send, StatusCode::OK, success());
+        let (method, uri, body, send) = next(h).await;
+        assert_eq!(method, Method::POST);
+        assert_eq!(
+            uri,
+            "/api/v1/namespaces/a/secrets?&fieldManager=push-to-k8s"
+        );
+        reply(send, StatusCode::CREATED, stored(body, "4"));
+        expect_event(h, "Pushed").await;
     }
 
     #[tokio::test]
@@ -731,22 +752,7 @@ mod tests {
             resource_version: "3".into(),
         };
         run(w, handle, vec![action], async |h: &mut ApiHandle| {
-            let (method, _, body, send) = next(h).await;
-            assert_eq!(method, Method::DELETE);
-            assert_eq!(body["preconditions"]["uid"], "old-uid");
-            reply(
-                send,
-                StatusCode::OK,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
-            );
-            let (method, uri, body, send) = next(h).await;
-            assert_eq!(method, Method::POST);
-            assert_eq!(
-                uri,
-                "/api/v1/namespaces/a/secrets?&fieldManager=push-to-k8s"
-            );
-            reply(send, StatusCode::CREATED, stored(body, "4"));
-            expect_event(h, "Pushed").await;
+            expect_delete_then_create(h, "old-uid", "3").await;
         })
         .await;
     }
@@ -772,21 +778,7 @@ mod tests {
                        "reason": "Invalid",
                        "message": "Secret \"db\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable"}),
             );
-            let (method, _, body, send) = next(h).await;
-            assert_eq!(method, Method::DELETE);
-            assert_eq!(
-                body["preconditions"],
-                json!({"uid": "old-uid", "resourceVersion": "3"})
-            );
-            reply(
-                send,
-                StatusCode::OK,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200}),
-            );
-            let (method, _, body, send) = next(h).await;
-            assert_eq!(method, Method::POST);
-            reply(send, StatusCode::CREATED, stored(body, "4"));
-            expect_event(h, "Pushed").await;
+            expect_delete_then_create(h, "old-uid", "3").await;
         })
         .await;
     }
