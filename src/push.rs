@@ -565,7 +565,6 @@ mod tests {
         );
     }
 
-    /// The object the server would return for `body` (a Secret we sent).
     /// The API server's answer to a successful DELETE.
     fn success() -> Value {
         json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})

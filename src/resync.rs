@@ -1,9 +1,9 @@
 //! The periodic full resync: the fallback and the consistency check.
 //!
 //! Every `SYNC_INTERVAL` it re-LISTs sources, namespaces and replica metadata
-//! from the API server (paginated, a handful of requests), brings the caches to what
-//! it found (compared page by page, so no second copy of a cache is ever
-//! held), and marks everything dirty. A watch that stalled silently
+//! from the API server (paginated, a handful of requests), brings the caches
+//! to what it found (compared page by page, so no second copy of a cache is
+//! ever held), and marks everything dirty. A watch that stalled silently
 //! therefore cannot leave the cluster wrong for longer than one interval.
 //! When everything is in sync the plan is empty: zero writes, no GETs.
 

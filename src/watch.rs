@@ -2,8 +2,9 @@
 //!
 //! Three watches feed three small caches: the source Secrets (label-selected,
 //! source namespace only), the namespaces (metadata only), and our replicas
-//! (label-selected, metadata only). Events only mark keys dirty; the planner reads the caches
-//! at flush time, so replays and create-then-delete bursts cost nothing.
+//! (label-selected, metadata only). Events only mark keys dirty; the planner
+//! reads the caches at flush time, so replays and create-then-delete bursts
+//! cost nothing.
 //!
 //! Memory scales with what is replicated: sources are kept whole (rendered),
 //! namespaces as labels plus a terminating flag, and replicas as a compact

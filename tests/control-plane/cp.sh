@@ -103,7 +103,15 @@ cmd_build_helm() {
 # ---------------------------------------------------------------- up / down
 
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' \
+        2>/dev/null && return 0
+    # Without python3: a random port below the ephemeral range that nothing answers on.
+    local p
+    for _ in $(seq 1 50); do
+        p=$((20000 + RANDOM % 12000))
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+    done
+    die "found no free loopback port"
 }
 
 # A process is ours only if it is alive and its command line names our state dir.
@@ -206,10 +214,24 @@ cmd_up() {
         return 0
     fi
     cmd_build
-    cmd_down
-    mkdir -p "$STATE"
-    make_pki
-    local etcd_port peer_port api_port
+    local attempt
+    for attempt in 1 2; do
+        cmd_down
+        mkdir -p "$STATE"
+        make_pki
+        if launch; then
+            say "up: export KUBECONFIG=$STATE/admin.kubeconfig (logs in $STATE)"
+            return 0
+        fi
+        [[ $attempt == 1 ]] || die "the control plane did not start, twice; logs in $STATE"
+        say "starting once more, on new ports"
+    done
+}
+
+# Start etcd, kube-apiserver and kube-controller-manager and wait until ready.
+# Returns 1 if a daemon exits during start (a port taken meanwhile, say).
+launch() {
+    local etcd_port peer_port api_port name
     etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
     echo "$api_port" >"$STATE/apiserver.port"
     start etcd "$BIN/etcd" --name default --data-dir "$STATE/etcd" \
@@ -233,7 +255,11 @@ cmd_up() {
     local deadline=$((SECONDS + READY_TIMEOUT)) started_kcm=0
     while :; do
         for name in etcd kube-apiserver; do
-            is_ours "$STATE/$name.pid" || { tail -n 20 "$STATE/$name.log" | sed 's/^/    /' >&2; die "$name exited during start; log: $STATE/$name.log"; }
+            if ! is_ours "$STATE/$name.pid"; then
+                tail -n 20 "$STATE/$name.log" | sed 's/^/    /' >&2
+                say "$name exited during start; log: $STATE/$name.log"
+                return 1
+            fi
         done
         if [[ $started_kcm == 0 ]] && curl -s --max-time 5 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" \
             --key "$STATE/pki/admin.key" "https://127.0.0.1:$api_port/healthz" 2>/dev/null | grep -q ok; then
@@ -252,7 +278,6 @@ cmd_up() {
         fi
         sleep 0.5
     done
-    say "up: export KUBECONFIG=$STATE/admin.kubeconfig (logs in $STATE)"
 }
 
 case "${1:-}" in
