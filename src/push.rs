@@ -347,17 +347,23 @@ impl Writer {
     /// Events on the source: one summary per flush, one per new conflict.
     /// Only names, namespaces, counts and reasons; never a value.
     async fn report(&self, source: &str, tally: Tally) {
+        let note = tally
+            .done
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !note.is_empty() {
+            tracing::info!(source, writes = %note, "copies written");
+        }
+        if !tally.conflicts.is_empty() {
+            tracing::warn!(source, namespaces = ?tally.conflicts, "copies skipped: an unmanaged Secret of the same name exists");
+        }
         let Some(rec) = self.caches.sources.get(&source.to_string()) else {
             return; // a deleted source has nothing to carry Events
         };
         let reference = self.source_ref(source, &rec.uid);
         if !tally.done.is_empty() {
-            let note = tally
-                .done
-                .iter()
-                .map(|(op, n)| format!("{op} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
             self.publish(
                 &reference,
                 EventType::Normal,
