@@ -27,6 +27,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+mod http_get;
+
 pub const SOURCE_SELECTOR_KEY: &str = "push-to-k8s";
 pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
 pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
@@ -526,18 +528,7 @@ impl Daemon {
     }
 
     async fn http(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .await
-            .ok()?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.ok()?;
-        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
+        http_get::http_get(self.metrics_port, path).await
     }
 
     /// Wait until `/readyz` answers 200 (caches synced).
