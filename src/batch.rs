@@ -25,6 +25,8 @@ pub enum DirtyKey {
     Source(String),
     /// A namespace, by name (appeared, relabelled, deleted, or a replica in it changed).
     Namespace(String),
+    /// One copy (`namespace`, source name): a retry re-plans only that copy.
+    Copy(crate::watch::ObjectKey),
     /// Everything (e.g. periodic resync). Kept alongside other keys; what it
     /// implies is the planner's decision.
     All,

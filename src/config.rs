@@ -73,6 +73,9 @@ pub struct Config {
     pub protected_namespaces: Vec<String>,
     /// `METRICS_PORT`: port of `/metrics`, `/healthz`, `/readyz`.
     pub metrics_port: u16,
+    /// `READY_WATCH_FAILURE_SECONDS`: how long a watch may fail before
+    /// `/readyz` reports the controller unready.
+    pub ready_watch_failure: Duration,
     /// `DEBUG`: debug logs (`RUST_LOG` overrides).
     pub debug: bool,
     /// `LOG_FORMAT`: `text` or `json`.
@@ -128,6 +131,7 @@ const VARIABLES: &[&str] = &[
     "EXCLUDE_NAMESPACE_LABEL",
     "PROTECTED_NAMESPACES",
     "METRICS_PORT",
+    "READY_WATCH_FAILURE_SECONDS",
     "DEBUG",
     "LOG_FORMAT",
     "KUBECONFIG",
@@ -148,6 +152,7 @@ struct RawEnv {
     exclude_namespace_label: Option<String>,
     protected_namespaces: Option<String>,
     metrics_port: Option<String>,
+    ready_watch_failure_seconds: Option<String>,
     debug: Option<String>,
     log_format: Option<String>,
     kubeconfig: Option<String>,
@@ -270,6 +275,10 @@ impl Config {
             None => 9090,
             Some(v) => parse_int("METRICS_PORT", v, 1, 65535, "")?,
         };
+        let ready_watch_failure_secs = match &raw.ready_watch_failure_seconds {
+            None => 10,
+            Some(v) => parse_int("READY_WATCH_FAILURE_SECONDS", v, 1, 600, " (seconds)")?,
+        };
 
         let debug = match &raw.debug {
             None => false,
@@ -299,6 +308,7 @@ impl Config {
             exclude_namespace_label,
             protected_namespaces,
             metrics_port: u16::try_from(metrics_port).expect("range-checked to 1..=65535"),
+            ready_watch_failure: Duration::from_secs(ready_watch_failure_secs),
             debug,
             log_format,
             kubeconfig,
@@ -526,6 +536,7 @@ mod tests {
                     "kube-node-lease".into()
                 ],
                 metrics_port: 9090,
+                ready_watch_failure: Duration::from_secs(10),
                 debug: false,
                 log_format: LogFormat::Text,
                 kubeconfig: None,
@@ -657,6 +668,12 @@ mod tests {
             }),
             (&[("METRICS_PORT", "1")], |c| c.metrics_port == 1),
             (&[("METRICS_PORT", "65535")], |c| c.metrics_port == 65535),
+            (&[("READY_WATCH_FAILURE_SECONDS", "1")], |c| {
+                c.ready_watch_failure == Duration::from_secs(1)
+            }),
+            (&[("READY_WATCH_FAILURE_SECONDS", "600")], |c| {
+                c.ready_watch_failure == Duration::from_secs(600)
+            }),
             (&[("DEBUG", "true")], |c| c.debug),
             (&[("DEBUG", "TRUE")], |c| c.debug),
             (&[("DEBUG", "false")], |c| !c.debug),
@@ -758,6 +775,11 @@ mod tests {
             ("METRICS_PORT", "-1", "from 1 to 65535"),
             ("METRICS_PORT", "http", "from 1 to 65535"),
             ("METRICS_PORT", "９０９０", "from 1 to 65535"), // full-width digits
+            ("READY_WATCH_FAILURE_SECONDS", "0", "1 to 600 (seconds)"),
+            ("READY_WATCH_FAILURE_SECONDS", "601", "1 to 600 (seconds)"),
+            ("READY_WATCH_FAILURE_SECONDS", "", "1 to 600 (seconds)"),
+            ("READY_WATCH_FAILURE_SECONDS", "10s", "1 to 600 (seconds)"),
+            ("READY_WATCH_FAILURE_SECONDS", " 10", "1 to 600 (seconds)"),
             // Label keys.
             ("EXCLUDE_NAMESPACE_LABEL", "-x", "label key"),
             ("EXCLUDE_NAMESPACE_LABEL", "x-", "label key"),

@@ -1,11 +1,15 @@
 //! Wiring: watchers → dirty keys → batcher → planner → writer, plus the
-//! periodic resync, the HTTP endpoints and a clean shutdown.
+//! periodic resync, the conflict rechecks, the HTTP endpoints and a clean
+//! shutdown.
+//!
+//! The control loop only moves keys and plans and writes: the periodic
+//! resync and the conflict rechecks are spawned tasks that report back on a
+//! channel, so neither can hold up propagation or the loop's heartbeat.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::events::{EventType, Reporter};
 use tokio::sync::mpsc;
@@ -14,16 +18,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batcher, DirtyKey};
 use crate::config::Config;
+use crate::conflicts;
+use crate::events::Events;
+use crate::fights::{Decision, Fights};
 use crate::http::{self, Health};
 use crate::metrics::{AnnotationLabels, Metrics};
 use crate::pace::Pacer;
-use crate::plan::{self, World};
-use crate::push::Writer;
+use crate::plan::{self, Action, Refusal, World};
+use crate::push::{Outcome, Writer};
 use crate::resync;
+use crate::retry::RetryQueue;
 use crate::targets::Scope;
-use crate::watch::{self, Caches, owned_source};
+use crate::watch::{self, Caches, ObjectKey};
 
 const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
+
+/// The loop beats at least this often (`/healthz`).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// A failed resync is tried again this soon (at most `SYNC_INTERVAL`), so
+/// `/readyz` does not stay unready for a whole interval after a blip.
+const RESYNC_RETRY: Duration = Duration::from_secs(30);
+
+/// What a spawned task reports back to the control loop.
+enum Finished {
+    /// A periodic resync: `Err` carries a short reason.
+    Resync(Result<(), String>),
+    /// A conflict recheck: the conflicts that are gone.
+    Recheck(Vec<ObjectKey>),
+}
 
 /// Errors that stop the controller.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +102,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     preflight(&client, &cfg).await?;
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(cfg.ready_watch_failure));
     health.beat();
     let listener = http::bind(cfg.metrics_port)
         .await
@@ -91,7 +114,19 @@ pub async fn run(
         let (h, m, s) = (health.clone(), metrics.clone(), shutdown.child_token());
         tokio::spawn(async move { http::serve(listener, h, m, s).await })
     };
+    let result = control(&cfg, client, metrics, health, shutdown).await;
+    let _ = http_task.await;
+    result
+}
 
+/// Watchers, writer and the control loop, until `shutdown` fires.
+async fn control(
+    cfg: &Config,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
     let caches = Arc::new(Caches::new());
     let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<DirtyKey>();
     let watchers = watch::spawn_all(
@@ -101,6 +136,7 @@ pub async fn run(
         caches.clone(),
         dirty_tx.clone(),
         metrics.clone(),
+        health.clone(),
         shutdown.clone(),
     );
 
@@ -108,20 +144,31 @@ pub async fn run(
         controller: "push-to-k8s".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let events = Arc::new(Events::new(client.clone(), reporter, cfg.namespace.clone()));
     let writer = Writer::new(
         client.clone(),
         cfg.namespace.clone(),
         Pacer::new(cfg.rate_limit, cfg.rate_burst),
-        reporter,
+        events,
         metrics.clone(),
         caches.clone(),
-        dirty_tx.clone(),
         shutdown.clone(),
     );
+    let mut retry = RetryQueue::new();
+    let mut fights = Fights::new();
 
     // Without a source watch, the sources come from the list at start and each resync.
     if !cfg.enable_secret_watcher {
-        while !resync::once(&client, &cfg.namespace, &caches, &metrics).await {
+        loop {
+            let listed = resync::once(&client, &cfg.namespace, &caches, &metrics);
+            let Some(result) = beating(&health, &shutdown, listed).await else {
+                return Ok(());
+            };
+            let ok = result.is_ok();
+            health.resync_result(result);
+            if ok {
+                break;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -139,7 +186,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
     }
-    health.set_ready(true);
+    health.set_synced(true);
     tracing::info!(
         namespace = %cfg.namespace,
         sources = caches.sources.len(),
@@ -154,6 +201,15 @@ pub async fn run(
         exclude_label: cfg.exclude_namespace_label.as_deref(),
         protected: &protected,
     };
+    // Unmanaged same-named Secrets already in the cluster: known from one
+    // LIST per source before the first plan, so it makes no POST (and no GET
+    // and Event per namespace) to find them.
+    let scan = conflicts::at_start(&client, &caches, &scope, &metrics);
+    let Some(found) = beating(&health, &shutdown, scan).await else {
+        return Ok(());
+    };
+    conflicts::report_at_start(&found, &writer.conflicts, &caches, &writer.events, &metrics).await;
+
     let mut batcher = Batcher::new(cfg.debounce, cfg.max_wait);
     let mut since = Instant::now();
     // The first plan covers everything, which also collects copies orphaned
@@ -162,12 +218,14 @@ pub async fn run(
     let mut resync_timer =
         tokio::time::interval_at(Instant::now() + cfg.sync_interval, cfg.sync_interval);
     resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     // Unmanaged objects that block a copy are invisible to our label-selected
-    // watch; look at them again (a metadata GET each) once a minute.
+    // watch; look at them again (one LIST per name) once a minute.
     let mut conflict_timer =
         tokio::time::interval_at(Instant::now() + CONFLICT_RECHECK, CONFLICT_RECHECK);
     conflict_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
+    let (mut resyncing, mut rechecking) = (false, false);
 
     loop {
         health.beat();
@@ -179,7 +237,15 @@ pub async fn run(
             keys = batcher.ready() => {
                 metrics.queue_depth.set(0);
                 metrics.batch_size.observe(keys.len() as f64);
-                flush(&caches, &scope, &writer, &metrics, &keys, since, &health).await;
+                let mut gate = Gate { retry: &mut retry, fights: &mut fights };
+                flush(&caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate).await;
+            }
+            // A copy's backoff is over: re-plan that copy only.
+            key = retry.next() => {
+                if batcher.pending() == 0 {
+                    since = Instant::now();
+                }
+                batcher.add(DirtyKey::Copy(key));
             }
             Some(key) = dirty_rx.recv() => {
                 if batcher.pending() == 0 {
@@ -188,24 +254,69 @@ pub async fn run(
                 batcher.add(key);
                 metrics.queue_depth.set(batcher.pending() as i64);
             }
-            _ = resync_timer.tick() => {
+            _ = resync_timer.tick(), if !resyncing => {
                 tracing::info!("periodic resync: re-listing from the API server");
-                if resync::once(&client, &cfg.namespace, &caches, &metrics).await {
-                    recheck_conflicts(&client, &cfg.namespace, &writer).await;
-                }
-                if batcher.pending() == 0 {
-                    since = Instant::now();
-                }
-                batcher.add(DirtyKey::All);
+                resyncing = true;
+                let (client, ns, caches, metrics) =
+                    (client.clone(), cfg.namespace.clone(), caches.clone(), metrics.clone());
+                let (done, stop) = (done_tx.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        r = resync::once(&client, &ns, &caches, &metrics) => {
+                            let _ = done.send(Finished::Resync(r));
+                        }
+                    }
+                });
             }
-            _ = conflict_timer.tick() => {
-                for source in recheck_conflicts(&client, &cfg.namespace, &writer).await {
+            _ = conflict_timer.tick(), if !rechecking => {
+                let known: Vec<ObjectKey> =
+                    writer.conflicts.lock().expect("lock").iter().cloned().collect();
+                if !known.is_empty() {
+                    rechecking = true;
+                    let (client, ns, metrics) =
+                        (client.clone(), cfg.namespace.clone(), metrics.clone());
+                    let (done, stop) = (done_tx.clone(), shutdown.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            gone = conflicts::recheck(&client, &ns, known, &metrics) => {
+                                let _ = done.send(Finished::Recheck(gone));
+                            }
+                        }
+                    });
+                }
+            }
+            Some(finished) = done_rx.recv() => match finished {
+                Finished::Resync(result) => {
+                    resyncing = false;
+                    if result.is_ok() {
+                        // Look at the known conflicts again too.
+                        conflict_timer.reset_immediately();
+                    } else {
+                        resync_timer.reset_after(RESYNC_RETRY.min(cfg.sync_interval));
+                    }
+                    health.resync_result(result);
                     if batcher.pending() == 0 {
                         since = Instant::now();
                     }
-                    batcher.add(DirtyKey::Source(source));
+                    batcher.add(DirtyKey::All);
                 }
-            }
+                Finished::Recheck(gone) => {
+                    rechecking = false;
+                    if !gone.is_empty() {
+                        tracing::info!(copies = gone.len(), "conflicts resolved; their copies are planned again");
+                    }
+                    let mut known = writer.conflicts.lock().expect("lock");
+                    for key in gone {
+                        known.remove(&key);
+                        if batcher.pending() == 0 {
+                            since = Instant::now();
+                        }
+                        batcher.add(DirtyKey::Source(key.name));
+                    }
+                }
+            },
             _ = heartbeat.tick() => {}
         }
     }
@@ -214,14 +325,115 @@ pub async fn run(
         pending = batcher.pending(),
         "shutting down; pending keys are re-planned at the next start"
     );
-    health.set_ready(false);
+    health.set_synced(false);
     for w in watchers {
         w.abort();
     }
-    let _ = http_task.await;
     Ok(())
 }
 
+/// Per-copy state that decides whether a planned write may go now: the
+/// retry queue (a failed copy waits out its backoff) and the fight tracker
+/// (a copy something keeps changing back is repaired ever more rarely).
+struct Gate<'a> {
+    retry: &'a mut RetryQueue,
+    fights: &'a mut Fights,
+}
+
+impl Gate<'_> {
+    /// Keep the actions that may be written now; hold the others.
+    async fn admit(
+        &mut self,
+        caches: &Caches,
+        writer: &Writer,
+        actions: Vec<Action>,
+    ) -> Vec<Action> {
+        let mut now = Vec::with_capacity(actions.len());
+        for action in actions {
+            let key = action.key();
+            let repair = matches!(action, Action::Update { .. } | Action::Replace { .. })
+                .then(|| repair_of(caches, &key))
+                .flatten();
+            // A held copy waits, unless it is held for a fight and its source
+            // changed since: new content (a rotated credential) goes at once.
+            let new_content = repair.is_none() && self.fights.fought(&key);
+            if self.retry.holds(&key) && !new_content {
+                continue;
+            }
+            if let Some(hash) = repair
+                && let Decision::Hold { delay, first } = self.fights.repair(&key, &hash)
+            {
+                let attempts = self.retry.attempts(&key);
+                self.retry.hold(key.clone(), attempts, delay);
+                if first {
+                    report_fight(caches, writer, &key, delay).await;
+                }
+                continue;
+            }
+            now.push(action);
+        }
+        now
+    }
+
+    fn record(&mut self, outcomes: Vec<(ObjectKey, Outcome)>) {
+        for (key, outcome) in outcomes {
+            match outcome {
+                Outcome::Failed(_) => {
+                    let delay = self.retry.failed(key.clone());
+                    tracing::debug!(copy = %key, delay_s = delay.as_secs(), "retrying later");
+                }
+                _ => self.retry.succeeded(&key),
+            }
+        }
+    }
+
+    /// Forget copies whose namespace, or whose source and copy, are gone.
+    fn prune(&mut self, caches: &Caches, writer: &Writer) {
+        let exists = |k: &ObjectKey| caches.replicas.get(k).is_some();
+        self.retry.retain(|k| {
+            caches.namespaces.get(&k.namespace).is_some()
+                && (caches.sources.get(&k.name).is_some() || exists(k))
+        });
+        self.fights.retain(exists);
+        writer
+            .accepted
+            .lock()
+            .expect("lock")
+            .retain(|k, _| exists(k));
+    }
+}
+
+/// If writing `key` now would repair a copy whose source did not change
+/// since our last write (someone changed the copy), the content hash it
+/// restores.
+fn repair_of(caches: &Caches, key: &ObjectKey) -> Option<String> {
+    let desired = caches.sources.get(&key.name)?.replica.hash;
+    let copy = caches.replicas.get(key)?;
+    (copy.hash.as_deref() == Some(desired.as_str())).then_some(desired)
+}
+
+async fn report_fight(caches: &Caches, writer: &Writer, key: &ObjectKey, delay: Duration) {
+    writer.metrics().fights.inc();
+    tracing::warn!(copy = %key, hold_s = delay.as_secs(), "copy keeps being changed by someone else; repairing it with backoff");
+    if let Some(rec) = caches.sources.get(&key.name) {
+        let events = &writer.events;
+        events
+            .publish(
+                &events.source_ref(&key.name, &rec.uid),
+                EventType::Warning,
+                "CopyFought",
+                "Push",
+                format!(
+                    "the copy in namespace {} keeps being changed back by someone else (a controller, a policy, a webhook); repairs now wait {}s and then twice as long each time, at most 1h",
+                    key.namespace,
+                    delay.as_secs()
+                ),
+            )
+            .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn flush(
     caches: &Caches,
     scope: &Scope<'_>,
@@ -230,9 +442,11 @@ async fn flush(
     keys: &[DirtyKey],
     since: Instant,
     health: &Health,
+    gate: &mut Gate<'_>,
 ) {
     let plan = {
         let conflicts = writer.conflicts.lock().expect("lock").clone();
+        let accepted = writer.accepted.lock().expect("lock").clone();
         caches.sources.read(|sources| {
             caches.namespaces.read(|namespaces| {
                 caches.replicas.read(|replicas| {
@@ -242,6 +456,7 @@ async fn flush(
                             namespaces,
                             replicas,
                             conflicts: &conflicts,
+                            accepted: &accepted,
                         },
                         scope,
                         keys,
@@ -257,62 +472,201 @@ async fn flush(
         }
     }
     tracing::debug!(keys = keys.len(), actions = plan.actions.len(), "flush");
-    for (source, error) in &plan.invalid {
-        metrics
-            .invalid_annotations
-            .get_or_create(&AnnotationLabels {
-                annotation: error.metric_label(),
-            })
-            .inc();
-        tracing::warn!(source = %source, error = %error, "source skipped: invalid annotation; its copies are left as they are");
-        if let Some(rec) = caches.sources.get(source) {
-            writer
-                .publish(
-                    &writer.source_ref(source, &rec.uid),
-                    EventType::Warning,
-                    "InvalidAnnotation",
-                    "Plan",
-                    format!("{error}; existing copies are left unchanged until it is fixed"),
-                )
-                .await;
-        }
+    report_refusals(caches, writer, metrics, &plan.refused).await;
+    let actions = gate.admit(caches, writer, plan.actions).await;
+    if !actions.is_empty() {
+        let outcomes = writer.execute(actions, since, health).await;
+        gate.record(outcomes);
     }
-    if !plan.actions.is_empty() {
-        writer.execute(plan.actions, since, health).await;
+    gate.prune(caches, writer);
+    metrics.retry_queue.set(gate.retry.len() as i64);
+}
+
+/// One Warning Event (and one count) per refused source and change of its
+/// reason, not one per flush.
+async fn report_refusals(
+    caches: &Caches,
+    writer: &Writer,
+    metrics: &Metrics,
+    refused: &[(String, Refusal)],
+) {
+    let events = &writer.events;
+    events.retain_refusals(|name| {
+        caches
+            .sources
+            .get(&name.to_string())
+            .is_some_and(|rec| plan::refusal(&rec).is_some())
+    });
+    for (source, refusal) in refused {
+        let Some(rec) = caches.sources.get(source) else {
+            continue;
+        };
+        let note = refusal.to_string();
+        if !events.first_refusal(source, &rec.uid, &note) {
+            continue;
+        }
+        match refusal {
+            Refusal::Annotation(_) => metrics
+                .invalid_annotations
+                .get_or_create(&AnnotationLabels {
+                    annotation: refusal.metric_label(),
+                })
+                .inc(),
+            Refusal::IdentityType(_) => metrics.refused_types.inc(),
+        };
+        tracing::warn!(source = %source, reason = refusal.reason(), "source refused: {note}");
+        events
+            .publish(
+                &events.source_ref(source, &rec.uid),
+                EventType::Warning,
+                refusal.reason(),
+                "Plan",
+                note,
+            )
+            .await;
     }
 }
 
-/// At a resync, look again at the unmanaged objects that blocked a copy
-/// (metadata GETs, no writes): the ones that are gone, or became ours, are
-/// forgotten so the next plan creates or adopts them.
-/// Returns the sources whose blocked copies may now be written.
-async fn recheck_conflicts(
-    client: &kube::Client,
-    source_namespace: &str,
-    writer: &Writer,
-) -> Vec<String> {
-    let known: Vec<_> = writer
-        .conflicts
-        .lock()
-        .expect("lock")
-        .iter()
-        .cloned()
-        .collect();
-    let mut gone = HashMap::new();
-    for key in known {
-        let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
-        let still_blocked = match api.get_metadata_opt(&key.name).await {
-            Ok(Some(m)) => {
-                owned_source(&m.metadata, source_namespace).as_deref() != Some(key.name.as_str())
-            }
-            Ok(None) => false,
-            Err(_) => true,
-        };
-        if !still_blocked {
-            gone.insert(key, ());
+/// Await `work` before the loop starts while keeping the heartbeat:
+/// `None` if `shutdown` fires first.
+async fn beating<T>(
+    health: &Health,
+    shutdown: &CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            out = &mut work => return Some(out),
+            _ = beat.tick() => health.beat(),
         }
     }
-    let mut conflicts = writer.conflicts.lock().expect("lock");
-    conflicts.retain(|k| !gone.contains_key(k));
-    gone.into_keys().map(|k| k.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use tower_test::mock::{Handle, SendResponse};
+
+    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+    fn respond(send: SendResponse<Response<Body>>, code: StatusCode, body: serde_json::Value) {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(bytes))
+                .unwrap(),
+        );
+    }
+
+    fn empty_list() -> serde_json::Value {
+        serde_json::json!({"apiVersion": "v1", "kind": "List",
+                           "metadata": {"resourceVersion": "1"}, "items": []})
+    }
+
+    /// The next LIST request (watch requests are parked in `watches`, never
+    /// answered, like watches with nothing to say).
+    async fn next_list(
+        h: &mut ApiHandle,
+        watches: &mut Vec<SendResponse<Response<Body>>>,
+    ) -> SendResponse<Response<Body>> {
+        loop {
+            let (req, send) = h.next_request().await.expect("a request");
+            let uri = req.uri().to_string();
+            assert_eq!(req.method(), Method::GET, "no write expected: {uri}");
+            if uri.contains("watch=true") {
+                watches.push(send);
+            } else {
+                return send;
+            }
+        }
+    }
+
+    // Issue 7, defect 5: the periodic resync ran on the control loop, so a
+    // slow one stopped propagation and the heartbeat. Now it is a spawned
+    // task: the loop beats through it, and its result reaches /readyz.
+    #[tokio::test(start_paused = true)]
+    async fn defect5_a_long_resync_neither_blocks_the_loop_nor_trips_healthz() {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let cfg = Config::from_vars([
+            ("NAMESPACE".to_string(), "src".to_string()),
+            ("SYNC_INTERVAL".to_string(), "1".to_string()),
+        ])
+        .unwrap();
+        let health = Arc::new(Health::new(cfg.ready_watch_failure));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(control_with(
+            cfg.clone(),
+            client,
+            health.clone(),
+            shutdown.clone(),
+        ));
+
+        let mut watches = Vec::new();
+        // The three watches list (nothing there), then watch.
+        for _ in 0..3 {
+            let send = next_list(&mut handle, &mut watches).await;
+            respond(send, StatusCode::OK, empty_list());
+        }
+        // A minute later the resync lists, and its first LIST hangs.
+        let t0 = Instant::now();
+        let hanging = next_list(&mut handle, &mut watches).await;
+        assert!(
+            t0.elapsed() >= Duration::from_secs(55),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(health.ready(), "{:?}", health.readiness());
+        // Five minutes of a hanging resync: alive, ready, and no second resync.
+        let more = tokio::time::timeout(
+            Duration::from_secs(300),
+            next_list(&mut handle, &mut watches),
+        )
+        .await;
+        assert!(more.is_err(), "one resync at a time");
+        assert_eq!(health.liveness(), Ok(()), "the loop beat all along");
+        assert_eq!(health.readiness(), Ok(()));
+        // It fails: /readyz says so, and it is tried again within 30 s.
+        respond(
+            hanging,
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "Forbidden", "code": 403, "message": "forbidden"}),
+        );
+        let t1 = Instant::now();
+        tokio::task::yield_now().await;
+        let retry = next_list(&mut handle, &mut watches).await;
+        assert!(t1.elapsed() <= RESYNC_RETRY, "{:?}", t1.elapsed());
+        let why = health.readiness().unwrap_err();
+        assert!(
+            why.contains("last resync failed") && why.contains("403 Forbidden"),
+            "{why}"
+        );
+        // The retry succeeds: ready again.
+        respond(retry, StatusCode::OK, empty_list());
+        for _ in 0..2 {
+            let send = next_list(&mut handle, &mut watches).await;
+            respond(send, StatusCode::OK, empty_list());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(health.readiness(), Ok(()));
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    async fn control_with(
+        cfg: Config,
+        client: kube::Client,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        health.beat();
+        control(&cfg, client, Arc::new(Metrics::new()), health, shutdown).await
+    }
 }

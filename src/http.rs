@@ -1,50 +1,214 @@
-//! `/metrics`, `/healthz` and `/readyz`.
+//! `/metrics`, `/healthz` and `/readyz`, and the [`Health`] they report.
 //!
-//! `/healthz` answers ok only while the control loop is alive (it beats at
-//! least every few seconds, also during long pushes); `/readyz` only once every
-//! cache has synced. Neither always says OK.
+//! - `/healthz` answers 200 while the control loop is alive: the loop beats at
+//!   least every 5 s (and the writer after every write), and a loop silent for
+//!   60 s is dead. Time is measured on the monotonic clock, so a clock step can
+//!   neither fake nor kill it; and nothing slow runs on the loop (the periodic
+//!   resync and the conflict rechecks are spawned tasks), so a long resync
+//!   cannot trip it.
+//! - `/readyz` answers 200 only once the caches have synced, while no watch
+//!   has been failing for longer than `READY_WATCH_FAILURE_SECONDS`, and while
+//!   the last resync succeeded. Otherwise 503, and the body says why, e.g.
+//!   `not ready: watch replicas failing for 14s: list failed: 403 Forbidden`.
+//!
+//! Bodies carry names of watches, durations and API error codes and reasons,
+//! never an object's content.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
 /// A loop that has not beaten for this long is considered dead.
 const STALE: Duration = Duration::from_secs(60);
 
-#[derive(Default)]
+/// A failed watch is restarted with a fresh list; the watch request follows
+/// the list at once, and a refused one (RBAC `watch` revoked, `list` not)
+/// fails within a request's time. So a relist after an error proves the
+/// watch works again only once this long has passed without a new error.
+pub const RELIST_GRACE: Duration = Duration::from_secs(5);
+
+/// Default of `READY_WATCH_FAILURE_SECONDS`.
+pub const DEFAULT_WATCH_FAILURE_BOUND: Duration = Duration::from_secs(10);
+
+/// What the health endpoints report: the control loop's heartbeat, whether
+/// the caches synced, every watch's failures, and the last resync.
 pub struct Health {
-    last_beat_ms: AtomicU64,
-    ready: AtomicBool,
+    watch_failure_bound: Duration,
+    state: Mutex<HealthState>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+#[derive(Default)]
+struct HealthState {
+    last_beat: Option<Instant>,
+    synced: bool,
+    watches: BTreeMap<&'static str, WatchHealth>,
+    /// When the last resync failed, and why; `None` once one succeeds.
+    resync_failed: Option<(Instant, String)>,
+}
+
+#[derive(Default)]
+struct WatchHealth {
+    /// The first error since the watch last worked.
+    failing_since: Option<Instant>,
+    /// The last error: code and reason, never an object's content.
+    error: String,
+    /// A list completed after the error (see [`RELIST_GRACE`]).
+    relisted_at: Option<Instant>,
+    /// The watch loop ended (it never does while the process runs).
+    stopped: bool,
+}
+
+impl WatchHealth {
+    /// How long it has been failing, or `None` if it works.
+    fn failing_for(&self, now: Instant) -> Option<Duration> {
+        let since = self.failing_since?;
+        match self.relisted_at {
+            Some(t) if now.duration_since(t) >= RELIST_GRACE => None,
+            _ => Some(now.duration_since(since)),
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(DEFAULT_WATCH_FAILURE_BOUND)
+    }
 }
 
 impl Health {
+    /// `watch_failure_bound`: how long a watch may fail before `/readyz` says so.
+    pub fn new(watch_failure_bound: Duration) -> Health {
+        Health {
+            watch_failure_bound,
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.state.lock().expect("health lock")
+    }
+
+    /// The control loop is alive (monotonic clock).
     pub fn beat(&self) {
-        self.last_beat_ms.store(now_ms(), Ordering::Relaxed);
+        self.state().last_beat = Some(Instant::now());
     }
+
+    /// Every cache has completed its first list.
+    pub fn set_synced(&self, synced: bool) {
+        self.state().synced = synced;
+    }
+
+    /// Watch `what` failed with `error` (short, value-free). A failure lasts
+    /// from the first error until the watch delivers an event again, or a
+    /// relist is followed by [`RELIST_GRACE`] without an error.
+    pub fn watch_failed(&self, what: &'static str, error: String) {
+        let now = Instant::now();
+        let mut state = self.state();
+        let w = state.watches.entry(what).or_default();
+        if w.failing_for(now).is_none() {
+            w.failing_since = Some(now);
+        }
+        w.relisted_at = None;
+        w.error = error;
+    }
+
+    /// Watch `what` completed a (re)list.
+    pub fn watch_listed(&self, what: &'static str) {
+        let mut state = self.state();
+        let w = state.watches.entry(what).or_default();
+        if w.failing_since.is_some() && w.relisted_at.is_none() {
+            w.relisted_at = Some(Instant::now());
+        }
+    }
+
+    /// Watch `what` delivered a change: it works.
+    pub fn watch_event(&self, what: &'static str) {
+        let mut state = self.state();
+        let w = state.watches.entry(what).or_default();
+        w.failing_since = None;
+        w.relisted_at = None;
+    }
+
+    /// The loop of watch `what` ended.
+    pub fn watch_stopped(&self, what: &'static str) {
+        self.state().watches.entry(what).or_default().stopped = true;
+    }
+
+    /// The outcome of a resync: `Err` carries a short, value-free reason.
+    pub fn resync_result(&self, result: Result<(), String>) {
+        self.state().resync_failed = result.err().map(|e| (Instant::now(), e));
+    }
+
+    /// `Ok` while the control loop beats; otherwise why not.
+    pub fn liveness(&self) -> Result<(), String> {
+        match self.state().last_beat {
+            None => Err("not alive: the control loop has not started".into()),
+            Some(t) => {
+                let silent = t.elapsed();
+                if silent < STALE {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "not alive: control loop silent for {}s",
+                        silent.as_secs()
+                    ))
+                }
+            }
+        }
+    }
+
     pub fn alive(&self) -> bool {
-        let last = self.last_beat_ms.load(Ordering::Relaxed);
-        last != 0 && now_ms().saturating_sub(last) < STALE.as_millis() as u64
+        self.liveness().is_ok()
     }
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+
+    /// `Ok` when ready; otherwise every reason why not, on one line.
+    pub fn readiness(&self) -> Result<(), String> {
+        let mut why = Vec::new();
+        if let Err(e) = self.liveness() {
+            why.push(e.trim_start_matches("not alive: ").to_string());
+        }
+        let now = Instant::now();
+        let state = self.state();
+        if !state.synced {
+            why.push("caches not synced yet".into());
+        }
+        for (what, w) in &state.watches {
+            if w.stopped {
+                why.push(format!("watch {what} stopped"));
+            } else if let Some(d) = w.failing_for(now)
+                && d > self.watch_failure_bound
+            {
+                why.push(format!(
+                    "watch {what} failing for {}s: {}",
+                    d.as_secs(),
+                    w.error
+                ));
+            }
+        }
+        if let Some((at, e)) = &state.resync_failed {
+            why.push(format!(
+                "last resync failed ({}s ago): {e}",
+                now.duration_since(*at).as_secs()
+            ));
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not ready: {}", why.join("; ")))
+        }
     }
+
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.alive()
+        self.readiness().is_ok()
     }
 }
 
@@ -54,20 +218,19 @@ struct AppState {
     metrics: Arc<Metrics>,
 }
 
-fn answer(ok: bool) -> (StatusCode, &'static str) {
-    if ok {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ok\n")
+fn answer(result: Result<(), String>) -> (StatusCode, String) {
+    match result {
+        Ok(()) => (StatusCode::OK, "ok\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    answer(s.health.alive())
+    answer(s.health.liveness())
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    answer(s.health.ready())
+    answer(s.health.readiness())
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
@@ -101,4 +264,238 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::advance;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    /// Synced and beating: ready.
+    fn healthy() -> Health {
+        let h = Health::new(S(10));
+        h.set_synced(true);
+        h.beat();
+        h
+    }
+
+    /// Advance the paused clock with the loop beating all along.
+    async fn pass(h: &Health, d: Duration) {
+        advance(d).await;
+        h.beat();
+    }
+
+    // Issue 7, defect 5: /readyz said ok once the caches synced, whatever
+    // the watches did since.
+    #[tokio::test(start_paused = true)]
+    async fn defect5_readyz_unready_while_a_watch_fails_longer_than_the_bound() {
+        let h = healthy();
+        assert_eq!(h.readiness(), Ok(()));
+        h.watch_failed("replicas", "list failed: 403 Forbidden".into());
+        pass(&h, S(9)).await;
+        h.watch_failed("replicas", "list failed: 403 Forbidden".into());
+        assert_eq!(h.readiness(), Ok(()), "a failure shorter than the bound");
+        pass(&h, S(5)).await;
+        assert_eq!(
+            h.readiness(),
+            Err("not ready: watch replicas failing for 14s: list failed: 403 Forbidden".into())
+        );
+        // Another watch working does not make this one work.
+        h.watch_event("namespaces");
+        assert!(!h.ready());
+        // A change delivered: it works again.
+        h.watch_event("replicas");
+        assert_eq!(h.readiness(), Ok(()));
+        // A later failure is measured from its own start.
+        pass(&h, S(100)).await;
+        h.watch_failed("replicas", "watch failed to start: 403 Forbidden".into());
+        pass(&h, S(10)).await;
+        assert_eq!(h.readiness(), Ok(()), "exactly the bound is still ready");
+        pass(&h, S(1)).await;
+        let why = h.readiness().unwrap_err();
+        assert!(why.contains("failing for 11s"), "{why}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn defect5_a_relist_recovers_a_watch_only_if_no_error_follows() {
+        let h = healthy();
+        h.watch_failed(
+            "sources",
+            "list failed: HyperError: connection refused".into(),
+        );
+        pass(&h, S(30)).await;
+        // List allowed, watch refused: the list is followed by an error at once.
+        for _ in 0..5 {
+            h.watch_listed("sources");
+            pass(&h, Duration::from_millis(20)).await;
+            h.watch_failed("sources", "watch failed to start: 403 Forbidden".into());
+            pass(&h, S(8)).await;
+        }
+        let why = h.readiness().unwrap_err();
+        assert!(
+            why.contains("watch sources failing for 70s: watch failed to start: 403 Forbidden"),
+            "one failure all along, not a new one per relist: {why}"
+        );
+        // The apiserver lets it watch again: the relist is not contradicted.
+        h.watch_listed("sources");
+        pass(&h, RELIST_GRACE - Duration::from_millis(1)).await;
+        assert!(!h.ready(), "not before the grace has passed");
+        pass(&h, Duration::from_millis(1)).await;
+        assert_eq!(h.readiness(), Ok(()));
+        // An error long after is a new failure, not the old one resumed.
+        pass(&h, S(60)).await;
+        h.watch_failed("sources", "watch stream failed: 500 InternalError".into());
+        assert_eq!(h.readiness(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn defect5_readyz_unready_after_a_failed_resync_until_one_succeeds() {
+        let h = healthy();
+        h.resync_result(Err("403 Forbidden".into()));
+        pass(&h, S(3)).await;
+        assert_eq!(
+            h.readiness(),
+            Err("not ready: last resync failed (3s ago): 403 Forbidden".into())
+        );
+        h.resync_result(Ok(()));
+        assert_eq!(h.readiness(), Ok(()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn defect5_readyz_needs_synced_caches_and_a_running_watch_loop() {
+        let h = Health::new(S(10));
+        h.beat();
+        assert_eq!(
+            h.readiness(),
+            Err("not ready: caches not synced yet".into())
+        );
+        h.set_synced(true);
+        assert!(h.ready());
+        h.watch_stopped("namespaces");
+        assert_eq!(
+            h.readiness(),
+            Err("not ready: watch namespaces stopped".into())
+        );
+    }
+
+    // Issue 7, defect 5: the one generic watch loop reports every failure,
+    // and a relist after it (which only a restarted watch delivers) brings
+    // readiness back; however the loop ends, readiness hears of it.
+    #[tokio::test(start_paused = true)]
+    async fn defect5_the_watch_loop_reports_failures_and_recovery_to_readyz() {
+        use crate::watch::{self, Cache};
+        use futures::StreamExt;
+        use futures::stream::BoxStream;
+        use kube::runtime::watcher::{self as kw, Event};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        type Item = Result<Event<String>, kw::Error>;
+        let forbidden = || -> Item {
+            Err(kw::Error::InitialListFailed(kube::Error::Api(Box::new(
+                kube::core::Status::failure("secrets is forbidden: User cannot list", "Forbidden")
+                    .with_code(403),
+            ))))
+        };
+        let listed = |names: &[&str]| -> Vec<Item> {
+            let mut v = vec![Ok(Event::Init)];
+            v.extend(names.iter().map(|n| Ok(Event::InitApply(n.to_string()))));
+            v.push(Ok(Event::InitDone));
+            v
+        };
+        // Each call is one (re)start of the watch: a list, then watching.
+        let mut first = listed(&["a"]);
+        first.push(forbidden());
+        let starts = std::sync::Mutex::new(std::collections::VecDeque::from(vec![
+            first,
+            vec![forbidden()],
+            vec![forbidden()],
+            vec![forbidden()],
+            listed(&["a", "b"]),
+        ]));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let factory = {
+            let calls = calls.clone();
+            move || -> BoxStream<'static, Item> {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let items = starts.lock().unwrap().pop_front().unwrap_or_default();
+                futures::stream::iter(items)
+                    .chain(futures::stream::pending())
+                    .boxed()
+            }
+        };
+        let health = Arc::new(healthy());
+        let cache: Arc<Cache<String, ()>> = Arc::default();
+        let metrics = Arc::new(Metrics::new());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (dirty, _keep) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(watch::run(
+            "replicas",
+            factory,
+            cache.clone(),
+            |s: &String| Some((s.clone(), ())),
+            |s: &String| Some(s.clone()),
+            |_: &String, _: Option<&()>, _: Option<&()>| None,
+            dirty,
+            metrics.clone(),
+            health.clone(),
+            shutdown.clone(),
+        ));
+        // Listed at 0 s, then refused at 0, 1, 3 and 7 s (backoff 1, 2, 4 s);
+        // the fifth start, at 15 s, lists again and is not contradicted.
+        let at = |secs: u64| tokio::time::sleep_until(Instant::now() + S(secs));
+        at(12).await;
+        health.beat();
+        assert_eq!(
+            health.readiness(),
+            Err("not ready: watch replicas failing for 12s: list failed: 403 Forbidden".into())
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let start = Instant::now() - S(12);
+        tokio::time::sleep_until(start + S(16)).await;
+        health.beat();
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "restarted with a list");
+        assert!(!health.ready(), "listed 1 s ago: not yet proven");
+        assert_eq!(cache.len(), 2, "the relist reached the cache");
+        tokio::time::sleep_until(start + S(21)).await;
+        health.beat();
+        assert_eq!(health.readiness(), Ok(()));
+        assert!(
+            metrics
+                .encode()
+                .contains("push_to_k8s_watch_errors_total{watch=\"replicas\"} 4"),
+            "{}",
+            metrics.encode()
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        assert_eq!(
+            health.readiness(),
+            Err("not ready: watch replicas stopped".into())
+        );
+    }
+
+    // Issue 7, defect 5: /healthz was a wall-clock heartbeat. On the
+    // monotonic (here: paused tokio) clock, 60 s without a beat is dead.
+    #[tokio::test(start_paused = true)]
+    async fn defect5_healthz_is_a_monotonic_heartbeat() {
+        let h = Health::new(S(10));
+        assert!(h.liveness().is_err(), "never beaten");
+        h.beat();
+        advance(S(59)).await;
+        assert_eq!(h.liveness(), Ok(()));
+        advance(S(2)).await;
+        assert_eq!(
+            h.liveness(),
+            Err("not alive: control loop silent for 61s".into())
+        );
+        h.set_synced(true);
+        assert_eq!(
+            h.readiness(),
+            Err("not ready: control loop silent for 61s".into())
+        );
+        h.beat();
+        assert!(h.alive() && h.ready());
+    }
 }

@@ -9,14 +9,19 @@
 
 pub mod batch;
 pub mod config;
+pub mod conflicts;
 pub mod controller;
 pub mod demo;
+pub mod events;
+pub mod fights;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod pace;
 pub mod plan;
 pub mod push;
 pub mod replica;
 pub mod resync;
+pub mod retry;
 pub mod targets;
 pub mod watch;

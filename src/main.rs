@@ -9,9 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use push_to_k8s::config::{Config, LogFormat};
+use push_to_k8s::logging;
 use push_to_k8s::{controller, demo};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     // First, before anything else: a bad setting stops us here.
@@ -33,39 +34,16 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Dependencies that could print raw HTTP traffic stay at `info` whatever
-/// RUST_LOG says, so no Secret value can reach a log line at any level.
-const CAPS: &[&str] = &[
-    "hyper=info",
-    "hyper_util=info",
-    "h2=info",
-    "rustls=info",
-    "tower=info",
-    "tower_http=info",
-    "kube_client=info",
-];
-
 fn init_logging(cfg: &Config) {
     let base = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => v,
         _ if cfg.debug => "info,push_to_k8s=debug".to_string(),
         _ => "info".to_string(),
     };
-    let mut filter = EnvFilter::builder().parse_lossy(&base);
-    // A directive replaces the level for its target, so add the caps only
-    // when something asks for more than info; they must never raise a level.
-    if base.contains("debug") || base.contains("trace") {
-        for cap in CAPS {
-            filter = filter.add_directive(cap.parse().expect("static directive"));
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let ansi = std::io::stderr().is_terminal();
     match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => logging::subscriber(&base, std::io::stderr, ansi, true).init(),
+        LogFormat::Text => logging::subscriber(&base, std::io::stderr, ansi, false).init(),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub resyncs: Family<ResultLabels, Counter>,
     pub resync_stale: Counter<u64, AtomicU64>,
+    pub conflict_lists: Family<ResultLabels, Counter>,
+    pub fights: Counter,
+    pub retry_queue: Gauge,
+    pub refused_types: Counter,
 }
 
 impl Metrics {
@@ -112,6 +116,30 @@ impl Metrics {
             "Cache entries a resync found different from the API server",
             resync_stale.clone(),
         );
+        let fights = Counter::default();
+        registry.register(
+            "copy_fights",
+            "Copies found being changed back by another actor; their repairs are now held with exponential backoff",
+            fights.clone(),
+        );
+        let retry_queue = Gauge::default();
+        registry.register(
+            "retry_queue_copies",
+            "Copies waiting out a backoff (a failed write, or a fought-over copy)",
+            retry_queue.clone(),
+        );
+        let refused_types = Counter::default();
+        registry.register(
+            "refused_types",
+            "Sources refused because their type grants an identity (service-account or bootstrap token); counted once per change",
+            refused_types.clone(),
+        );
+        let conflict_lists = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "conflict_lists",
+            "Metadata LISTs of same-named Secrets (one per name) that find or recheck conflicts",
+            conflict_lists.clone(),
+        );
         Metrics {
             registry,
             writes,
@@ -125,6 +153,10 @@ impl Metrics {
             invalid_annotations,
             resyncs,
             resync_stale,
+            conflict_lists,
+            fights,
+            retry_queue,
+            refused_types,
         }
     }
 

@@ -80,11 +80,55 @@ impl Action {
     }
 }
 
+/// Why a source is not pushed at all. Its existing copies are left as they are.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// A targeting annotation does not parse (only this source is affected).
+    Annotation(AnnotationError),
+    /// Its type grants an identity where it lands ([`crate::replica::NEVER_COPIED_TYPES`]).
+    IdentityType(String),
+}
+
+impl Refusal {
+    /// Bounded metric label.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Refusal::Annotation(e) => e.metric_label(),
+            Refusal::IdentityType(_) => "type",
+        }
+    }
+
+    /// The Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Annotation(_) => "InvalidAnnotation",
+            Refusal::IdentityType(_) => "TypeNotCopied",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Annotation(e) => {
+                write!(
+                    f,
+                    "{e}; existing copies are left unchanged until it is fixed"
+                )
+            }
+            Refusal::IdentityType(t) => write!(
+                f,
+                "Secrets of type {t} are never copied: a copy would grant an identity in every target namespace; existing copies are left unchanged"
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
     pub actions: Vec<Action>,
-    /// Sources left untouched because an annotation does not parse.
-    pub invalid: Vec<(String, AnnotationError)>,
+    /// Sources left untouched, and why (a bad annotation, a forbidden type).
+    pub refused: Vec<(String, Refusal)>,
     /// Known conflicts that are no longer wanted (the planner forgets them).
     pub resolved_conflicts: Vec<ObjectKey>,
 }
@@ -96,6 +140,10 @@ pub struct World<'a> {
     pub replicas: &'a HashMap<ObjectKey, ReplicaRecord>,
     /// `(namespace, name)` pairs where an unmanaged object blocks a copy.
     pub conflicts: &'a HashSet<ObjectKey>,
+    /// Copies the server changed while we wrote them, with the
+    /// resourceVersion our write produced: unchanged since, they are what we
+    /// wrote (see [`crate::push::Writer::accepted`]).
+    pub accepted: &'a HashMap<ObjectKey, String>,
 }
 
 /// Is `r` exactly the copy `desired` describes, as far as we set it? Its
@@ -119,6 +167,7 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
     let all = dirty.iter().any(|d| matches!(d, DirtyKey::All));
     let mut whole_sources: BTreeSet<&str> = BTreeSet::new();
     let mut only_namespaces: BTreeSet<&str> = BTreeSet::new();
+    let mut copies: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for d in dirty {
         match d {
             DirtyKey::Source(s) => {
@@ -126,6 +175,9 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
             }
             DirtyKey::Namespace(n) => {
                 only_namespaces.insert(n);
+            }
+            DirtyKey::Copy(k) => {
+                copies.entry(&k.name).or_default().insert(&k.namespace);
             }
             DirtyKey::All => {}
         }
@@ -153,10 +205,13 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
     for name in names {
         // Which namespaces to look at for this source.
         let everywhere = all || whole_sources.contains(name);
-        if !everywhere && only_namespaces.is_empty() {
+        let these = copies.get(name);
+        if !everywhere && only_namespaces.is_empty() && these.is_none() {
             continue;
         }
-        let in_scope = |ns: &str| everywhere || only_namespaces.contains(ns);
+        let in_scope = |ns: &str| {
+            everywhere || only_namespaces.contains(ns) || these.is_some_and(|c| c.contains(ns))
+        };
         let replicas = by_source.get(name).unwrap_or(&empty);
 
         let Some(source) = world.sources.get(name) else {
@@ -168,15 +223,15 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
             }
             continue;
         };
-        let rules = match TargetRules::parse(&source.annotations) {
+        let desired = &source.replica;
+        let rules = match rules(source) {
             Ok(rules) => rules,
-            Err(e) => {
+            Err(refusal) => {
                 // Only this source is affected, and its copies stay as they are.
-                out.invalid.push((name.to_string(), e));
+                out.refused.push((name.to_string(), refusal));
                 continue;
             }
         };
-        let desired = &source.replica;
         for (ns, info) in &namespaces {
             if !in_scope(ns) || info.terminating {
                 continue;
@@ -193,6 +248,9 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
                     source: name.to_string(),
                 }),
                 (true, Some(r)) if in_sync(r, desired) => {}
+                (true, Some(r))
+                    if r.hash.as_deref() == Some(desired.hash.as_str())
+                        && world.accepted.get(&key) == Some(&r.resource_version) => {}
                 (true, Some(r)) if r.content.immutable => out.actions.push(Action::Replace {
                     namespace: ns.to_string(),
                     source: name.to_string(),
@@ -216,6 +274,19 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
     }
     out.actions.sort();
     out
+}
+
+/// The target rules of `source`, or why it is not pushed at all.
+pub fn rules(source: &SourceRecord) -> Result<TargetRules, Refusal> {
+    if source.replica.grants_identity() {
+        return Err(Refusal::IdentityType(source.replica.type_.clone()));
+    }
+    TargetRules::parse(&source.annotations).map_err(Refusal::Annotation)
+}
+
+/// Why `source` is not pushed at all, if it is not.
+pub fn refusal(source: &SourceRecord) -> Option<Refusal> {
+    rules(source).err()
 }
 
 fn delete(ns: &str, name: &str, r: &ReplicaRecord) -> Action {
@@ -290,6 +361,7 @@ mod tests {
         namespaces: HashMap<String, NamespaceInfo>,
         replicas: HashMap<ObjectKey, ReplicaRecord>,
         conflicts: HashSet<ObjectKey>,
+        accepted: HashMap<ObjectKey, String>,
     }
 
     impl Case {
@@ -305,6 +377,7 @@ mod tests {
                 namespaces: n,
                 replicas: HashMap::new(),
                 conflicts: HashSet::new(),
+                accepted: HashMap::new(),
             }
         }
         fn plan(&self, dirty: &[DirtyKey]) -> Plan {
@@ -319,6 +392,7 @@ mod tests {
                 namespaces: &self.namespaces,
                 replicas: &self.replicas,
                 conflicts: &self.conflicts,
+                accepted: &self.accepted,
             };
             plan(&world, &scope, dirty)
         }
@@ -517,8 +591,8 @@ mod tests {
         ]);
         let p = c.plan(&[DirtyKey::All]);
         assert_eq!(p.actions, vec![create("a", "good")]);
-        assert_eq!(p.invalid.len(), 1);
-        assert_eq!(p.invalid[0].0, "bad");
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].0, "bad");
     }
 
     #[test]
@@ -533,6 +607,155 @@ mod tests {
         assert_eq!(c.plan(&[src("db")]).actions, vec![create("b", "db")]);
         c.namespaces.insert("a".into(), ns(&[("skip", "")]));
         assert_eq!(c.plan(&[src("db")]).resolved_conflicts, vec![key]);
+    }
+
+    fn update(ns: &str, s: &str) -> Action {
+        Action::Update {
+            namespace: ns.into(),
+            source: s.into(),
+            uid: format!("uid-{ns}"),
+            resource_version: "7".into(),
+        }
+    }
+
+    // Issue 7, defect 1: an operator restores a source from an exported copy
+    // (it keeps our markers). It must stay a source: never a copy to delete.
+    #[test]
+    fn source_restored_from_an_exported_copy_is_never_taken_for_its_own_copy() {
+        let mut c = Case::new(&["a"]);
+        let exported = copy("a", &secret("db", "v1", &[])).1;
+        let mut restored = secret("db", "v1", &[]);
+        let meta = &mut restored.metadata;
+        for (k, v) in exported.labels.iter() {
+            meta.labels
+                .get_or_insert_default()
+                .insert(k.clone(), v.clone());
+        }
+        for (k, v) in exported.annotations.iter() {
+            meta.annotations
+                .get_or_insert_default()
+                .insert(k.clone(), v.clone());
+        }
+        // A marked backup parked beside the sources, without the source label.
+        let mut parked = restored.clone();
+        parked.metadata.name = Some("db-backup".into());
+        parked.metadata.labels = Some(BTreeMap::from([(
+            replica::MANAGED_LABEL_KEY.to_string(),
+            replica::MANAGED_LABEL_VALUE.to_string(),
+        )]));
+        for s in [&restored, &parked] {
+            assert_eq!(ReplicaRecord::from_meta(&s.metadata, SRC), None, "{s:?}");
+            // Even without the source label, nothing in the source namespace is a copy.
+            let mut unlabelled = s.metadata.clone();
+            unlabelled
+                .labels
+                .as_mut()
+                .unwrap()
+                .remove(replica::SOURCE_LABEL_KEY);
+            assert_eq!(ReplicaRecord::from_meta(&unlabelled, SRC), None);
+        }
+        c.sources
+            .extend([SourceRecord::from_secret(&restored, SRC).unwrap()]);
+        let p = c.plan(&[DirtyKey::All]);
+        assert_eq!(p.actions, vec![create("a", "db")]);
+    }
+
+    // Issue 7, defect 2: a renamed backup of a copy (markers and all) is not
+    // a copy; only an object named as its source asks is.
+    #[test]
+    fn renamed_backup_of_a_copy_is_not_a_copy() {
+        let mut c = Case::new(&["a"]);
+        let old = secret("db", "v1", &[]);
+        let real = copy("a", &old);
+        let mut backup = Replica::render(&old, SRC).to_secret("a");
+        backup.metadata.name = Some("db-old".into());
+        backup.metadata.uid = Some("uid-backup".into());
+        assert_eq!(ReplicaRecord::from_meta(&backup.metadata, SRC), None);
+        c.replicas.extend([real]);
+        c.sources.extend([source("db", "v2", &[])]);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update("a", "db")]);
+        // Source gone: only the real copy is deleted.
+        c.sources.clear();
+        let p = c.plan(&[DirtyKey::All]);
+        assert_eq!(
+            p.actions,
+            vec![Action::Delete {
+                namespace: "a".into(),
+                source: "db".into(),
+                uid: "uid-a".into(),
+                resource_version: "7".into()
+            }]
+        );
+    }
+
+    // Issue 7, defect 12.
+    #[test]
+    fn identity_granting_secret_types_are_never_copied() {
+        for t in replica::NEVER_COPIED_TYPES {
+            let mut c = Case::new(&["a"]);
+            let mut s = secret(
+                "token",
+                "v1",
+                &[("push-to-k8s.io/namespaces", "kube-system,a")],
+            );
+            s.type_ = Some(t.to_string());
+            c.sources
+                .extend([SourceRecord::from_secret(&s, SRC).unwrap()]);
+            let p = c.plan(&[DirtyKey::All]);
+            assert_eq!(p.actions, vec![], "{t}");
+            assert_eq!(
+                p.refused,
+                vec![("token".to_string(), Refusal::IdentityType(t.to_string()))]
+            );
+        }
+    }
+
+    // Issue 7, defect 10: who owns `immutable` says nothing of its value.
+    #[test]
+    fn immutable_owned_by_someone_else_is_an_update_not_a_replace() {
+        let mut c = Case::new(&["a"]);
+        let (k, mut r) = copy("a", &secret("db", "v1", &[]));
+        r.content = crate::watch::Content::from_managed_fields(Some(&vec![
+            crate::watch::managed_entry(replica::FIELD_MANAGER, &["k"], false),
+            crate::watch::managed_entry("kubectl", &[], true),
+        ]));
+        c.replicas.insert(k, r);
+        c.sources.extend([source("db", "v2", &[])]);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update("a", "db")]);
+    }
+
+    // Issue 7, defect 4: a copy the server changed while we wrote it (a
+    // mutating webhook rewrote a label) is in sync as written, until anyone
+    // changes it again or the source changes.
+    #[test]
+    fn a_copy_the_server_changed_while_we_wrote_it_is_in_sync_as_written() {
+        let mut c = Case::new(&["a"]);
+        let s = secret("db", "v1", &[]);
+        let (k, mut r) = copy("a", &s);
+        r.labels
+            .insert(replica::MANAGED_LABEL_KEY.into(), "rewritten".into());
+        c.replicas.insert(k.clone(), r);
+        c.sources.extend([source("db", "v1", &[])]);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update("a", "db")]);
+        c.accepted.insert(k.clone(), "7".into());
+        assert_eq!(c.plan(&[src("db")]).actions, vec![]);
+        // Changed since our write (another resourceVersion): repaired.
+        c.accepted.insert(k, "6".into());
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update("a", "db")]);
+    }
+
+    #[test]
+    fn a_copy_key_replans_only_that_copy() {
+        let mut c = Case::new(&["a", "b"]);
+        c.sources.extend([source("db", "v1", &[])]);
+        let key = ObjectKey {
+            namespace: "b".into(),
+            name: "db".into(),
+        };
+        assert_eq!(
+            c.plan(&[DirtyKey::Copy(key)]).actions,
+            vec![create("b", "db")]
+        );
     }
 
     #[test]

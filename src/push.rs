@@ -3,22 +3,21 @@
 //! Every write request (create, apply, update, delete) first waits on one
 //! shared limiter ([`crate::pace::Pacer`]), so the API load is `SECRET_SYNC_RATE_LIMIT`
 //! requests per second whatever caused them. One namespace failing never
-//! blocks another: each action ends in its own [`Outcome`], failures are
-//! retried with per-copy exponential backoff, and the source gets an Event.
+//! blocks another: each action ends in its own [`Outcome`], which the caller
+//! feeds to the per-copy retry queue ([`crate::retry`]); the source gets an
+//! Event ([`crate::events`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ObjectReference, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use tokio::sync::mpsc::UnboundedSender;
+use kube::runtime::events::EventType;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::DirtyKey;
+use crate::events::Events;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::pace::Pacer;
@@ -29,7 +28,6 @@ use crate::watch::{Caches, ObjectKey, ReplicaRecord, field_names, owned_source};
 /// Writes in flight at once. The limiter alone decides the rate; a few
 /// requests in flight only hide API latency so that rate is actually reached.
 const IN_FLIGHT: usize = 4;
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// How one action ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,13 +45,16 @@ pub struct Writer {
     client: kube::Client,
     source_namespace: String,
     pacer: Pacer,
-    reporter: Reporter,
+    pub events: Arc<Events>,
     metrics: Arc<Metrics>,
     caches: Arc<Caches>,
     /// Unmanaged same-named objects we must not overwrite.
     pub conflicts: Mutex<HashSet<ObjectKey>>,
-    attempts: Mutex<HashMap<ObjectKey, u32>>,
-    dirty: UnboundedSender<DirtyKey>,
+    /// Copies the server changed while writing them (a mutating webhook or
+    /// admission policy rewrote a label we set): the resourceVersion our
+    /// write produced. What we wrote is the measure of "in sync" for them,
+    /// so a server that always changes our request is not written forever.
+    pub accepted: Mutex<HashMap<ObjectKey, String>>,
     shutdown: CancellationToken,
 }
 
@@ -65,33 +66,41 @@ struct Tally {
 }
 
 impl Writer {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
         source_namespace: String,
         pacer: Pacer,
-        reporter: Reporter,
+        events: Arc<Events>,
         metrics: Arc<Metrics>,
         caches: Arc<Caches>,
-        dirty: UnboundedSender<DirtyKey>,
         shutdown: CancellationToken,
     ) -> Writer {
         Writer {
             client,
             source_namespace,
             pacer,
-            reporter,
+            events,
             metrics,
             caches,
             conflicts: Mutex::default(),
-            attempts: Mutex::default(),
-            dirty,
+            accepted: Mutex::default(),
             shutdown,
         }
     }
 
-    /// Execute `actions`; `since` is when the first change of this batch was seen.
-    pub async fn execute(&self, actions: Vec<Action>, since: Instant, health: &Health) {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Execute `actions`; `since` is when the first change of this batch was
+    /// seen. Returns how each ended (actions abandoned at shutdown are left
+    /// out), for the caller's retry queue.
+    pub async fn execute(
+        &self,
+        actions: Vec<Action>,
+        since: Instant,
+        health: &Health,
+    ) -> Vec<(ObjectKey, Outcome)> {
         let results: Vec<(Action, Outcome)> = futures::stream::iter(actions)
             .map(|a| async move {
                 if self.shutdown.is_cancelled() {
@@ -113,6 +122,7 @@ impl Writer {
             .await;
 
         let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+        let mut outcomes = Vec::with_capacity(results.len());
         for (action, outcome) in results {
             let key = action.key();
             let tally = tallies.entry(action.source().to_string()).or_default();
@@ -123,24 +133,21 @@ impl Writer {
                 Outcome::Failed(_) => "error",
             };
             self.metrics.write(action.op(), result);
-            match outcome {
+            match &outcome {
                 Outcome::Done => {
                     *tally.done.entry(action.op()).or_default() += 1;
-                    self.attempts.lock().expect("lock").remove(&key);
                 }
-                Outcome::Skipped => {
-                    self.attempts.lock().expect("lock").remove(&key);
-                }
+                Outcome::Skipped => {}
                 Outcome::Conflict => {
                     self.metrics.conflicts.inc();
                     tally.conflicts.push(key.namespace.clone());
-                    self.conflicts.lock().expect("lock").insert(key);
+                    self.conflicts.lock().expect("lock").insert(key.clone());
                 }
                 Outcome::Failed(reason) => {
-                    tally.failed.push((key.namespace.clone(), reason));
-                    self.retry_later(key);
+                    tally.failed.push((key.namespace.clone(), reason.clone()));
                 }
             }
+            outcomes.push((key, outcome));
         }
         self.metrics
             .managed_replicas
@@ -148,26 +155,7 @@ impl Writer {
         for (source, tally) in tallies {
             self.report(&source, tally).await;
         }
-    }
-
-    /// Re-mark the copy's source dirty after an exponential backoff.
-    fn retry_later(&self, key: ObjectKey) {
-        let attempt = {
-            let mut attempts = self.attempts.lock().expect("lock");
-            let n = attempts.entry(key.clone()).or_insert(0);
-            *n += 1;
-            *n
-        };
-        let delay = Duration::from_secs(1u64 << attempt.min(9)).min(MAX_BACKOFF);
-        tracing::debug!(copy = %key, attempt, delay_s = delay.as_secs(), "retrying later");
-        let dirty = self.dirty.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(delay) => { let _ = dirty.send(DirtyKey::Source(key.name)); }
-            }
-        });
+        outcomes
     }
 
     async fn run(&self, action: &Action) -> Outcome {
@@ -285,7 +273,7 @@ impl Writer {
             Ok(applied) => applied,
             // The copy's `type` differs (the metadata watch cannot see it), or
             // it became immutable meanwhile: only a delete and a create help.
-            Err(kube::Error::Api(s)) if s.code == 422 && s.message.contains("immutable") => {
+            Err(kube::Error::Api(s)) if refused_as_immutable(&s) => {
                 return self.replace(api, key, desired, uid, resource_version).await;
             }
             Err(e) => return classify(&e),
@@ -293,8 +281,16 @@ impl Writer {
         self.remember(&applied);
         let in_sync = ReplicaRecord::from_meta(&applied.metadata, &self.source_namespace)
             .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
-        if in_sync && stale_keys(&applied, desired).is_empty() {
+        let stale = stale_keys(&applied, desired);
+        if in_sync && stale.is_empty() {
             return Outcome::Done;
+        }
+        if stale.is_empty() {
+            // We own everything we set, nothing stale: the server itself
+            // changed our request (a mutating webhook or policy). A full
+            // update would come back changed the same way; what we wrote is
+            // the measure from now on.
+            return self.accept(key, &applied);
         }
         // Apply prunes only what our *apply* entry owned. Fields somebody else
         // owns (a data key added by hand) and fields our create (a POST, so an
@@ -310,10 +306,25 @@ impl Writer {
         match api.replace(&key.name, &pp, &body).await {
             Ok(updated) => {
                 self.remember(&updated);
-                Outcome::Done
+                let in_sync = ReplicaRecord::from_meta(&updated.metadata, &self.source_namespace)
+                    .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
+                if in_sync {
+                    Outcome::Done
+                } else {
+                    self.accept(key, &updated)
+                }
             }
             Err(e) => classify(&e),
         }
+    }
+
+    /// Remember that `written`, as the server stored it, is what we wrote.
+    fn accept(&self, key: &ObjectKey, written: &Secret) -> Outcome {
+        if let Some(rv) = written.metadata.resource_version.clone() {
+            tracing::debug!(copy = %key, "the server changed our write; taking what it stored as written");
+            self.accepted.lock().expect("lock").insert(key.clone(), rv);
+        }
+        Outcome::Done
     }
 
     async fn delete(
@@ -362,19 +373,21 @@ impl Writer {
         let Some(rec) = self.caches.sources.get(&source.to_string()) else {
             return; // a deleted source has nothing to carry Events
         };
-        let reference = self.source_ref(source, &rec.uid);
+        let events = &self.events;
+        let reference = events.source_ref(source, &rec.uid);
         if !tally.done.is_empty() {
-            self.publish(
-                &reference,
-                EventType::Normal,
-                "Pushed",
-                "Push",
-                format!("copies written: {note}"),
-            )
-            .await;
+            events
+                .publish(
+                    &reference,
+                    EventType::Normal,
+                    "Pushed",
+                    "Push",
+                    format!("copies written: {note}"),
+                )
+                .await;
         }
         for ns in tally.conflicts {
-            self.publish(
+            events.publish(
                 &reference,
                 EventType::Warning,
                 "Conflict",
@@ -394,51 +407,15 @@ impl Writer {
                 .map(|(ns, r)| format!("{ns}: {r}"))
                 .collect::<Vec<_>>()
                 .join("; ");
-            self.publish(
-                &reference,
-                EventType::Warning,
-                "PushFailed",
-                "Push",
-                format!("{n} copies failed, retrying with backoff ({sample})"),
-            )
-            .await;
-        }
-    }
-
-    pub fn source_ref(&self, name: &str, uid: &str) -> ObjectReference {
-        ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
-            namespace: Some(self.source_namespace.clone()),
-            name: Some(name.to_string()),
-            uid: Some(uid.to_string()),
-            ..ObjectReference::default()
-        }
-    }
-
-    pub async fn publish(
-        &self,
-        reference: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let mut note = note;
-        note.truncate(1000);
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        // A fresh recorder per Event: kube's recorder folds Events with the same
-        // reason into one series and keeps the *first* note, which would hide
-        // the second conflicting namespace and every later count.
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        if let Err(e) = recorder.publish(&ev, reference).await {
-            tracing::warn!(reason, error = %describe(&e), "could not publish Event");
+            events
+                .publish(
+                    &reference,
+                    EventType::Warning,
+                    "PushFailed",
+                    "Push",
+                    format!("{n} copies failed, retrying with backoff ({sample})"),
+                )
+                .await;
         }
     }
 }
@@ -474,12 +451,30 @@ pub fn stale_keys(obj: &Secret, desired: &Replica) -> Vec<String> {
 
 /// A short, value-free description of an API error: code and reason only,
 /// since a server message may quote the object it rejects.
-fn describe(e: &kube::Error) -> String {
+pub fn describe(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!("{} {}", s.code, s.reason),
         // Transport errors carry no object content.
         other => other.to_string(),
     }
+}
+
+/// Whether a 422 is the server's refusal to change a field that cannot
+/// change in place: a Secret's `type`, or `data`/`immutable` of an immutable
+/// Secret. Only then is a delete and create the answer; any other 422 (a bad
+/// label value, say) is a failure to report, not a reason to delete a copy.
+pub fn refused_as_immutable(s: &kube::core::Status) -> bool {
+    const FIELDS: &[&str] = &["type", "data", "immutable"];
+    let causes = s
+        .details
+        .as_ref()
+        .map(|d| d.causes.as_slice())
+        .unwrap_or(&[]);
+    s.code == 422
+        && !causes.is_empty()
+        && causes
+            .iter()
+            .all(|c| FIELDS.contains(&c.field.as_str()) && c.message.contains("field is immutable"))
 }
 
 fn classify(e: &kube::Error) -> Outcome {
@@ -498,6 +493,7 @@ fn classify(e: &kube::Error) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Events;
     use crate::replica::{MANAGED_LABEL_KEY, SOURCE_LABEL_KEY};
     use crate::watch::SourceRecord;
     use http::{Method, Request, Response, StatusCode};
@@ -530,7 +526,6 @@ mod tests {
         };
         let (name, rec) = SourceRecord::from_secret(&source, SRC).unwrap();
         caches.sources.set(name, Some(rec));
-        let (dirty, _) = tokio::sync::mpsc::unbounded_channel();
         let reporter = Reporter {
             controller: "push-to-k8s".into(),
             instance: None,
@@ -540,10 +535,9 @@ mod tests {
             client.clone(),
             SRC.into(),
             Pacer::new(nz(100), nz(10)),
-            reporter,
+            Arc::new(Events::new(client.clone(), reporter, SRC.into())),
             Arc::new(Metrics::new()),
             caches.clone(),
-            dirty,
             CancellationToken::new(),
         );
         (w, handle, caches)
@@ -605,16 +599,19 @@ mod tests {
         reply(send, StatusCode::CREATED, body);
     }
 
+    /// Returns how each action ended and the copies accepted as written.
     async fn run(
         w: Writer,
         mut handle: ApiHandle,
         actions: Vec<Action>,
         server: impl AsyncFnOnce(&mut ApiHandle),
-    ) {
+    ) -> (Vec<(ObjectKey, Outcome)>, HashMap<ObjectKey, String>) {
         let health = Health::default();
         let client = async move {
-            w.execute(actions, Instant::now(), &health).await;
+            let outcomes = w.execute(actions, Instant::now(), &health).await;
+            let accepted = w.accepted.lock().unwrap().clone();
             drop(w); // drops the last client: the mock sees no further request
+            (outcomes, accepted)
         };
         let server = async move {
             server(&mut handle).await;
@@ -628,7 +625,8 @@ mod tests {
             futures::future::join(client, server),
         )
         .await
-        .expect("writer finished");
+        .expect("writer finished")
+        .0
     }
 
     #[tokio::test]
@@ -781,10 +779,71 @@ mod tests {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
                        "reason": "Invalid",
-                       "message": "Secret \"db\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable"}),
+                       "message": "Secret \"db\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable",
+                       "details": {"name": "db", "kind": "secrets", "causes": [
+                           {"reason": "FieldValueInvalid", "message": "Invalid value: \"kubernetes.io/tls\": field is immutable", "field": "type"}]}}),
             );
             expect_delete_then_create(h, "old-uid", "3").await;
         })
         .await;
+    }
+
+    // Issue 7, defect 10: only the known immutable-field refusals become a
+    // delete and create; any other 422 is a failure, and the copy stays.
+    #[tokio::test]
+    async fn a_422_that_is_not_an_immutable_field_refusal_never_deletes_the_copy() {
+        let (w, handle, _) = writer();
+        let action = Action::Update {
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "old-uid".into(),
+            resource_version: "3".into(),
+        };
+        let (outcomes, _) = run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, _, _, send) = next(h).await;
+            assert_eq!(method, Method::PATCH);
+            // An admission policy refuses a label; its message says "immutable".
+            reply(
+                send,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                       "reason": "Invalid",
+                       "message": "Secret \"db\" is invalid: metadata.labels: Invalid value: \"x\": team labels are immutable",
+                       "details": {"name": "db", "kind": "secrets", "causes": [
+                           {"reason": "FieldValueInvalid", "message": "Invalid value: \"x\": team labels are immutable", "field": "metadata.labels"}]}}),
+            );
+            expect_event(h, "PushFailed").await;
+        })
+        .await;
+        assert!(matches!(outcomes[0].1, Outcome::Failed(_)), "{outcomes:?}");
+    }
+
+    // Issue 7, defect 4: the server changed our write (a mutating webhook
+    // rewrote a label we set). A full update would come back changed the
+    // same way, so what we wrote is taken as the copy: no second request.
+    #[tokio::test]
+    async fn a_write_the_server_changes_is_taken_as_written_not_rewritten() {
+        let (w, handle, _) = writer();
+        let action = Action::Update {
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "copy-uid".into(),
+            resource_version: "7".into(),
+        };
+        let (outcomes, accepted) = run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, _, body, send) = next(h).await;
+            assert_eq!(method, Method::PATCH);
+            let mut mutated = stored(body, "8");
+            mutated["metadata"]["labels"][MANAGED_LABEL_KEY] = json!("rewritten-by-webhook");
+            reply(send, StatusCode::OK, mutated);
+            expect_event(h, "Pushed").await;
+        })
+        .await;
+        let key = ObjectKey {
+            namespace: "a".into(),
+            name: "db".into(),
+        };
+        assert_eq!(outcomes, vec![(key.clone(), Outcome::Done)]);
+        assert_eq!(accepted.get(&key).map(String::as_str), Some("8"));
     }
 }

@@ -22,8 +22,21 @@ pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
 pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
 /// Hash of everything we set, so an unchanged source never becomes a write.
 pub const HASH_ANNOTATION: &str = "push-to-k8s.io/content-hash";
+/// Prefix of every annotation that steers push-to-k8s (never copied).
+pub const CONTROL_PREFIX: &str = "push-to-k8s.io/";
 /// Our field manager for server-side apply.
 pub const FIELD_MANAGER: &str = "push-to-k8s";
+
+/// Secret types that grant an identity wherever they land, so they are never
+/// copied, whatever the annotations say: kube-controller-manager fills a
+/// `service-account-token` Secret with a token for the account it names (in
+/// every target namespace), and a bootstrap token lets its holder join nodes.
+/// Copying them would turn "may write the source namespace" into "may mint
+/// credentials everywhere" (docs/security.md).
+pub const NEVER_COPIED_TYPES: &[&str] = &[
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+];
 
 /// Annotation keys (and prefixes) that are never copied: our own controls,
 /// kubectl's apply record, and GitOps ownership, so Argo CD or Flux never
@@ -115,6 +128,11 @@ impl Replica {
             keys_hash,
             hash,
         }
+    }
+
+    /// Whether this copy's type is one we never write (see [`NEVER_COPIED_TYPES`]).
+    pub fn grants_identity(&self) -> bool {
+        NEVER_COPIED_TYPES.contains(&self.type_.as_str())
     }
 
     /// The object we send with server-side apply (or create) into `namespace`.

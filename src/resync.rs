@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, ObjectList};
@@ -17,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::metrics::{Metrics, ResultLabels};
 use crate::replica;
-use crate::watch::{Cache, Caches, ReplicaRecord, SourceRecord, namespace_info};
+use crate::watch::{Cache, Caches, ReplicaRecord, SourceRecord, describe_error, namespace_info};
 
 const PAGE: u32 = 500;
 
@@ -32,7 +31,7 @@ struct Listed<Key, V> {
 /// List every page, keeping only the compact record of each object, and only
 /// the key of each record the cache already holds: a resync never holds a
 /// second copy of the cache (see [`Cache::reconcile`]).
-async fn list_records<K, Key, V, L>(
+async fn list_records<K, Key, V, L, F>(
     cache: &Cache<Key, V>,
     list: L,
     selector: Option<&str>,
@@ -42,18 +41,24 @@ where
     Key: Eq + Hash + Clone,
     V: Clone + PartialEq,
     K: Clone + DeserializeOwned,
-    L: AsyncFn(&ListParams) -> kube::Result<ObjectList<K>>,
+    // A closure returning an owned future, not an async closure: the
+    // resync runs in a spawned task, which must be `Send`, and rustc cannot
+    // yet prove that of an async closure's borrowing future.
+    L: Fn(ListParams) -> F,
+    F: Future<Output = kube::Result<ObjectList<K>>>,
 {
     let mut out = Listed {
         same: HashSet::new(),
         differ: HashMap::new(),
     };
+    // What the watch delivers from here on is newer than this list.
+    cache.begin_list();
     let mut lp = ListParams::default().limit(PAGE);
     if let Some(s) = selector {
         lp = lp.labels(s);
     }
     loop {
-        let page = list(&lp).await?;
+        let page = list(lp.clone()).await?;
         let records: Vec<(Key, V)> = page.items.iter().filter_map(&transform).collect();
         cache.read(|cached| {
             for (k, v) in records {
@@ -101,7 +106,10 @@ pub async fn relist(
     let secrets_src: Api<Secret> = Api::namespaced(client.clone(), source_namespace);
     let sources = list_records(
         &caches.sources,
-        async |lp: &ListParams| secrets_src.list(lp).await,
+        |lp: ListParams| {
+            let api = secrets_src.clone();
+            async move { api.list(&lp).await }
+        },
         Some(replica::SOURCE_SELECTOR),
         |s: &Secret| SourceRecord::from_secret(s, source_namespace),
     )
@@ -109,7 +117,10 @@ pub async fn relist(
     let namespaces_api: Api<Namespace> = Api::all(client.clone());
     let namespaces = list_records(
         &caches.namespaces,
-        async |lp: &ListParams| namespaces_api.list_metadata(lp).await,
+        |lp: ListParams| {
+            let api = namespaces_api.clone();
+            async move { api.list_metadata(&lp).await }
+        },
         None,
         |n: &kube::api::PartialObjectMeta<Namespace>| {
             Some((n.metadata.name.clone()?, namespace_info(&n.metadata)))
@@ -119,7 +130,10 @@ pub async fn relist(
     let replicas_api: Api<Secret> = Api::all(client.clone());
     let replicas = list_records(
         &caches.replicas,
-        async |lp: &ListParams| replicas_api.list_metadata(lp).await,
+        |lp: ListParams| {
+            let api = replicas_api.clone();
+            async move { api.list_metadata(&lp).await }
+        },
         Some(replica::MANAGED_SELECTOR),
         |s: &kube::api::PartialObjectMeta<Secret>| {
             ReplicaRecord::from_meta(&s.metadata, source_namespace)
@@ -132,28 +146,30 @@ pub async fn relist(
     Ok(n)
 }
 
-/// One resync: relist, then let the caller plan everything.
+/// One resync: relist, then let the caller plan everything. `Err` carries a
+/// short reason for `/readyz` (an API error's code and reason, no content).
 pub async fn once(
     client: &kube::Client,
     source_namespace: &str,
-    caches: &Arc<Caches>,
+    caches: &Caches,
     metrics: &Metrics,
-) -> bool {
+) -> Result<(), String> {
     match relist(client, source_namespace, caches, metrics).await {
         Ok(_) => {
             metrics
                 .resyncs
                 .get_or_create(&ResultLabels { result: "ok" })
                 .inc();
-            true
+            Ok(())
         }
         Err(e) => {
             metrics
                 .resyncs
                 .get_or_create(&ResultLabels { result: "error" })
                 .inc();
-            tracing::warn!(error = %e, "resync could not list; the watches' caches stay in use");
-            false
+            let reason = describe_error(&e);
+            tracing::warn!(error = %reason, "resync could not list; the watches' caches stay in use");
+            Err(reason)
         }
     }
 }

@@ -14,13 +14,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 use kube::api::{Api, PartialObjectMeta};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -70,11 +69,24 @@ impl SourceRecord {
             name,
             SourceRecord {
                 uid: s.metadata.uid.clone().unwrap_or_default(),
-                annotations: s.metadata.annotations.clone().unwrap_or_default(),
+                annotations: control_annotations(s.metadata.annotations.as_ref()),
                 replica: Replica::render(s, source_namespace),
             },
         ))
     }
+}
+
+/// Only our own control annotations (`push-to-k8s.io/...`) of a source: the
+/// planner needs nothing else, and the rest can be large or sensitive
+/// (`kubectl.kubernetes.io/last-applied-configuration` holds the whole Secret,
+/// values included), so it is dropped at ingest. The copy's annotations are
+/// rendered into [`Replica`] (which drops kubectl's record as well).
+pub fn control_annotations(all: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    all.into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(replica::CONTROL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Labels or annotations of a replica: `(key, value)` pairs sorted by key, in
@@ -155,7 +167,7 @@ pub struct Content {
 impl Content {
     pub fn from_managed_fields(entries: Option<&Vec<ManagedFieldsEntry>>) -> Content {
         let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
-        let (mut our_immutable, mut their_immutable) = (false, false);
+        let mut our_immutable = false;
         for entry in entries.into_iter().flatten() {
             let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
                 continue;
@@ -167,14 +179,17 @@ impl Content {
                 our_immutable |= immutable;
             } else {
                 theirs.extend(keys);
-                their_immutable |= immutable;
             }
         }
+        // Ownership of `immutable` says who set the field, not its value. We
+        // set it only to `true` (`Replica::to_secret`), so our ownership means
+        // true. Another manager's may be `false`, and making a copy immutable
+        // does not change its content anyway: if it is `true`, the next
+        // update is refused as immutable and the writer replaces the copy.
         Content {
             our_keys: replica::keys_hash(ours.iter().copied()),
-            foreign: theirs.difference(&ours).next().is_some()
-                || (their_immutable && !our_immutable),
-            immutable: our_immutable || their_immutable,
+            foreign: theirs.difference(&ours).next().is_some(),
+            immutable: our_immutable,
         }
     }
 }
@@ -218,20 +233,33 @@ impl ReplicaRecord {
     }
 }
 
-/// The source name if `meta` marks an object as a replica of a source in
-/// `source_namespace`; `None` for anything we must not touch.
+/// The source name if `meta` is one of our copies; `None` for anything we
+/// must not touch. The ownership rules (docs/architecture.md, "Ownership"):
+/// an object is a copy only if
+/// - it carries our managed-by label,
+/// - its source annotation names a source in the configured source namespace,
+/// - its name is the name that source asks for (today: the source's own name),
+///   so a renamed backup of a copy (`db-old`, markers and all) is not one,
+/// - it is not in the source namespace, and
+/// - it does not carry the source label,
+///
+/// so a source restored from an exported copy, or a marked backup parked
+/// beside the sources, can never be taken for a copy and deleted.
 pub fn owned_source(meta: &ObjectMeta, source_namespace: &str) -> Option<String> {
-    let managed = meta
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(replica::MANAGED_LABEL_KEY))
+    let labels = meta.labels.as_ref()?;
+    let managed = labels
+        .get(replica::MANAGED_LABEL_KEY)
         .is_some_and(|v| v == replica::MANAGED_LABEL_VALUE);
-    if !managed {
+    if !managed || labels.contains_key(replica::SOURCE_LABEL_KEY) {
+        return None;
+    }
+    if meta.namespace.as_deref() == Some(source_namespace) {
         return None;
     }
     let origin = meta.annotations.as_ref()?.get(replica::SOURCE_ANNOTATION)?;
     let (ns, name) = origin.split_once('/')?;
-    (ns == source_namespace && !name.is_empty()).then(|| name.to_string())
+    let named_as_asked = meta.name.as_deref() == Some(name);
+    (ns == source_namespace && !name.is_empty() && named_as_asked).then(|| name.to_string())
 }
 
 pub fn namespace_info(
@@ -247,6 +275,10 @@ pub fn namespace_info(
 pub struct Cache<K, V> {
     map: RwLock<HashMap<K, V>>,
     synced: AtomicBool,
+    /// While a resync lists: the keys the watch (or a write) set since the
+    /// list began. Their cached values are at least as new as anything the
+    /// list can say, so [`Cache::reconcile`] leaves them alone.
+    listing: Mutex<Option<HashSet<K>>>,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
@@ -254,6 +286,19 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
         Cache {
             map: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
+            listing: Mutex::new(None),
+        }
+    }
+
+    /// A resync is about to list: from now on remember which keys change,
+    /// until [`Cache::reconcile`].
+    pub fn begin_list(&self) {
+        *self.listing.lock().expect("cache lock") = Some(HashSet::new());
+    }
+
+    fn touched(&self, k: &K) {
+        if let Some(keys) = self.listing.lock().expect("cache lock").as_mut() {
+            keys.insert(k.clone());
         }
     }
 
@@ -281,6 +326,7 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
     /// Insert or remove one entry; returns the previous value if it differs.
     pub fn set(&self, k: K, v: Option<V>) -> Change<V> {
         let mut map = self.map.write().expect("cache lock");
+        self.touched(&k);
         let old = match v {
             Some(v) => {
                 if map.get(&k) == Some(&v) {
@@ -321,22 +367,35 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
     /// the list came in), and `differ`, the records that are new or differ.
     /// Keys in neither are gone. So a resync never holds a second copy of the
     /// cache: at 20,000 replicas that copy was ~40 MiB (`benches/scale.rs`).
-    /// A `same` entry the watch changed meanwhile keeps the watch's newer value.
+    ///
+    /// The list is older than anything the watch delivered after it began
+    /// ([`Cache::begin_list`]): a key the watch set or removed meanwhile keeps
+    /// the watch's value, whatever the list says (an object created during
+    /// the list is not dropped, nor a newer value overwritten by an older one).
     pub fn reconcile(
         &self,
         same: HashSet<K>,
         differ: HashMap<K, V>,
     ) -> Vec<(K, Option<V>, Option<V>)> {
         let mut map = self.map.write().expect("cache lock");
+        let newer = self
+            .listing
+            .lock()
+            .expect("cache lock")
+            .take()
+            .unwrap_or_default();
         let mut changed = Vec::new();
         map.retain(|k, old| {
-            let listed = same.contains(k) || differ.contains_key(k);
-            if !listed {
+            let keep = same.contains(k) || differ.contains_key(k) || newer.contains(k);
+            if !keep {
                 changed.push((k.clone(), Some(old.clone()), None));
             }
-            listed
+            keep
         });
         for (k, new) in differ {
+            if newer.contains(&k) {
+                continue;
+            }
             match map.get(&k) {
                 Some(old) if *old == new => {}
                 old => {
@@ -399,19 +458,26 @@ pub fn replica_dirty(
     new.or(old).map(|r| DirtyKey::Source(r.source.clone()))
 }
 
-/// Drive one watch stream into `cache`, sending a dirty key for every real
-/// change. Restarts (relists) are applied atomically at `InitDone`, so objects
-/// deleted while the watch was down are noticed too.
+/// Drive one watch into `cache`, sending a dirty key for every real change,
+/// and report how it fares to `health`. (Re)lists are applied atomically at
+/// `InitDone`, so objects deleted while the watch was down are noticed too.
+///
+/// `watch` makes a fresh watcher stream (a list, then a watch). After an
+/// error the stream is dropped and, after a backoff, a fresh one lists
+/// again: a resumed watch delivers nothing until something changes, so only
+/// a list can show that the watch works again (see [`crate::http::Health`]).
+/// Every watch runs through this loop, so none can be left out of `/readyz`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run<K, Key, V, S>(
     what: &'static str,
-    stream: S,
+    watch: impl Fn() -> S,
     cache: Arc<Cache<Key, V>>,
     transform: impl Fn(&K) -> Option<(Key, V)>,
     key_of: impl Fn(&K) -> Option<Key>,
     dirty_of: impl Fn(&Key, Option<&V>, Option<&V>) -> Option<DirtyKey>,
     dirty: UnboundedSender<DirtyKey>,
     metrics: Arc<Metrics>,
+    health: Arc<crate::http::Health>,
     shutdown: CancellationToken,
 ) where
     K: Send,
@@ -419,63 +485,81 @@ pub async fn run<K, Key, V, S>(
     V: Clone + PartialEq,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
-    let mut stream = std::pin::pin!(stream);
-    let mut buffer: Option<HashMap<Key, V>> = None;
+    // However this loop ends (shutdown, a panic), `/readyz` hears of it.
+    let _stopped = WatchStopped(&health, what);
     let emit = |k: &Key, old: Option<&V>, new: Option<&V>| {
         if let Some(d) = dirty_of(k, old, new) {
             let _ = dirty.send(d);
         }
     };
+    let mut failures = 0u32;
     loop {
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            next = stream.next() => next,
-        };
-        let Some(next) = next else { return };
-        match next {
-            Err(e) => {
-                // The backoff wrapper retries; say so, without object contents.
-                metrics
-                    .watch_errors
-                    .get_or_create(&crate::metrics::WatchLabels { watch: what })
-                    .inc();
-                tracing::warn!(watch = what, error = %e, "watch failed; retrying with backoff");
-            }
-            Ok(Event::Init) => buffer = Some(HashMap::new()),
-            Ok(Event::InitApply(obj)) => {
-                if let (Some(buf), Some((k, v))) = (buffer.as_mut(), transform(&obj)) {
-                    buf.insert(k, v);
-                }
-            }
-            Ok(Event::InitDone) => {
-                let fresh = buffer.take().unwrap_or_default();
-                let first = !cache.synced();
-                let changed = cache.replace(fresh);
-                tracing::debug!(
-                    watch = what,
-                    objects = cache.len(),
-                    changed = changed.len(),
-                    "watch (re)listed"
-                );
-                if !first {
-                    for (k, old, new) in &changed {
-                        emit(k, old.as_ref(), new.as_ref());
-                    }
-                }
-            }
-            Ok(Event::Apply(obj)) => {
-                metrics
-                    .watch_events
-                    .get_or_create(&crate::metrics::WatchLabels { watch: what })
-                    .inc();
-                match transform(&obj) {
-                    Some((k, v)) => {
-                        if let Change::Set(old) = cache.set(k.clone(), Some(v.clone())) {
-                            emit(&k, old.as_ref(), Some(&v));
+        let started = tokio::time::Instant::now();
+        let error = {
+            let mut stream = std::pin::pin!(watch());
+            let mut buffer: Option<HashMap<Key, V>> = None;
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    next = stream.next() => next,
+                };
+                let next = match next {
+                    Some(Ok(event)) => event,
+                    Some(Err(e)) => break describe_watch_error(&e),
+                    None => break "watch stream ended".to_string(),
+                };
+                match next {
+                    Event::Init => buffer = Some(HashMap::new()),
+                    Event::InitApply(obj) => {
+                        if let (Some(buf), Some((k, v))) = (buffer.as_mut(), transform(&obj)) {
+                            buf.insert(k, v);
                         }
                     }
-                    // No longer one of ours (e.g. its marker was removed): forget it.
-                    None => {
+                    Event::InitDone => {
+                        let fresh = buffer.take().unwrap_or_default();
+                        let first = !cache.synced();
+                        let changed = cache.replace(fresh);
+                        tracing::debug!(
+                            watch = what,
+                            objects = cache.len(),
+                            changed = changed.len(),
+                            "watch (re)listed"
+                        );
+                        if !first {
+                            for (k, old, new) in &changed {
+                                emit(k, old.as_ref(), new.as_ref());
+                            }
+                        }
+                        health.watch_listed(what);
+                    }
+                    Event::Apply(obj) => {
+                        metrics
+                            .watch_events
+                            .get_or_create(&crate::metrics::WatchLabels { watch: what })
+                            .inc();
+                        health.watch_event(what);
+                        match transform(&obj) {
+                            Some((k, v)) => {
+                                if let Change::Set(old) = cache.set(k.clone(), Some(v.clone())) {
+                                    emit(&k, old.as_ref(), Some(&v));
+                                }
+                            }
+                            // No longer one of ours (e.g. its marker was removed): forget it.
+                            None => {
+                                if let Some(k) = key_of(&obj)
+                                    && let Change::Removed(old) = cache.set(k.clone(), None)
+                                {
+                                    emit(&k, Some(&old), None);
+                                }
+                            }
+                        }
+                    }
+                    Event::Delete(obj) => {
+                        metrics
+                            .watch_events
+                            .get_or_create(&crate::metrics::WatchLabels { watch: what })
+                            .inc();
+                        health.watch_event(what);
                         if let Some(k) = key_of(&obj)
                             && let Change::Removed(old) = cache.set(k.clone(), None)
                         {
@@ -484,17 +568,27 @@ pub async fn run<K, Key, V, S>(
                     }
                 }
             }
-            Ok(Event::Delete(obj)) => {
-                metrics
-                    .watch_events
-                    .get_or_create(&crate::metrics::WatchLabels { watch: what })
-                    .inc();
-                if let Some(k) = key_of(&obj)
-                    && let Change::Removed(old) = cache.set(k.clone(), None)
-                {
-                    emit(&k, Some(&old), None);
-                }
-            }
+        };
+        metrics
+            .watch_errors
+            .get_or_create(&crate::metrics::WatchLabels { watch: what })
+            .inc();
+        health.watch_failed(what, error.clone());
+        // A watch that had been working for a while starts its backoff over.
+        if started.elapsed() > WATCH_BACKOFF_RESET {
+            failures = 0;
+        }
+        let delay = watch_backoff(failures);
+        failures = failures.saturating_add(1);
+        tracing::warn!(
+            watch = what,
+            error = %error,
+            retry_in_s = delay.as_secs(),
+            "watch failed; listing again after a backoff"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }
@@ -520,6 +614,7 @@ pub fn key_of_meta(
 
 /// Spawn the three watchers. `watch_sources = false` (ENABLE_SECRET_WATCHER)
 /// leaves the source cache to the periodic resync.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_all(
     client: kube::Client,
     source_namespace: &str,
@@ -527,18 +622,19 @@ pub fn spawn_all(
     caches: Arc<Caches>,
     dirty: UnboundedSender<DirtyKey>,
     metrics: Arc<Metrics>,
+    health: Arc<crate::http::Health>,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let ns = source_namespace.to_string();
     if watch_sources {
         let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let stream =
-            watcher::watcher(api, config(Some(replica::SOURCE_SELECTOR))).default_backoff();
-        let (c, d, m, s, ns2) = (
+        let stream = move || watcher::watcher(api.clone(), config(Some(replica::SOURCE_SELECTOR)));
+        let (c, d, m, h, s, ns2) = (
             caches.clone(),
             dirty.clone(),
             metrics.clone(),
+            health.clone(),
             shutdown.clone(),
             ns.clone(),
         );
@@ -554,6 +650,7 @@ pub fn spawn_all(
                 },
                 d,
                 m,
+                h,
                 s,
             )
             .await
@@ -562,11 +659,12 @@ pub fn spawn_all(
     {
         // Metadata only: labels and deletion state are all we need.
         let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-        let stream = watcher::watcher(api, config(None)).default_backoff();
-        let (c, d, m, s) = (
+        let stream = move || watcher::watcher(api.clone(), config(None));
+        let (c, d, m, h, s) = (
             caches.clone(),
             dirty.clone(),
             metrics.clone(),
+            health.clone(),
             shutdown.clone(),
         );
         tasks.push(tokio::spawn(async move {
@@ -583,6 +681,7 @@ pub fn spawn_all(
                 },
                 d,
                 m,
+                h,
                 s,
             )
             .await
@@ -591,9 +690,8 @@ pub fn spawn_all(
     {
         // Metadata only: a copy's data never reaches us (see [`Content`]).
         let api: Api<PartialObjectMeta<Secret>> = Api::all(client);
-        let stream =
-            watcher::watcher(api, config(Some(replica::MANAGED_SELECTOR))).default_backoff();
-        let (c, d, m, s) = (caches, dirty, metrics, shutdown);
+        let stream = move || watcher::watcher(api.clone(), config(Some(replica::MANAGED_SELECTOR)));
+        let (c, d, m, h, s) = (caches, dirty, metrics, health, shutdown);
         tasks.push(tokio::spawn(async move {
             run(
                 "replicas",
@@ -604,12 +702,65 @@ pub fn spawn_all(
                 replica_dirty,
                 d,
                 m,
+                h,
                 s,
             )
             .await
         }));
     }
     tasks
+}
+
+/// A failed watch waits this long before it lists again: 1, 2, 4 ... 30 s.
+pub fn watch_backoff(failures: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1u64 << failures.min(5)).min(WATCH_BACKOFF_MAX)
+}
+
+const WATCH_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A watch that worked this long before failing starts its backoff over.
+const WATCH_BACKOFF_RESET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Tells `health` when the loop of watch `.1` ends, however it ends.
+struct WatchStopped<'a>(&'a crate::http::Health, &'static str);
+
+impl Drop for WatchStopped<'_> {
+    fn drop(&mut self) {
+        self.0.watch_stopped(self.1);
+    }
+}
+
+/// A watch error in a few words, for the log and `/readyz`: the API's code
+/// and reason, never its message (which may quote an object).
+pub fn describe_watch_error(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::InitialListFailed(e) => format!("list failed: {}", describe_error(e)),
+        watcher::Error::WatchStartFailed(e) => {
+            format!("watch failed to start: {}", describe_error(e))
+        }
+        watcher::Error::WatchError(s) => format!("watch error: {} {}", s.code, s.reason),
+        watcher::Error::WatchFailed(e) => format!("watch stream failed: {}", describe_error(e)),
+        watcher::Error::NoResourceVersion => "no resourceVersion in the watch result".into(),
+    }
+}
+
+/// A request error in a few words: for an API error its code and reason
+/// only (a server message may quote the object it rejects); for a transport
+/// error its cause chain, which carries no object content.
+pub fn describe_error(e: &kube::Error) -> String {
+    if let kube::Error::Api(s) = e {
+        return format!("{} {}", s.code, s.reason);
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text = format!("{text}: {c_text}");
+        }
+        cause = c.source();
+    }
+    text.replace(['\n', '\r'], " ")
 }
 
 /// Test support: a managed-fields entry of `manager` owning `data_keys` (and
@@ -780,6 +931,33 @@ mod tests {
         assert_eq!(c.get(&"same".to_string()), Some(5));
     }
 
+    // Issue 7, defect 3: what the watch set while a resync listed is newer
+    // than the list, so the resync must neither drop it nor overwrite it.
+    #[test]
+    fn resync_keeps_what_the_watch_added_while_it_listed() {
+        let c: Cache<String, u32> = Cache::new();
+        c.set("old".into(), Some(1));
+        c.set("updated".into(), Some(1));
+        c.set("deleted".into(), Some(1));
+        c.begin_list();
+        // The list is served here: it has old=1, updated=1, deleted=1.
+        let same = HashSet::from(["old".to_string()]);
+        let differ = HashMap::from([("updated".to_string(), 1), ("deleted".to_string(), 1)]);
+        // Then the watch delivers what happened after the list.
+        c.set("new-namespace".into(), Some(1));
+        c.set("updated".into(), Some(2));
+        c.set("deleted".into(), None);
+        let diff = c.reconcile(same, differ);
+        assert_eq!(diff, vec![], "the resync corrected nothing");
+        assert_eq!(c.get(&"new-namespace".to_string()), Some(1));
+        assert_eq!(c.get(&"updated".to_string()), Some(2));
+        assert_eq!(c.get(&"deleted".to_string()), None);
+        // The next resync (no watch event meanwhile) trusts its list again.
+        c.begin_list();
+        let diff = c.reconcile(HashSet::from(["old".to_string()]), HashMap::new());
+        assert_eq!(diff.len(), 2);
+    }
+
     #[test]
     fn pairs_look_up_and_insert_in_key_order() {
         let mut p = Pairs::from(BTreeMap::from([
@@ -864,15 +1042,17 @@ mod tests {
                 false,
                 false,
             ),
+            // Someone else owns `immutable`: its value is unknown (often
+            // `false`); not a content change, not known to be immutable.
             (
-                "made immutable by someone else",
+                "immutable set by someone else",
                 vec![
                     managed_entry(US, &["k"], false),
                     managed_entry("other", &[], true),
                 ],
                 &["k"],
-                true,
-                true,
+                false,
+                false,
             ),
             (
                 "immutable as we wrote it",

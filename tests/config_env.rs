@@ -64,6 +64,10 @@ const CASES: &[(&str, &[&str])] = &[
         &[",", "a,,b", "kube-system,Kube-Public", " "],
     ),
     ("METRICS_PORT", &["", "0", "65536", "-1", "http", "9090\n"]),
+    (
+        "READY_WATCH_FAILURE_SECONDS",
+        &["", "0", "601", "10s", "+10", " 10", "1.5"],
+    ),
     ("DEBUG", &["", "on", "0", "false "]),
     ("LOG_FORMAT", &["", "logfmt", "JSON "]),
     (

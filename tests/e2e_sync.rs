@@ -20,10 +20,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Secret};
-use k8s_openapi::api::events::v1::Event as EventsEvent;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 /// Namespaces carrying this label key get nothing (`EXCLUDE_NAMESPACE_LABEL`).
@@ -353,38 +352,7 @@ async fn expected_targets(env: &TestEnv) -> Vec<String> {
 
 /// Warning `Conflict` Events on source `name`, as `(type, text)`.
 async fn conflict_events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
-    events_on(env, name, "Conflict").await
-}
-
-/// Events with `reason` on source `name` (events.k8s.io/v1 notes and core/v1
-/// messages), as `(type, text)`.
-async fn events_on(env: &TestEnv, name: &str, reason: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let new: Api<EventsEvent> = Api::namespaced(env.client.clone(), &env.source_ns);
-    for e in new
-        .list(&ListParams::default())
-        .await
-        .expect("list events")
-        .items
-    {
-        let about = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name);
-        if about && e.reason.as_deref() == Some(reason) {
-            out.push((e.type_.unwrap_or_default(), e.note.unwrap_or_default()));
-        }
-    }
-    let old: Api<CoreEvent> = Api::namespaced(env.client.clone(), &env.source_ns);
-    for e in old
-        .list(&ListParams::default())
-        .await
-        .expect("list events")
-        .items
-    {
-        let about = e.involved_object.name.as_deref() == Some(name);
-        if about && e.reason.as_deref() == Some(reason) {
-            out.push((e.type_.unwrap_or_default(), e.message.unwrap_or_default()));
-        }
-    }
-    out
+    env.events_on(name, "Conflict").await
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -1052,7 +1020,7 @@ async fn s13_target_annotations_and_a_bad_one_affects_only_its_source() {
     let warning = eventually(
         "an InvalidAnnotation Warning Event on the source",
         WAIT,
-        || async { events_on(&env, &globbed, "InvalidAnnotation").await.pop() },
+        || async { env.events_on(&globbed, "InvalidAnnotation").await.pop() },
     )
     .await;
     assert_eq!(warning.0, "Warning");

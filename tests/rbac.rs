@@ -86,10 +86,10 @@ async fn pod_identity(ns: &str, name: &str) -> (String, Vec<(String, String)>) {
     (sa, env)
 }
 
-/// Run the controller as ServiceAccount `source_ns/sa` with `env` (a pod's,
+/// Run the controller as ServiceAccount `sa_ns/sa` with `env` (a pod's,
 /// from [`pod_identity`]) and drive it through create, update, a conflict
 /// Event and delete.
-async fn replicates_as(source_ns: &str, sa: &str, env: &[(String, String)]) {
+async fn replicates_as(source_ns: &str, (sa_ns, sa): (&str, &str), env: &[(String, String)]) {
     let test = TestEnv::new("rbac", 3).await;
     let name = format!("{}-s", test.id);
     let taken = test.targets[2].clone();
@@ -110,7 +110,7 @@ async fn replicates_as(source_ns: &str, sa: &str, env: &[(String, String)]) {
         .await
         .unwrap();
 
-    let kubeconfig = service_account_kubeconfig(source_ns, sa);
+    let kubeconfig = service_account_kubeconfig(sa_ns, sa);
     let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
     let mut daemon = Daemon::start_exact(&env);
@@ -196,7 +196,7 @@ async fn runs_as_the_deploy_yaml_service_account() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/deploy.yaml"),
     ]);
     let (sa, env) = pod_identity("push-to-k8s", "push-to-k8s").await;
-    replicates_as("push-to-k8s", &sa, &env).await;
+    replicates_as("push-to-k8s", ("push-to-k8s", &sa), &env).await;
 }
 
 #[tokio::test]
@@ -227,11 +227,50 @@ async fn runs_as_a_helm_release_with_its_own_env() {
     assert_eq!(get("SECRET_SYNC_RATE_LIMIT"), Some("20"));
     assert_eq!(get("POD_NAMESPACE"), Some(release));
 
-    replicates_as(release, &sa, &env).await;
+    replicates_as(release, (release, &sa), &env).await;
 
     helm(&["uninstall", release, "--namespace", release, "--wait"]);
     Api::<Namespace>::all(client().await)
         .delete(release, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+// Issue 7, defect 9: with `env.NAMESPACE` set to another namespace than the
+// release's, the controller publishes its Events on the sources there: the
+// events Role must be where the sources are.
+#[tokio::test]
+async fn events_role_is_where_the_sources_are_when_namespace_differs_from_the_release() {
+    let _serial = serial();
+    let release = "p2k-elsewhere";
+    let sources_ns = unique("p2k-sources");
+    Api::<Namespace>::all(client().await)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": sources_ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    helm(&[
+        "upgrade",
+        "--install",
+        release,
+        CHART,
+        "--namespace",
+        release,
+        "--create-namespace",
+        "--set",
+        &format!("env.NAMESPACE={sources_ns}"),
+        "--set",
+        "env.SECRET_SYNC_DEBOUNCE_SECONDS=2",
+    ]);
+    let (sa, env) = pod_identity(release, release).await;
+    replicates_as(&sources_ns, (release, &sa), &env).await;
+    helm(&["uninstall", release, "--namespace", release, "--wait"]);
+    for ns in [release, sources_ns.as_str()] {
+        Api::<Namespace>::all(client().await)
+            .delete(ns, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
 }

@@ -274,6 +274,43 @@ impl TestEnv {
             .collect()
     }
 
+    /// Events with `reason` on source `name`, as `(type, text)`, each once:
+    /// events.k8s.io/v1 and core/v1 serve the same Events, so both are read
+    /// (an Event is found whichever API wrote it) and merged by name.
+    pub async fn events_on(&self, name: &str, reason: &str) -> Vec<(String, String)> {
+        use k8s_openapi::api::core::v1::Event as CoreEvent;
+        use k8s_openapi::api::events::v1::Event as EventsEvent;
+        let mut out = BTreeMap::new();
+        let new: Api<EventsEvent> = Api::namespaced(self.client.clone(), &self.source_ns);
+        for e in new
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+        {
+            let about = e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name);
+            if about && e.reason.as_deref() == Some(reason) {
+                let text = (e.type_.unwrap_or_default(), e.note.unwrap_or_default());
+                out.insert(e.metadata.name.unwrap_or_default(), text);
+            }
+        }
+        let old: Api<CoreEvent> = Api::namespaced(self.client.clone(), &self.source_ns);
+        for e in old
+            .list(&ListParams::default())
+            .await
+            .expect("list events")
+            .items
+        {
+            let about = e.involved_object.name.as_deref() == Some(name);
+            if about && e.reason.as_deref() == Some(reason) {
+                let text = (e.type_.unwrap_or_default(), e.message.unwrap_or_default());
+                out.entry(e.metadata.name.unwrap_or_default())
+                    .or_insert(text);
+            }
+        }
+        out.into_values().collect()
+    }
+
     /// The copy of `name` in `ns`, if any.
     pub async fn copy(&self, ns: &str, name: &str) -> Option<Secret> {
         self.secrets(ns).get_opt(name).await.expect("get copy")
@@ -674,4 +711,97 @@ pub async fn await_no_terminating_namespaces(client: &kube::Client) {
         },
     )
     .await;
+}
+
+// ---------------------------------------------------------------- fault injection
+
+/// The control plane's daemons, in the order `cp.sh start` starts them.
+pub const CP_DAEMONS: [&str; 3] = ["etcd", "kube-apiserver", "kube-controller-manager"];
+
+/// `cp.sh kill NAME`: SIGKILL one control-plane daemon and wait until it is gone.
+pub fn cp_kill(name: &str) {
+    cp(&["kill", name]);
+}
+
+/// `cp.sh start NAME`: start it again with the command line (ports, data) it
+/// had, and wait until it is ready (etcd `/health`, kube-apiserver `/readyz`).
+pub fn cp_start(name: &str) {
+    cp(&["start", name]);
+}
+
+/// `cp.sh restart NAME`: kill, then start and wait until ready.
+pub fn cp_restart(name: &str) {
+    cp(&["restart", name]);
+}
+
+/// The kube-apiserver's audit log (writes to Secrets, ConfigMaps and Leases,
+/// metadata level), in the control plane's state directory.
+pub fn audit_log() -> PathBuf {
+    control_plane()
+        .kubeconfig
+        .parent()
+        .expect("the kubeconfig lives in the state directory")
+        .join("audit.log")
+}
+
+/// Starts every control-plane daemon that is not running (`cp.sh start`)
+/// when dropped, and waits until the control plane is ready: a test that kills
+/// a daemon and then fails half-way leaves a working control plane to the
+/// tests after it. Take it before the first kill and declare it after every
+/// guard that needs the API server while it drops (it then drops first).
+pub struct RestoreControlPlane(());
+
+pub fn restore_control_plane_on_drop() -> RestoreControlPlane {
+    control_plane();
+    RestoreControlPlane(())
+}
+
+impl Drop for RestoreControlPlane {
+    fn drop(&mut self) {
+        let out = Command::new("bash")
+            .arg(cp_script())
+            .arg("start")
+            .stdin(Stdio::null())
+            .output();
+        let failure = match out {
+            Ok(o) if o.status.success() => return,
+            Ok(o) => format!(
+                "`cp.sh start` failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => format!("`cp.sh start`: {e}"),
+        };
+        if std::thread::panicking() {
+            eprintln!("could not restore the control plane: {failure}");
+        } else {
+            panic!("could not restore the control plane: {failure}");
+        }
+    }
+}
+
+impl Daemon {
+    /// SIGKILL the controller (a crash: no shutdown, no lease release) and reap it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("daemon already stopped");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// `GET /readyz`: status and body, `None` while nothing answers.
+    pub async fn readyz(&self) -> Option<(u16, String)> {
+        self.http("/readyz").await
+    }
+
+    /// `GET /healthz`: status and body, `None` while nothing answers.
+    pub async fn healthz(&self) -> Option<(u16, String)> {
+        self.http("/healthz").await
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
 }

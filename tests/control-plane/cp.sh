@@ -8,12 +8,20 @@
 #   cp.sh env     print `export KUBECONFIG=...`
 #   cp.sh status  exit 0 when it is up and ready
 #   cp.sh down    stop exactly the processes `up` started and remove the state
+#   cp.sh kill NAME...     SIGKILL one daemon (etcd, kube-apiserver, kube-controller-manager)
+#   cp.sh start [NAME...]  start a stopped daemon again with the command line it had at
+#                          `up` (same ports, same data); no NAME: every stopped one. Waits
+#                          until it is ready (etcd /health, kube-apiserver /readyz)
+#   cp.sh restart NAME...  kill, then start
 #   cp.sh helm ARGS...  run helm (built the same way, cached by its own version)
 #                       against the chart under helm/; used by the chart's tests
 #
 # Environment:
 #   PUSH_TO_K8S_CP_DIR   state directory (default: ${TMPDIR:-/tmp}/push-to-k8s-cp-$UID)
 #   XDG_CACHE_HOME       cache root (binaries go to .../push-to-k8s/control-plane/<version>/)
+#
+# kube-apiserver writes an audit log of writes to Secrets, ConfigMaps and
+# Leases (metadata level: who, what, when; never a value) to $STATE/audit.log.
 set -euo pipefail
 
 KUBE_VERSION=v1.36.3
@@ -176,10 +184,15 @@ current-context: local
 EOF
 }
 
+DAEMONS=(etcd kube-apiserver kube-controller-manager)
+
 start() {
     local name="$1"; shift
+    # The exact command line, so `cp.sh start NAME` can replay it (NUL-separated).
+    printf '%s\0' "$@" >"$STATE/$name.cmd"
     # Close the lock descriptors: a daemon holding them would block every later `up`.
-    setsid "$@" >"$STATE/$name.log" 2>&1 </dev/null 8>&- 9>&- &
+    # The log is appended to: a restarted daemon keeps its earlier log.
+    setsid "$@" >>"$STATE/$name.log" 2>&1 </dev/null 8>&- 9>&- &
     local pid=$!
     echo "$pid" >"$STATE/$name.pid"
     # Until the forked shell has exec'd the daemon, its command line is this
@@ -214,6 +227,12 @@ cmd_up() {
         return 0
     fi
     cmd_build
+    # A daemon was killed (`cp.sh kill`, a test that died half-way): start what
+    # is missing with its recorded command line, keeping the cluster's data.
+    if [[ -f "$STATE/admin.kubeconfig" ]] && resume_all; then
+        say "up (restarted stopped daemons): export KUBECONFIG=$STATE/admin.kubeconfig"
+        return 0
+    fi
     local attempt
     for attempt in 1 2; do
         cmd_down
@@ -228,12 +247,103 @@ cmd_up() {
     done
 }
 
+# Audit writes (never reads) to Secrets, ConfigMaps and Leases at metadata
+# level: enough to tell which client wrote what, without any value, and cheap.
+write_audit_policy() {
+    cat >"$1" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  resources:
+  - group: ""
+    resources: ["secrets", "configmaps"]
+  - group: "coordination.k8s.io"
+    resources: ["leases"]
+- level: None
+EOF
+}
+
+# ---------------------------------------------------------------- kill / start
+
+known_daemon() {
+    local d
+    for d in "${DAEMONS[@]}"; do [[ "$1" == "$d" ]] && return 0; done
+    die "unknown daemon '$1' (one of: ${DAEMONS[*]})"
+}
+
+api_ready() {
+    [[ "$(curl -s --max-time 5 --cacert "$STATE/pki/ca.crt" --cert "$STATE/pki/admin.crt" --key "$STATE/pki/admin.key" \
+        "https://127.0.0.1:$(cat "$STATE/apiserver.port")/readyz" 2>/dev/null)" == ok ]]
+}
+
+etcd_healthy() {
+    curl -s --max-time 5 "http://127.0.0.1:$(cat "$STATE/etcd.port")/health" 2>/dev/null | grep -q '"health":"true"'
+}
+
+# SIGKILL daemon NAME (no grace: a crash, not a shutdown) and wait until it is gone.
+kill_daemon() {
+    local name="$1" pid
+    if ! is_ours "$STATE/$name.pid"; then
+        say "$name is not running"
+        return 0
+    fi
+    pid="$(cat "$STATE/$name.pid")"
+    kill -KILL "$pid" 2>/dev/null || true
+    # Gone, or a zombie nobody has reaped yet (no command line): either way dead.
+    for _ in $(seq 1 200); do is_ours "$STATE/$name.pid" || break; sleep 0.05; done
+    ! is_ours "$STATE/$name.pid" || die "$name (pid $pid) survived SIGKILL"
+    say "killed $name (pid $pid)"
+}
+
+# Start NAME again with its recorded command line unless it runs, and wait until
+# it (and the kube-apiserver, when that runs) is ready. Returns 1 on failure.
+resume() {
+    local name="$1" argv=()
+    [[ -f "$STATE/$name.cmd" ]] || { say "no recorded command line for $name (is the control plane up?)"; return 1; }
+    if ! is_ours "$STATE/$name.pid"; then
+        mapfile -d '' -t argv <"$STATE/$name.cmd"
+        echo "---- $(date -u +%FT%TZ) cp.sh: started again" >>"$STATE/$name.log"
+        start "$name" "${argv[@]}"
+        say "started $name again (pid $(cat "$STATE/$name.pid"))"
+    fi
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        if ! is_ours "$STATE/$name.pid"; then
+            tail -n 20 "$STATE/$name.log" | sed 's/^/    /' >&2
+            say "$name exited while starting; log: $STATE/$name.log"
+            return 1
+        fi
+        if [[ "$name" != etcd ]] || etcd_healthy; then
+            if ! is_ours "$STATE/kube-apiserver.pid" || api_ready; then
+                return 0
+            fi
+        fi
+        if (( SECONDS > deadline )); then
+            say "$name: not ready within ${READY_TIMEOUT}s; logs in $STATE"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# Start every daemon that is not running, in dependency order; 0 once ready.
+resume_all() {
+    local name
+    for name in "${DAEMONS[@]}"; do resume "$name" || return 1; done
+    ready
+}
+
 # Start etcd, kube-apiserver and kube-controller-manager and wait until ready.
 # Returns 1 if a daemon exits during start (a port taken meanwhile, say).
 launch() {
     local etcd_port peer_port api_port name
     etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"
     echo "$api_port" >"$STATE/apiserver.port"
+    echo "$etcd_port" >"$STATE/etcd.port"
+    write_audit_policy "$STATE/audit-policy.yaml"
     start etcd "$BIN/etcd" --name default --data-dir "$STATE/etcd" \
         --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
         --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
@@ -249,7 +359,9 @@ launch() {
         --service-account-key-file "$STATE/pki/sa.pub" \
         --service-account-signing-key-file "$STATE/pki/sa.key" \
         --service-cluster-ip-range 10.0.0.0/24 \
-        --max-requests-inflight 1000 --max-mutating-requests-inflight 500
+        --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
+        --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/audit.log" \
+        --audit-log-maxsize 200 --audit-log-maxbackup 1
     write_kubeconfig "$api_port" "$STATE/admin.kubeconfig"
     say "waiting for kube-apiserver on 127.0.0.1:$api_port to be ready (up to ${READY_TIMEOUT}s)"
     local deadline=$((SECONDS + READY_TIMEOUT)) started_kcm=0
@@ -295,5 +407,23 @@ case "${1:-}" in
         cmd_down; say "down" ;;
     env) echo "export KUBECONFIG=$STATE/admin.kubeconfig" ;;
     status) ready ;;
-    *) echo "usage: $0 build|up|down|env|status|helm ARGS..." >&2; exit 64 ;;
+    kill|start|restart)
+        op="$1"; shift
+        for name in "$@"; do known_daemon "$name"; done
+        [[ $# -gt 0 || $op == start ]] || die "usage: $0 $op NAME... (${DAEMONS[*]})"
+        mkdir -p "$(dirname "$STATE")"; exec 9>"$STATE.lock"; flock 9
+        [[ -f "$STATE/admin.kubeconfig" ]] || die "the control plane in $STATE is not up"
+        if [[ $op != start ]]; then
+            for name in "$@"; do kill_daemon "$name"; done
+        fi
+        if [[ $op != kill ]]; then
+            # Dependency order, whatever order the names came in.
+            for name in "${DAEMONS[@]}"; do
+                if [[ $# == 0 || " $* " == *" $name "* ]]; then
+                    resume "$name" || die "could not start $name again; logs in $STATE"
+                fi
+            done
+            say "ready"
+        fi ;;
+    *) echo "usage: $0 build|up|down|env|status|kill NAME...|start [NAME...]|restart NAME...|helm ARGS..." >&2; exit 64 ;;
 esac
