@@ -39,6 +39,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::names;
+
 /// File the kubelet mounts into every pod with a service account token; its
 /// content is the pod's namespace.
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
@@ -253,11 +255,13 @@ impl Config {
         let exclude_namespace_label = match raw.exclude_namespace_label.as_deref() {
             None | Some("") => None,
             Some(v) => {
-                if !is_label_key(v) {
+                if let Err(reason) = names::label_key(v) {
                     return Err(ConfigError::new(
                         "EXCLUDE_NAMESPACE_LABEL",
                         v,
-                        "must be empty or a label key: an optional DNS subdomain prefix (at most 253 characters of lowercase letters, digits, '-' and '.') and '/', then a name of 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+                        format!(
+                            "must be empty or a label key: an optional DNS subdomain prefix (at most 253 characters of lowercase letters, digits, '-' and '.') and '/', then a name of 1 to 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit ({reason})"
+                        ),
                     ));
                 }
                 Some(v.to_owned())
@@ -349,10 +353,13 @@ fn resolve_namespace(raw: &RawEnv, sa_namespace_file: &Path) -> Result<String, C
             _ => return Ok(DEFAULT_NAMESPACE.to_owned()),
         }
     };
-    if is_dns1123_label(&value) {
-        Ok(value)
-    } else {
-        Err(ConfigError::new(variable, &value, NAMESPACE_RULE))
+    match names::dns1123_label(&value) {
+        Ok(()) => Ok(value),
+        Err(reason) => Err(ConfigError::new(
+            variable,
+            &value,
+            format!("{NAMESPACE_RULE} ({reason})"),
+        )),
     }
 }
 
@@ -400,12 +407,12 @@ fn parse_namespace_list(variable: &'static str, value: &str) -> Result<Vec<Strin
     }
     for item in value.split(',') {
         let name = item.trim();
-        if !is_dns1123_label(name) {
+        if let Err(reason) = names::dns1123_label(name) {
             return Err(ConfigError::new(
                 variable,
                 value,
                 format!(
-                    "item {name:?} is not a namespace name; must be empty or a comma-separated list of namespace names (1 to 63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit)"
+                    "item {name:?} is not a namespace name ({reason}); must be empty or a comma-separated list of namespace names (1 to 63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit)"
                 ),
             ));
         }
@@ -432,54 +439,6 @@ fn check_kubeconfig(value: &str) -> Result<PathBuf, ConfigError> {
             format!("{RULE}; {}", e.to_string().replace('\n', " ")),
         )),
     }
-}
-
-/// RFC 1123 label as Kubernetes uses it for namespace names:
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-/// RFC 1123 subdomain: dot-separated labels, at most 253 characters.
-fn is_dns1123_subdomain(s: &str) -> bool {
-    // Individual labels of a subdomain are not limited to 63 by Kubernetes'
-    // regex, only the total length is; check the shape label by label.
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            let b = label.as_bytes();
-            !b.is_empty()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-                && b[0] != b'-'
-                && b[b.len() - 1] != b'-'
-        })
-}
-
-/// Kubernetes qualified name used as a label key: `[prefix/]name`.
-pub fn is_label_key(s: &str) -> bool {
-    let (prefix, name) = match s.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, s),
-    };
-    if let Some(p) = prefix
-        && !is_dns1123_subdomain(p)
-    {
-        return false;
-    }
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
 }
 
 #[cfg(test)]
@@ -569,6 +528,7 @@ mod tests {
         let ns63 = "a".repeat(63);
         let key63 = "A".repeat(63);
         let key_prefix253 = format!("{}/n", "a".repeat(253));
+        let key_long_prefix_label = format!("{}.example.com/n", "a".repeat(64));
         let cases: &[(&[(&str, &str)], Check)] = &[
             (&[("NAMESPACE", "a")], |c| c.namespace == "a"),
             (&[("NAMESPACE", "0")], |c| c.namespace == "0"),
@@ -657,6 +617,11 @@ mod tests {
             (&[("EXCLUDE_NAMESPACE_LABEL", &key_prefix253)], |c| {
                 c.exclude_namespace_label.as_ref().map(String::len) == Some(255)
             }),
+            // Kubernetes limits the prefix as a whole, not each of its labels.
+            (
+                &[("EXCLUDE_NAMESPACE_LABEL", &key_long_prefix_label)],
+                |c| c.exclude_namespace_label.as_ref().map(String::len) == Some(78),
+            ),
             (&[("PROTECTED_NAMESPACES", "")], |c| {
                 c.protected_namespaces.is_empty()
             }),
@@ -711,6 +676,13 @@ mod tests {
             ("NAMESPACE", " foo", "namespace name"),
             ("NAMESPACE", "foo\n", "namespace name"),
             ("NAMESPACE", &long_label, "1 to 63"),
+            // ... and the reason names the rule that was broken.
+            ("NAMESPACE", "foo.bar", "(must not contain dots)"),
+            (
+                "NAMESPACE",
+                &long_label,
+                "(must be no more than 63 characters)",
+            ),
             ("POD_NAMESPACE", "Bad", "namespace name"),
             ("POD_NAMESPACE", &long_label, "namespace name"),
             // Booleans.
@@ -794,6 +766,16 @@ mod tests {
             ("EXCLUDE_NAMESPACE_LABEL", "é", "label key"),
             ("EXCLUDE_NAMESPACE_LABEL", &long_key_name, "label key"),
             ("EXCLUDE_NAMESPACE_LABEL", &long_prefix, "label key"),
+            (
+                "EXCLUDE_NAMESPACE_LABEL",
+                &long_prefix,
+                "(prefix part must be no more than 253 characters)",
+            ),
+            (
+                "EXCLUDE_NAMESPACE_LABEL",
+                "x/",
+                "(name part must be non-empty)",
+            ),
             // Namespace lists.
             ("PROTECTED_NAMESPACES", ",", "item \"\""),
             ("PROTECTED_NAMESPACES", "a,,b", "item \"\""),
@@ -805,6 +787,11 @@ mod tests {
                 "item \"Kube-Public\"",
             ),
             ("PROTECTED_NAMESPACES", "a;b", "item \"a;b\""),
+            (
+                "PROTECTED_NAMESPACES",
+                "a,b.c",
+                "item \"b.c\" is not a namespace name (must not contain dots)",
+            ),
             ("PROTECTED_NAMESPACES", &long_label, "namespace names"),
             // Enumerations.
             ("LOG_FORMAT", "", "text or json"),
@@ -918,20 +905,5 @@ mod tests {
             assert!(!shown.contains('\n') && !shown.contains('\r'), "{shown:?}");
             assert_eq!(e.value, value);
         }
-    }
-
-    #[test]
-    fn label_key_and_dns_helpers() {
-        assert!(is_label_key("a"));
-        assert!(is_label_key("a.b/c"));
-        assert!(is_label_key("a-b.c-d/E_f.g-H"));
-        assert!(!is_label_key(""));
-        assert!(!is_label_key("a/"));
-        assert!(!is_label_key(".a"));
-        assert!(!is_label_key("a./b"));
-        assert!(is_dns1123_label("a-b"));
-        assert!(!is_dns1123_label("a--"));
-        assert!(is_dns1123_label("a--b"));
-        assert!(!is_dns1123_label(""));
     }
 }

@@ -17,6 +17,7 @@ pub mod fights;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod names;
 pub mod pace;
 pub mod plan;
 pub mod push;

@@ -7,6 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::names;
+
 /// Comma-separated namespace names and globs (`team-*`, `?` = one character).
 /// Absent or empty means all namespaces.
 pub const NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/namespaces";
@@ -15,8 +17,8 @@ pub const EXCLUDE_NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/exclude-namespac
 /// A Kubernetes label selector (kubectl syntax) the namespace's labels must match.
 pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "push-to-k8s.io/namespace-selector";
 
-/// Longest namespace name (an RFC 1123 label), hence the longest useful entry.
-const MAX_ENTRY_LEN: usize = 63;
+/// Longest namespace name, hence the longest useful entry.
+const MAX_ENTRY_LEN: usize = names::DNS1123_LABEL_MAX_LEN;
 
 /// What the planner knows about a namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -353,50 +355,12 @@ fn parse_value_list(after_op: &str) -> Result<BTreeSet<String>, SelectorProblem>
         .collect()
 }
 
-/// A label key: optional DNS-subdomain prefix and `/`, then a label name.
 fn check_key(key: &str) -> Result<(), SelectorProblem> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    let prefix_ok = prefix.is_none_or(|p| {
-        p.len() <= 253
-            && p.split('.').all(|label| {
-                (1..=63).contains(&label.len())
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && alnum_ends(label)
-            })
-    });
-    if prefix_ok && !name.is_empty() && is_label_value(name) {
-        Ok(())
-    } else {
-        Err(SelectorProblem::InvalidKey)
-    }
+    names::label_key(key).map_err(|_| SelectorProblem::InvalidKey)
 }
 
 fn check_value(value: &str) -> Result<(), SelectorProblem> {
-    if is_label_value(value) {
-        Ok(())
-    } else {
-        Err(SelectorProblem::InvalidValue)
-    }
-}
-
-/// 0..=63 of `[A-Za-z0-9._-]`, starting and ending alphanumeric when non-empty.
-fn is_label_value(s: &str) -> bool {
-    s.is_empty()
-        || (s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-            && alnum_ends(s))
-}
-
-fn alnum_ends(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.first().is_some_and(u8::is_ascii_alphanumeric)
-        && b.last().is_some_and(u8::is_ascii_alphanumeric)
+    names::label_value(value).map_err(|_| SelectorProblem::InvalidValue)
 }
 
 #[cfg(test)]
@@ -559,6 +523,26 @@ mod tests {
             assert_eq!(err, expected, "{selector:?}");
             assert_eq!(err.metric_label(), "namespace_selector");
         }
+    }
+
+    #[test]
+    fn selector_keys_follow_kubernetes_rules() {
+        // Kubernetes limits a key's prefix as a whole (253), not each of its labels.
+        let long_label = format!("{}.example.com/k", "p".repeat(64));
+        let key = long_label.as_str();
+        assert!(selector_matches(&format!("{key}=v"), &[(key, "v")]));
+        let prefix253 = format!("{}/k", "p".repeat(253));
+        let key = prefix253.as_str();
+        assert!(selector_matches(&format!("{key}=v"), &[(key, "v")]));
+        let prefix254 = format!("{}/k=v", "p".repeat(254));
+        let err = TargetRules::parse(&map(&[(NAMESPACE_SELECTOR_ANNOTATION, &prefix254)]));
+        assert_eq!(
+            err,
+            Err(AnnotationError::Selector {
+                entry: prefix254.clone(),
+                problem: SelectorProblem::InvalidKey,
+            })
+        );
     }
 
     #[test]

@@ -958,6 +958,38 @@ mod tests {
         assert_eq!(diff.len(), 2);
     }
 
+    // Issue 7, defect 11: kubectl's apply record holds the whole Secret,
+    // values included; a source record (a `Debug` type) must not keep it.
+    #[test]
+    fn source_record_drops_the_kubectl_apply_record_at_ingest() {
+        let value = "s3cr3t-value-in-apply-record";
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("src".into()),
+                labels: Some(BTreeMap::from([(
+                    replica::SOURCE_LABEL_KEY.to_string(),
+                    replica::SOURCE_LABEL_VALUE.to_string(),
+                )])),
+                annotations: Some(BTreeMap::from([
+                    (
+                        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                        format!(r#"{{"stringData":{{"k":"{value}"}}}}"#),
+                    ),
+                    ("push-to-k8s.io/namespaces".to_string(), "team-*".to_string()),
+                ])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_, rec) = SourceRecord::from_secret(&s, "src").unwrap();
+        assert!(!format!("{rec:?}").contains(value), "{rec:?}");
+        assert_eq!(
+            rec.annotations.keys().collect::<Vec<_>>(),
+            ["push-to-k8s.io/namespaces"]
+        );
+    }
+
     #[test]
     fn pairs_look_up_and_insert_in_key_order() {
         let mut p = Pairs::from(BTreeMap::from([
