@@ -430,6 +430,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (dirty, _keep) = tokio::sync::mpsc::unbounded_channel();
+        let start = Instant::now();
         let task = tokio::spawn(watch::run(
             "replicas",
             factory,
@@ -444,7 +445,7 @@ mod tests {
         ));
         // Listed at 0 s, then refused at 0, 1, 3 and 7 s (backoff 1, 2, 4 s);
         // the fifth start, at 15 s, lists again and is not contradicted.
-        let at = |secs: u64| tokio::time::sleep_until(Instant::now() + S(secs));
+        let at = |secs: u64| tokio::time::sleep_until(start + S(secs));
         at(12).await;
         health.beat();
         assert_eq!(
@@ -452,13 +453,12 @@ mod tests {
             Err("not ready: watch replicas failing for 12s: list failed: 403 Forbidden".into())
         );
         assert_eq!(calls.load(Ordering::SeqCst), 4);
-        let start = Instant::now() - S(12);
-        tokio::time::sleep_until(start + S(16)).await;
+        at(16).await;
         health.beat();
         assert_eq!(calls.load(Ordering::SeqCst), 5, "restarted with a list");
         assert!(!health.ready(), "listed 1 s ago: not yet proven");
         assert_eq!(cache.len(), 2, "the relist reached the cache");
-        tokio::time::sleep_until(start + S(21)).await;
+        at(21).await;
         health.beat();
         assert_eq!(health.readiness(), Ok(()));
         assert!(
@@ -473,6 +473,28 @@ mod tests {
         assert_eq!(
             health.readiness(),
             Err("not ready: watch replicas stopped".into())
+        );
+    }
+
+    // What /readyz and the log say of a watch error: the API's code and
+    // reason, never its message, which may quote an object.
+    #[test]
+    fn defect5_watch_errors_are_reported_without_the_server_message() {
+        use kube::runtime::watcher::Error as W;
+        let status = kube::core::Status::failure(
+            "Secret \"db\" is invalid: data[password]: hunter2",
+            "Invalid",
+        )
+        .with_code(422);
+        let e = W::WatchStartFailed(kube::Error::Api(Box::new(status.clone())));
+        assert_eq!(
+            crate::watch::describe_watch_error(&e),
+            "watch failed to start: 422 Invalid"
+        );
+        let e = W::WatchError(Box::new(status));
+        assert_eq!(
+            crate::watch::describe_watch_error(&e),
+            "watch error: 422 Invalid"
         );
     }
 

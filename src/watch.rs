@@ -976,7 +976,10 @@ mod tests {
                         "kubectl.kubernetes.io/last-applied-configuration".to_string(),
                         format!(r#"{{"stringData":{{"k":"{value}"}}}}"#),
                     ),
-                    ("push-to-k8s.io/namespaces".to_string(), "team-*".to_string()),
+                    (
+                        "push-to-k8s.io/namespaces".to_string(),
+                        "team-*".to_string(),
+                    ),
                 ])),
                 ..Default::default()
             },
