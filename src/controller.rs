@@ -41,6 +41,40 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const RESYNC_RETRY: Duration = Duration::from_secs(30);
 
 /// What a spawned task reports back to the control loop.
+/// The one answer of a background task to the loop. If the task ends
+/// without sending one (it panicked), the drop sends `fallback`, so the loop
+/// never waits forever for a resync or recheck that will not come.
+struct Reply {
+    to: Option<mpsc::UnboundedSender<Finished>>,
+    fallback: Option<Finished>,
+}
+
+impl Reply {
+    fn new(to: mpsc::UnboundedSender<Finished>, fallback: Finished) -> Reply {
+        Reply {
+            to: Some(to),
+            fallback: Some(fallback),
+        }
+    }
+    fn send(&mut self, answer: Finished) {
+        if let Some(to) = self.to.take() {
+            let _ = to.send(answer);
+        }
+    }
+    /// Shutting down: no answer is needed.
+    fn cancel(&mut self) {
+        self.to = None;
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let (Some(to), Some(answer)) = (self.to.take(), self.fallback.take()) {
+            let _ = to.send(answer);
+        }
+    }
+}
+
 enum Finished {
     /// A periodic resync: `Err` carries a short reason.
     Resync(Result<(), String>),
@@ -261,11 +295,11 @@ async fn control(
                     (client.clone(), cfg.namespace.clone(), caches.clone(), metrics.clone());
                 let (done, stop) = (done_tx.clone(), shutdown.clone());
                 tokio::spawn(async move {
+                    // Reports a failure if the task ends any other way (a panic).
+                    let mut guard = Reply::new(done, Finished::Resync(Err("resync task failed".into())));
                     tokio::select! {
-                        _ = stop.cancelled() => {}
-                        r = resync::once(&client, &ns, &caches, &metrics) => {
-                            let _ = done.send(Finished::Resync(r));
-                        }
+                        _ = stop.cancelled() => guard.cancel(),
+                        r = resync::once(&client, &ns, &caches, &metrics) => guard.send(Finished::Resync(r)),
                     }
                 });
             }
@@ -278,11 +312,10 @@ async fn control(
                         (client.clone(), cfg.namespace.clone(), metrics.clone());
                     let (done, stop) = (done_tx.clone(), shutdown.clone());
                     tokio::spawn(async move {
+                        let mut guard = Reply::new(done, Finished::Recheck(Vec::new()));
                         tokio::select! {
-                            _ = stop.cancelled() => {}
-                            gone = conflicts::recheck(&client, &ns, known, &metrics) => {
-                                let _ = done.send(Finished::Recheck(gone));
-                            }
+                            _ = stop.cancelled() => guard.cancel(),
+                            gone = conflicts::recheck(&client, &ns, known, &metrics) => guard.send(Finished::Recheck(gone)),
                         }
                     });
                 }

@@ -243,10 +243,16 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Bind `0.0.0.0:port` (before anything else runs, so a taken port stops
+/// Bind port `port` on every address, IPv4 and IPv6 (before anything else runs, so a taken port stops
 /// the program instead of leaving it without health endpoints).
 pub async fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(("0.0.0.0", port)).await
+    // `[::]` takes IPv4 as well (IPv4-mapped) where the system allows it,
+    // the Linux default; where IPv6 is unavailable, IPv4 alone.
+    match tokio::net::TcpListener::bind(("::", port)).await {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(e),
+        Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port)).await,
+    }
 }
 
 /// Serve until `shutdown` fires.
@@ -268,6 +274,26 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    // Issue 7, defect 10: the health port answers on IPv6 as well as IPv4
+    // (a dual-stack or IPv6-only cluster probes the pod's IPv6 address).
+    #[tokio::test]
+    async fn health_port_answers_on_ipv4_and_ipv6() {
+        let listener = bind(0).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            for _ in 0..2 {
+                listener.accept().await.unwrap();
+            }
+        });
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("IPv4");
+        tokio::net::TcpStream::connect(("::1", port))
+            .await
+            .expect("IPv6");
+        accept.await.unwrap();
+    }
+
     use super::*;
     use tokio::time::advance;
 
