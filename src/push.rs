@@ -234,7 +234,7 @@ impl Writer {
         match api.create(&pp, &desired.to_secret(&key.namespace)).await {
             Ok(created) => {
                 self.remember(&created);
-                Outcome::Done
+                self.done_as_stored(key, desired, &created)
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
                 // Ours but not yet in the cache, or somebody else's? Ask (metadata only).
@@ -306,15 +306,21 @@ impl Writer {
         match api.replace(&key.name, &pp, &body).await {
             Ok(updated) => {
                 self.remember(&updated);
-                let in_sync = ReplicaRecord::from_meta(&updated.metadata, &self.source_namespace)
-                    .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
-                if in_sync {
-                    Outcome::Done
-                } else {
-                    self.accept(key, &updated)
-                }
+                self.done_as_stored(key, desired, &updated)
             }
             Err(e) => classify(&e),
+        }
+    }
+
+    /// A write succeeded: if the server stored something else than we sent
+    /// (a mutating webhook), take what it stored as written.
+    fn done_as_stored(&self, key: &ObjectKey, desired: &Replica, stored: &Secret) -> Outcome {
+        let in_sync = ReplicaRecord::from_meta(&stored.metadata, &self.source_namespace)
+            .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
+        if in_sync {
+            Outcome::Done
+        } else {
+            self.accept(key, stored)
         }
     }
 
