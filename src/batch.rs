@@ -26,7 +26,7 @@ pub enum DirtyKey {
     /// A namespace, by name (appeared, relabelled, deleted, or a replica in it changed).
     Namespace(String),
     /// One copy (`namespace`, source name): a retry re-plans only that copy.
-    Copy(crate::watch::ObjectKey),
+    Copy(crate::records::ObjectKey),
     /// Everything (e.g. periodic resync). Kept alongside other keys; what it
     /// implies is the planner's decision.
     All,

@@ -23,11 +23,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::EventType;
 
+use crate::cache::Caches;
 use crate::events::Events;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::plan;
+use crate::records::{ObjectKey, owned_source};
 use crate::targets::Scope;
-use crate::watch::{Caches, ObjectKey, describe_error, owned_source};
+use crate::watch::describe_error;
 
 const PAGE: u32 = 500;
 
@@ -345,7 +347,7 @@ mod tests {
         assert_eq!(task.await.unwrap(), vec![]);
     }
 
-    fn source(name: &str, annotations: &[(&str, &str)]) -> (String, crate::watch::SourceRecord) {
+    fn source(name: &str, annotations: &[(&str, &str)]) -> (String, crate::records::SourceRecord) {
         use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
         let s = Secret {
             metadata: ObjectMeta {
@@ -369,7 +371,7 @@ mod tests {
             },
             ..Default::default()
         };
-        crate::watch::SourceRecord::from_secret(&s, "src").expect("a source")
+        crate::records::SourceRecord::from_secret(&s, "src").expect("a source")
     }
 
     // Issue 7, defect 6: at start, conflicts were found by a failed POST, a

@@ -17,6 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batcher, DirtyKey};
+use crate::cache::Caches;
 use crate::config::Config;
 use crate::conflicts;
 use crate::events::Events;
@@ -26,10 +27,11 @@ use crate::metrics::{AnnotationLabels, Metrics};
 use crate::pace::Pacer;
 use crate::plan::{self, Action, Refusal, World};
 use crate::push::{Outcome, Writer};
+use crate::records::ObjectKey;
 use crate::resync;
 use crate::retry::RetryQueue;
 use crate::targets::Scope;
-use crate::watch::{self, Caches, ObjectKey};
+use crate::watch;
 
 const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 

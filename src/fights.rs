@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::watch::ObjectKey;
+use crate::records::ObjectKey;
 
 pub const FREE_REPAIRS: u32 = 3;
 pub const FIRST_HOLD: Duration = Duration::from_secs(60);

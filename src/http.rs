@@ -411,7 +411,8 @@ mod tests {
     // readiness back; however the loop ends, readiness hears of it.
     #[tokio::test(start_paused = true)]
     async fn defect5_the_watch_loop_reports_failures_and_recovery_to_readyz() {
-        use crate::watch::{self, Cache};
+        use crate::cache::Cache;
+        use crate::watch;
         use futures::StreamExt;
         use futures::stream::BoxStream;
         use kube::runtime::watcher::{self as kw, Event};

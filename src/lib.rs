@@ -8,6 +8,7 @@
 //! them together; `targets` and `replica` hold the pure decisions.
 
 pub mod batch;
+pub mod cache;
 pub mod config;
 pub mod conflicts;
 pub mod controller;
@@ -21,6 +22,7 @@ pub mod names;
 pub mod pace;
 pub mod plan;
 pub mod push;
+pub mod records;
 pub mod replica;
 pub mod resync;
 pub mod retry;

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::batch::DirtyKey;
+use crate::records::{ObjectKey, Pairs, ReplicaRecord, SourceRecord};
 use crate::targets::{AnnotationError, NamespaceInfo, Scope, TargetRules};
-use crate::watch::{ObjectKey, Pairs, ReplicaRecord, SourceRecord};
 
 /// One write (or write pair) against one `(namespace, name)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -148,7 +148,7 @@ pub struct World<'a> {
 
 /// Is `r` exactly the copy `desired` describes, as far as we set it? Its
 /// content hash says what our last write set; its managed fields say that
-/// nobody changed the content since (see [`crate::watch::Content`]).
+/// nobody changed the content since (see [`crate::records::Content`]).
 pub fn in_sync(r: &ReplicaRecord, desired: &crate::replica::Replica) -> bool {
     let subset = |want: &BTreeMap<String, String>, have: &Pairs| {
         want.iter().all(|(k, v)| have.get(k) == Some(v))
@@ -340,7 +340,7 @@ mod tests {
 
     /// The record of a copy exactly as we would write it into `ns`.
     fn copy(ns: &str, s: &Secret) -> (ObjectKey, ReplicaRecord) {
-        let mut c = crate::watch::as_written_by_us(Replica::render(s, SRC).to_secret(ns));
+        let mut c = crate::records::as_written_by_us(Replica::render(s, SRC).to_secret(ns));
         c.metadata.uid = Some(format!("uid-{ns}"));
         c.metadata.resource_version = Some("7".into());
         ReplicaRecord::from_meta(&c.metadata, SRC).unwrap()
@@ -715,9 +715,9 @@ mod tests {
     fn immutable_owned_by_someone_else_is_an_update_not_a_replace() {
         let mut c = Case::new(&["a"]);
         let (k, mut r) = copy("a", &secret("db", "v1", &[]));
-        r.content = crate::watch::Content::from_managed_fields(Some(&vec![
-            crate::watch::managed_entry(replica::FIELD_MANAGER, &["k"], false),
-            crate::watch::managed_entry("kubectl", &[], true),
+        r.content = crate::records::Content::from_managed_fields(Some(&vec![
+            crate::records::managed_entry(replica::FIELD_MANAGER, &["k"], false),
+            crate::records::managed_entry("kubectl", &[], true),
         ]));
         c.replicas.insert(k, r);
         c.sources.extend([source("db", "v2", &[])]);

@@ -17,13 +17,14 @@ use kube::runtime::events::EventType;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::Caches;
 use crate::events::Events;
 use crate::http::Health;
 use crate::metrics::Metrics;
 use crate::pace::Pacer;
 use crate::plan::Action;
+use crate::records::{ObjectKey, ReplicaRecord, field_names, owned_source};
 use crate::replica::{FIELD_MANAGER, Replica};
-use crate::watch::{Caches, ObjectKey, ReplicaRecord, field_names, owned_source};
 
 /// Writes in flight at once. The limiter alone decides the rate; a few
 /// requests in flight only hide API latency so that rate is actually reached.
@@ -500,8 +501,8 @@ fn classify(e: &kube::Error) -> Outcome {
 mod tests {
     use super::*;
     use crate::events::Events;
+    use crate::records::SourceRecord;
     use crate::replica::{MANAGED_LABEL_KEY, SOURCE_LABEL_KEY};
-    use crate::watch::SourceRecord;
     use http::{Method, Request, Response, StatusCode};
     use k8s_openapi::ByteString;
     use kube::client::Body;
@@ -585,7 +586,7 @@ mod tests {
             .as_object()
             .map(|m| m.keys().map(String::as_str).collect())
             .unwrap_or_default();
-        let entry = crate::watch::managed_entry(FIELD_MANAGER, &keys, false);
+        let entry = crate::records::managed_entry(FIELD_MANAGER, &keys, false);
         body["metadata"]["managedFields"] = json!([entry]);
         body
     }

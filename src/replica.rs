@@ -78,7 +78,7 @@ pub struct Replica {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// Hash of the data keys only: comparable with the keys our field manager
-    /// owns on a copy (see [`crate::watch::Content`]).
+    /// owns on a copy (see [`crate::records::Content`]).
     pub keys_hash: String,
     /// Hash of everything we set; written into [`HASH_ANNOTATION`].
     pub hash: String,

@@ -14,9 +14,11 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, ObjectList};
 use serde::de::DeserializeOwned;
 
+use crate::cache::{Cache, Caches};
 use crate::metrics::{Metrics, ResultLabels};
+use crate::records::{ReplicaRecord, SourceRecord, namespace_info};
 use crate::replica;
-use crate::watch::{Cache, Caches, ReplicaRecord, SourceRecord, describe_error, namespace_info};
+use crate::watch::describe_error;
 
 const PAGE: u32 = 500;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::watch::ObjectKey;
+use crate::records::ObjectKey;
 
 pub const FIRST_DELAY: Duration = Duration::from_secs(2);
 pub const MAX_DELAY: Duration = Duration::from_secs(300);

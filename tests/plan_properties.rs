@@ -41,9 +41,9 @@ use proptest::test_runner::{Config, RngSeed};
 
 use push_to_k8s::batch::DirtyKey;
 use push_to_k8s::plan::{Action, Plan, World, in_sync, plan};
+use push_to_k8s::records::{ObjectKey, ReplicaRecord, SourceRecord};
 use push_to_k8s::replica::{self, Replica};
 use push_to_k8s::targets::{NamespaceInfo, Scope, TargetRules};
-use push_to_k8s::watch::{ObjectKey, ReplicaRecord, SourceRecord};
 
 /// Cases per property: all eight properties together take about 4 s of one
 /// core in a debug build.
@@ -459,7 +459,7 @@ fn managed_entry(manager: &str, data_keys: &[&str], immutable: bool) -> ManagedF
 
 /// The copy `r` in `namespace` as our write leaves it on the server: the
 /// rendered object plus our field manager owning its data keys (the test-only
-/// `watch::as_written_by_us`, restated here).
+/// `records::as_written_by_us`, restated here).
 fn written(r: &Replica, namespace: &str) -> Secret {
     let mut s = r.to_secret(namespace);
     let keys: Vec<&str> = r.data.keys().map(String::as_str).collect();
@@ -915,7 +915,7 @@ fn is_copy(k: &ObjectKey, s: &Secret) -> bool {
 /// Does `have` hold the copy `want` as we write it? Stated on the object,
 /// independently of the planner's `in_sync`: the same type and data; immutable
 /// if we make it so (someone else making a copy immutable does not change
-/// its content: it is not drift, see `watch::Content`); every label and
+/// its content: it is not drift, see `records::Content`); every label and
 /// annotation we set (others may add their own); our field manager owning
 /// exactly the data keys we write, and no other manager owning a data key we
 /// do not (one that applied the same value to a key of ours merely shares it).

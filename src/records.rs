@@ -1,0 +1,504 @@
+//! Pure records of what the watches see (no I/O): the key of a copy, a
+//! source as the planner needs it, a copy as its metadata shows it, and the
+//! ownership rules that decide what is a copy at all (docs/architecture.md,
+//! "Ownership"). The watches and the resync fill caches of these
+//! ([`crate::cache`]); the planner reads them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+use crate::replica::{self, Replica};
+use crate::targets::NamespaceInfo;
+
+/// `(namespace, name)` of a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A source as the planner needs it: identity, its annotations (target rules)
+/// and the rendered copy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceRecord {
+    pub uid: String,
+    pub annotations: BTreeMap<String, String>,
+    pub replica: Replica,
+}
+
+impl SourceRecord {
+    pub fn from_secret(s: &Secret, source_namespace: &str) -> Option<(String, SourceRecord)> {
+        let name = s.metadata.name.clone()?;
+        // Defensive: the watch is label- and namespace-scoped, but a relist
+        // or a test double must not be able to widen it.
+        let labelled = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(replica::SOURCE_LABEL_KEY))
+            .is_some_and(|v| v == replica::SOURCE_LABEL_VALUE);
+        if !labelled || s.metadata.namespace.as_deref() != Some(source_namespace) {
+            return None;
+        }
+        Some((
+            name,
+            SourceRecord {
+                uid: s.metadata.uid.clone().unwrap_or_default(),
+                annotations: control_annotations(s.metadata.annotations.as_ref()),
+                replica: Replica::render(s, source_namespace),
+            },
+        ))
+    }
+}
+
+/// Only our own control annotations (`push-to-k8s.io/...`) of a source: the
+/// planner needs nothing else, and the rest can be large or sensitive
+/// (`kubectl.kubernetes.io/last-applied-configuration` holds the whole Secret,
+/// values included), so it is dropped at ingest. The copy's annotations are
+/// rendered into [`Replica`] (which drops kubectl's record as well).
+pub fn control_annotations(all: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    all.into_iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(replica::CONTROL_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Labels or annotations of a replica: `(key, value)` pairs sorted by key, in
+/// one allocation. A `BTreeMap` allocates a ~540-byte node even for a single
+/// entry; with two maps per replica that was half of the replica cache: a
+/// record took 2,072 bytes with maps, 1,102 with pairs (docs/benchmarks.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pairs(Box<[(String, String)]>);
+
+impl Pairs {
+    pub fn get(&self, key: &str) -> Option<&String> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    /// Set `key` to `value` (reallocates: for tests and rare paths).
+    pub fn insert(&mut self, key: String, value: String) {
+        let mut v = std::mem::take(&mut self.0).into_vec();
+        match v.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+            Ok(i) => v[i].1 = value,
+            Err(i) => v.insert(i, (key, value)),
+        }
+        self.0 = v.into_boxed_slice();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl From<BTreeMap<String, String>> for Pairs {
+    fn from(map: BTreeMap<String, String>) -> Pairs {
+        // A BTreeMap iterates in key order: already sorted.
+        Pairs(map.into_iter().collect())
+    }
+}
+
+/// What we remember about one of our replicas: enough to decide "in sync",
+/// "update", "replace" or "delete" from its metadata alone (the replica watch
+/// never receives, let alone holds, a copy's data).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRecord {
+    /// Name of the source (in the configured source namespace).
+    pub source: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// Our content-hash annotation as found on the object: what our last
+    /// write set, type, data and immutability included.
+    pub hash: Option<String>,
+    /// Whether anyone changed the content since (from its managed fields).
+    pub content: Content,
+    pub labels: Pairs,
+    /// Annotations, without kubectl's apply record (which can be large).
+    pub annotations: Pairs,
+}
+
+/// What a copy's managed fields say about its content (type, data,
+/// immutability), whose values the metadata watch does not carry.
+///
+/// The API server records, per field manager, which fields it set. Whoever
+/// changes a data key takes that key over (an update) or must force it away
+/// from us (an apply); whoever removes one takes it from us. So our content
+/// hash annotation describes the data exactly while our field manager still
+/// owns every key we set and nobody else owns one we do not.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Content {
+    /// [`replica::keys_hash`] of the data keys our field manager owns.
+    pub our_keys: String,
+    /// Another manager owns a data key, or `immutable`, that we do not.
+    pub foreign: bool,
+    /// `immutable` is set on the copy (by us or anyone): only a delete and a
+    /// create can change it.
+    pub immutable: bool,
+}
+
+impl Content {
+    pub fn from_managed_fields(entries: Option<&Vec<ManagedFieldsEntry>>) -> Content {
+        let (mut ours, mut theirs) = (BTreeSet::new(), BTreeSet::new());
+        let mut our_immutable = false;
+        for entry in entries.into_iter().flatten() {
+            let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
+                continue;
+            };
+            let keys = field_names(fields.get("f:data"));
+            let immutable = fields.get("f:immutable").is_some();
+            if entry.manager.as_deref() == Some(replica::FIELD_MANAGER) {
+                ours.extend(keys);
+                our_immutable |= immutable;
+            } else {
+                theirs.extend(keys);
+            }
+        }
+        // Ownership of `immutable` says who set the field, not its value. We
+        // set it only to `true` (`Replica::to_secret`), so our ownership means
+        // true. Another manager's may be `false`, and making a copy immutable
+        // does not change its content anyway: if it is `true`, the next
+        // update is refused as immutable and the writer replaces the copy.
+        Content {
+            our_keys: replica::keys_hash(ours.iter().copied()),
+            foreign: theirs.difference(&ours).next().is_some(),
+            immutable: our_immutable,
+        }
+    }
+}
+
+/// The names of the fields a managed-fields set (`fieldsV1`) holds under one
+/// map: `{"f:a": {}, "f:b": {}, ".": {}}` gives `a`, `b`.
+pub fn field_names(set: Option<&serde_json::Value>) -> impl Iterator<Item = &str> {
+    set.and_then(serde_json::Value::as_object)
+        .into_iter()
+        .flat_map(|m| m.keys())
+        .filter_map(|k| k.strip_prefix("f:"))
+}
+
+impl ReplicaRecord {
+    /// A record for the object with `meta` if it is ours: it carries our
+    /// managed-by label *and* a source annotation naming the configured
+    /// source namespace.
+    pub fn from_meta(
+        meta: &ObjectMeta,
+        source_namespace: &str,
+    ) -> Option<(ObjectKey, ReplicaRecord)> {
+        let source = owned_source(meta, source_namespace)?;
+        let key = ObjectKey {
+            namespace: meta.namespace.clone()?,
+            name: meta.name.clone()?,
+        };
+        let mut annotations = meta.annotations.clone().unwrap_or_default();
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        Some((
+            key,
+            ReplicaRecord {
+                source,
+                uid: meta.uid.clone().unwrap_or_default(),
+                resource_version: meta.resource_version.clone().unwrap_or_default(),
+                hash: annotations.get(replica::HASH_ANNOTATION).cloned(),
+                content: Content::from_managed_fields(meta.managed_fields.as_ref()),
+                labels: meta.labels.clone().unwrap_or_default().into(),
+                annotations: annotations.into(),
+            },
+        ))
+    }
+}
+
+/// The source name if `meta` is one of our copies; `None` for anything we
+/// must not touch. The ownership rules (docs/architecture.md, "Ownership"):
+/// an object is a copy only if
+/// - it carries our managed-by label,
+/// - its source annotation names a source in the configured source namespace,
+/// - its name is the name that source asks for (today: the source's own name),
+///   so a renamed backup of a copy (`db-old`, markers and all) is not one,
+/// - it is not in the source namespace, and
+/// - it does not carry the source label,
+///
+/// so a source restored from an exported copy, or a marked backup parked
+/// beside the sources, can never be taken for a copy and deleted.
+pub fn owned_source(meta: &ObjectMeta, source_namespace: &str) -> Option<String> {
+    let labels = meta.labels.as_ref()?;
+    let managed = labels
+        .get(replica::MANAGED_LABEL_KEY)
+        .is_some_and(|v| v == replica::MANAGED_LABEL_VALUE);
+    if !managed || labels.contains_key(replica::SOURCE_LABEL_KEY) {
+        return None;
+    }
+    if meta.namespace.as_deref() == Some(source_namespace) {
+        return None;
+    }
+    let origin = meta.annotations.as_ref()?.get(replica::SOURCE_ANNOTATION)?;
+    let (ns, name) = origin.split_once('/')?;
+    let named_as_asked = meta.name.as_deref() == Some(name);
+    (ns == source_namespace && !name.is_empty() && named_as_asked).then(|| name.to_string())
+}
+
+pub fn namespace_info(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> NamespaceInfo {
+    NamespaceInfo {
+        labels: meta.labels.clone().unwrap_or_default(),
+        terminating: meta.deletion_timestamp.is_some(),
+    }
+}
+
+/// Test support: a managed-fields entry of `manager` owning `data_keys` (and
+/// `immutable`), as the API server records it.
+#[cfg(test)]
+pub fn managed_entry(manager: &str, data_keys: &[&str], immutable: bool) -> ManagedFieldsEntry {
+    let mut fields = serde_json::json!({});
+    if !data_keys.is_empty() {
+        let keys: serde_json::Map<String, serde_json::Value> = data_keys
+            .iter()
+            .map(|k| (format!("f:{k}"), serde_json::json!({})))
+            .collect();
+        fields["f:data"] = serde_json::Value::Object(keys);
+    }
+    if immutable {
+        fields["f:immutable"] = serde_json::json!({});
+    }
+    ManagedFieldsEntry {
+        manager: Some(manager.into()),
+        operation: Some("Apply".into()),
+        api_version: Some("v1".into()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+            fields,
+        )),
+        ..Default::default()
+    }
+}
+
+/// Test support: `s` as our write leaves it on the server (managed fields).
+#[cfg(test)]
+pub fn as_written_by_us(mut s: Secret) -> Secret {
+    let keys: Vec<&str> = s.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
+    let entry = managed_entry(replica::FIELD_MANAGER, &keys, s.immutable == Some(true));
+    s.metadata.managed_fields = Some(vec![entry]);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        ObjectMeta {
+            name: Some("db".into()),
+            namespace: Some("team-a".into()),
+            labels: map(labels),
+            annotations: map(annotations),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ours_needs_the_label_and_a_source_in_our_namespace() {
+        let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
+        let cases: &[(ObjectMeta, Option<&str>)] = &[
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src/db")]),
+                Some("db"),
+            ),
+            // No label: somebody else's, whatever the annotation says.
+            (meta(&[], &[(replica::SOURCE_ANNOTATION, "src/db")]), None),
+            // Another controller's source namespace, or one that merely starts like ours.
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "other/db")]),
+                None,
+            ),
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src-2/db")]),
+                None,
+            ),
+            // Label without (or with a malformed) source annotation.
+            (meta(&[managed], &[]), None),
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src/")]),
+                None,
+            ),
+            (
+                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src")]),
+                None,
+            ),
+            (
+                meta(
+                    &[(replica::MANAGED_LABEL_KEY, "helm")],
+                    &[(replica::SOURCE_ANNOTATION, "src/db")],
+                ),
+                None,
+            ),
+        ];
+        for (m, want) in cases {
+            assert_eq!(owned_source(m, "src").as_deref(), *want, "{m:?}");
+        }
+    }
+
+    // Issue 7, defect 11: kubectl's apply record holds the whole Secret,
+    // values included; a source record (a `Debug` type) must not keep it.
+    #[test]
+    fn source_record_drops_the_kubectl_apply_record_at_ingest() {
+        let value = "s3cr3t-value-in-apply-record";
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("src".into()),
+                labels: Some(BTreeMap::from([(
+                    replica::SOURCE_LABEL_KEY.to_string(),
+                    replica::SOURCE_LABEL_VALUE.to_string(),
+                )])),
+                annotations: Some(BTreeMap::from([
+                    (
+                        "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+                        format!(r#"{{"stringData":{{"k":"{value}"}}}}"#),
+                    ),
+                    (
+                        "push-to-k8s.io/namespaces".to_string(),
+                        "team-*".to_string(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (_, rec) = SourceRecord::from_secret(&s, "src").unwrap();
+        assert!(!format!("{rec:?}").contains(value), "{rec:?}");
+        assert_eq!(
+            rec.annotations.keys().collect::<Vec<_>>(),
+            ["push-to-k8s.io/namespaces"]
+        );
+    }
+
+    #[test]
+    fn pairs_look_up_and_insert_in_key_order() {
+        let mut p = Pairs::from(BTreeMap::from([
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]));
+        assert_eq!(p.get("a").map(String::as_str), Some("1"));
+        assert_eq!(p.get("b").map(String::as_str), Some("2"));
+        assert_eq!(p.get("c"), None);
+        p.insert("c".into(), "3".into());
+        p.insert("a".into(), "x".into());
+        p.insert("0".into(), "0".into());
+        let all: Vec<_> = p.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(all, ["0=0", "a=x", "b=2", "c=3"]);
+        assert_eq!(p.get("a").map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn content_tells_from_managed_fields_whether_anyone_changed_the_data() {
+        use replica::FIELD_MANAGER as US;
+        let keys = |k: &[&str]| replica::keys_hash(k.iter().copied());
+        let content =
+            |entries: Vec<ManagedFieldsEntry>| Content::from_managed_fields(Some(&entries));
+        // (entries, our keys, foreign, immutable)
+        type Case<'a> = (&'a str, Vec<ManagedFieldsEntry>, &'a [&'a str], bool, bool);
+        let cases: Vec<Case> = vec![
+            (
+                "as we wrote it",
+                vec![managed_entry(US, &["j", "k"], false)],
+                &["j", "k"],
+                false,
+                false,
+            ),
+            // Our create (an update entry) and a later apply: the union is ours.
+            (
+                "create then apply",
+                vec![
+                    managed_entry(US, &["k"], false),
+                    managed_entry(US, &["j"], false),
+                ],
+                &["j", "k"],
+                false,
+                false,
+            ),
+            // Someone changed k: it moved to them (seen on a real API server).
+            (
+                "a key edited",
+                vec![
+                    managed_entry("kubectl-edit", &["k"], false),
+                    managed_entry(US, &["j"], false),
+                ],
+                &["j"],
+                true,
+                false,
+            ),
+            // Someone removed j: it is gone from our set, nobody else gained it.
+            (
+                "a key removed",
+                vec![managed_entry(US, &["k"], false)],
+                &["k"],
+                false,
+                false,
+            ),
+            (
+                "a key added",
+                vec![
+                    managed_entry(US, &["j", "k"], false),
+                    managed_entry("kubectl-patch", &["x"], false),
+                ],
+                &["j", "k"],
+                true,
+                false,
+            ),
+            // Applied with the same value by someone else: shared, not a change.
+            (
+                "a key co-owned",
+                vec![
+                    managed_entry(US, &["j", "k"], false),
+                    managed_entry("kubectl", &["k"], false),
+                ],
+                &["j", "k"],
+                false,
+                false,
+            ),
+            // Someone else owns `immutable`: its value is unknown (often
+            // `false`); not a content change, not known to be immutable.
+            (
+                "immutable set by someone else",
+                vec![
+                    managed_entry(US, &["k"], false),
+                    managed_entry("other", &[], true),
+                ],
+                &["k"],
+                false,
+                false,
+            ),
+            (
+                "immutable as we wrote it",
+                vec![managed_entry(US, &["k"], true)],
+                &["k"],
+                false,
+                true,
+            ),
+            // Managed fields wiped: nothing is known to be ours.
+            ("no managed fields", vec![], &[], false, false),
+        ];
+        for (what, entries, our_keys, foreign, immutable) in cases {
+            let c = content(entries);
+            assert_eq!(c.our_keys, keys(our_keys), "{what}: our keys");
+            assert_eq!(c.foreign, foreign, "{what}: foreign");
+            assert_eq!(c.immutable, immutable, "{what}: immutable");
+        }
+    }
+}
