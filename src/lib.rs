@@ -15,6 +15,7 @@ pub mod controller;
 pub mod demo;
 pub mod events;
 pub mod fights;
+pub mod gate;
 pub mod http;
 pub mod logging;
 pub mod metrics;

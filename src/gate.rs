@@ -1,0 +1,117 @@
+//! The write gate: the one place that decides whether a planned write may
+//! go now. A copy waiting out a retry backoff waits; a copy something keeps
+//! changing back is repaired ever more rarely ([`crate::fights`]); a write
+//! made during shutdown is abandoned by the writer. (Leader election adds
+//! its "only while this instance leads" here.)
+
+use std::time::Duration;
+
+use kube::runtime::events::EventType;
+
+use crate::cache::Caches;
+use crate::fights::{Decision, Fights};
+use crate::plan::Action;
+use crate::push::{Outcome, Writer};
+use crate::records::ObjectKey;
+use crate::retry::RetryQueue;
+
+/// Per-copy state that decides whether a planned write may go now: the
+/// retry queue (a failed copy waits out its backoff) and the fight tracker
+/// (a copy something keeps changing back is repaired ever more rarely).
+pub struct Gate<'a> {
+    pub retry: &'a mut RetryQueue,
+    pub fights: &'a mut Fights,
+}
+
+impl Gate<'_> {
+    /// Keep the actions that may be written now; hold the others.
+    pub async fn admit(
+        &mut self,
+        caches: &Caches,
+        writer: &Writer,
+        actions: Vec<Action>,
+    ) -> Vec<Action> {
+        let mut now = Vec::with_capacity(actions.len());
+        for action in actions {
+            let key = action.key();
+            let repair = matches!(action, Action::Update { .. } | Action::Replace { .. })
+                .then(|| repair_of(caches, &key))
+                .flatten();
+            // A held copy waits, unless it is held for a fight and its source
+            // changed since: new content (a rotated credential) goes at once.
+            let new_content = repair.is_none() && self.fights.fought(&key);
+            if self.retry.holds(&key) && !new_content {
+                continue;
+            }
+            if let Some(hash) = repair
+                && let Decision::Hold { delay, first } = self.fights.repair(&key, &hash)
+            {
+                let attempts = self.retry.attempts(&key);
+                self.retry.hold(key.clone(), attempts, delay);
+                if first {
+                    report_fight(caches, writer, &key, delay).await;
+                }
+                continue;
+            }
+            now.push(action);
+        }
+        now
+    }
+
+    pub fn record(&mut self, outcomes: Vec<(ObjectKey, Outcome)>) {
+        for (key, outcome) in outcomes {
+            match outcome {
+                Outcome::Failed(_) => {
+                    let delay = self.retry.failed(key.clone());
+                    tracing::debug!(copy = %key, delay_s = delay.as_secs(), "retrying later");
+                }
+                _ => self.retry.succeeded(&key),
+            }
+        }
+    }
+
+    /// Forget copies whose namespace, or whose source and copy, are gone.
+    pub fn prune(&mut self, caches: &Caches, writer: &Writer) {
+        let exists = |k: &ObjectKey| caches.replicas.get(k).is_some();
+        self.retry.retain(|k| {
+            caches.namespaces.get(&k.namespace).is_some()
+                && (caches.sources.get(&k.name).is_some() || exists(k))
+        });
+        self.fights.retain(exists);
+        writer
+            .accepted
+            .lock()
+            .expect("lock")
+            .retain(|k, _| exists(k));
+    }
+}
+
+/// If writing `key` now would repair a copy whose source did not change
+/// since our last write (someone changed the copy), the content hash it
+/// restores.
+fn repair_of(caches: &Caches, key: &ObjectKey) -> Option<String> {
+    let desired = caches.sources.get(&key.name)?.replica.hash;
+    let copy = caches.replicas.get(key)?;
+    (copy.hash.as_deref() == Some(desired.as_str())).then_some(desired)
+}
+
+async fn report_fight(caches: &Caches, writer: &Writer, key: &ObjectKey, delay: Duration) {
+    writer.metrics().fights.inc();
+    tracing::warn!(copy = %key, hold_s = delay.as_secs(), "copy keeps being changed by someone else; repairing it with backoff");
+    if let Some(rec) = caches.sources.get(&key.name) {
+        let events = &writer.events;
+        events
+            .publish(
+                &events.source_ref(&key.name, &rec.uid),
+                EventType::Warning,
+                "CopyFought",
+                "Push",
+                format!(
+                    "the copy in namespace {} keeps being changed back by someone else (a controller, a policy, a webhook); repairs now wait {}s and then twice as long each time, at most 1h",
+                    key.namespace,
+                    delay.as_secs()
+                ),
+            )
+            .await;
+    }
+}
