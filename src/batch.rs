@@ -21,8 +21,8 @@ use tokio::time::{Instant, sleep_until};
 /// Something that changed and must be re-planned.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DirtyKey {
-    /// A source object, by name (in the source namespace).
-    Source(String),
+    /// A source object, by kind and name (in the source namespace).
+    Source(crate::kinds::Kind, String),
     /// A namespace, by name (appeared, relabelled, deleted, or a replica in it changed).
     Namespace(String),
     /// One copy (`namespace`, source name): a retry re-plans only that copy.
@@ -163,7 +163,7 @@ mod tests {
     const TICK: Duration = Duration::from_millis(1);
 
     fn src(name: &str) -> DirtyKey {
-        DirtyKey::Source(name.to_owned())
+        DirtyKey::Source(crate::kinds::Kind::Secret, name.to_owned())
     }
 
     fn ns(name: &str) -> DirtyKey {

@@ -7,6 +7,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::kinds::Kind;
 use crate::records::{ObjectKey, ReplicaRecord, SourceRecord};
 use crate::targets::NamespaceInfo;
 
@@ -161,24 +162,63 @@ pub enum Change<V> {
     Removed(V),
 }
 
-/// The three caches together.
-pub struct Caches {
+/// The sources of one kind and our copies of them.
+pub struct KindCaches {
+    pub kind: Kind,
     pub sources: Arc<Cache<String, SourceRecord>>,
-    pub namespaces: Arc<Cache<String, NamespaceInfo>>,
     pub replicas: Arc<Cache<ObjectKey, ReplicaRecord>>,
 }
 
-impl Caches {
-    pub fn new() -> Self {
-        Caches {
+impl KindCaches {
+    fn new(kind: Kind) -> KindCaches {
+        KindCaches {
+            kind,
             sources: Arc::default(),
-            namespaces: Arc::default(),
             replicas: Arc::default(),
         }
     }
 
     pub fn synced(&self) -> bool {
-        self.sources.synced() && self.namespaces.synced() && self.replicas.synced()
+        self.sources.synced() && self.replicas.synced()
+    }
+}
+
+/// Every cache: the namespaces, and per kind its sources and copies.
+pub struct Caches {
+    pub namespaces: Arc<Cache<String, NamespaceInfo>>,
+    kinds: [KindCaches; 2],
+}
+
+impl Caches {
+    pub fn new() -> Self {
+        Caches {
+            namespaces: Arc::default(),
+            kinds: Kind::ALL.map(KindCaches::new),
+        }
+    }
+
+    pub fn of(&self, kind: Kind) -> &KindCaches {
+        &self.kinds[Kind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("every kind has caches")]
+    }
+
+    /// A kind that is switched off: nothing is watched, its caches stay
+    /// empty and count as synced.
+    pub fn switch_off(&self, kind: Kind) {
+        let c = self.of(kind);
+        c.sources.replace(HashMap::new());
+        c.replicas.replace(HashMap::new());
+    }
+
+    pub fn synced(&self) -> bool {
+        self.namespaces.synced() && self.kinds.iter().all(KindCaches::synced)
+    }
+
+    /// Copies of every kind (for the managed-replicas gauge).
+    pub fn replica_count(&self) -> usize {
+        self.kinds.iter().map(|k| k.replicas.len()).sum()
     }
 }
 

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::kinds::Kind;
 use crate::names;
 
 /// File the kubelet mounts into every pod with a service account token; its
@@ -59,6 +60,9 @@ pub struct Config {
     pub namespace: String,
     /// `ENABLE_SECRET_WATCHER`: `false` means periodic sync only.
     pub enable_secret_watcher: bool,
+    /// `ENABLE_CONFIGMAPS`: ConfigMaps are sources too (default); `false`:
+    /// no ConfigMap is watched or written, existing ConfigMap copies stay.
+    pub enable_configmaps: bool,
     /// `SECRET_SYNC_DEBOUNCE_SECONDS`: quiet window of the batcher.
     pub debounce: Duration,
     /// `SECRET_SYNC_MAX_WAIT_SECONDS`: longest a batch waits after its first key.
@@ -125,6 +129,7 @@ const VARIABLES: &[&str] = &[
     "NAMESPACE",
     "POD_NAMESPACE",
     "ENABLE_SECRET_WATCHER",
+    "ENABLE_CONFIGMAPS",
     "SECRET_SYNC_DEBOUNCE_SECONDS",
     "SECRET_SYNC_MAX_WAIT_SECONDS",
     "SECRET_SYNC_RATE_LIMIT",
@@ -146,6 +151,7 @@ struct RawEnv {
     namespace: Option<String>,
     pod_namespace: Option<String>,
     enable_secret_watcher: Option<String>,
+    enable_configmaps: Option<String>,
     secret_sync_debounce_seconds: Option<String>,
     secret_sync_max_wait_seconds: Option<String>,
     secret_sync_rate_limit: Option<String>,
@@ -164,6 +170,14 @@ const NAMESPACE_RULE: &str = "must be a namespace name: 1 to 63 characters of lo
 const BOOL_RULE: &str = "must be true or false";
 
 impl Config {
+    /// The kinds of source this instance replicates.
+    pub fn kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| *k == Kind::Secret || self.enable_configmaps)
+            .collect()
+    }
+
     /// Reads and validates the process environment.
     ///
     /// Uses `vars_os` rather than `std::env::vars()` because the latter panics on
@@ -213,6 +227,10 @@ impl Config {
         let enable_secret_watcher = match &raw.enable_secret_watcher {
             None => true,
             Some(v) => parse_bool("ENABLE_SECRET_WATCHER", v)?,
+        };
+        let enable_configmaps = match &raw.enable_configmaps {
+            None => true,
+            Some(v) => parse_bool("ENABLE_CONFIGMAPS", v)?,
         };
 
         let debounce_secs = match &raw.secret_sync_debounce_seconds {
@@ -304,6 +322,7 @@ impl Config {
         Ok(Config {
             namespace,
             enable_secret_watcher,
+            enable_configmaps,
             debounce: Duration::from_secs(debounce_secs),
             max_wait: Duration::from_secs(max_wait_secs),
             rate_limit: nonzero(rate_limit),
@@ -483,6 +502,7 @@ mod tests {
             Config {
                 namespace: "push-to-k8s".into(),
                 enable_secret_watcher: true,
+                enable_configmaps: true,
                 debounce: Duration::from_secs(5),
                 max_wait: Duration::from_secs(15),
                 rate_limit: NonZeroU32::new(10).unwrap(),
@@ -539,6 +559,12 @@ mod tests {
             }),
             (&[("POD_NAMESPACE", "pod-ns")], |c| c.namespace == "pod-ns"),
             (&[("POD_NAMESPACE", "")], |c| c.namespace == "push-to-k8s"),
+            (&[("ENABLE_CONFIGMAPS", "false")], |c| {
+                !c.enable_configmaps && c.kinds() == [Kind::Secret]
+            }),
+            (&[("ENABLE_CONFIGMAPS", "true")], |c| {
+                c.kinds() == [Kind::Secret, Kind::ConfigMap]
+            }),
             (&[("ENABLE_SECRET_WATCHER", "true")], |c| {
                 c.enable_secret_watcher
             }),
@@ -687,6 +713,7 @@ mod tests {
             ("POD_NAMESPACE", &long_label, "namespace name"),
             // Booleans.
             ("ENABLE_SECRET_WATCHER", "", "true or false"),
+            ("ENABLE_CONFIGMAPS", "no", "true or false"),
             ("ENABLE_SECRET_WATCHER", "yes", "true or false"),
             ("ENABLE_SECRET_WATCHER", "1", "true or false"),
             ("ENABLE_SECRET_WATCHER", " true", "true or false"),

@@ -19,16 +19,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::events::EventType;
 
-use crate::cache::Caches;
+use crate::cache::{Cache, KindCaches};
 use crate::events::Events;
+use crate::kinds::Kind;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::plan;
 use crate::records::{ObjectKey, owned_source};
-use crate::targets::Scope;
+use crate::targets::{NamespaceInfo, Scope};
 use crate::watch::describe_error;
 
 const PAGE: u32 = 500;
@@ -36,16 +36,18 @@ const PAGE: u32 = 500;
 /// Namespaces shown in a Warning Event; the rest are counted.
 const SHOWN: usize = 5;
 
-/// The namespaces, other than `source_namespace`, holding a Secret named
-/// `name` that is not our copy of the source `name`: one metadata-only LIST
-/// across all namespaces (paginated), whatever the number of namespaces.
+/// The namespaces, other than `source_namespace`, holding an object of
+/// `kind` named `name` that is not our copy of the source `name`: one
+/// metadata-only LIST across all namespaces (paginated), whatever the number
+/// of namespaces.
 pub async fn blocked_namespaces(
     client: &kube::Client,
+    kind: Kind,
     source_namespace: &str,
     name: &str,
     metrics: &Metrics,
 ) -> kube::Result<BTreeSet<String>> {
-    let result = list_blocked(client, source_namespace, name).await;
+    let result = list_blocked(client, kind, source_namespace, name).await;
     let label = if result.is_ok() { "ok" } else { "error" };
     metrics
         .conflict_lists
@@ -56,10 +58,11 @@ pub async fn blocked_namespaces(
 
 async fn list_blocked(
     client: &kube::Client,
+    kind: Kind,
     source_namespace: &str,
     name: &str,
 ) -> kube::Result<BTreeSet<String>> {
-    let api: Api<Secret> = Api::all(client.clone());
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
     let mut lp = ListParams::default()
         .fields(&format!("metadata.name={name}"))
         .limit(PAGE);
@@ -89,10 +92,12 @@ async fn list_blocked(
 /// leaves that source's conflicts to be found by the writer.
 pub async fn at_start(
     client: &kube::Client,
-    caches: &Caches,
+    caches: &KindCaches,
+    namespaces: &Cache<String, NamespaceInfo>,
     scope: &Scope<'_>,
     metrics: &Metrics,
 ) -> BTreeMap<String, Vec<String>> {
+    let kind = caches.kind;
     let mut sources: Vec<_> = caches
         .sources
         .read(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
@@ -103,7 +108,8 @@ pub async fn at_start(
         let Ok(rules) = plan::rules(&source) else {
             continue;
         };
-        let blocked = match blocked_namespaces(client, scope.source_namespace, &name, metrics).await
+        let blocked = match blocked_namespaces(client, kind, scope.source_namespace, &name, metrics)
+            .await
         {
             Ok(b) => b,
             Err(e) => {
@@ -114,8 +120,7 @@ pub async fn at_start(
         let wanted: Vec<String> = blocked
             .into_iter()
             .filter(|ns| {
-                caches
-                    .namespaces
+                namespaces
                     .get(ns)
                     .is_some_and(|info| rules.wants(scope, ns, &info))
             })
@@ -133,27 +138,25 @@ pub async fn at_start(
 pub async fn report_at_start(
     found: &BTreeMap<String, Vec<String>>,
     known: &std::sync::Mutex<std::collections::HashSet<ObjectKey>>,
-    caches: &Caches,
+    caches: &KindCaches,
     events: &Events,
     metrics: &Metrics,
 ) {
+    let kind = caches.kind;
     for (name, namespaces) in found {
         {
             let mut known = known.lock().expect("lock");
             for ns in namespaces {
-                known.insert(ObjectKey {
-                    namespace: ns.clone(),
-                    name: name.clone(),
-                });
+                known.insert(ObjectKey::new(kind, ns, name));
             }
         }
         metrics.conflicts.inc_by(namespaces.len() as u64);
-        let note = at_start_note(name, namespaces);
-        tracing::warn!(source = %name, conflicts = namespaces.len(), "{note}");
+        let note = at_start_note(kind, name, namespaces);
+        tracing::warn!(source = %name, kind = kind.label(), conflicts = namespaces.len(), "{note}");
         if let Some(rec) = caches.sources.get(name) {
             events
                 .publish(
-                    &events.source_ref(name, &rec.uid),
+                    &events.source_ref(kind, name, &rec.uid),
                     EventType::Warning,
                     "Conflict",
                     "Plan",
@@ -166,7 +169,7 @@ pub async fn report_at_start(
 
 /// The note of a start-up conflict Event: a count and at most [`SHOWN`]
 /// namespaces, so a common name in thousands of namespaces is one short Event.
-pub fn at_start_note(name: &str, namespaces: &[String]) -> String {
+pub fn at_start_note(kind: Kind, name: &str, namespaces: &[String]) -> String {
     let n = namespaces.len();
     let shown = namespaces
         .iter()
@@ -185,7 +188,7 @@ pub fn at_start_note(name: &str, namespaces: &[String]) -> String {
         (format!("{n} namespaces"), "have")
     };
     format!(
-        "{count} already {have} a Secret named {name} that push-to-k8s does not manage; it is left untouched and gets no copy: {shown}{more}"
+        "{count} already {have} a {kind} named {name} that push-to-k8s does not manage; it is left untouched and gets no copy: {shown}{more}"
     )
 }
 
@@ -198,13 +201,16 @@ pub async fn recheck(
     known: Vec<ObjectKey>,
     metrics: &Metrics,
 ) -> Vec<ObjectKey> {
-    let mut by_name: BTreeMap<String, Vec<ObjectKey>> = BTreeMap::new();
+    let mut by_name: BTreeMap<(Kind, String), Vec<ObjectKey>> = BTreeMap::new();
     for key in known {
-        by_name.entry(key.name.clone()).or_default().push(key);
+        by_name
+            .entry((key.kind, key.name.clone()))
+            .or_default()
+            .push(key);
     }
     let mut gone = Vec::new();
-    for (name, keys) in by_name {
-        match blocked_namespaces(client, source_namespace, &name, metrics).await {
+    for ((kind, name), keys) in by_name {
+        match blocked_namespaces(client, kind, source_namespace, &name, metrics).await {
             Ok(blocked) => {
                 gone.extend(keys.into_iter().filter(|k| !blocked.contains(&k.namespace)))
             }
@@ -219,8 +225,10 @@ pub async fn recheck(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Caches;
     use crate::replica::{MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, SOURCE_ANNOTATION};
     use http::{Request, Response, StatusCode};
+    use k8s_openapi::api::core::v1::Secret;
     use kube::client::Body;
     use serde_json::{Value, json};
     use tower_test::mock::Handle;
@@ -271,6 +279,7 @@ mod tests {
 
     fn key(ns: &str, name: &str) -> ObjectKey {
         ObjectKey {
+            kind: Kind::Secret,
             namespace: ns.into(),
             name: name.into(),
         }
@@ -389,7 +398,7 @@ mod tests {
             ("bad", &[("push-to-k8s.io/namespace-selector", "in (")][..]),
         ] {
             let (k, v) = source(name, annotations);
-            caches.sources.set(k, Some(v));
+            caches.of(Kind::Secret).sources.set(k, Some(v));
         }
         let info = |labels: &[(&str, &str)], terminating| NamespaceInfo {
             labels: labels
@@ -417,7 +426,7 @@ mod tests {
                 exclude_label: Some("no-copies"),
                 protected: &protected,
             };
-            at_start(&client, &c, &scope, &metrics).await
+            at_start(&client, c.of(Kind::Secret), &c.namespaces, &scope, &metrics).await
         });
         let everywhere = |name: &str| {
             [
@@ -456,11 +465,11 @@ mod tests {
     fn defect6_start_up_conflicts_are_one_short_note_per_source() {
         let many: Vec<String> = (0..1000).map(|i| format!("team-{i}")).collect();
         assert_eq!(
-            at_start_note("db", &many),
+            at_start_note(Kind::Secret, "db", &many),
             "1000 namespaces already have a Secret named db that push-to-k8s does not manage; it is left untouched and gets no copy: team-0, team-1, team-2, team-3, team-4 and 995 more"
         );
         assert_eq!(
-            at_start_note("db", &["a".to_string()]),
+            at_start_note(Kind::Secret, "db", &["a".to_string()]),
             "1 namespace already has a Secret named db that push-to-k8s does not manage; it is left untouched and gets no copy: a"
         );
     }

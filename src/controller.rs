@@ -24,6 +24,7 @@ use crate::events::Events;
 use crate::fights::Fights;
 use crate::gate::Gate;
 use crate::http::{self, Health};
+use crate::kinds::Kind;
 use crate::metrics::{AnnotationLabels, Metrics};
 use crate::pace::Pacer;
 use crate::plan::{self, Refusal, World};
@@ -165,10 +166,15 @@ async fn control(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let caches = Arc::new(Caches::new());
+    let kinds = cfg.kinds();
+    for kind in Kind::ALL.into_iter().filter(|k| !kinds.contains(k)) {
+        caches.switch_off(kind);
+    }
     let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<DirtyKey>();
     let watchers = watch::spawn_all(
         client.clone(),
         &cfg.namespace,
+        &kinds,
         cfg.enable_secret_watcher,
         caches.clone(),
         dirty_tx.clone(),
@@ -197,7 +203,7 @@ async fn control(
     // Without a source watch, the sources come from the list at start and each resync.
     if !cfg.enable_secret_watcher {
         loop {
-            let listed = resync::once(&client, &cfg.namespace, &caches, &metrics);
+            let listed = resync::once(&client, &cfg.namespace, &kinds, &caches, &metrics);
             let Some(result) = beating(&health, &shutdown, listed).await else {
                 return Ok(());
             };
@@ -224,13 +230,16 @@ async fn control(
         }
     }
     health.set_synced(true);
-    tracing::info!(
-        namespace = %cfg.namespace,
-        sources = caches.sources.len(),
-        namespaces = caches.namespaces.len(),
-        replicas = caches.replicas.len(),
-        "caches synced; ready"
-    );
+    for &kind in &kinds {
+        tracing::info!(
+            namespace = %cfg.namespace,
+            kind = kind.label(),
+            sources = caches.of(kind).sources.len(),
+            replicas = caches.of(kind).replicas.len(),
+            "caches synced"
+        );
+    }
+    tracing::info!(namespaces = caches.namespaces.len(), "ready");
 
     let protected = cfg.protected_namespaces.clone();
     let scope = Scope {
@@ -241,11 +250,14 @@ async fn control(
     // Unmanaged same-named Secrets already in the cluster: known from one
     // LIST per source before the first plan, so it makes no POST (and no GET
     // and Event per namespace) to find them.
-    let scan = conflicts::at_start(&client, &caches, &scope, &metrics);
-    let Some(found) = beating(&health, &shutdown, scan).await else {
-        return Ok(());
-    };
-    conflicts::report_at_start(&found, &writer.conflicts, &caches, &writer.events, &metrics).await;
+    for &kind in &kinds {
+        let of = caches.of(kind);
+        let scan = conflicts::at_start(&client, of, &caches.namespaces, &scope, &metrics);
+        let Some(found) = beating(&health, &shutdown, scan).await else {
+            return Ok(());
+        };
+        conflicts::report_at_start(&found, &writer.conflicts, of, &writer.events, &metrics).await;
+    }
 
     let mut batcher = Batcher::new(cfg.debounce, cfg.max_wait);
     let mut since = Instant::now();
@@ -275,7 +287,7 @@ async fn control(
                 metrics.queue_depth.set(0);
                 metrics.batch_size.observe(keys.len() as f64);
                 let mut gate = Gate { retry: &mut retry, fights: &mut fights };
-                flush(&caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate).await;
+                flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate).await;
             }
             // A copy's backoff is over: re-plan that copy only.
             key = retry.next() => {
@@ -294,15 +306,15 @@ async fn control(
             _ = resync_timer.tick(), if !resyncing => {
                 tracing::info!("periodic resync: re-listing from the API server");
                 resyncing = true;
-                let (client, ns, caches, metrics) =
-                    (client.clone(), cfg.namespace.clone(), caches.clone(), metrics.clone());
+                let (client, ns, caches, metrics, kinds) =
+                    (client.clone(), cfg.namespace.clone(), caches.clone(), metrics.clone(), kinds.clone());
                 let (done, stop) = (done_tx.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     // Reports a failure if the task ends any other way (a panic).
                     let mut guard = Reply::new(done, Finished::Resync(Err("resync task failed".into())));
                     tokio::select! {
                         _ = stop.cancelled() => guard.cancel(),
-                        r = resync::once(&client, &ns, &caches, &metrics) => guard.send(Finished::Resync(r)),
+                        r = resync::once(&client, &ns, &kinds, &caches, &metrics) => guard.send(Finished::Resync(r)),
                     }
                 });
             }
@@ -349,7 +361,7 @@ async fn control(
                         if batcher.pending() == 0 {
                             since = Instant::now();
                         }
-                        batcher.add(DirtyKey::Source(key.name));
+                        batcher.add(DirtyKey::Source(key.kind, key.name));
                     }
                 }
             },
@@ -370,6 +382,7 @@ async fn control(
 
 #[allow(clippy::too_many_arguments)]
 async fn flush(
+    kinds: &[Kind],
     caches: &Caches,
     scope: &Scope<'_>,
     writer: &Writer,
@@ -379,14 +392,17 @@ async fn flush(
     health: &Health,
     gate: &mut Gate<'_>,
 ) {
-    let plan = {
-        let conflicts = writer.conflicts.lock().expect("lock").clone();
-        let accepted = writer.accepted.lock().expect("lock").clone();
-        caches.sources.read(|sources| {
+    let conflicts = writer.conflicts.lock().expect("lock").clone();
+    let accepted = writer.accepted.lock().expect("lock").clone();
+    let mut planned = Vec::new();
+    for &kind in kinds {
+        let of = caches.of(kind);
+        let plan = of.sources.read(|sources| {
             caches.namespaces.read(|namespaces| {
-                caches.replicas.read(|replicas| {
+                of.replicas.read(|replicas| {
                     plan::plan(
                         &World {
+                            kind,
                             sources,
                             namespaces,
                             replicas,
@@ -398,17 +414,18 @@ async fn flush(
                     )
                 })
             })
-        })
-    };
-    {
-        let mut conflicts = writer.conflicts.lock().expect("lock");
-        for k in &plan.resolved_conflicts {
-            conflicts.remove(k);
+        });
+        {
+            let mut conflicts = writer.conflicts.lock().expect("lock");
+            for k in &plan.resolved_conflicts {
+                conflicts.remove(k);
+            }
         }
+        report_refusals(kind, caches, writer, metrics, &plan.refused).await;
+        planned.extend(plan.actions);
     }
-    tracing::debug!(keys = keys.len(), actions = plan.actions.len(), "flush");
-    report_refusals(caches, writer, metrics, &plan.refused).await;
-    let actions = gate.admit(caches, writer, plan.actions).await;
+    tracing::debug!(keys = keys.len(), actions = planned.len(), "flush");
+    let actions = gate.admit(caches, writer, planned).await;
     if !actions.is_empty() {
         let outcomes = writer.execute(actions, since, health).await;
         gate.record(outcomes);
@@ -420,24 +437,26 @@ async fn flush(
 /// One Warning Event (and one count) per refused source and change of its
 /// reason, not one per flush.
 async fn report_refusals(
+    kind: Kind,
     caches: &Caches,
     writer: &Writer,
     metrics: &Metrics,
     refused: &[(String, Refusal)],
 ) {
     let events = &writer.events;
-    events.retain_refusals(|name| {
+    events.retain_refusals(|k, name| {
         caches
+            .of(k)
             .sources
             .get(&name.to_string())
             .is_some_and(|rec| plan::refusal(&rec).is_some())
     });
     for (source, refusal) in refused {
-        let Some(rec) = caches.sources.get(source) else {
+        let Some(rec) = caches.of(kind).sources.get(source) else {
             continue;
         };
         let note = refusal.to_string();
-        if !events.first_refusal(source, &rec.uid, &note) {
+        if !events.first_refusal(kind, source, &rec.uid, &note) {
             continue;
         }
         match refusal {
@@ -449,10 +468,10 @@ async fn report_refusals(
                 .inc(),
             Refusal::IdentityType(_) => metrics.refused_types.inc(),
         };
-        tracing::warn!(source = %source, reason = refusal.reason(), "source refused: {note}");
+        tracing::warn!(kind = kind.label(), source = %source, reason = refusal.reason(), "source refused: {note}");
         events
             .publish(
-                &events.source_ref(source, &rec.uid),
+                &events.source_ref(kind, source, &rec.uid),
                 EventType::Warning,
                 refusal.reason(),
                 "Plan",
@@ -544,8 +563,9 @@ mod tests {
         ));
 
         let mut watches = Vec::new();
-        // The three watches list (nothing there), then watch.
-        for _ in 0..3 {
+        // Every watch lists (nothing there), then watches: the namespaces,
+        // and the sources and copies of each kind.
+        for _ in 0..1 + 2 * cfg.kinds().len() {
             let send = next_list(&mut handle, &mut watches).await;
             respond(send, StatusCode::OK, empty_list());
         }
@@ -585,7 +605,7 @@ mod tests {
         );
         // The retry succeeds: ready again.
         respond(retry, StatusCode::OK, empty_list());
-        for _ in 0..2 {
+        for _ in 0..2 * cfg.kinds().len() {
             let send = next_list(&mut handle, &mut watches).await;
             respond(send, StatusCode::OK, empty_list());
         }

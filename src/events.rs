@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use crate::kinds::Kind;
+
 /// Publishes Events on sources, and remembers the notes that must be said
 /// once per change rather than once per flush (a refused source).
 pub struct Events {
@@ -15,7 +17,7 @@ pub struct Events {
     reporter: Reporter,
     source_namespace: String,
     /// Per source: the uid and note of the refusal last reported.
-    refusals: Mutex<HashMap<String, (String, String)>>,
+    refusals: Mutex<HashMap<(Kind, String), (String, String)>>,
 }
 
 impl Events {
@@ -28,10 +30,10 @@ impl Events {
         }
     }
 
-    pub fn source_ref(&self, name: &str, uid: &str) -> ObjectReference {
+    pub fn source_ref(&self, kind: Kind, name: &str, uid: &str) -> ObjectReference {
         ObjectReference {
             api_version: Some("v1".into()),
-            kind: Some("Secret".into()),
+            kind: Some(kind.name().into()),
             namespace: Some(self.source_namespace.clone()),
             name: Some(name.to_string()),
             uid: Some(uid.to_string()),
@@ -42,23 +44,24 @@ impl Events {
     /// Should a refusal of `source` (object `uid`) with `note` be reported?
     /// Yes the first time, and again only when the note or the object
     /// changed: a bad annotation is one Event per change, not one per flush.
-    pub fn first_refusal(&self, source: &str, uid: &str, note: &str) -> bool {
+    pub fn first_refusal(&self, kind: Kind, source: &str, uid: &str, note: &str) -> bool {
         let mut seen = self.refusals.lock().expect("lock");
         let now = (uid.to_string(), note.to_string());
-        if seen.get(source) == Some(&now) {
+        let key = (kind, source.to_string());
+        if seen.get(&key) == Some(&now) {
             return false;
         }
-        seen.insert(source.to_string(), now);
+        seen.insert(key, now);
         true
     }
 
     /// Forget refusals of sources that are no longer refused (fixed or
     /// gone), so a later refusal is reported again.
-    pub fn retain_refusals(&self, still: impl Fn(&str) -> bool) {
+    pub fn retain_refusals(&self, still: impl Fn(Kind, &str) -> bool) {
         self.refusals
             .lock()
             .expect("lock")
-            .retain(|source, _| still(source));
+            .retain(|(kind, source), _| still(*kind, source));
     }
 
     pub async fn publish(
@@ -107,18 +110,18 @@ mod tests {
             },
             "src".into(),
         );
-        assert!(events.first_refusal("db", "u1", "bad glob"));
-        assert!(!events.first_refusal("db", "u1", "bad glob"));
-        assert!(!events.first_refusal("db", "u1", "bad glob"));
+        assert!(events.first_refusal(Kind::Secret, "db", "u1", "bad glob"));
+        assert!(!events.first_refusal(Kind::Secret, "db", "u1", "bad glob"));
+        assert!(!events.first_refusal(Kind::Secret, "db", "u1", "bad glob"));
         // The annotation changed (still bad): say so once more.
-        assert!(events.first_refusal("db", "u1", "bad selector"));
-        assert!(!events.first_refusal("db", "u1", "bad selector"));
+        assert!(events.first_refusal(Kind::Secret, "db", "u1", "bad selector"));
+        assert!(!events.first_refusal(Kind::Secret, "db", "u1", "bad selector"));
         // Another source is independent.
-        assert!(events.first_refusal("api", "u2", "bad selector"));
+        assert!(events.first_refusal(Kind::Secret, "api", "u2", "bad selector"));
         // Fixed, then broken again with the same text: reported again.
-        events.retain_refusals(|s| s != "db");
-        assert!(events.first_refusal("db", "u1", "bad selector"));
+        events.retain_refusals(|_, s| s != "db");
+        assert!(events.first_refusal(Kind::Secret, "db", "u1", "bad selector"));
         // Deleted and recreated with the same bad annotation: a new object.
-        assert!(events.first_refusal("db", "u3", "bad selector"));
+        assert!(events.first_refusal(Kind::Secret, "db", "u3", "bad selector"));
     }
 }

@@ -116,9 +116,12 @@ impl Fights {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::kinds::Kind;
 
     fn key() -> ObjectKey {
         ObjectKey {
+            kind: Kind::Secret,
             namespace: "a".into(),
             name: "db".into(),
         }

@@ -72,10 +72,10 @@ impl Gate<'_> {
 
     /// Forget copies whose namespace, or whose source and copy, are gone.
     pub fn prune(&mut self, caches: &Caches, writer: &Writer) {
-        let exists = |k: &ObjectKey| caches.replicas.get(k).is_some();
+        let exists = |k: &ObjectKey| caches.of(k.kind).replicas.get(k).is_some();
         self.retry.retain(|k| {
             caches.namespaces.get(&k.namespace).is_some()
-                && (caches.sources.get(&k.name).is_some() || exists(k))
+                && (caches.of(k.kind).sources.get(&k.name).is_some() || exists(k))
         });
         self.fights.retain(exists);
         writer
@@ -90,19 +90,20 @@ impl Gate<'_> {
 /// since our last write (someone changed the copy), the content hash it
 /// restores.
 fn repair_of(caches: &Caches, key: &ObjectKey) -> Option<String> {
-    let desired = caches.sources.get(&key.name)?.replica.hash;
-    let copy = caches.replicas.get(key)?;
+    let of = caches.of(key.kind);
+    let desired = of.sources.get(&key.name)?.replica.hash;
+    let copy = of.replicas.get(key)?;
     (copy.hash.as_deref() == Some(desired.as_str())).then_some(desired)
 }
 
 async fn report_fight(caches: &Caches, writer: &Writer, key: &ObjectKey, delay: Duration) {
     writer.metrics().fights.inc();
     tracing::warn!(copy = %key, hold_s = delay.as_secs(), "copy keeps being changed by someone else; repairing it with backoff");
-    if let Some(rec) = caches.sources.get(&key.name) {
+    if let Some(rec) = caches.of(key.kind).sources.get(&key.name) {
         let events = &writer.events;
         events
             .publish(
-                &events.source_ref(&key.name, &rec.uid),
+                &events.source_ref(key.kind, &key.name, &rec.uid),
                 EventType::Warning,
                 "CopyFought",
                 "Push",

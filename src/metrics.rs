@@ -160,10 +160,10 @@ impl Metrics {
         }
     }
 
-    pub fn write(&self, op: &'static str, result: &'static str) {
+    pub fn write(&self, kind: crate::kinds::Kind, op: &'static str, result: &'static str) {
         self.writes
             .get_or_create(&WriteLabels {
-                kind: "secret",
+                kind: kind.label(),
                 op,
                 result,
             })

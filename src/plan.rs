@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::batch::DirtyKey;
+use crate::kinds::Kind;
 use crate::records::{ObjectKey, Pairs, ReplicaRecord, SourceRecord};
 use crate::targets::{AnnotationError, NamespaceInfo, Scope, TargetRules};
 
@@ -15,9 +16,14 @@ use crate::targets::{AnnotationError, NamespaceInfo, Scope, TargetRules};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Action {
     /// No copy exists yet: create it (fails safely if an unmanaged one does).
-    Create { namespace: String, source: String },
+    Create {
+        kind: Kind,
+        namespace: String,
+        source: String,
+    },
     /// Our copy differs: server-side apply, guarded by its resourceVersion.
     Update {
+        kind: Kind,
         namespace: String,
         source: String,
         /// For a delete and create instead, should the server refuse the
@@ -27,6 +33,7 @@ pub enum Action {
     },
     /// Our copy is immutable: delete (UID precondition) then create.
     Replace {
+        kind: Kind,
         namespace: String,
         source: String,
         uid: String,
@@ -34,6 +41,7 @@ pub enum Action {
     },
     /// Our copy should not exist: delete with UID and resourceVersion preconditions.
     Delete {
+        kind: Kind,
         namespace: String,
         source: String,
         uid: String,
@@ -43,21 +51,40 @@ pub enum Action {
 
 impl Action {
     pub fn key(&self) -> ObjectKey {
-        let (namespace, name) = match self {
-            Action::Create { namespace, source }
+        let (kind, namespace, name) = match self {
+            Action::Create {
+                kind,
+                namespace,
+                source,
+            }
             | Action::Update {
-                namespace, source, ..
+                kind,
+                namespace,
+                source,
+                ..
             }
             | Action::Replace {
-                namespace, source, ..
+                kind,
+                namespace,
+                source,
+                ..
             }
             | Action::Delete {
-                namespace, source, ..
-            } => (namespace, source),
+                kind,
+                namespace,
+                source,
+                ..
+            } => (*kind, namespace, source),
         };
-        ObjectKey {
-            namespace: namespace.clone(),
-            name: name.clone(),
+        ObjectKey::new(kind, namespace, name)
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Action::Create { kind, .. }
+            | Action::Update { kind, .. }
+            | Action::Replace { kind, .. }
+            | Action::Delete { kind, .. } => *kind,
         }
     }
 
@@ -133,8 +160,9 @@ pub struct Plan {
     pub resolved_conflicts: Vec<ObjectKey>,
 }
 
-/// What the planner reads.
+/// What the planner reads: the sources and copies of one kind.
 pub struct World<'a> {
+    pub kind: Kind,
     pub sources: &'a HashMap<String, SourceRecord>,
     pub namespaces: &'a HashMap<String, NamespaceInfo>,
     pub replicas: &'a HashMap<ObjectKey, ReplicaRecord>,
@@ -170,15 +198,17 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
     let mut copies: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for d in dirty {
         match d {
-            DirtyKey::Source(s) => {
+            DirtyKey::Source(kind, s) if *kind == world.kind => {
                 whole_sources.insert(s);
             }
+            DirtyKey::Source(..) => {}
             DirtyKey::Namespace(n) => {
                 only_namespaces.insert(n);
             }
-            DirtyKey::Copy(k) => {
+            DirtyKey::Copy(k) if k.kind == world.kind => {
                 copies.entry(&k.name).or_default().insert(&k.namespace);
             }
+            DirtyKey::Copy(_) => {}
             DirtyKey::All => {}
         }
     }
@@ -218,7 +248,7 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
             // Source deleted or unlabelled: its copies go.
             for (ns, r) in replicas {
                 if in_scope(ns) && !namespaces.get(ns).is_some_and(|i| i.terminating) {
-                    out.actions.push(delete(ns, name, r));
+                    out.actions.push(delete(world.kind, ns, name, r));
                 }
             }
             continue;
@@ -236,14 +266,12 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
             if !in_scope(ns) || info.terminating {
                 continue;
             }
-            let key = ObjectKey {
-                namespace: ns.to_string(),
-                name: name.to_string(),
-            };
+            let key = ObjectKey::new(world.kind, ns, name);
             let want = rules.wants(scope, ns, info);
             match (want, replicas.get(ns)) {
                 (true, None) if world.conflicts.contains(&key) => {}
                 (true, None) => out.actions.push(Action::Create {
+                    kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
                 }),
@@ -252,18 +280,20 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
                     if r.hash.as_deref() == Some(desired.hash.as_str())
                         && world.accepted.get(&key) == Some(&r.resource_version) => {}
                 (true, Some(r)) if r.content.immutable => out.actions.push(Action::Replace {
+                    kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
                     uid: r.uid.clone(),
                     resource_version: r.resource_version.clone(),
                 }),
                 (true, Some(r)) => out.actions.push(Action::Update {
+                    kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
                     uid: r.uid.clone(),
                     resource_version: r.resource_version.clone(),
                 }),
-                (false, Some(r)) => out.actions.push(delete(ns, name, r)),
+                (false, Some(r)) => out.actions.push(delete(world.kind, ns, name, r)),
                 (false, None) => {
                     if world.conflicts.contains(&key) {
                         out.resolved_conflicts.push(key);
@@ -289,8 +319,9 @@ pub fn refusal(source: &SourceRecord) -> Option<Refusal> {
     rules(source).err()
 }
 
-fn delete(ns: &str, name: &str, r: &ReplicaRecord) -> Action {
+fn delete(kind: Kind, ns: &str, name: &str, r: &ReplicaRecord) -> Action {
     Action::Delete {
+        kind,
         namespace: ns.to_string(),
         source: name.to_string(),
         uid: r.uid.clone(),
@@ -343,7 +374,7 @@ mod tests {
         let mut c = crate::records::as_written_by_us(Replica::render(s, SRC).to_secret(ns));
         c.metadata.uid = Some(format!("uid-{ns}"));
         c.metadata.resource_version = Some("7".into());
-        ReplicaRecord::from_meta(&c.metadata, SRC).unwrap()
+        ReplicaRecord::from_meta(Kind::Secret, &c.metadata, SRC).unwrap()
     }
 
     fn ns(labels: &[(&str, &str)]) -> NamespaceInfo {
@@ -388,6 +419,7 @@ mod tests {
                 protected: &protected,
             };
             let world = World {
+                kind: Kind::Secret,
                 sources: &self.sources,
                 namespaces: &self.namespaces,
                 replicas: &self.replicas,
@@ -400,13 +432,14 @@ mod tests {
 
     fn create(ns: &str, s: &str) -> Action {
         Action::Create {
+            kind: Kind::Secret,
             namespace: ns.into(),
             source: s.into(),
         }
     }
 
     fn src(n: &str) -> DirtyKey {
-        DirtyKey::Source(n.into())
+        DirtyKey::Source(Kind::Secret, n.into())
     }
 
     #[test]
@@ -442,6 +475,7 @@ mod tests {
         c.sources.extend([source("db", "v2", &[])]);
         c.replicas.extend([copy("a", &old)]);
         let update = Action::Update {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "uid-a".into(),
@@ -496,6 +530,7 @@ mod tests {
         c.sources
             .extend([SourceRecord::from_secret(&s, SRC).unwrap()]);
         let update = Action::Update {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "uid-a".into(),
@@ -504,6 +539,7 @@ mod tests {
         assert_eq!(c.plan(&[src("db")]).actions, vec![update]);
 
         let replace = Action::Replace {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "uid-a".into(),
@@ -535,7 +571,10 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            vec![("delete", "a/db".into()), ("delete", "b/db".into())]
+            vec![
+                ("delete", "Secret a/db".into()),
+                ("delete", "Secret b/db".into())
+            ]
         );
         // All (startup, resync) collects the same orphans (and creates api in b).
         let all = c.plan(&[DirtyKey::All]).actions;
@@ -572,6 +611,7 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![Action::Delete {
+                kind: Kind::Secret,
                 namespace: "a".into(),
                 source: "db".into(),
                 uid: "uid-a".into(),
@@ -600,6 +640,7 @@ mod tests {
         let mut c = Case::new(&["a", "b"]);
         c.sources.extend([source("db", "v1", &[])]);
         let key = ObjectKey {
+            kind: Kind::Secret,
             namespace: "a".into(),
             name: "db".into(),
         };
@@ -611,6 +652,7 @@ mod tests {
 
     fn update(ns: &str, s: &str) -> Action {
         Action::Update {
+            kind: Kind::Secret,
             namespace: ns.into(),
             source: s.into(),
             uid: format!("uid-{ns}"),
@@ -644,7 +686,11 @@ mod tests {
             replica::MANAGED_LABEL_VALUE.to_string(),
         )]));
         for s in [&restored, &parked] {
-            assert_eq!(ReplicaRecord::from_meta(&s.metadata, SRC), None, "{s:?}");
+            assert_eq!(
+                ReplicaRecord::from_meta(Kind::Secret, &s.metadata, SRC),
+                None,
+                "{s:?}"
+            );
             // Even without the source label, nothing in the source namespace is a copy.
             let mut unlabelled = s.metadata.clone();
             unlabelled
@@ -652,7 +698,10 @@ mod tests {
                 .as_mut()
                 .unwrap()
                 .remove(replica::SOURCE_LABEL_KEY);
-            assert_eq!(ReplicaRecord::from_meta(&unlabelled, SRC), None);
+            assert_eq!(
+                ReplicaRecord::from_meta(Kind::Secret, &unlabelled, SRC),
+                None
+            );
         }
         c.sources
             .extend([SourceRecord::from_secret(&restored, SRC).unwrap()]);
@@ -670,7 +719,10 @@ mod tests {
         let mut backup = Replica::render(&old, SRC).to_secret("a");
         backup.metadata.name = Some("db-old".into());
         backup.metadata.uid = Some("uid-backup".into());
-        assert_eq!(ReplicaRecord::from_meta(&backup.metadata, SRC), None);
+        assert_eq!(
+            ReplicaRecord::from_meta(Kind::Secret, &backup.metadata, SRC),
+            None
+        );
         c.replicas.extend([real]);
         c.sources.extend([source("db", "v2", &[])]);
         assert_eq!(c.plan(&[src("db")]).actions, vec![update("a", "db")]);
@@ -680,6 +732,7 @@ mod tests {
         assert_eq!(
             p.actions,
             vec![Action::Delete {
+                kind: Kind::Secret,
                 namespace: "a".into(),
                 source: "db".into(),
                 uid: "uid-a".into(),
@@ -749,6 +802,7 @@ mod tests {
         let mut c = Case::new(&["a", "b"]);
         c.sources.extend([source("db", "v1", &[])]);
         let key = ObjectKey {
+            kind: Kind::Secret,
             namespace: "b".into(),
             name: "db".into(),
         };
@@ -771,6 +825,6 @@ mod tests {
             .iter()
             .map(|a| (a.op(), a.key().to_string()))
             .collect();
-        assert_eq!(ops, vec![("delete", "other/db".to_string())]);
+        assert_eq!(ops, vec![("delete", "Secret other/db".to_string())]);
     }
 }

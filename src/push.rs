@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Caches;
 use crate::events::Events;
 use crate::http::Health;
+use crate::kinds::Kind;
 use crate::metrics::Metrics;
 use crate::pace::Pacer;
 use crate::plan::Action;
@@ -122,18 +123,20 @@ impl Writer {
             .collect()
             .await;
 
-        let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+        let mut tallies: BTreeMap<(Kind, String), Tally> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(results.len());
         for (action, outcome) in results {
             let key = action.key();
-            let tally = tallies.entry(action.source().to_string()).or_default();
+            let tally = tallies
+                .entry((action.kind(), action.source().to_string()))
+                .or_default();
             let result = match &outcome {
                 Outcome::Done => "ok",
                 Outcome::Skipped => "skipped",
                 Outcome::Conflict => "conflict",
                 Outcome::Failed(_) => "error",
             };
-            self.metrics.write(action.op(), result);
+            self.metrics.write(action.kind(), action.op(), result);
             match &outcome {
                 Outcome::Done => {
                     *tally.done.entry(action.op()).or_default() += 1;
@@ -152,18 +155,23 @@ impl Writer {
         }
         self.metrics
             .managed_replicas
-            .set(self.caches.replicas.len() as i64);
-        for (source, tally) in tallies {
-            self.report(&source, tally).await;
+            .set(self.caches.replica_count() as i64);
+        for ((kind, source), tally) in tallies {
+            self.report(kind, &source, tally).await;
         }
         outcomes
     }
 
     async fn run(&self, action: &Action) -> Outcome {
         let key = action.key();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &key.namespace);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &key.namespace,
+            &key.kind.api_resource(),
+        );
         let desired = || {
             self.caches
+                .of(key.kind)
                 .sources
                 .get(&key.name)
                 .map(|s| s.replica)
@@ -205,16 +213,16 @@ impl Writer {
         result
     }
 
-    fn remember(&self, written: &Secret) {
-        if let Some((k, r)) = ReplicaRecord::from_meta(&written.metadata, &self.source_namespace) {
-            self.caches.replicas.set(k, Some(r));
+    fn remember(&self, kind: Kind, written: &ObjectMeta) {
+        if let Some((k, r)) = ReplicaRecord::from_meta(kind, written, &self.source_namespace) {
+            self.caches.of(kind).replicas.set(k, Some(r));
         }
     }
 
     /// Delete (UID and resourceVersion preconditions), then create.
     async fn replace(
         &self,
-        api: &Api<Secret>,
+        api: &Api<DynamicObject>,
         key: &ObjectKey,
         desired: &Replica,
         uid: &str,
@@ -226,16 +234,21 @@ impl Writer {
         }
     }
 
-    async fn create(&self, api: &Api<Secret>, key: &ObjectKey, desired: &Replica) -> Outcome {
+    async fn create(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        desired: &Replica,
+    ) -> Outcome {
         self.pacer.ready().await;
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        match api.create(&pp, &desired.to_secret(&key.namespace)).await {
+        match api.create(&pp, &body(desired, &key.namespace, None)).await {
             Ok(created) => {
-                self.remember(&created);
-                self.done_as_stored(key, desired, &created)
+                self.remember(key.kind, &created.metadata);
+                self.done_as_stored(key, desired, &created.metadata)
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {
                 // Ours but not yet in the cache, or somebody else's? Ask (metadata only).
@@ -259,18 +272,17 @@ impl Writer {
 
     async fn apply(
         &self,
-        api: &Api<Secret>,
+        api: &Api<DynamicObject>,
         key: &ObjectKey,
         desired: &Replica,
         uid: &str,
         resource_version: &str,
     ) -> Outcome {
-        let mut body = desired.to_secret(&key.namespace);
         // Precondition: we only overwrite the object we saw as ours.
-        body.metadata.resource_version = Some(resource_version.to_string());
+        let patch = body(desired, &key.namespace, Some(resource_version));
         self.pacer.ready().await;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let applied = match api.patch(&key.name, &pp, &Patch::Apply(&body)).await {
+        let applied = match api.patch(&key.name, &pp, &Patch::Apply(&patch)).await {
             Ok(applied) => applied,
             // The copy's `type` differs (the metadata watch cannot see it), or
             // it became immutable meanwhile: only a delete and a create help.
@@ -279,10 +291,10 @@ impl Writer {
             }
             Err(e) => return classify(&e),
         };
-        self.remember(&applied);
-        let in_sync = ReplicaRecord::from_meta(&applied.metadata, &self.source_namespace)
+        self.remember(key.kind, &applied.metadata);
+        let in_sync = ReplicaRecord::from_meta(key.kind, &applied.metadata, &self.source_namespace)
             .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
-        let stale = stale_keys(&applied, desired);
+        let stale = stale_keys(&applied.metadata, desired);
         if in_sync && stale.is_empty() {
             return Outcome::Done;
         }
@@ -291,23 +303,26 @@ impl Writer {
             // changed our request (a mutating webhook or policy). A full
             // update would come back changed the same way; what we wrote is
             // the measure from now on.
-            return self.accept(key, &applied);
+            return self.accept(key, &applied.metadata);
         }
         // Apply prunes only what our *apply* entry owned. Fields somebody else
         // owns (a data key added by hand) and fields our create (a POST, so an
         // Update entry) set but the source no longer has (a removed label)
         // stay. One full update makes the copy exactly the desired one.
-        let mut body = desired.to_secret(&key.namespace);
-        body.metadata.resource_version = applied.metadata.resource_version.clone();
+        let full = body(
+            desired,
+            &key.namespace,
+            applied.metadata.resource_version.as_deref(),
+        );
         self.pacer.ready().await;
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        match api.replace(&key.name, &pp, &body).await {
+        match api.replace(&key.name, &pp, &full).await {
             Ok(updated) => {
-                self.remember(&updated);
-                self.done_as_stored(key, desired, &updated)
+                self.remember(key.kind, &updated.metadata);
+                self.done_as_stored(key, desired, &updated.metadata)
             }
             Err(e) => classify(&e),
         }
@@ -315,8 +330,8 @@ impl Writer {
 
     /// A write succeeded: if the server stored something else than we sent
     /// (a mutating webhook), take what it stored as written.
-    fn done_as_stored(&self, key: &ObjectKey, desired: &Replica, stored: &Secret) -> Outcome {
-        let in_sync = ReplicaRecord::from_meta(&stored.metadata, &self.source_namespace)
+    fn done_as_stored(&self, key: &ObjectKey, desired: &Replica, stored: &ObjectMeta) -> Outcome {
+        let in_sync = ReplicaRecord::from_meta(key.kind, stored, &self.source_namespace)
             .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
         if in_sync {
             Outcome::Done
@@ -326,8 +341,8 @@ impl Writer {
     }
 
     /// Remember that `written`, as the server stored it, is what we wrote.
-    fn accept(&self, key: &ObjectKey, written: &Secret) -> Outcome {
-        if let Some(rv) = written.metadata.resource_version.clone() {
+    fn accept(&self, key: &ObjectKey, written: &ObjectMeta) -> Outcome {
+        if let Some(rv) = written.resource_version.clone() {
             tracing::debug!(copy = %key, "the server changed our write; taking what it stored as written");
             self.accepted.lock().expect("lock").insert(key.clone(), rv);
         }
@@ -336,7 +351,7 @@ impl Writer {
 
     async fn delete(
         &self,
-        api: &Api<Secret>,
+        api: &Api<DynamicObject>,
         key: &ObjectKey,
         uid: &str,
         resource_version: &str,
@@ -351,11 +366,11 @@ impl Writer {
         };
         match api.delete(&key.name, &dp).await {
             Ok(_) => {
-                self.caches.replicas.set(key.clone(), None);
+                self.caches.of(key.kind).replicas.set(key.clone(), None);
                 Outcome::Done
             }
             Err(kube::Error::Api(s)) if s.is_not_found() => {
-                self.caches.replicas.set(key.clone(), None);
+                self.caches.of(key.kind).replicas.set(key.clone(), None);
                 Outcome::Skipped
             }
             Err(e) => classify(&e),
@@ -364,7 +379,7 @@ impl Writer {
 
     /// Events on the source: one summary per flush, one per new conflict.
     /// Only names, namespaces, counts and reasons; never a value.
-    async fn report(&self, source: &str, tally: Tally) {
+    async fn report(&self, kind: Kind, source: &str, tally: Tally) {
         let note = tally
             .done
             .iter()
@@ -372,16 +387,16 @@ impl Writer {
             .collect::<Vec<_>>()
             .join(", ");
         if !note.is_empty() {
-            tracing::info!(source, writes = %note, "copies written");
+            tracing::info!(kind = kind.label(), source, writes = %note, "copies written");
         }
         if !tally.conflicts.is_empty() {
-            tracing::warn!(source, namespaces = ?tally.conflicts, "copies skipped: an unmanaged Secret of the same name exists");
+            tracing::warn!(kind = kind.label(), source, namespaces = ?tally.conflicts, "copies skipped: an unmanaged object of the same name exists");
         }
-        let Some(rec) = self.caches.sources.get(&source.to_string()) else {
+        let Some(rec) = self.caches.of(kind).sources.get(&source.to_string()) else {
             return; // a deleted source has nothing to carry Events
         };
         let events = &self.events;
-        let reference = events.source_ref(source, &rec.uid);
+        let reference = events.source_ref(kind, source, &rec.uid);
         if !tally.done.is_empty() {
             events
                 .publish(
@@ -400,7 +415,7 @@ impl Writer {
                 "Conflict",
                 "Push",
                 format!(
-                    "namespace {ns} already has a Secret named {source} that push-to-k8s does not manage; it was left untouched"
+                    "namespace {ns} already has a {kind} named {source} that push-to-k8s does not manage; it was left untouched"
                 ),
             )
             .await;
@@ -429,9 +444,15 @@ impl Writer {
 
 /// Label, annotation and data keys our field manager owns on `obj` (by any
 /// operation) that `desired` no longer sets.
-pub fn stale_keys(obj: &Secret, desired: &Replica) -> Vec<String> {
+pub fn stale_keys(obj: &ObjectMeta, desired: &Replica) -> Vec<String> {
     let mut stale = Vec::new();
-    let entries = obj.metadata.managed_fields.iter().flatten();
+    let entries = obj.managed_fields.iter().flatten();
+    // Where each content key belongs: a Secret's `data` holds bytes; a
+    // ConfigMap's `data` text and its `binaryData` bytes.
+    let (data, binary) = match desired.kind {
+        Kind::Secret => (desired.data.keys().collect::<Vec<_>>(), Vec::new()),
+        Kind::ConfigMap => (desired.text.keys().collect(), desired.data.keys().collect()),
+    };
     for entry in entries.filter(|e| e.manager.as_deref() == Some(FIELD_MANAGER)) {
         let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
             continue;
@@ -448,12 +469,26 @@ pub fn stale_keys(obj: &Secret, desired: &Replica) -> Vec<String> {
             }
         }
         for k in field_names(fields.get("f:data")) {
-            if !desired.data.contains_key(k) {
+            if !data.iter().any(|d| d.as_str() == k) {
                 stale.push(format!("data key {k}"));
+            }
+        }
+        for k in field_names(fields.get("f:binaryData")) {
+            if !binary.iter().any(|d| d.as_str() == k) {
+                stale.push(format!("binaryData key {k}"));
             }
         }
     }
     stale
+}
+
+/// The object we send for `desired` into `namespace`; with `resource_version`
+/// as a precondition (the copy we saw as ours).
+fn body(desired: &Replica, namespace: &str, resource_version: Option<&str>) -> DynamicObject {
+    let mut obj: DynamicObject =
+        serde_json::from_value(desired.to_json(namespace)).expect("a copy is a valid object");
+    obj.metadata.resource_version = resource_version.map(str::to_string);
+    obj
 }
 
 /// A short, value-free description of an API error: code and reason only,
@@ -505,6 +540,7 @@ mod tests {
     use crate::replica::{MANAGED_LABEL_KEY, SOURCE_LABEL_KEY};
     use http::{Method, Request, Response, StatusCode};
     use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
     use kube::client::Body;
     use kube::runtime::events::Reporter;
     use serde_json::{Value, json};
@@ -532,7 +568,7 @@ mod tests {
             ..Default::default()
         };
         let (name, rec) = SourceRecord::from_secret(&source, SRC).unwrap();
-        caches.sources.set(name, Some(rec));
+        caches.of(Kind::Secret).sources.set(name, Some(rec));
         let reporter = Reporter {
             controller: "push-to-k8s".into(),
             instance: None,
@@ -640,6 +676,7 @@ mod tests {
     async fn update_is_one_forced_apply_guarded_by_resource_version() {
         let (w, handle, caches) = writer();
         let action = Action::Update {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "copy-uid".into(),
@@ -665,11 +702,17 @@ mod tests {
         })
         .await;
         let key = ObjectKey {
+            kind: Kind::Secret,
             namespace: "a".into(),
             name: "db".into(),
         };
         assert_eq!(
-            caches.replicas.get(&key).unwrap().resource_version,
+            caches
+                .of(Kind::Secret)
+                .replicas
+                .get(&key)
+                .unwrap()
+                .resource_version,
             "8",
             "write-through cache"
         );
@@ -679,6 +722,7 @@ mod tests {
     async fn create_over_an_unmanaged_object_is_a_conflict_not_an_overwrite() {
         let (w, handle, _) = writer();
         let action = Action::Create {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
         };
@@ -712,8 +756,9 @@ mod tests {
     #[tokio::test]
     async fn delete_carries_uid_and_resource_version_preconditions() {
         let (w, handle, caches) = writer();
-        caches.sources.set("db".into(), None); // the source is gone: no Event either
+        caches.of(Kind::Secret).sources.set("db".into(), None); // the source is gone: no Event either
         let action = Action::Delete {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "copy-uid".into(),
@@ -756,6 +801,7 @@ mod tests {
     async fn replace_deletes_with_preconditions_then_creates() {
         let (w, handle, _) = writer();
         let action = Action::Replace {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "old-uid".into(),
@@ -773,6 +819,7 @@ mod tests {
         // server says so, and only a delete and a create can change it.
         let (w, handle, _) = writer();
         let action = Action::Update {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "old-uid".into(),
@@ -801,6 +848,7 @@ mod tests {
     async fn a_422_that_is_not_an_immutable_field_refusal_never_deletes_the_copy() {
         let (w, handle, _) = writer();
         let action = Action::Update {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "old-uid".into(),
@@ -832,6 +880,7 @@ mod tests {
     async fn a_write_the_server_changes_is_taken_as_written_not_rewritten() {
         let (w, handle, _) = writer();
         let action = Action::Update {
+            kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
             uid: "copy-uid".into(),
@@ -847,6 +896,7 @@ mod tests {
         })
         .await;
         let key = ObjectKey {
+            kind: Kind::Secret,
             namespace: "a".into(),
             name: "db".into(),
         };

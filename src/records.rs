@@ -6,22 +6,34 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 
+use crate::kinds::Kind;
 use crate::replica::{self, Replica};
 use crate::targets::NamespaceInfo;
 
-/// `(namespace, name)` of a replica.
+/// `(kind, namespace, name)` of a copy.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
+    pub kind: Kind,
     pub namespace: String,
     pub name: String,
 }
 
+impl ObjectKey {
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> ObjectKey {
+        ObjectKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
     }
 }
 
@@ -36,24 +48,42 @@ pub struct SourceRecord {
 
 impl SourceRecord {
     pub fn from_secret(s: &Secret, source_namespace: &str) -> Option<(String, SourceRecord)> {
-        let name = s.metadata.name.clone()?;
+        SourceRecord::from_parts(&s.metadata, source_namespace, || {
+            Replica::render(s, source_namespace)
+        })
+    }
+
+    pub fn from_config_map(
+        c: &ConfigMap,
+        source_namespace: &str,
+    ) -> Option<(String, SourceRecord)> {
+        SourceRecord::from_parts(&c.metadata, source_namespace, || {
+            Replica::render_config_map(c, source_namespace)
+        })
+    }
+
+    fn from_parts(
+        meta: &ObjectMeta,
+        source_namespace: &str,
+        render: impl FnOnce() -> Replica,
+    ) -> Option<(String, SourceRecord)> {
+        let name = meta.name.clone()?;
         // Defensive: the watch is label- and namespace-scoped, but a relist
         // or a test double must not be able to widen it.
-        let labelled = s
-            .metadata
+        let labelled = meta
             .labels
             .as_ref()
             .and_then(|l| l.get(replica::SOURCE_LABEL_KEY))
             .is_some_and(|v| v == replica::SOURCE_LABEL_VALUE);
-        if !labelled || s.metadata.namespace.as_deref() != Some(source_namespace) {
+        if !labelled || meta.namespace.as_deref() != Some(source_namespace) {
             return None;
         }
         Some((
             name,
             SourceRecord {
-                uid: s.metadata.uid.clone().unwrap_or_default(),
-                annotations: control_annotations(s.metadata.annotations.as_ref()),
-                replica: Replica::render(s, source_namespace),
+                uid: meta.uid.clone().unwrap_or_default(),
+                annotations: control_annotations(meta.annotations.as_ref()),
+                replica: render(),
             },
         ))
     }
@@ -155,7 +185,10 @@ impl Content {
             let Some(fields) = entry.fields_v1.as_ref().map(|f| &f.0) else {
                 continue;
             };
-            let keys = field_names(fields.get("f:data"));
+            // A ConfigMap's text and binary keys together (the API refuses a
+            // key in both); a Secret has only `data`.
+            let keys =
+                field_names(fields.get("f:data")).chain(field_names(fields.get("f:binaryData")));
             let immutable = fields.get("f:immutable").is_some();
             if entry.manager.as_deref() == Some(replica::FIELD_MANAGER) {
                 ours.extend(keys);
@@ -187,15 +220,16 @@ pub fn field_names(set: Option<&serde_json::Value>) -> impl Iterator<Item = &str
 }
 
 impl ReplicaRecord {
-    /// A record for the object with `meta` if it is ours: it carries our
-    /// managed-by label *and* a source annotation naming the configured
-    /// source namespace.
+    /// A record for the `kind` object with `meta` if it is one of our
+    /// copies (see [`owned_source`]).
     pub fn from_meta(
+        kind: Kind,
         meta: &ObjectMeta,
         source_namespace: &str,
     ) -> Option<(ObjectKey, ReplicaRecord)> {
         let source = owned_source(meta, source_namespace)?;
         let key = ObjectKey {
+            kind,
             namespace: meta.namespace.clone()?,
             name: meta.name.clone()?,
         };

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
+
+use crate::kinds::Kind;
 
 /// Label selecting sources in the source namespace.
 pub const SOURCE_LABEL_KEY: &str = "push-to-k8s";
@@ -70,9 +72,14 @@ fn copied(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
 /// The desired copy of one source, the same for every target namespace.
 #[derive(Clone, PartialEq)]
 pub struct Replica {
+    pub kind: Kind,
     pub name: String,
+    /// A Secret's `type` (empty for a ConfigMap).
     pub type_: String,
+    /// Bytes: a Secret's `data`, or a ConfigMap's `binaryData`.
     pub data: BTreeMap<String, ByteString>,
+    /// Text: a ConfigMap's `data` (empty for a Secret).
+    pub text: BTreeMap<String, String>,
     pub immutable: bool,
     /// Labels and annotations we set, markers included (hash annotation excluded).
     pub labels: BTreeMap<String, String>,
@@ -88,9 +95,10 @@ pub struct Replica {
 impl std::fmt::Debug for Replica {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Replica")
+            .field("kind", &self.kind)
             .field("name", &self.name)
             .field("type", &self.type_)
-            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("keys", &self.keys().collect::<Vec<_>>())
             .field("immutable", &self.immutable)
             .field("hash", &self.hash)
             .finish()
@@ -98,30 +106,79 @@ impl std::fmt::Debug for Replica {
 }
 
 impl Replica {
-    /// Render the copy of `source`, which lives in `source_namespace`.
+    /// Render the copy of the Secret `source`, which lives in `source_namespace`.
     pub fn render(source: &Secret, source_namespace: &str) -> Replica {
-        let name = source.metadata.name.clone().unwrap_or_default();
-        let type_ = secret_type(source);
-        let data = source.data.clone().unwrap_or_default();
+        let content = secret_content(
+            &secret_type(source),
+            &source.data.clone().unwrap_or_default(),
+            source.immutable.unwrap_or(false),
+        );
+        Replica::build(
+            Kind::Secret,
+            &source.metadata,
+            source_namespace,
+            secret_type(source),
+            source.data.clone().unwrap_or_default(),
+            BTreeMap::new(),
+            source.immutable.unwrap_or(false),
+            content,
+        )
+    }
+
+    /// Render the copy of the ConfigMap `source` (`data` and `binaryData`).
+    pub fn render_config_map(source: &ConfigMap, source_namespace: &str) -> Replica {
+        let text = source.data.clone().unwrap_or_default();
+        let binary = source.binary_data.clone().unwrap_or_default();
         let immutable = source.immutable.unwrap_or(false);
-        let mut labels = copied(source.metadata.labels.as_ref());
+        let content = config_map_content(&text, &binary, immutable);
+        Replica::build(
+            Kind::ConfigMap,
+            &source.metadata,
+            source_namespace,
+            String::new(),
+            binary,
+            text,
+            immutable,
+            content,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        kind: Kind,
+        meta: &ObjectMeta,
+        source_namespace: &str,
+        type_: String,
+        data: BTreeMap<String, ByteString>,
+        text: BTreeMap<String, String>,
+        immutable: bool,
+        content: String,
+    ) -> Replica {
+        let name = meta.name.clone().unwrap_or_default();
+        let mut labels = copied(meta.labels.as_ref());
         labels.insert(MANAGED_LABEL_KEY.into(), MANAGED_LABEL_VALUE.into());
-        let mut annotations = copied(source.metadata.annotations.as_ref());
+        let mut annotations = copied(meta.annotations.as_ref());
         annotations.insert(
             SOURCE_ANNOTATION.into(),
             format!("{source_namespace}/{name}"),
         );
-        let keys_hash = keys_hash(data.keys().map(String::as_str));
+        let keys_hash = keys_hash(
+            data.keys()
+                .map(String::as_str)
+                .chain(text.keys().map(String::as_str)),
+        );
         let mut h = Sha256::new();
         h.update(b"push-to-k8s/v1\0");
-        h.update(data_hash(&type_, &data, immutable).as_bytes());
+        h.update(content.as_bytes());
         hash_map(&mut h, &labels);
         hash_map(&mut h, &annotations);
         let hash = hex(&h.finalize()[..16]);
         Replica {
+            kind,
             name,
             type_,
             data,
+            text,
             immutable,
             labels,
             annotations,
@@ -130,23 +187,52 @@ impl Replica {
         }
     }
 
+    /// Every content key (a ConfigMap's `data` and `binaryData` together: the
+    /// API refuses a key in both).
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.data.keys().chain(self.text.keys()).map(String::as_str)
+    }
+
     /// Whether this copy's type is one we never write (see [`NEVER_COPIED_TYPES`]).
     pub fn grants_identity(&self) -> bool {
-        NEVER_COPIED_TYPES.contains(&self.type_.as_str())
+        self.kind == Kind::Secret && NEVER_COPIED_TYPES.contains(&self.type_.as_str())
+    }
+
+    /// The object we send (create, apply, update) into `namespace`, as JSON.
+    pub fn to_json(&self, namespace: &str) -> serde_json::Value {
+        let value = match self.kind {
+            Kind::Secret => serde_json::to_value(self.to_secret(namespace)),
+            Kind::ConfigMap => serde_json::to_value(self.to_config_map(namespace)),
+        };
+        value.expect("a Secret or ConfigMap serialises")
+    }
+
+    fn metadata(&self, namespace: &str) -> ObjectMeta {
+        let mut annotations = self.annotations.clone();
+        annotations.insert(HASH_ANNOTATION.into(), self.hash.clone());
+        ObjectMeta {
+            name: Some(self.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(self.labels.clone()),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// The ConfigMap copy into `namespace`.
+    pub fn to_config_map(&self, namespace: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: self.metadata(namespace),
+            data: Some(self.text.clone()),
+            binary_data: Some(self.data.clone()),
+            immutable: self.immutable.then_some(true),
+        }
     }
 
     /// The object we send with server-side apply (or create) into `namespace`.
     pub fn to_secret(&self, namespace: &str) -> Secret {
-        let mut annotations = self.annotations.clone();
-        annotations.insert(HASH_ANNOTATION.into(), self.hash.clone());
         Secret {
-            metadata: ObjectMeta {
-                name: Some(self.name.clone()),
-                namespace: Some(namespace.to_string()),
-                labels: Some(self.labels.clone()),
-                annotations: Some(annotations),
-                ..ObjectMeta::default()
-            },
+            metadata: self.metadata(namespace),
             type_: Some(self.type_.clone()),
             data: Some(self.data.clone()),
             immutable: self.immutable.then_some(true),
@@ -161,6 +247,35 @@ pub fn secret_type(s: &Secret) -> String {
         .clone()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "Opaque".into())
+}
+
+/// The content part of a Secret copy's hash (unchanged since the first
+/// release, so an upgrade rewrites no Secret copy).
+fn secret_content(type_: &str, data: &BTreeMap<String, ByteString>, immutable: bool) -> String {
+    data_hash(type_, data, immutable)
+}
+
+/// The content part of a ConfigMap copy's hash: text and binary data kept
+/// apart, so moving a key from one to the other is a change.
+fn config_map_content(
+    text: &BTreeMap<String, String>,
+    binary: &BTreeMap<String, ByteString>,
+    immutable: bool,
+) -> String {
+    let mut h = Sha256::new();
+    h.update(b"push-to-k8s/configmap/v1\0");
+    h.update([u8::from(immutable)]);
+    h.update((text.len() as u64).to_le_bytes());
+    for (k, v) in text {
+        field(&mut h, k.as_bytes());
+        field(&mut h, v.as_bytes());
+    }
+    h.update((binary.len() as u64).to_le_bytes());
+    for (k, v) in binary {
+        field(&mut h, k.as_bytes());
+        field(&mut h, &v.0);
+    }
+    hex(&h.finalize()[..16])
 }
 
 /// Hash of a set of data keys (each counted once, in order).

@@ -10,14 +10,13 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, ListParams, ObjectList};
+use kube::api::ListParams;
 use serde::de::DeserializeOwned;
 
 use crate::cache::{Cache, Caches};
+use crate::kinds::Kind;
 use crate::metrics::{Metrics, ResultLabels};
-use crate::records::{ReplicaRecord, SourceRecord, namespace_info};
-use crate::replica;
+use crate::tracked::{self, Tracked};
 use crate::watch::describe_error;
 
 const PAGE: u32 = 500;
@@ -30,25 +29,16 @@ struct Listed<Key, V> {
     differ: HashMap<Key, V>,
 }
 
-/// List every page, keeping only the compact record of each object, and only
-/// the key of each record the cache already holds: a resync never holds a
-/// second copy of the cache (see [`Cache::reconcile`]).
-async fn list_records<K, Key, V, L, F>(
-    cache: &Cache<Key, V>,
-    list: L,
-    selector: Option<&str>,
-    transform: impl Fn(&K) -> Option<(Key, V)>,
-) -> kube::Result<Listed<Key, V>>
+/// List every page of `tracked`, keeping only the compact record of each
+/// object, and only the key of each record the cache already holds: a resync
+/// never holds a second copy of the cache (see [`Cache::reconcile`]).
+async fn list_records<O, Key, V>(tracked: &Tracked<O, Key, V>) -> kube::Result<Listed<Key, V>>
 where
+    O: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
     Key: Eq + Hash + Clone,
     V: Clone + PartialEq,
-    K: Clone + DeserializeOwned,
-    // A closure returning an owned future, not an async closure: the
-    // resync runs in a spawned task, which must be `Send`, and rustc cannot
-    // yet prove that of an async closure's borrowing future.
-    L: Fn(ListParams) -> F,
-    F: Future<Output = kube::Result<ObjectList<K>>>,
 {
+    let cache = &tracked.cache;
     let mut out = Listed {
         same: HashSet::new(),
         differ: HashMap::new(),
@@ -56,12 +46,16 @@ where
     // What the watch delivers from here on is newer than this list.
     cache.begin_list();
     let mut lp = ListParams::default().limit(PAGE);
-    if let Some(s) = selector {
+    if let Some(s) = tracked.selector {
         lp = lp.labels(s);
     }
     loop {
-        let page = list(lp.clone()).await?;
-        let records: Vec<(Key, V)> = page.items.iter().filter_map(&transform).collect();
+        let page = tracked.api.list(&lp).await?;
+        let records: Vec<(Key, V)> = page
+            .items
+            .iter()
+            .filter_map(|o| (tracked.record)(o))
+            .collect();
         cache.read(|cached| {
             for (k, v) in records {
                 if cached.get(&k) == Some(&v) {
@@ -76,6 +70,22 @@ where
             None => return Ok(out),
         }
     }
+}
+
+/// A listed tracked thing, ready to be brought into its cache.
+type Correction = Box<dyn FnOnce(&Metrics) -> usize + Send>;
+
+async fn listed<O, Key, V>(tracked: Tracked<O, Key, V>) -> kube::Result<Correction>
+where
+    O: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    Key: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + PartialEq + Send + Sync + 'static,
+{
+    let list = list_records(&tracked).await?;
+    let (name, cache) = (tracked.name, tracked.cache);
+    Ok(Box::new(move |metrics: &Metrics| {
+        correct(name, &cache, list, metrics)
+    }))
 }
 
 /// Bring `cache` to what was listed; count the entries the watch had wrong.
@@ -97,55 +107,22 @@ fn correct<K: Eq + Hash + Clone, V: Clone + PartialEq>(
     n
 }
 
-/// Re-list sources, namespaces and replicas, then bring `caches` to what was
-/// listed; returns how many cache entries were corrected.
+/// Re-list the namespaces and, per kind in `kinds`, the sources and copies;
+/// once every list succeeded, bring the caches to what was listed. Returns
+/// how many cache entries were corrected.
 pub async fn relist(
     client: &kube::Client,
     source_namespace: &str,
+    kinds: &[Kind],
     caches: &Caches,
     metrics: &Metrics,
 ) -> kube::Result<usize> {
-    let secrets_src: Api<Secret> = Api::namespaced(client.clone(), source_namespace);
-    let sources = list_records(
-        &caches.sources,
-        |lp: ListParams| {
-            let api = secrets_src.clone();
-            async move { api.list(&lp).await }
-        },
-        Some(replica::SOURCE_SELECTOR),
-        |s: &Secret| SourceRecord::from_secret(s, source_namespace),
-    )
-    .await?;
-    let namespaces_api: Api<Namespace> = Api::all(client.clone());
-    let namespaces = list_records(
-        &caches.namespaces,
-        |lp: ListParams| {
-            let api = namespaces_api.clone();
-            async move { api.list_metadata(&lp).await }
-        },
-        None,
-        |n: &kube::api::PartialObjectMeta<Namespace>| {
-            Some((n.metadata.name.clone()?, namespace_info(&n.metadata)))
-        },
-    )
-    .await?;
-    let replicas_api: Api<Secret> = Api::all(client.clone());
-    let replicas = list_records(
-        &caches.replicas,
-        |lp: ListParams| {
-            let api = replicas_api.clone();
-            async move { api.list_metadata(&lp).await }
-        },
-        Some(replica::MANAGED_SELECTOR),
-        |s: &kube::api::PartialObjectMeta<Secret>| {
-            ReplicaRecord::from_meta(&s.metadata, source_namespace)
-        },
-    )
-    .await?;
-    let mut n = correct("sources", &caches.sources, sources, metrics);
-    n += correct("namespaces", &caches.namespaces, namespaces, metrics);
-    n += correct("replicas", &caches.replicas, replicas, metrics);
-    Ok(n)
+    let mut corrections = vec![listed(tracked::namespaces(client, caches)).await?];
+    for &kind in kinds {
+        corrections.push(listed(tracked::sources(client, caches, kind, source_namespace)).await?);
+        corrections.push(listed(tracked::replicas(client, caches, kind, source_namespace)).await?);
+    }
+    Ok(corrections.into_iter().map(|c| c(metrics)).sum())
 }
 
 /// One resync: relist, then let the caller plan everything. `Err` carries a
@@ -153,10 +130,11 @@ pub async fn relist(
 pub async fn once(
     client: &kube::Client,
     source_namespace: &str,
+    kinds: &[Kind],
     caches: &Caches,
     metrics: &Metrics,
 ) -> Result<(), String> {
-    match relist(client, source_namespace, caches, metrics).await {
+    match relist(client, source_namespace, kinds, caches, metrics).await {
         Ok(_) => {
             metrics
                 .resyncs

@@ -139,10 +139,13 @@ impl RetryQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[allow(unused_imports)]
+    use crate::kinds::Kind;
     use futures::FutureExt;
 
     fn key(ns: &str) -> ObjectKey {
         ObjectKey {
+            kind: Kind::Secret,
             namespace: ns.into(),
             name: "db".into(),
         }

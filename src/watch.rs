@@ -17,27 +17,15 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::DirtyKey;
 use crate::cache::{Cache, Caches, Change};
+use crate::kinds::Kind;
 use crate::metrics::Metrics;
-use crate::records::{ObjectKey, ReplicaRecord, SourceRecord, namespace_info};
-use crate::replica;
-use crate::targets::NamespaceInfo;
-
-/// A change of a replica re-plans its source.
-pub fn replica_dirty(
-    _: &ObjectKey,
-    old: Option<&ReplicaRecord>,
-    new: Option<&ReplicaRecord>,
-) -> Option<DirtyKey> {
-    new.or(old).map(|r| DirtyKey::Source(r.source.clone()))
-}
+use crate::tracked::{self, Tracked};
 
 /// Drive one watch into `cache`, sending a dirty key for every real change,
 /// and report how it fares to `health`. (Re)lists are applied atomically at
@@ -184,21 +172,44 @@ pub fn config(labels: Option<&str>) -> watcher::Config {
     }
 }
 
-pub fn key_of_meta(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<ObjectKey> {
-    Some(ObjectKey {
-        namespace: meta.namespace.clone()?,
-        name: meta.name.clone()?,
-    })
+/// Watch one tracked thing ([`crate::tracked`]) until shutdown.
+pub async fn watch<O, K, V>(
+    tracked: Tracked<O, K, V>,
+    dirty: UnboundedSender<DirtyKey>,
+    metrics: Arc<Metrics>,
+    health: Arc<crate::http::Health>,
+    shutdown: CancellationToken,
+) where
+    O: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Eq + Hash + Clone,
+    V: Clone + PartialEq,
+{
+    let api = tracked.api.clone();
+    let selector = tracked.selector;
+    let (record, key, dirty_of) = (tracked.record, tracked.key, tracked.dirty);
+    run(
+        tracked.name,
+        move || watcher::watcher(api.clone(), config(selector)),
+        tracked.cache,
+        |o: &O| record(o),
+        |o: &O| key(o),
+        |k: &K, old: Option<&V>, new: Option<&V>| dirty_of(k, old, new),
+        dirty,
+        metrics,
+        health,
+        shutdown,
+    )
+    .await
 }
 
-/// Spawn the three watchers. `watch_sources = false` (ENABLE_SECRET_WATCHER)
-/// leaves the source cache to the periodic resync.
+/// Spawn every watch: the namespaces, and per kind in `kinds` its copies and
+/// (unless `watch_sources` is false: ENABLE_SECRET_WATCHER, the sources are
+/// then left to the periodic resync) its sources.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_all(
     client: kube::Client,
     source_namespace: &str,
+    kinds: &[Kind],
     watch_sources: bool,
     caches: Arc<Caches>,
     dirty: UnboundedSender<DirtyKey>,
@@ -206,88 +217,32 @@ pub fn spawn_all(
     health: Arc<crate::http::Health>,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let ns = source_namespace.to_string();
-    if watch_sources {
-        let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let stream = move || watcher::watcher(api.clone(), config(Some(replica::SOURCE_SELECTOR)));
-        let (c, d, m, h, s, ns2) = (
-            caches.clone(),
-            dirty.clone(),
-            metrics.clone(),
-            health.clone(),
-            shutdown.clone(),
-            ns.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            run(
-                "sources",
-                stream,
-                c.sources.clone(),
-                move |o: &Secret| SourceRecord::from_secret(o, &ns2),
-                |o: &Secret| o.metadata.name.clone(),
-                |name: &String, _: Option<&SourceRecord>, _: Option<&SourceRecord>| {
-                    Some(DirtyKey::Source(name.clone()))
-                },
-                d,
-                m,
-                h,
-                s,
-            )
-            .await
-        }));
-    }
-    {
-        // Metadata only: labels and deletion state are all we need.
-        let api: Api<PartialObjectMeta<Namespace>> = Api::all(client.clone());
-        let stream = move || watcher::watcher(api.clone(), config(None));
-        let (c, d, m, h, s) = (
-            caches.clone(),
-            dirty.clone(),
-            metrics.clone(),
-            health.clone(),
-            shutdown.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            run(
-                "namespaces",
-                stream,
-                c.namespaces.clone(),
-                |o: &PartialObjectMeta<Namespace>| {
-                    Some((o.metadata.name.clone()?, namespace_info(&o.metadata)))
-                },
-                |o: &PartialObjectMeta<Namespace>| o.metadata.name.clone(),
-                |name: &String, _: Option<&NamespaceInfo>, _: Option<&NamespaceInfo>| {
-                    Some(DirtyKey::Namespace(name.clone()))
-                },
-                d,
-                m,
-                h,
-                s,
-            )
-            .await
-        }));
-    }
-    {
-        // Metadata only: a copy's data never reaches us (see [`Content`]).
-        let api: Api<PartialObjectMeta<Secret>> = Api::all(client);
-        let stream = move || watcher::watcher(api.clone(), config(Some(replica::MANAGED_SELECTOR)));
-        let (c, d, m, h, s) = (caches, dirty, metrics, health, shutdown);
-        tasks.push(tokio::spawn(async move {
-            run(
-                "replicas",
-                stream,
-                c.replicas.clone(),
-                move |o: &PartialObjectMeta<Secret>| ReplicaRecord::from_meta(&o.metadata, &ns),
-                |o: &PartialObjectMeta<Secret>| key_of_meta(&o.metadata),
-                replica_dirty,
-                d,
-                m,
-                h,
-                s,
-            )
-            .await
-        }));
+    let spawn = |t: tokio::task::JoinHandle<()>| t;
+    let (d, m, h, s) = (&dirty, &metrics, &health, &shutdown);
+    let mut tasks = vec![spawn(tokio::spawn(watch(
+        tracked::namespaces(&client, &caches),
+        d.clone(),
+        m.clone(),
+        h.clone(),
+        s.clone(),
+    )))];
+    for &kind in kinds {
+        if watch_sources {
+            tasks.push(tokio::spawn(watch(
+                tracked::sources(&client, &caches, kind, source_namespace),
+                d.clone(),
+                m.clone(),
+                h.clone(),
+                s.clone(),
+            )));
+        }
+        tasks.push(tokio::spawn(watch(
+            tracked::replicas(&client, &caches, kind, source_namespace),
+            d.clone(),
+            m.clone(),
+            h.clone(),
+            s.clone(),
+        )));
     }
     tasks
 }

@@ -32,6 +32,7 @@ const CASES: &[(&str, &[&str])] = &[
     ),
     ("POD_NAMESPACE", &["Bad", "a.b", "x-"]),
     ("ENABLE_SECRET_WATCHER", &["", "yes", "1", " true"]),
+    ("ENABLE_CONFIGMAPS", &["", "no", "0", "False "]),
     (
         "SECRET_SYNC_DEBOUNCE_SECONDS",
         &[

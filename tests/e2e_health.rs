@@ -43,12 +43,14 @@ fn rule(resources: &str, verbs: &[&str]) -> PolicyRule {
     }
 }
 
-/// The controller's ClusterRole with `secrets` and `namespaces` verbs as given.
+/// The controller's ClusterRole with `secrets` and `namespaces` verbs as
+/// given (and every verb on ConfigMaps, the other kind it replicates).
 fn cluster_role(name: &str, secrets: &[&str], namespaces: &[&str]) -> ClusterRole {
     ClusterRole {
         metadata: meta(name, None),
         rules: Some(vec![
             rule("secrets", secrets),
+            rule("configmaps", &ALL_SECRET_VERBS),
             rule("namespaces", namespaces),
         ]),
         ..Default::default()

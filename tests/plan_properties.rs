@@ -40,6 +40,7 @@ use proptest::sample::{select, subsequence};
 use proptest::test_runner::{Config, RngSeed};
 
 use push_to_k8s::batch::DirtyKey;
+use push_to_k8s::kinds::Kind;
 use push_to_k8s::plan::{Action, Plan, World, in_sync, plan};
 use push_to_k8s::records::{ObjectKey, ReplicaRecord, SourceRecord};
 use push_to_k8s::replica::{self, Replica};
@@ -344,7 +345,7 @@ fn dirty_key() -> impl Strategy<Value = DirtyKey> {
         .chain(OTHER_NAMESPACES.iter().copied())
         .collect();
     prop_oneof![
-        select(NAMES).prop_map(|n| DirtyKey::Source(n.to_string())),
+        select(NAMES).prop_map(|n| DirtyKey::Source(Kind::Secret, n.to_string())),
         select(all_namespaces).prop_map(|n| DirtyKey::Namespace(n.to_string())),
     ]
 }
@@ -386,6 +387,7 @@ struct Cluster {
 
 fn key(namespace: &str, name: &str) -> ObjectKey {
     ObjectKey {
+        kind: Kind::Secret,
         namespace: namespace.to_string(),
         name: name.to_string(),
     }
@@ -699,7 +701,7 @@ impl Cluster {
                     .and_then(|l| l.get(replica::MANAGED_LABEL_KEY))
                     .is_some_and(|v| v == replica::MANAGED_LABEL_VALUE)
             })
-            .filter_map(|s| ReplicaRecord::from_meta(&s.metadata, SRC))
+            .filter_map(|s| ReplicaRecord::from_meta(Kind::Secret, &s.metadata, SRC))
             .collect();
         Observed { sources, replicas }
     }
@@ -708,6 +710,7 @@ impl Cluster {
         let o = self.observe();
         let protected = [PROTECTED.to_string()];
         let world = World {
+            kind: Kind::Secret,
             sources: &o.sources,
             namespaces: &self.namespaces,
             replicas: &o.replicas,
@@ -1136,7 +1139,7 @@ fn check_applying_a_plan_converges(spec: &Spec) -> Result<(), TestCaseError> {
 fn check_ingest_keeps_exactly_the_copies(spec: &Spec) -> Result<(), TestCaseError> {
     let c = Cluster::from_spec(spec);
     for (k, s) in &c.objects {
-        let record = ReplicaRecord::from_meta(&s.metadata, SRC);
+        let record = ReplicaRecord::from_meta(Kind::Secret, &s.metadata, SRC);
         prop_assert_eq!(
             record.is_some(),
             is_copy(k, s),
