@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots for the scale benchmark (benches/scale.rs).
+"""Plots for the scale benchmark (benches/scale/).
 
 usage: plot.py RESULTS_JSON OUT_DIR
 

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -25,29 +25,33 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
+// Shared with the benchmark, which includes these files by `#[path]`.
+mod control_plane;
+mod copies;
+mod daemon;
 mod http_get;
+mod metrics;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use {
+    control_plane::ControlPlane,
+    copies::{CopyWatch, MANAGED_SELECTOR, SOURCE_ANNOTATION},
+    daemon::Daemon,
+    metrics::{Counts, sum_metric},
+};
 
 pub const SOURCE_SELECTOR_KEY: &str = "push-to-k8s";
-pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
-pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
 /// Namespaces a controller never copies into.
 pub const PROTECTED: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 pub fn cp_script() -> PathBuf {
-    repo().join("tests/control-plane/cp.sh")
+    control_plane::script()
 }
 
 /// Run `cp.sh <args>`; panic with its output on failure.
 pub fn cp(args: &[&str]) -> String {
-    let mut cmd = Command::new("bash");
-    cmd.arg(cp_script()).args(args);
-    run(cmd)
+    run(control_plane::command(None, args))
 }
 
 /// Run a command to completion (no stdin); its stdout, or a panic showing
@@ -67,33 +71,21 @@ pub fn run(mut cmd: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-pub struct ControlPlane {
-    pub kubeconfig: PathBuf,
-}
-
-/// The control plane, started (or reused) once per test binary.
+/// The control plane (the instance `PUSH_TO_K8S_CP_DIR` names, or cp.sh's
+/// default), started (or reused) once per test binary.
 pub fn control_plane() -> &'static ControlPlane {
     static CP: OnceLock<ControlPlane> = OnceLock::new();
     CP.get_or_init(|| {
         cp(&["up"]);
-        let env = cp(&["env"]);
-        let path = env
-            .trim()
-            .strip_prefix("export KUBECONFIG=")
-            .unwrap_or_else(|| panic!("unexpected `cp.sh env` output: {env}"));
-        ControlPlane {
-            kubeconfig: PathBuf::from(path),
-        }
+        ControlPlane::at(None).unwrap_or_else(|e| panic!("{e:#}"))
     })
 }
 
 pub async fn client() -> kube::Client {
-    let path = &control_plane().kubeconfig;
-    let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    control_plane()
+        .client()
         .await
-        .expect("kubeconfig");
-    kube::Client::try_from(cfg).expect("client")
+        .unwrap_or_else(|e| panic!("client for the test control plane: {e:#}"))
 }
 
 /// Hold for the whole test: one controller in the cluster at a time, across
@@ -102,7 +94,7 @@ pub struct Serial(std::fs::File);
 
 pub fn serial() -> Serial {
     control_plane();
-    let path = std::env::temp_dir().join(format!("push-to-k8s-e2e-{}.lock", unsafe_uid()));
+    let path = std::env::temp_dir().join(format!("push-to-k8s-e2e-{}.lock", control_plane::uid()));
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -111,15 +103,6 @@ pub fn serial() -> Serial {
         .expect("open e2e lock file");
     f.lock().expect("lock e2e lock file");
     Serial(f)
-}
-
-fn unsafe_uid() -> String {
-    // The uid only keys the lock file; `id -u` avoids a libc dependency.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Poll `check` until it returns `Some`, or panic after `timeout` naming `what`.
@@ -349,20 +332,12 @@ impl TestEnv {
     /// Namespaces holding a Secret marked as a copy of `source_ns/name`,
     /// cluster-wide.
     pub async fn copies_anywhere(&self, name: &str) -> Vec<String> {
-        let api: Api<Secret> = Api::all(self.client.clone());
         let want = format!("{}/{name}", self.source_ns);
-        api.list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
+        copies::list(&self.client)
             .await
             .expect("list copies")
-            .items
             .into_iter()
-            .filter(|m| {
-                m.metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(SOURCE_ANNOTATION))
-                    == Some(&want)
-            })
+            .filter(|m| copies::source(m) == Some(want.as_str()))
             .filter_map(|m| m.metadata.namespace)
             .collect()
     }
@@ -413,24 +388,15 @@ impl TestEnv {
 /// `default`), best effort: with the controller stopped and the source
 /// namespace going away, nothing else would ever collect them.
 pub async fn purge_copies(client: &kube::Client, source_ns: &str) {
-    let api: Api<Secret> = Api::all(client.clone());
     let prefix = format!("{source_ns}/");
-    let Ok(list) = api
-        .list_metadata(&ListParams::default().labels(MANAGED_SELECTOR))
-        .await
-    else {
+    let Ok(list) = copies::list(client).await else {
         return;
     };
-    for m in list.items {
-        let ours = m
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SOURCE_ANNOTATION))
-            .is_some_and(|s| s.starts_with(&prefix));
-        if let (true, Some(ns), Some(name)) = (ours, &m.metadata.namespace, &m.metadata.name) {
-            let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-            let _ = api.delete(name, &DeleteParams::default()).await;
+    for m in list {
+        let ours = copies::source(&m).is_some_and(|s| s.starts_with(&prefix));
+        if let (true, Some((ns, name))) = (ours, copies::key(&m)) {
+            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let _ = api.delete(&name, &DeleteParams::default()).await;
         }
     }
 }
@@ -503,21 +469,11 @@ pub fn source_secret(name: &str, data: &[(&str, &str)]) -> Secret {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    daemon::free_port().expect("a free port")
 }
 
-/// A running `push-to-k8s` process. Killed on drop; [`Daemon::stop`] sends
-/// SIGTERM and returns the exit status.
-pub struct Daemon {
-    child: Option<Child>,
-    pub log: PathBuf,
-    pub metrics_port: u16,
-}
-
+/// [`Daemon`] (a running `push-to-k8s` process, killed on drop; see
+/// `daemon.rs`) against the test control plane.
 impl Daemon {
     /// Start the built binary against the test control plane with `env`
     /// (NAMESPACE, KUBECONFIG and METRICS_PORT are set unless given).
@@ -535,73 +491,18 @@ impl Daemon {
     /// Start the built binary with exactly `env`, plus PATH, HOME, a free
     /// METRICS_PORT and the test control plane's KUBECONFIG unless given.
     pub fn start_exact(env: &[(&str, &str)]) -> Daemon {
-        let metrics_port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique("push-to-k8s-daemon")));
-        let file = std::fs::File::create(&log).expect("daemon log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_push-to-k8s"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::temp_dir())
-            .env("KUBECONFIG", &control_plane().kubeconfig)
-            .env("METRICS_PORT", metrics_port.to_string());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("spawn push-to-k8s");
-        Daemon {
-            child: Some(child),
-            log,
-            metrics_port,
-        }
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn http(&self, path: &str) -> Option<(u16, String)> {
-        http_get::http_get(self.metrics_port, path).await
+        let bin = std::path::Path::new(env!("CARGO_BIN_EXE_push-to-k8s"));
+        Daemon::spawn(bin, &control_plane().kubeconfig, log, env)
+            .unwrap_or_else(|e| panic!("start push-to-k8s: {e:#}"))
     }
 
     /// Wait until `/readyz` answers 200 (caches synced).
     pub async fn await_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!("controller exited early with {status}:\n{}", self.logs());
-            }
-            if matches!(self.http("/readyz").await, Some((200, _))) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "controller not ready within 60 s; log:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let every = Duration::from_millis(200);
+        if let Err(e) = self.wait_ready(Duration::from_secs(60), every).await {
+            panic!("{e:#}; log:\n{}", self.logs());
         }
-    }
-
-    /// The controller's own `/metrics` text.
-    pub async fn metrics(&self) -> String {
-        self.http("/metrics")
-            .await
-            .map(|(_, b)| b)
-            .unwrap_or_default()
-    }
-
-    /// Sum of a metric family's samples whose line contains every `filter`.
-    pub async fn metric_sum(&self, name: &str, filters: &[&str]) -> f64 {
-        sum_metric(&self.metrics().await, name, filters)
     }
 
     /// Wait up to `timeout` for the process to exit on its own (no signal);
@@ -623,47 +524,9 @@ impl Daemon {
 
     /// SIGTERM, then wait (up to 20 s) for the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("daemon already stopped");
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("controller did not exit within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.terminate(Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // The log is kept for diagnosis only when the test failed.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-}
-
-/// Sum the samples of metric `name` (exact family name, e.g.
-/// `apiserver_request_total`) on lines containing every `filter`.
-pub fn sum_metric(text: &str, name: &str, filters: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| filters.iter().all(|f| l.contains(f)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Write requests (POST, PUT, PATCH, DELETE) to Secrets, counted by the API
@@ -673,25 +536,10 @@ pub fn sum_metric(text: &str, name: &str, filters: &[&str]) -> f64 {
 /// `PATCH`, and a collection delete under `DELETECOLLECTION`; both are writes
 /// and are counted (the controller writes with server-side apply).
 pub async fn apiserver_secret_writes(client: &kube::Client) -> f64 {
-    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = client.request_text(req).await.expect("apiserver /metrics");
-    [
-        "POST",
-        "PUT",
-        "PATCH",
-        "APPLY",
-        "DELETE",
-        "DELETECOLLECTION",
-    ]
-    .iter()
-    .map(|verb| {
-        sum_metric(
-            &text,
-            "apiserver_request_total",
-            &[&format!("verb=\"{verb}\""), "resource=\"secrets\""],
-        )
-    })
-    .sum()
+    Counts::fetch(client)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .writes("secrets")
 }
 
 /// Wait (up to 120 s) until no namespace is terminating. Earlier tests'

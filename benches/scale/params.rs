@@ -1,0 +1,141 @@
+//! The command line: sizes (quick by default, `--full` for the issue's),
+//! which scenarios run, and where results go.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow, bail};
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Params {
+    pub full: bool,
+    /// Scenario 1: target namespace counts, runs per count.
+    pub prop_ns: Vec<usize>,
+    pub prop_runs: usize,
+    /// Scenario 5: sources changed at once, target namespaces, limiter burst.
+    pub burst_sources: usize,
+    pub burst_ns: usize,
+    pub burst_b: u32,
+    /// Scenarios 2-4: namespaces x sources, and unrelated Secrets added.
+    pub mem_ns: usize,
+    pub mem_sources: usize,
+    pub unrelated: usize,
+    pub scenarios: Vec<String>,
+    pub keep_cp: bool,
+    pub plot: bool,
+    pub docs: Option<PathBuf>,
+    /// Another controller binary to measure (e.g. an older build).
+    pub bin: Option<PathBuf>,
+}
+
+pub const SCENARIOS: &[&str] = &["burst", "propagation", "memory"];
+
+const USAGE: &str = "\
+usage: cargo bench --bench scale -- [options]
+
+  --full                 the issue's sizes: N in {100,500,1000} x 5 runs, burst 100
+                         sources x 100 namespaces, memory 1000 namespaces x 20 sources
+  --prop-n A,B,..        propagation target namespace counts (quick: 50,100)
+  --runs K               propagation runs per N, median reported (quick: 3, full: 5)
+  --burst-sources S      sources changed within 2 s (quick: 20, full: 100)
+  --burst-n N            target namespaces of the burst (quick: 50, full: 100)
+  --burst-b B            SECRET_SYNC_RATE_BURST of the burst scenario (default 10)
+  --mem-ns N             memory/steady/restart namespaces (quick: 100, full: 1000)
+  --mem-sources S        memory/steady/restart sources (quick: 5, full: 20)
+  --unrelated U          unrelated Secrets added (default: mem-ns x mem-sources)
+  --only a,b             run only these of: burst, propagation, memory
+                         (memory also measures steady state, CPU and restart)
+  --keep-cp              leave the bench control plane up at the end
+  --no-plot              do not draw the PNG plots (no Python venv needed)
+  --docs DIR             also copy the plots and results.json into DIR (e.g. docs/benchmarks)
+  --bin PATH             measure this controller binary instead of the release build
+";
+
+fn list(v: &str) -> Result<Vec<usize>> {
+    v.split(',')
+        .map(|x| x.trim().parse::<usize>().map_err(|e| anyhow!("{x:?}: {e}")))
+        .collect()
+}
+
+impl Params {
+    pub fn parse(args: Vec<String>) -> Result<Params> {
+        let full = args.iter().any(|a| a == "--full");
+        // The quick size; `--full` sets the issue's.
+        let mut p = Params {
+            full,
+            prop_ns: vec![50, 100],
+            prop_runs: 3,
+            burst_sources: 20,
+            burst_ns: 50,
+            burst_b: 10,
+            mem_ns: 100,
+            mem_sources: 5,
+            unrelated: 0,
+            scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+            keep_cp: false,
+            plot: true,
+            docs: None,
+            bin: None,
+        };
+        if full {
+            p.prop_ns = vec![100, 500, 1000];
+            p.prop_runs = 5;
+            p.burst_sources = 100;
+            p.burst_ns = 100;
+            p.mem_ns = 1000;
+            p.mem_sources = 20;
+        }
+        let mut unrelated = None;
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            let mut value = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
+            match a.as_str() {
+                // `cargo bench` passes `--bench` to every bench executable.
+                "--bench" | "--full" => {}
+                "-h" | "--help" => {
+                    print!("{USAGE}");
+                    std::process::exit(0);
+                }
+                "--prop-n" => p.prop_ns = list(&value()?)?,
+                "--runs" => p.prop_runs = value()?.parse()?,
+                "--burst-sources" => p.burst_sources = value()?.parse()?,
+                "--burst-n" => p.burst_ns = value()?.parse()?,
+                "--burst-b" => p.burst_b = value()?.parse()?,
+                "--mem-ns" => p.mem_ns = value()?.parse()?,
+                "--mem-sources" => p.mem_sources = value()?.parse()?,
+                "--unrelated" => unrelated = Some(value()?.parse()?),
+                "--only" => {
+                    p.scenarios = value()?.split(',').map(|s| s.trim().to_string()).collect();
+                    if let Some(bad) = p
+                        .scenarios
+                        .iter()
+                        .find(|s| !SCENARIOS.contains(&s.as_str()))
+                    {
+                        bail!("unknown scenario {bad:?} (known: {SCENARIOS:?})");
+                    }
+                }
+                "--keep-cp" => p.keep_cp = true,
+                "--no-plot" => p.plot = false,
+                "--docs" => p.docs = Some(PathBuf::from(value()?)),
+                "--bin" => p.bin = Some(PathBuf::from(value()?)),
+                // Filters that cargo may forward; a harness = false bench ignores them.
+                other if !other.starts_with('-') => {}
+                other => bail!("unknown option {other:?}\n{USAGE}"),
+            }
+        }
+        p.prop_ns.sort_unstable();
+        p.prop_ns.dedup();
+        p.unrelated = unrelated.unwrap_or(p.mem_ns * p.mem_sources);
+        if p.prop_runs == 0 || p.prop_ns.contains(&0) || p.burst_ns == 0 || p.mem_ns == 0 {
+            bail!("counts must be at least 1");
+        }
+        if !(1..=100).contains(&p.burst_b) {
+            bail!("--burst-b must be from 1 to 100 (SECRET_SYNC_RATE_BURST)");
+        }
+        Ok(p)
+    }
+
+    pub fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario)
+    }
+}
