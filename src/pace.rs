@@ -10,7 +10,7 @@
 //! sleep loop loses it: tokio rounds every sleep up to the next millisecond,
 //! and with a burst of 1 the limiter restarts from the late wake-up, which
 //! capped `SECRET_SYNC_RATE_LIMIT=100` at about 89 writes/s in
-//! `benches/scale.rs`.) Driven by tokio's clock, so its timing is tested
+//! `benches/scale/`.) Driven by tokio's clock, so its timing is tested
 //! deterministically under tokio's paused clock.
 //!
 //! GCRA bounds: requests are spaced `1/rate` apart, `burst` may go back to

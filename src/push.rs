@@ -292,13 +292,24 @@ impl Writer {
             Err(e) => return classify(&e),
         };
         self.remember(key.kind, &applied.metadata);
-        let in_sync = ReplicaRecord::from_meta(key.kind, &applied.metadata, &self.source_namespace)
-            .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
+        let record = ReplicaRecord::from_meta(key.kind, &applied.metadata, &self.source_namespace);
+        let in_sync = record
+            .as_ref()
+            .is_some_and(|(_, r)| crate::plan::in_sync(r, desired));
         let stale = stale_keys(&applied.metadata, desired);
         if in_sync && stale.is_empty() {
             return Outcome::Done;
         }
-        if stale.is_empty() {
+        // The content is exactly ours (our hash, every key ours, no key of
+        // anyone else's) and nothing we set is stale, yet it is not in sync:
+        // only a label or annotation differs, so the server itself changed
+        // our request (a mutating webhook or policy).
+        let content_ours = record.as_ref().is_some_and(|(_, r)| {
+            r.hash.as_deref() == Some(desired.hash.as_str())
+                && !r.content.foreign
+                && r.content.our_keys == desired.keys_hash
+        });
+        if stale.is_empty() && content_ours {
             // We own everything we set, nothing stale: the server itself
             // changed our request (a mutating webhook or policy). A full
             // update would come back changed the same way; what we wrote is
@@ -873,11 +884,11 @@ mod tests {
         assert!(matches!(outcomes[0].1, Outcome::Failed(_)), "{outcomes:?}");
     }
 
-    // Issue 7, defect 4: the server changed our write (a mutating webhook
-    // rewrote a label we set). A full update would come back changed the
-    // same way, so what we wrote is taken as the copy: no second request.
+    // The regression issue 7's webhook fix first introduced (caught by e2e
+    // s05): a data key someone else added stays after our apply (apply
+    // never touches fields it does not own); one full update removes it.
     #[tokio::test]
-    async fn a_write_the_server_changes_is_taken_as_written_not_rewritten() {
+    async fn a_key_someone_else_added_is_removed_by_one_full_update() {
         let (w, handle, _) = writer();
         let action = Action::Update {
             kind: Kind::Secret,
@@ -889,8 +900,75 @@ mod tests {
         let (outcomes, accepted) = run(w, handle, vec![action], async |h: &mut ApiHandle| {
             let (method, _, body, send) = next(h).await;
             assert_eq!(method, Method::PATCH);
+            let mut applied = stored(body, "8");
+            applied["data"]["added"] = json!("eA==");
+            applied["metadata"]["managedFields"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(crate::records::managed_entry(
+                    "kubectl-patch",
+                    &["added"],
+                    false
+                )));
+            reply(send, StatusCode::OK, applied);
+            let (method, uri, body, send) = next(h).await;
+            assert_eq!(method, Method::PUT, "{uri}");
+            assert_eq!(body["metadata"]["resourceVersion"], "8");
+            assert_eq!(
+                body["data"],
+                json!({"k": "dg=="}),
+                "exactly the source's keys"
+            );
+            reply(send, StatusCode::OK, stored(body, "9"));
+            expect_event(h, "Pushed").await;
+        })
+        .await;
+        assert!(matches!(outcomes[0].1, Outcome::Done));
+        assert!(
+            accepted.is_empty(),
+            "not a server-side change: {accepted:?}"
+        );
+    }
+
+    // Issue 7, defect 4: the server changed our write (a mutating webhook
+    // rewrote a label we set). A full update would come back changed the
+    // same way, so what we wrote is taken as the copy: no second request.
+    #[tokio::test]
+    async fn a_write_the_server_changes_is_taken_as_written_not_rewritten() {
+        let (w, handle, caches) = writer();
+        // The source carries a label `team=a` that the copy gets too.
+        let sources = &caches.of(Kind::Secret).sources;
+        let mut rec = sources.get(&"db".to_string()).unwrap();
+        rec.replica = {
+            let mut s = Secret {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some("db".into()),
+                    namespace: Some(SRC.into()),
+                    labels: Some(BTreeMap::from([
+                        (SOURCE_LABEL_KEY.into(), "source".into()),
+                        ("team".into(), "a".into()),
+                    ])),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            s.data = Some(BTreeMap::from([("k".into(), ByteString(b"v".to_vec()))]));
+            Replica::render(&s, SRC)
+        };
+        sources.set("db".into(), Some(rec));
+        let action = Action::Update {
+            kind: Kind::Secret,
+            namespace: "a".into(),
+            source: "db".into(),
+            uid: "copy-uid".into(),
+            resource_version: "7".into(),
+        };
+        let (outcomes, accepted) = run(w, handle, vec![action], async |h: &mut ApiHandle| {
+            let (method, _, body, send) = next(h).await;
+            assert_eq!(method, Method::PATCH);
+            assert_eq!(body["metadata"]["labels"]["team"], "a");
             let mut mutated = stored(body, "8");
-            mutated["metadata"]["labels"][MANAGED_LABEL_KEY] = json!("rewritten-by-webhook");
+            mutated["metadata"]["labels"]["team"] = json!("rewritten-by-webhook");
             reply(send, StatusCode::OK, mutated);
             expect_event(h, "Pushed").await;
         })

@@ -78,7 +78,10 @@ pub async fn run<K, Key, V, S>(
                     None => break "watch stream ended".to_string(),
                 };
                 match next {
-                    Event::Init => buffer = Some(HashMap::new()),
+                    Event::Init => {
+                        tracing::trace!(watch = what, "watch (re)list begins");
+                        buffer = Some(HashMap::new());
+                    }
                     Event::InitApply(obj) => {
                         if let (Some(buf), Some((k, v))) = (buffer.as_mut(), transform(&obj)) {
                             buf.insert(k, v);
@@ -102,6 +105,7 @@ pub async fn run<K, Key, V, S>(
                         health.watch_listed(what);
                     }
                     Event::Apply(obj) => {
+                        tracing::trace!(watch = what, "watch event: apply");
                         metrics
                             .watch_events
                             .get_or_create(&crate::metrics::WatchLabels { watch: what })
@@ -124,6 +128,7 @@ pub async fn run<K, Key, V, S>(
                         }
                     }
                     Event::Delete(obj) => {
+                        tracing::trace!(watch = what, "watch event: delete");
                         metrics
                             .watch_events
                             .get_or_create(&crate::metrics::WatchLabels { watch: what })
