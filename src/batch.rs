@@ -25,7 +25,8 @@ pub enum DirtyKey {
     Source(crate::kinds::Kind, String),
     /// A namespace, by name (appeared, relabelled, deleted, or a replica in it changed).
     Namespace(String),
-    /// One copy (`namespace`, source name): a retry re-plans only that copy.
+    /// The copies of one source in one namespace: `(kind, namespace, source
+    /// name)`. A retry re-plans only that copy.
     Copy(crate::records::ObjectKey),
     /// Everything (e.g. periodic resync). Kept alongside other keys; what it
     /// implies is the planner's decision.

@@ -181,6 +181,20 @@ impl KindCaches {
     pub fn synced(&self) -> bool {
         self.sources.synced() && self.replicas.synced()
     }
+
+    /// The source of the copy `key`: the one its record names, or, for a
+    /// copy not made yet, the source that asks for that name.
+    pub fn source_of(&self, key: &ObjectKey) -> Option<String> {
+        if let Some(r) = self.replicas.get(key) {
+            return Some(r.source);
+        }
+        self.sources.read(|sources| {
+            sources
+                .iter()
+                .find(|(_, s)| s.replica.name == key.name)
+                .map(|(name, _)| name.clone())
+        })
+    }
 }
 
 /// Every cache: the namespaces, and per kind its sources and copies.

@@ -63,6 +63,10 @@ pub struct Config {
     /// `ENABLE_CONFIGMAPS`: ConfigMaps are sources too (default); `false`:
     /// no ConfigMap is watched or written, existing ConfigMap copies stay.
     pub enable_configmaps: bool,
+    /// `ALLOW_ADOPTION`: an unmanaged object in the way of a copy is taken
+    /// over when its source asks for it (`push-to-k8s.io/adopt: "true"`);
+    /// `false` (default): never, whatever a source asks (DESIGN §5).
+    pub allow_adoption: bool,
     /// `SECRET_SYNC_DEBOUNCE_SECONDS`: quiet window of the batcher.
     pub debounce: Duration,
     /// `SECRET_SYNC_MAX_WAIT_SECONDS`: longest a batch waits after its first key.
@@ -77,6 +81,9 @@ pub struct Config {
     pub exclude_namespace_label: Option<String>,
     /// `PROTECTED_NAMESPACES`: never receive copies unless a source names them.
     pub protected_namespaces: Vec<String>,
+    /// `REQUIRE_NAMESPACE_CONSENT`: only namespaces whose owners accept a
+    /// source by label receive its copies (DESIGN §3, `targets.rs`).
+    pub require_namespace_consent: bool,
     /// `METRICS_PORT`: port of `/metrics`, `/healthz`, `/readyz`.
     pub metrics_port: u16,
     /// `READY_WATCH_FAILURE_SECONDS`: how long a watch may fail before
@@ -130,6 +137,7 @@ const VARIABLES: &[&str] = &[
     "POD_NAMESPACE",
     "ENABLE_SECRET_WATCHER",
     "ENABLE_CONFIGMAPS",
+    "ALLOW_ADOPTION",
     "SECRET_SYNC_DEBOUNCE_SECONDS",
     "SECRET_SYNC_MAX_WAIT_SECONDS",
     "SECRET_SYNC_RATE_LIMIT",
@@ -137,6 +145,7 @@ const VARIABLES: &[&str] = &[
     "SYNC_INTERVAL",
     "EXCLUDE_NAMESPACE_LABEL",
     "PROTECTED_NAMESPACES",
+    "REQUIRE_NAMESPACE_CONSENT",
     "METRICS_PORT",
     "READY_WATCH_FAILURE_SECONDS",
     "DEBUG",
@@ -152,6 +161,7 @@ struct RawEnv {
     pod_namespace: Option<String>,
     enable_secret_watcher: Option<String>,
     enable_configmaps: Option<String>,
+    allow_adoption: Option<String>,
     secret_sync_debounce_seconds: Option<String>,
     secret_sync_max_wait_seconds: Option<String>,
     secret_sync_rate_limit: Option<String>,
@@ -159,6 +169,7 @@ struct RawEnv {
     sync_interval: Option<String>,
     exclude_namespace_label: Option<String>,
     protected_namespaces: Option<String>,
+    require_namespace_consent: Option<String>,
     metrics_port: Option<String>,
     ready_watch_failure_seconds: Option<String>,
     debug: Option<String>,
@@ -232,6 +243,10 @@ impl Config {
             None => true,
             Some(v) => parse_bool("ENABLE_CONFIGMAPS", v)?,
         };
+        let allow_adoption = match &raw.allow_adoption {
+            None => false,
+            Some(v) => parse_bool("ALLOW_ADOPTION", v)?,
+        };
 
         let debounce_secs = match &raw.secret_sync_debounce_seconds {
             None => 5,
@@ -292,6 +307,10 @@ impl Config {
                 .as_deref()
                 .unwrap_or(DEFAULT_PROTECTED_NAMESPACES),
         )?;
+        let require_namespace_consent = match &raw.require_namespace_consent {
+            None => false,
+            Some(v) => parse_bool("REQUIRE_NAMESPACE_CONSENT", v)?,
+        };
 
         let metrics_port = match &raw.metrics_port {
             None => 9090,
@@ -323,6 +342,7 @@ impl Config {
             namespace,
             enable_secret_watcher,
             enable_configmaps,
+            allow_adoption,
             debounce: Duration::from_secs(debounce_secs),
             max_wait: Duration::from_secs(max_wait_secs),
             rate_limit: nonzero(rate_limit),
@@ -330,6 +350,7 @@ impl Config {
             sync_interval: Duration::from_secs(sync_interval_min * 60),
             exclude_namespace_label,
             protected_namespaces,
+            require_namespace_consent,
             metrics_port: u16::try_from(metrics_port).expect("range-checked to 1..=65535"),
             ready_watch_failure: Duration::from_secs(ready_watch_failure_secs),
             debug,
@@ -503,6 +524,7 @@ mod tests {
                 namespace: "push-to-k8s".into(),
                 enable_secret_watcher: true,
                 enable_configmaps: true,
+                allow_adoption: false,
                 debounce: Duration::from_secs(5),
                 max_wait: Duration::from_secs(15),
                 rate_limit: NonZeroU32::new(10).unwrap(),
@@ -514,6 +536,7 @@ mod tests {
                     "kube-public".into(),
                     "kube-node-lease".into()
                 ],
+                require_namespace_consent: false,
                 metrics_port: 9090,
                 ready_watch_failure: Duration::from_secs(10),
                 debug: false,
@@ -562,6 +585,9 @@ mod tests {
             (&[("ENABLE_CONFIGMAPS", "false")], |c| {
                 !c.enable_configmaps && c.kinds() == [Kind::Secret]
             }),
+            (&[("ALLOW_ADOPTION", "true")], |c| c.allow_adoption),
+            (&[("ALLOW_ADOPTION", "TRUE")], |c| c.allow_adoption),
+            (&[("ALLOW_ADOPTION", "false")], |c| !c.allow_adoption),
             (&[("ENABLE_CONFIGMAPS", "true")], |c| {
                 c.kinds() == [Kind::Secret, Kind::ConfigMap]
             }),
@@ -657,6 +683,12 @@ mod tests {
             (&[("PROTECTED_NAMESPACES", "a, b ,a")], |c| {
                 c.protected_namespaces == ["a", "b"]
             }),
+            (&[("REQUIRE_NAMESPACE_CONSENT", "true")], |c| {
+                c.require_namespace_consent
+            }),
+            (&[("REQUIRE_NAMESPACE_CONSENT", "False")], |c| {
+                !c.require_namespace_consent
+            }),
             (&[("METRICS_PORT", "1")], |c| c.metrics_port == 1),
             (&[("METRICS_PORT", "65535")], |c| c.metrics_port == 65535),
             (&[("READY_WATCH_FAILURE_SECONDS", "1")], |c| {
@@ -714,6 +746,10 @@ mod tests {
             // Booleans.
             ("ENABLE_SECRET_WATCHER", "", "true or false"),
             ("ENABLE_CONFIGMAPS", "no", "true or false"),
+            ("ALLOW_ADOPTION", "", "true or false"),
+            ("ALLOW_ADOPTION", "yes", "true or false"),
+            ("ALLOW_ADOPTION", "1", "true or false"),
+            ("ALLOW_ADOPTION", " true", "true or false"),
             ("ENABLE_SECRET_WATCHER", "yes", "true or false"),
             ("ENABLE_SECRET_WATCHER", "1", "true or false"),
             ("ENABLE_SECRET_WATCHER", " true", "true or false"),
@@ -820,6 +856,10 @@ mod tests {
                 "item \"b.c\" is not a namespace name (must not contain dots)",
             ),
             ("PROTECTED_NAMESPACES", &long_label, "namespace names"),
+            ("REQUIRE_NAMESPACE_CONSENT", "", "true or false"),
+            ("REQUIRE_NAMESPACE_CONSENT", "yes", "true or false"),
+            ("REQUIRE_NAMESPACE_CONSENT", "1", "true or false"),
+            ("REQUIRE_NAMESPACE_CONSENT", "true ", "true or false"),
             // Enumerations.
             ("LOG_FORMAT", "", "text or json"),
             ("LOG_FORMAT", "logfmt", "text or json"),

@@ -74,7 +74,8 @@ async fn list_blocked(
             let Some(ns) = m.namespace.as_deref() else {
                 continue;
             };
-            let ours = owned_source(m, source_namespace).as_deref() == Some(name);
+            // One of our copies (of whichever source) is not a stranger's.
+            let ours = owned_source(m, source_namespace).is_some();
             if ns != source_namespace && m.name.as_deref() == Some(name) && !ours {
                 blocked.insert(ns.to_string());
             }
@@ -108,8 +109,16 @@ pub async fn at_start(
         let Ok(rules) = plan::rules(&source) else {
             continue;
         };
-        let blocked = match blocked_namespaces(client, kind, scope.source_namespace, &name, metrics)
-            .await
+        // Copies are named as the source asks (its own name, or a rename).
+        let copy_name = &source.replica.name;
+        let blocked = match blocked_namespaces(
+            client,
+            kind,
+            scope.source_namespace,
+            copy_name,
+            metrics,
+        )
+        .await
         {
             Ok(b) => b,
             Err(e) => {
@@ -122,7 +131,7 @@ pub async fn at_start(
             .filter(|ns| {
                 namespaces
                     .get(ns)
-                    .is_some_and(|info| rules.wants(scope, ns, &info))
+                    .is_some_and(|info| rules.wants(scope, &name, ns, &info))
             })
             .collect();
         if !wanted.is_empty() {
@@ -144,16 +153,20 @@ pub async fn report_at_start(
 ) {
     let kind = caches.kind;
     for (name, namespaces) in found {
+        let Some(rec) = caches.sources.get(name) else {
+            continue;
+        };
+        let copy_name = &rec.replica.name;
         {
             let mut known = known.lock().expect("lock");
             for ns in namespaces {
-                known.insert(ObjectKey::new(kind, ns, name));
+                known.insert(ObjectKey::new(kind, ns, copy_name));
             }
         }
         metrics.conflicts.inc_by(namespaces.len() as u64);
-        let note = at_start_note(kind, name, namespaces);
+        let note = at_start_note(kind, copy_name, namespaces);
         tracing::warn!(source = %name, kind = kind.label(), conflicts = namespaces.len(), "{note}");
-        if let Some(rec) = caches.sources.get(name) {
+        {
             events
                 .publish(
                     &events.source_ref(kind, name, &rec.uid),
@@ -425,6 +438,7 @@ mod tests {
                 source_namespace: "src",
                 exclude_label: Some("no-copies"),
                 protected: &protected,
+                require_consent: false,
             };
             at_start(&client, c.of(Kind::Secret), &c.namespaces, &scope, &metrics).await
         });

@@ -246,6 +246,7 @@ async fn control(
         source_namespace: &cfg.namespace,
         exclude_label: cfg.exclude_namespace_label.as_deref(),
         protected: &protected,
+        require_consent: cfg.require_namespace_consent,
     };
     // Unmanaged same-named Secrets already in the cluster: known from one
     // LIST per source before the first plan, so it makes no POST (and no GET
@@ -294,7 +295,11 @@ async fn control(
                 if batcher.pending() == 0 {
                     since = Instant::now();
                 }
-                batcher.add(DirtyKey::Copy(key));
+                // Planned per source: the copy's source (gone: all of them).
+                match caches.of(key.kind).source_of(&key) {
+                    Some(source) => batcher.add(DirtyKey::Copy(ObjectKey::new(key.kind, &key.namespace, &source))),
+                    None => batcher.add(DirtyKey::Namespace(key.namespace)),
+                }
             }
             Some(key) = dirty_rx.recv() => {
                 if batcher.pending() == 0 {

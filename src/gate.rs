@@ -75,7 +75,7 @@ impl Gate<'_> {
         let exists = |k: &ObjectKey| caches.of(k.kind).replicas.get(k).is_some();
         self.retry.retain(|k| {
             caches.namespaces.get(&k.namespace).is_some()
-                && (caches.of(k.kind).sources.get(&k.name).is_some() || exists(k))
+                && (exists(k) || caches.of(k.kind).source_of(k).is_some())
         });
         self.fights.retain(exists);
         writer
@@ -91,19 +91,22 @@ impl Gate<'_> {
 /// restores.
 fn repair_of(caches: &Caches, key: &ObjectKey) -> Option<String> {
     let of = caches.of(key.kind);
-    let desired = of.sources.get(&key.name)?.replica.hash;
     let copy = of.replicas.get(key)?;
+    let desired = of.sources.get(&copy.source)?.replica.hash;
     (copy.hash.as_deref() == Some(desired.as_str())).then_some(desired)
 }
 
 async fn report_fight(caches: &Caches, writer: &Writer, key: &ObjectKey, delay: Duration) {
     writer.metrics().fights.inc();
     tracing::warn!(copy = %key, hold_s = delay.as_secs(), "copy keeps being changed by someone else; repairing it with backoff");
-    if let Some(rec) = caches.of(key.kind).sources.get(&key.name) {
+    let of = caches.of(key.kind);
+    if let Some(source) = of.source_of(key)
+        && let Some(rec) = of.sources.get(&source)
+    {
         let events = &writer.events;
         events
             .publish(
-                &events.source_ref(key.kind, &key.name, &rec.uid),
+                &events.source_ref(key.kind, &source, &rec.uid),
                 EventType::Warning,
                 "CopyFought",
                 "Push",

@@ -7,6 +7,7 @@
 //! with `resync` re-listing periodically as the fallback. `controller` wires
 //! them together; `targets` and `replica` hold the pure decisions.
 
+pub mod adoption;
 pub mod batch;
 pub mod cache;
 pub mod config;

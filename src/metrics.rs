@@ -42,6 +42,7 @@ pub struct Metrics {
     pub propagation: Histogram,
     pub managed_replicas: Gauge,
     pub conflicts: Counter,
+    pub adoptions: Counter,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub resyncs: Family<ResultLabels, Counter>,
     pub resync_stale: Counter<u64, AtomicU64>,
@@ -102,6 +103,12 @@ impl Metrics {
             "Copies skipped because an unmanaged object of the same name exists",
             conflicts.clone(),
         );
+        let adoptions = Counter::default();
+        registry.register(
+            "adoptions",
+            "Unmanaged objects taken over as copies, as their source asked (push-to-k8s.io/adopt) and ALLOW_ADOPTION allows",
+            adoptions.clone(),
+        );
         let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
         registry.register(
             "invalid_annotations",
@@ -150,6 +157,7 @@ impl Metrics {
             propagation,
             managed_replicas,
             conflicts,
+            adoptions,
             invalid_annotations,
             resyncs,
             resync_stale,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::batch::DirtyKey;
 use crate::kinds::Kind;
 use crate::records::{ObjectKey, Pairs, ReplicaRecord, SourceRecord};
-use crate::targets::{AnnotationError, NamespaceInfo, Scope, TargetRules};
+use crate::targets::{AnnotationError, KeyFilter, NamespaceInfo, Scope, TargetRules};
 
 /// One write (or write pair) against one `(namespace, name)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -19,13 +19,19 @@ pub enum Action {
     Create {
         kind: Kind,
         namespace: String,
+        /// The source's name.
         source: String,
+        /// The copy's name (the source's, or the one it asks for).
+        name: String,
     },
     /// Our copy differs: server-side apply, guarded by its resourceVersion.
     Update {
         kind: Kind,
         namespace: String,
+        /// The source's name.
         source: String,
+        /// The copy's name (the source's, or the one it asks for).
+        name: String,
         /// For a delete and create instead, should the server refuse the
         /// update because a field is immutable (the copy's `type`).
         uid: String,
@@ -35,7 +41,10 @@ pub enum Action {
     Replace {
         kind: Kind,
         namespace: String,
+        /// The source's name.
         source: String,
+        /// The copy's name (the source's, or the one it asks for).
+        name: String,
         uid: String,
         resource_version: String,
     },
@@ -43,38 +52,43 @@ pub enum Action {
     Delete {
         kind: Kind,
         namespace: String,
+        /// The source's name.
         source: String,
+        /// The copy's name (the source's, or the one it asks for).
+        name: String,
         uid: String,
         resource_version: String,
     },
 }
 
 impl Action {
+    /// The copy this action writes.
     pub fn key(&self) -> ObjectKey {
         let (kind, namespace, name) = match self {
             Action::Create {
                 kind,
                 namespace,
-                source,
+                name,
+                ..
             }
             | Action::Update {
                 kind,
                 namespace,
-                source,
+                name,
                 ..
             }
             | Action::Replace {
                 kind,
                 namespace,
-                source,
+                name,
                 ..
             }
             | Action::Delete {
                 kind,
                 namespace,
-                source,
+                name,
                 ..
-            } => (*kind, namespace, source),
+            } => (*kind, namespace, name),
         };
         ObjectKey::new(kind, namespace, name)
     }
@@ -213,13 +227,17 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
         }
     }
 
-    // Replicas grouped by source, so a gone source finds its copies.
-    let mut by_source: BTreeMap<&str, BTreeMap<&str, &ReplicaRecord>> = BTreeMap::new();
+    // Copies grouped by source and namespace, so a gone source finds its
+    // copies, and a renamed source its copies under the old name.
+    type Copies<'a> = BTreeMap<&'a str, Vec<(&'a str, &'a ReplicaRecord)>>;
+    let mut by_source: BTreeMap<&str, Copies<'_>> = BTreeMap::new();
     for (k, r) in world.replicas {
         by_source
             .entry(r.source.as_str())
             .or_default()
-            .insert(k.namespace.as_str(), r);
+            .entry(k.namespace.as_str())
+            .or_default()
+            .push((k.name.as_str(), r));
     }
 
     let mut names: BTreeSet<&str> = world.sources.keys().map(String::as_str).collect();
@@ -246,9 +264,11 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
 
         let Some(source) = world.sources.get(name) else {
             // Source deleted or unlabelled: its copies go.
-            for (ns, r) in replicas {
+            for (ns, copies) in replicas {
                 if in_scope(ns) && !namespaces.get(ns).is_some_and(|i| i.terminating) {
-                    out.actions.push(delete(world.kind, ns, name, r));
+                    for (copy, r) in copies {
+                        out.actions.push(delete(world.kind, ns, name, copy, r));
+                    }
                 }
             }
             continue;
@@ -262,18 +282,30 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
                 continue;
             }
         };
+        let copy_name = desired.name.as_str();
+        let none = Vec::new();
         for (ns, info) in &namespaces {
             if !in_scope(ns) || info.terminating {
                 continue;
             }
-            let key = ObjectKey::new(world.kind, ns, name);
-            let want = rules.wants(scope, ns, info);
-            match (want, replicas.get(ns)) {
+            let copies = replicas.get(ns).unwrap_or(&none);
+            // Copies under another name (the source was renamed since): moved.
+            for (copy, r) in copies.iter().filter(|(c, _)| *c != copy_name) {
+                out.actions.push(delete(world.kind, ns, name, copy, r));
+            }
+            let current = copies
+                .iter()
+                .find(|(c, _)| *c == copy_name)
+                .map(|(_, r)| *r);
+            let key = ObjectKey::new(world.kind, ns, copy_name);
+            let want = rules.wants(scope, name, ns, info);
+            match (want, current) {
                 (true, None) if world.conflicts.contains(&key) => {}
                 (true, None) => out.actions.push(Action::Create {
                     kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
+                    name: copy_name.to_string(),
                 }),
                 (true, Some(r)) if in_sync(r, desired) => {}
                 (true, Some(r))
@@ -283,6 +315,7 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
                     kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
+                    name: copy_name.to_string(),
                     uid: r.uid.clone(),
                     resource_version: r.resource_version.clone(),
                 }),
@@ -290,10 +323,11 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
                     kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
+                    name: copy_name.to_string(),
                     uid: r.uid.clone(),
                     resource_version: r.resource_version.clone(),
                 }),
-                (false, Some(r)) => out.actions.push(delete(world.kind, ns, name, r)),
+                (false, Some(r)) => out.actions.push(delete(world.kind, ns, name, copy_name, r)),
                 (false, None) => {
                     if world.conflicts.contains(&key) {
                         out.resolved_conflicts.push(key);
@@ -311,6 +345,20 @@ pub fn rules(source: &SourceRecord) -> Result<TargetRules, Refusal> {
     if source.replica.grants_identity() {
         return Err(Refusal::IdentityType(source.replica.type_.clone()));
     }
+    let copy = &source.replica;
+    if copy.name != copy.source {
+        crate::names::dns1123_subdomain(&copy.name).map_err(|reason| {
+            Refusal::Annotation(AnnotationError::CopyName {
+                value: copy.name.clone(),
+                reason,
+            })
+        })?;
+    }
+    // The key filter was applied when the copy was rendered; a filter that
+    // does not parse refuses the source like a bad target rule.
+    KeyFilter::parse(&source.annotations).map_err(Refusal::Annotation)?;
+    // Only `true` or `false`: a doubtful request to take over objects is none.
+    crate::adoption::asked(&source.annotations).map_err(Refusal::Annotation)?;
     TargetRules::parse(&source.annotations).map_err(Refusal::Annotation)
 }
 
@@ -319,11 +367,12 @@ pub fn refusal(source: &SourceRecord) -> Option<Refusal> {
     rules(source).err()
 }
 
-fn delete(kind: Kind, ns: &str, name: &str, r: &ReplicaRecord) -> Action {
+fn delete(kind: Kind, ns: &str, source: &str, name: &str, r: &ReplicaRecord) -> Action {
     Action::Delete {
         kind,
         namespace: ns.to_string(),
-        source: name.to_string(),
+        source: source.to_string(),
+        name: name.to_string(),
         uid: r.uid.clone(),
         resource_version: r.resource_version.clone(),
     }
@@ -417,6 +466,7 @@ mod tests {
                 source_namespace: SRC,
                 exclude_label: Some("skip"),
                 protected: &protected,
+                require_consent: false,
             };
             let world = World {
                 kind: Kind::Secret,
@@ -435,6 +485,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: ns.into(),
             source: s.into(),
+            name: s.into(),
         }
     }
 
@@ -478,6 +529,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "uid-a".into(),
             resource_version: "7".into(),
         };
@@ -533,6 +585,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "uid-a".into(),
             resource_version: "7".into(),
         };
@@ -542,6 +595,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "uid-a".into(),
             resource_version: "7".into(),
         };
@@ -614,6 +668,7 @@ mod tests {
                 kind: Kind::Secret,
                 namespace: "a".into(),
                 source: "db".into(),
+                name: "db".into(),
                 uid: "uid-a".into(),
                 resource_version: "7".into()
             }]
@@ -636,6 +691,24 @@ mod tests {
     }
 
     #[test]
+    fn an_adopt_annotation_other_than_true_or_false_refuses_only_that_source() {
+        let mut c = Case::new(&["a"]);
+        let bad = secret("bad", "v1", &[("push-to-k8s.io/adopt", "yes")]);
+        c.replicas.extend([copy("a", &bad)]);
+        c.sources.extend([
+            SourceRecord::from_secret(&bad, SRC).unwrap(),
+            source("asks", "v1", &[("push-to-k8s.io/adopt", "true")]),
+        ]);
+        let p = c.plan(&[DirtyKey::All]);
+        // Asking for adoption changes nothing in the plan: a create, whose
+        // writer adopts what is in the way.
+        assert_eq!(p.actions, vec![create("a", "asks")]);
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].0, "bad");
+        assert_eq!(p.refused[0].1.metric_label(), "adopt");
+    }
+
+    #[test]
     fn known_conflict_is_not_retried_until_no_longer_wanted() {
         let mut c = Case::new(&["a", "b"]);
         c.sources.extend([source("db", "v1", &[])]);
@@ -655,6 +728,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: ns.into(),
             source: s.into(),
+            name: s.into(),
             uid: format!("uid-{ns}"),
             resource_version: "7".into(),
         }
@@ -735,6 +809,7 @@ mod tests {
                 kind: Kind::Secret,
                 namespace: "a".into(),
                 source: "db".into(),
+                name: "db".into(),
                 uid: "uid-a".into(),
                 resource_version: "7".into()
             }]
@@ -795,6 +870,91 @@ mod tests {
         // Changed since our write (another resourceVersion): repaired.
         c.accepted.insert(k, "6".into());
         assert_eq!(c.plan(&[src("db")]).actions, vec![update("a", "db")]);
+    }
+
+    fn renamed(name: &str, value: &str, copy_name: &str) -> Secret {
+        secret(name, value, &[(replica::COPY_NAME_ANNOTATION, copy_name)])
+    }
+
+    // Issue 8: renamed copies. The copy has the name the source asks for,
+    // and is ours only under that name.
+    #[test]
+    fn a_renamed_source_writes_its_copies_under_the_asked_name() {
+        let mut c = Case::new(&["a"]);
+        let s = renamed("db", "v1", "db-copy");
+        c.sources
+            .extend([SourceRecord::from_secret(&s, SRC).unwrap()]);
+        let want = Action::Create {
+            kind: Kind::Secret,
+            namespace: "a".into(),
+            source: "db".into(),
+            name: "db-copy".into(),
+        };
+        assert_eq!(c.plan(&[src("db")]).actions, vec![want]);
+        // Written: in sync, and ours under that name only.
+        let (k, r) = copy("a", &s);
+        assert_eq!(k.name, "db-copy");
+        assert_eq!(r.source, "db");
+        c.replicas.insert(k, r);
+        assert_eq!(c.plan(&[DirtyKey::All]), Plan::default());
+        let mut backup = Replica::render(&s, SRC).to_secret("a");
+        backup.metadata.name = Some("db-copy-old".into());
+        assert_eq!(
+            ReplicaRecord::from_meta(Kind::Secret, &backup.metadata, SRC),
+            None,
+            "a backup of a renamed copy is not a copy"
+        );
+    }
+
+    #[test]
+    fn changing_the_copy_name_moves_the_copy() {
+        let mut c = Case::new(&["a"]);
+        c.replicas
+            .extend([copy("a", &renamed("db", "v1", "old-name"))]);
+        c.sources
+            .extend([SourceRecord::from_secret(&renamed("db", "v1", "new-name"), SRC).unwrap()]);
+        let ops: Vec<_> = c
+            .plan(&[src("db")])
+            .actions
+            .iter()
+            .map(|a| (a.op(), a.key().to_string()))
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                ("create", "Secret a/new-name".to_string()),
+                ("delete", "Secret a/old-name".to_string())
+            ]
+        );
+        // Back to its own name: the same move.
+        c.sources
+            .extend([SourceRecord::from_secret(&secret("db", "v1", &[]), SRC).unwrap()]);
+        let ops: Vec<_> = c
+            .plan(&[src("db")])
+            .actions
+            .iter()
+            .map(|a| (a.op(), a.key().to_string()))
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                ("create", "Secret a/db".to_string()),
+                ("delete", "Secret a/old-name".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_invalid_copy_name_refuses_only_that_source() {
+        let mut c = Case::new(&["a"]);
+        c.sources.extend([
+            SourceRecord::from_secret(&renamed("db", "v1", "Not_A_Name"), SRC).unwrap(),
+            source("api", "v1", &[]),
+        ]);
+        let p = c.plan(&[DirtyKey::All]);
+        assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
+        assert_eq!(p.refused.len(), 1);
+        assert_eq!(p.refused[0].1.metric_label(), "copy_name");
     }
 
     #[test]

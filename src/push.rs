@@ -39,6 +39,12 @@ pub enum Outcome {
     Skipped,
     /// An unmanaged object of the same name exists; it is left alone.
     Conflict,
+    /// An unmanaged object of the same name was taken over as the copy, as
+    /// its source asks and the controller allows ([`crate::adoption`]).
+    Adopted,
+    /// Its source asks for adoption, but this object is never adopted (the
+    /// reason); it is left alone, a conflict like any other.
+    NotAdopted(&'static str),
     /// Failed for a reason worth retrying; carries a short reason (never a value).
     Failed(String),
 }
@@ -57,6 +63,9 @@ pub struct Writer {
     /// write produced. What we wrote is the measure of "in sync" for them,
     /// so a server that always changes our request is not written forever.
     pub accepted: Mutex<HashMap<ObjectKey, String>>,
+    /// `ALLOW_ADOPTION`: an unmanaged object in the way of a copy may be
+    /// taken over when its source asks for it.
+    allow_adoption: bool,
     shutdown: CancellationToken,
 }
 
@@ -65,6 +74,8 @@ struct Tally {
     done: BTreeMap<&'static str, usize>,
     failed: Vec<(String, String)>,
     conflicts: Vec<String>,
+    adopted: Vec<String>,
+    not_adopted: Vec<(String, &'static str)>,
 }
 
 impl Writer {
@@ -86,8 +97,20 @@ impl Writer {
             caches,
             conflicts: Mutex::default(),
             accepted: Mutex::default(),
+            allow_adoption: false,
             shutdown,
         }
+    }
+
+    /// With `ALLOW_ADOPTION`: copies whose source asks for it take over an
+    /// unmanaged object in their way (see [`crate::adoption`]).
+    pub fn allowing_adoption(mut self, allowed: bool) -> Writer {
+        self.allow_adoption = allowed;
+        self
+    }
+
+    pub fn adoption_allowed(&self) -> bool {
+        self.allow_adoption
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -110,7 +133,7 @@ impl Writer {
                 }
                 let outcome = self.run(&a).await;
                 health.beat();
-                if outcome == Outcome::Done {
+                if matches!(outcome, Outcome::Done | Outcome::Adopted) {
                     // Observed as each write completes, not when the batch does.
                     self.metrics
                         .propagation
@@ -133,7 +156,8 @@ impl Writer {
             let result = match &outcome {
                 Outcome::Done => "ok",
                 Outcome::Skipped => "skipped",
-                Outcome::Conflict => "conflict",
+                Outcome::Conflict | Outcome::NotAdopted(_) => "conflict",
+                Outcome::Adopted => "adopted",
                 Outcome::Failed(_) => "error",
             };
             self.metrics.write(action.kind(), action.op(), result);
@@ -145,6 +169,15 @@ impl Writer {
                 Outcome::Conflict => {
                     self.metrics.conflicts.inc();
                     tally.conflicts.push(key.namespace.clone());
+                    self.conflicts.lock().expect("lock").insert(key.clone());
+                }
+                Outcome::Adopted => {
+                    self.metrics.adoptions.inc();
+                    tally.adopted.push(key.namespace.clone());
+                }
+                Outcome::NotAdopted(why) => {
+                    self.metrics.conflicts.inc();
+                    tally.not_adopted.push((key.namespace.clone(), why));
                     self.conflicts.lock().expect("lock").insert(key.clone());
                 }
                 Outcome::Failed(reason) => {
@@ -173,8 +206,10 @@ impl Writer {
             self.caches
                 .of(key.kind)
                 .sources
-                .get(&key.name)
+                .get(&action.source().to_string())
                 .map(|s| s.replica)
+                // Gone, or renamed since this was planned: re-planned anyway.
+                .filter(|r| r.name == key.name)
                 .ok_or(Outcome::Skipped)
         };
         let result = match action {
@@ -187,7 +222,10 @@ impl Writer {
                 resource_version,
                 ..
             } => match desired() {
-                Ok(d) => self.apply(&api, &key, &d, uid, resource_version).await,
+                Ok(d) => {
+                    self.apply(&api, &key, &d, uid, resource_version, Over::Copy)
+                        .await
+                }
                 Err(o) => o,
             },
             Action::Replace {
@@ -255,9 +293,11 @@ impl Writer {
                 match api.get_metadata_opt(&key.name).await {
                     Ok(Some(meta)) => {
                         if owned_source(&meta.metadata, &self.source_namespace).as_deref()
-                            == Some(key.name.as_str())
+                            == Some(desired.source.as_str())
                         {
                             Outcome::Failed("copy exists but was not yet in the cache".into())
+                        } else if self.adopts(desired) {
+                            self.adopt(api, key, desired, &meta.metadata).await
                         } else {
                             Outcome::Conflict
                         }
@@ -270,6 +310,41 @@ impl Writer {
         }
     }
 
+    /// Do the copies of `desired`'s source take over what is in their way?
+    fn adopts(&self, desired: &Replica) -> bool {
+        self.allow_adoption
+            && self
+                .caches
+                .of(desired.kind)
+                .sources
+                .get(&desired.source)
+                .is_some_and(|s| crate::adoption::wanted(&s, true))
+    }
+
+    /// Take over `found`, the unmanaged object with the copy's name, as its
+    /// source asks: the apply path with the uid and resourceVersion read,
+    /// so nothing but exactly that object is ever written, and never a
+    /// delete ([`Over::Adopted`]).
+    async fn adopt(
+        &self,
+        api: &Api<DynamicObject>,
+        key: &ObjectKey,
+        desired: &Replica,
+        found: &ObjectMeta,
+    ) -> Outcome {
+        if let Some(why) = crate::adoption::refusal(found, &self.source_namespace) {
+            return Outcome::NotAdopted(why);
+        }
+        let (Some(uid), Some(rv)) = (found.uid.as_deref(), found.resource_version.as_deref())
+        else {
+            return Outcome::Failed("the object to adopt has no uid or resourceVersion".into());
+        };
+        match self.apply(api, key, desired, uid, rv, Over::Adopted).await {
+            Outcome::Done => Outcome::Adopted,
+            other => other,
+        }
+    }
+
     async fn apply(
         &self,
         api: &Api<DynamicObject>,
@@ -277,9 +352,14 @@ impl Writer {
         desired: &Replica,
         uid: &str,
         resource_version: &str,
+        over: Over,
     ) -> Outcome {
         // Precondition: we only overwrite the object we saw as ours.
-        let patch = body(desired, &key.namespace, Some(resource_version));
+        let mut patch = body(desired, &key.namespace, Some(resource_version));
+        if over == Over::Adopted {
+            // And exactly the object we read: another uid is refused (422).
+            patch.metadata.uid = Some(uid.to_string());
+        }
         self.pacer.ready().await;
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let applied = match api.patch(&key.name, &pp, &Patch::Apply(&patch)).await {
@@ -287,6 +367,12 @@ impl Writer {
             // The copy's `type` differs (the metadata watch cannot see it), or
             // it became immutable meanwhile: only a delete and a create help.
             Err(kube::Error::Api(s)) if refused_as_immutable(&s) => {
+                if over == Over::Adopted {
+                    // Never deleted to be adopted: it stays as it is.
+                    return Outcome::NotAdopted(
+                        "its type or immutability cannot change in place (delete it, and the copy is created)",
+                    );
+                }
                 return self.replace(api, key, desired, uid, resource_version).await;
             }
             Err(e) => return classify(&e),
@@ -297,7 +383,9 @@ impl Writer {
             .as_ref()
             .is_some_and(|(_, r)| crate::plan::in_sync(r, desired));
         let stale = stale_keys(&applied.metadata, desired);
-        if in_sync && stale.is_empty() {
+        // An adopted object also loses what its former owners set.
+        let leftovers = over == Over::Adopted && foreign_metadata(&applied.metadata, desired);
+        if in_sync && stale.is_empty() && !leftovers {
             return Outcome::Done;
         }
         // The content is exactly ours (our hash, every key ours, no key of
@@ -309,7 +397,7 @@ impl Writer {
                 && !r.content.foreign
                 && r.content.our_keys == desired.keys_hash
         });
-        if stale.is_empty() && content_ours {
+        if stale.is_empty() && content_ours && !leftovers {
             // We own everything we set, nothing stale: the server itself
             // changed our request (a mutating webhook or policy). A full
             // update would come back changed the same way; what we wrote is
@@ -403,6 +491,12 @@ impl Writer {
         if !tally.conflicts.is_empty() {
             tracing::warn!(kind = kind.label(), source, namespaces = ?tally.conflicts, "copies skipped: an unmanaged object of the same name exists");
         }
+        if !tally.adopted.is_empty() {
+            tracing::info!(kind = kind.label(), source, namespaces = ?tally.adopted, "unmanaged objects adopted as copies, as the source asks");
+        }
+        for (ns, why) in &tally.not_adopted {
+            tracing::warn!(kind = kind.label(), source, namespace = %ns, why, "copy skipped: the unmanaged object in its way is never adopted");
+        }
         let Some(rec) = self.caches.of(kind).sources.get(&source.to_string()) else {
             return; // a deleted source has nothing to carry Events
         };
@@ -426,7 +520,34 @@ impl Writer {
                 "Conflict",
                 "Push",
                 format!(
-                    "namespace {ns} already has a {kind} named {source} that push-to-k8s does not manage; it was left untouched"
+                    "namespace {ns} already has a {kind} named {} that push-to-k8s does not manage; it was left untouched",
+                    rec.replica.name
+                ),
+            )
+            .await;
+        }
+        let name = &rec.replica.name;
+        for ns in tally.adopted {
+            events.publish(
+                &reference,
+                EventType::Normal,
+                "Adopted",
+                "Push",
+                format!(
+                    "namespace {ns} had a {kind} named {name} that push-to-k8s did not manage; as the source asks ({}), it was adopted and is now an exact copy",
+                    crate::adoption::ADOPT_ANNOTATION
+                ),
+            )
+            .await;
+        }
+        for (ns, why) in tally.not_adopted {
+            events.publish(
+                &reference,
+                EventType::Warning,
+                "Conflict",
+                "Push",
+                format!(
+                    "namespace {ns} already has a {kind} named {name} that push-to-k8s does not manage; it is not adopted although the source asks, because {why}; it was left untouched"
                 ),
             )
             .await;
@@ -451,6 +572,32 @@ impl Writer {
                 .await;
         }
     }
+}
+
+/// Whose object an in-place write (a forced apply, then a full update if
+/// needed) goes over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Over {
+    /// One of our copies. A field that cannot change in place (its `type`)
+    /// is changed by a delete and a create; labels and annotations someone
+    /// else added may stay.
+    Copy,
+    /// An unmanaged object being adopted: guarded by its uid as well, never
+    /// deleted, and left with nothing its former owners set.
+    Adopted,
+}
+
+/// Does `obj` carry a label or annotation that `desired` does not set (our
+/// content hash aside)? On an adopted object: what its former owners left.
+fn foreign_metadata(obj: &ObjectMeta, desired: &Replica) -> bool {
+    let labels = obj.labels.iter().flatten();
+    let annotations = obj.annotations.iter().flatten();
+    labels
+        .into_iter()
+        .any(|(k, _)| !desired.labels.contains_key(k))
+        || annotations.into_iter().any(|(k, _)| {
+            k != crate::replica::HASH_ANNOTATION && !desired.annotations.contains_key(k)
+        })
 }
 
 /// Label, annotation and data keys our field manager owns on `obj` (by any
@@ -690,6 +837,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "copy-uid".into(),
             resource_version: "7".into(),
         };
@@ -736,6 +884,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
         };
         run(w, handle, vec![action], async |h: &mut ApiHandle| {
             let (method, uri, _, send) = next(h).await;
@@ -772,6 +921,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "copy-uid".into(),
             resource_version: "9".into(),
         };
@@ -815,6 +965,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "old-uid".into(),
             resource_version: "3".into(),
         };
@@ -833,6 +984,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "old-uid".into(),
             resource_version: "3".into(),
         };
@@ -862,6 +1014,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "old-uid".into(),
             resource_version: "3".into(),
         };
@@ -894,6 +1047,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "copy-uid".into(),
             resource_version: "7".into(),
         };
@@ -960,6 +1114,7 @@ mod tests {
             kind: Kind::Secret,
             namespace: "a".into(),
             source: "db".into(),
+            name: "db".into(),
             uid: "copy-uid".into(),
             resource_version: "7".into(),
         };

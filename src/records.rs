@@ -255,8 +255,9 @@ impl ReplicaRecord {
 /// an object is a copy only if
 /// - it carries our managed-by label,
 /// - its source annotation names a source in the configured source namespace,
-/// - its name is the name that source asks for (today: the source's own name),
-///   so a renamed backup of a copy (`db-old`, markers and all) is not one,
+/// - its name is the name that source asks for (the source's own name, or
+///   the one its `copy-name` annotation gave and our write recorded on the
+///   copy), so a renamed backup of a copy (`db-old`, markers and all) is not one,
 /// - it is not in the source namespace, and
 /// - it does not carry the source label,
 ///
@@ -273,9 +274,14 @@ pub fn owned_source(meta: &ObjectMeta, source_namespace: &str) -> Option<String>
     if meta.namespace.as_deref() == Some(source_namespace) {
         return None;
     }
-    let origin = meta.annotations.as_ref()?.get(replica::SOURCE_ANNOTATION)?;
+    let annotations = meta.annotations.as_ref()?;
+    let origin = annotations.get(replica::SOURCE_ANNOTATION)?;
     let (ns, name) = origin.split_once('/')?;
-    let named_as_asked = meta.name.as_deref() == Some(name);
+    // The name its source asks for, as our write recorded it on the copy.
+    let asked = annotations
+        .get(replica::COPY_NAME_ANNOTATION)
+        .map_or(name, String::as_str);
+    let named_as_asked = meta.name.as_deref() == Some(asked);
     (ns == source_namespace && !name.is_empty() && named_as_asked).then(|| name.to_string())
 }
 

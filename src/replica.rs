@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::kinds::Kind;
+use crate::targets::KeyFilter;
 
 /// Label selecting sources in the source namespace.
 pub const SOURCE_LABEL_KEY: &str = "push-to-k8s";
@@ -22,6 +23,16 @@ pub const MANAGED_LABEL_VALUE: &str = "push-to-k8s";
 pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
 /// `namespace/name` of the source (annotation: object names may exceed 63 chars).
 pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
+/// Discovery labels: the source's name and namespace, so `kubectl get
+/// secrets,configmaps -A -l push-to-k8s.io/source-namespace=NS,push-to-k8s.io/source-name=NAME`
+/// lists every copy of one source. A name that is not a valid label value is
+/// replaced by its [`discovery_value`].
+pub const SOURCE_NAME_LABEL: &str = "push-to-k8s.io/source-name";
+pub const SOURCE_NAMESPACE_LABEL: &str = "push-to-k8s.io/source-namespace";
+/// On a source: the name its copies get (default: the source's own name).
+/// On a renamed copy: the name it was given, so a copy saved under yet
+/// another name is never taken for ours (docs/architecture.md, "Ownership").
+pub const COPY_NAME_ANNOTATION: &str = "push-to-k8s.io/copy-name";
 /// Hash of everything we set, so an unchanged source never becomes a write.
 pub const HASH_ANNOTATION: &str = "push-to-k8s.io/content-hash";
 /// Prefix of every annotation that steers push-to-k8s (never copied).
@@ -73,7 +84,11 @@ fn copied(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
 #[derive(Clone, PartialEq)]
 pub struct Replica {
     pub kind: Kind,
+    /// The copy's name: the source's, or the one it asks for by
+    /// [`COPY_NAME_ANNOTATION`].
     pub name: String,
+    /// The source's own name.
+    pub source: String,
     /// A Secret's `type` (empty for a ConfigMap).
     pub type_: String,
     /// Bytes: a Secret's `data`, or a ConfigMap's `binaryData`.
@@ -107,28 +122,30 @@ impl std::fmt::Debug for Replica {
 
 impl Replica {
     /// Render the copy of the Secret `source`, which lives in `source_namespace`.
+    /// Only the data keys its key filter keeps are copied.
     pub fn render(source: &Secret, source_namespace: &str) -> Replica {
-        let content = secret_content(
-            &secret_type(source),
-            &source.data.clone().unwrap_or_default(),
-            source.immutable.unwrap_or(false),
-        );
+        let filter = key_filter(&source.metadata);
+        let data = selected(filter.as_ref(), source.data.as_ref());
+        let immutable = source.immutable.unwrap_or(false);
+        let content = secret_content(&secret_type(source), &data, immutable);
         Replica::build(
             Kind::Secret,
             &source.metadata,
             source_namespace,
             secret_type(source),
-            source.data.clone().unwrap_or_default(),
+            data,
             BTreeMap::new(),
-            source.immutable.unwrap_or(false),
+            immutable,
             content,
         )
     }
 
-    /// Render the copy of the ConfigMap `source` (`data` and `binaryData`).
+    /// Render the copy of the ConfigMap `source` (`data` and `binaryData`,
+    /// both narrowed by its key filter).
     pub fn render_config_map(source: &ConfigMap, source_namespace: &str) -> Replica {
-        let text = source.data.clone().unwrap_or_default();
-        let binary = source.binary_data.clone().unwrap_or_default();
+        let filter = key_filter(&source.metadata);
+        let text = selected(filter.as_ref(), source.data.as_ref());
+        let binary = selected(filter.as_ref(), source.binary_data.as_ref());
         let immutable = source.immutable.unwrap_or(false);
         let content = config_map_content(&text, &binary, immutable);
         Replica::build(
@@ -154,14 +171,23 @@ impl Replica {
         immutable: bool,
         content: String,
     ) -> Replica {
-        let name = meta.name.clone().unwrap_or_default();
+        let source = meta.name.clone().unwrap_or_default();
+        let name = copy_name(meta);
         let mut labels = copied(meta.labels.as_ref());
         labels.insert(MANAGED_LABEL_KEY.into(), MANAGED_LABEL_VALUE.into());
+        labels.insert(SOURCE_NAME_LABEL.into(), discovery_value(&source));
+        labels.insert(
+            SOURCE_NAMESPACE_LABEL.into(),
+            discovery_value(source_namespace),
+        );
         let mut annotations = copied(meta.annotations.as_ref());
         annotations.insert(
             SOURCE_ANNOTATION.into(),
-            format!("{source_namespace}/{name}"),
+            format!("{source_namespace}/{source}"),
         );
+        if name != source {
+            annotations.insert(COPY_NAME_ANNOTATION.into(), name.clone());
+        }
         let keys_hash = keys_hash(
             data.keys()
                 .map(String::as_str)
@@ -176,6 +202,7 @@ impl Replica {
         Replica {
             kind,
             name,
+            source,
             type_,
             data,
             text,
@@ -239,6 +266,58 @@ impl Replica {
             string_data: None,
         }
     }
+}
+
+/// The name the copies of the source with `meta` get: the value of its
+/// [`COPY_NAME_ANNOTATION`] if it has one, else its own name. (Whether that
+/// is a valid object name is the planner's check: `plan::rules`.)
+pub fn copy_name(meta: &ObjectMeta) -> String {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(COPY_NAME_ANNOTATION))
+        .filter(|n| !n.is_empty())
+        .or(meta.name.as_ref())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The key filter of the source with `meta` ([`KeyFilter`]); `None` if it
+/// does not parse.
+fn key_filter(meta: &ObjectMeta) -> Option<KeyFilter> {
+    match &meta.annotations {
+        Some(annotations) => KeyFilter::parse(annotations).ok(),
+        None => Some(KeyFilter::default()),
+    }
+}
+
+/// The entries of `all` whose keys `filter` keeps. With no filter (it does
+/// not parse) nothing is kept: such a source is refused by the planner
+/// (`plan::rules`) and never written, and should its annotation change
+/// between planning and writing, no key it meant to leave out can reach a
+/// namespace.
+fn selected<V: Clone>(
+    filter: Option<&KeyFilter>,
+    all: Option<&BTreeMap<String, V>>,
+) -> BTreeMap<String, V> {
+    all.into_iter()
+        .flatten()
+        .filter(|(k, _)| filter.is_some_and(|f| f.keeps(k)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The value of a discovery label ([`SOURCE_NAME_LABEL`],
+/// [`SOURCE_NAMESPACE_LABEL`]) for `name`: the name itself when it is a valid
+/// label value, else `h_` and the first 20 hex digits of its SHA-256
+/// (`printf %s NAME | sha256sum | cut -c1-20`). A Secret, ConfigMap or
+/// namespace name never contains `_`, so a hash never equals a real name;
+/// names longer than 63 characters are the case this is for.
+pub fn discovery_value(name: &str) -> String {
+    if !name.is_empty() && crate::names::label_value(name).is_ok() {
+        return name.to_string();
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    format!("h_{}", &hex(&digest[..10]))
 }
 
 /// A Secret without a type is `Opaque` on the server; normalise so the two compare equal.
@@ -363,6 +442,8 @@ mod tests {
                 ("team", "a"),
                 ("app.kubernetes.io/instance", "argo-app"),
                 ("helm.sh/chart", "x"),
+                // A source cannot set our discovery labels for its copies.
+                (SOURCE_NAME_LABEL, "someone-else"),
             ],
             &[
                 ("note", "hi"),
@@ -382,6 +463,8 @@ mod tests {
                     MANAGED_LABEL_KEY.to_string(),
                     MANAGED_LABEL_VALUE.to_string()
                 ),
+                (SOURCE_NAME_LABEL.to_string(), "db".to_string()),
+                (SOURCE_NAMESPACE_LABEL.to_string(), "src".to_string()),
             ])
         );
         assert_eq!(
@@ -467,6 +550,252 @@ mod tests {
         assert_eq!(secret_type(&s), "Opaque");
         s.type_ = Some(String::new());
         assert_eq!(secret_type(&s), "Opaque");
+    }
+
+    fn bytes(keys: &[&str]) -> Option<BTreeMap<String, ByteString>> {
+        Some(
+            keys.iter()
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        ByteString(format!("value of {k}").into_bytes()),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn with_data(mut s: Secret, keys: &[&str]) -> Secret {
+        s.data = bytes(keys);
+        s
+    }
+
+    const ALL_KEYS: &[&str] = &["tls.crt", "tls.key", "ca.crt", "password", "DB_URL"];
+
+    #[test]
+    fn key_filter_selects_secret_keys() {
+        use crate::targets::{EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN};
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+        let cases: &[Case] = &[
+            ("no filter", &[], ALL_KEYS),
+            ("names", &[(IN, "password,DB_URL")], &["DB_URL", "password"]),
+            ("glob", &[(IN, "tls.*")], &["tls.crt", "tls.key"]),
+            ("suffix glob", &[(IN, "*.crt")], &["ca.crt", "tls.crt"]),
+            (
+                "exclusions",
+                &[(EX, "*.key, password")],
+                &["DB_URL", "ca.crt", "tls.crt"],
+            ),
+            (
+                "exclusions win",
+                &[(IN, "tls.*,*.crt"), (EX, "tls.key,ca.*")],
+                &["tls.crt"],
+            ),
+            ("nothing matches", &[(IN, "absent")], &[]),
+        ];
+        for (what, annotations, want) in cases {
+            let s = with_data(source(&[], annotations), ALL_KEYS);
+            let r = Replica::render(&s, "src");
+            let want: BTreeMap<String, ByteString> = bytes(want).unwrap();
+            assert_eq!(r.data, want, "{what}");
+            assert!(r.text.is_empty(), "{what}");
+            assert_eq!(r.keys_hash, keys_hash(want.keys().map(String::as_str)));
+            assert_eq!(r.to_secret("team-a").data, Some(want.clone()), "{what}");
+            // The same content rendered without a filter: same hash. The
+            // filter annotation is ours, not part of the copy.
+            let plain = Replica::render(
+                &with_data(source(&[], &[]), &r.keys().collect::<Vec<_>>()),
+                "src",
+            );
+            assert_eq!(r.hash, plain.hash, "{what}");
+        }
+    }
+
+    #[test]
+    fn key_filter_selects_config_map_data_and_binary_data() {
+        use crate::targets::{EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN};
+        let config_map = |annotations: &[(&str, &str)]| ConfigMap {
+            metadata: source(&[], annotations).metadata,
+            data: Some(BTreeMap::from([
+                ("app.yaml".to_string(), "a: 1".to_string()),
+                ("app.env".to_string(), "A=1".to_string()),
+                ("README".to_string(), "docs".to_string()),
+            ])),
+            binary_data: bytes(&["ca.crt", "logo.png"]),
+            immutable: None,
+        };
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                &[],
+                &["README", "app.env", "app.yaml"],
+                &["ca.crt", "logo.png"],
+            ),
+            (&[(IN, "app.*")], &["app.env", "app.yaml"], &[]),
+            (&[(IN, "*.crt,README")], &["README"], &["ca.crt"]),
+            (
+                &[(EX, "*.png,app.env")],
+                &["README", "app.yaml"],
+                &["ca.crt"],
+            ),
+            (
+                &[(IN, "app.*,*.png"), (EX, "*.yaml,logo.*")],
+                &["app.env"],
+                &[],
+            ),
+        ];
+        for (annotations, text, binary) in cases {
+            let r = Replica::render_config_map(&config_map(annotations), "src");
+            assert_eq!(
+                r.text.keys().collect::<Vec<_>>(),
+                *text,
+                "{annotations:?}: data"
+            );
+            assert_eq!(
+                r.data.keys().collect::<Vec<_>>(),
+                *binary,
+                "{annotations:?}: binaryData"
+            );
+            let c = r.to_config_map("team-a");
+            assert_eq!(c.data.unwrap().len(), text.len());
+            assert_eq!(c.binary_data.unwrap().len(), binary.len());
+            assert_eq!(r.keys_hash, keys_hash(text.iter().chain(*binary).copied()));
+        }
+    }
+
+    #[test]
+    fn changing_the_key_filter_changes_the_copy_and_its_hash() {
+        use crate::targets::{EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN};
+        let render = |annotations: &[(&str, &str)]| {
+            Replica::render(&with_data(source(&[], annotations), ALL_KEYS), "src")
+        };
+        let all = render(&[]);
+        // Keeping every key is no change at all (no write after adding it).
+        assert_eq!(all.hash, render(&[(IN, "*")]).hash);
+        assert_eq!(all.hash, render(&[(EX, "nothing-like-this")]).hash);
+        let fewer = render(&[(EX, "tls.key")]);
+        assert_ne!(all.hash, fewer.hash);
+        assert_ne!(all.keys_hash, fewer.keys_hash);
+        assert_ne!(fewer.hash, render(&[(IN, "tls.*")]).hash);
+    }
+
+    #[test]
+    fn a_key_glob_that_does_not_parse_refuses_the_source() {
+        use crate::plan::{Refusal, refusal};
+        use crate::records::SourceRecord;
+        use crate::targets::{
+            AnnotationError, EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN,
+            KeyEntryProblem,
+        };
+        for (key, label) in [(IN, "include_keys"), (EX, "exclude_keys")] {
+            let mut s = with_data(source(&[], &[(key, "tls.*, tls.[ck]ey")]), ALL_KEYS);
+            s.metadata.labels = Some(BTreeMap::from([(
+                SOURCE_LABEL_KEY.to_string(),
+                SOURCE_LABEL_VALUE.to_string(),
+            )]));
+            let (_, rec) = SourceRecord::from_secret(&s, "src").unwrap();
+            let refused = refusal(&rec).expect("refused");
+            assert_eq!(
+                refused,
+                Refusal::Annotation(AnnotationError::KeyEntry {
+                    key,
+                    entry: "tls.[ck]ey".into(),
+                    problem: KeyEntryProblem::InvalidChar,
+                })
+            );
+            assert_eq!(refused.metric_label(), label);
+            assert_eq!(refused.reason(), "InvalidAnnotation");
+            // Never written; and were it written, no key could leak.
+            assert_eq!(rec.replica.keys().count(), 0, "{key}");
+            // Fixed: no longer refused.
+            s.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(key.into(), "tls.*".into());
+            let (_, rec) = SourceRecord::from_secret(&s, "src").unwrap();
+            assert_eq!(refusal(&rec), None);
+        }
+    }
+
+    #[test]
+    fn discovery_label_values() {
+        let name63 = "n".repeat(63);
+        let name64 = "n".repeat(64);
+        let name70 = "very-long-".repeat(7);
+        let name253 = format!("{}.b", "a".repeat(251));
+        // (name, the label value; None: a hash)
+        let cases: &[(&str, Option<&str>)] = &[
+            ("db", Some("db")),
+            ("tls.example.com", Some("tls.example.com")),
+            (&name63, Some(&name63)),
+            (&name64, None),
+            (&name70, Some("h_2b69b238fcea61185465")),
+            (&name253, None),
+        ];
+        for (name, want) in cases {
+            let value = discovery_value(name);
+            crate::names::label_value(&value).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(value, discovery_value(name), "stable");
+            match want {
+                Some(want) => assert_eq!(value, *want, "{name}"),
+                None => {
+                    assert!(value.starts_with("h_"), "{value}");
+                    assert_eq!(value.len(), 22, "{value}");
+                }
+            }
+        }
+        // Long names that share a prefix get different values.
+        assert_ne!(discovery_value(&name64), discovery_value(&"n".repeat(65)));
+        // The hash (pinned above) is `printf %s NAME | sha256sum | cut -c1-20`,
+        // as the README says.
+        let digest = Sha256::digest(name70.as_bytes());
+        assert_eq!(
+            discovery_value(&name70),
+            format!("h_{}", &hex(&digest)[..20])
+        );
+    }
+
+    #[test]
+    fn copies_carry_discovery_labels_but_never_the_source_label() {
+        let name70 = "very-long-".repeat(7);
+        let mut s = source(
+            &[(SOURCE_LABEL_KEY, SOURCE_LABEL_VALUE), ("team", "a")],
+            &[],
+        );
+        for (name, ns, want_name) in [
+            ("db", "src", "db"),
+            (name70.as_str(), "src", "h_2b69b238fcea61185465"),
+        ] {
+            s.metadata.name = Some(name.into());
+            let r = Replica::render(&s, ns);
+            let labels = r.to_secret("team-a").metadata.labels.unwrap();
+            assert_eq!(
+                labels.get(SOURCE_NAME_LABEL).map(String::as_str),
+                Some(want_name)
+            );
+            assert_eq!(
+                labels.get(SOURCE_NAMESPACE_LABEL).map(String::as_str),
+                Some(ns)
+            );
+            assert_eq!(labels[MANAGED_LABEL_KEY], MANAGED_LABEL_VALUE);
+            assert_eq!(labels["team"], "a");
+            assert!(!labels.contains_key(SOURCE_LABEL_KEY), "{labels:?}");
+            assert_eq!(r.annotations[SOURCE_ANNOTATION], format!("{ns}/{name}"));
+            let c = ConfigMap {
+                metadata: s.metadata.clone(),
+                ..Default::default()
+            };
+            let cm = Replica::render_config_map(&c, ns);
+            assert_eq!(cm.labels, r.labels, "the same labels for a ConfigMap");
+        }
+        // The labels are part of what we set: another source namespace,
+        // another label, another hash.
+        s.metadata.name = Some("db".into());
+        assert_ne!(
+            Replica::render(&s, "src").hash,
+            Replica::render(&s, "src2").hash
+        );
     }
 
     #[test]

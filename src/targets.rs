@@ -1,11 +1,13 @@
 //! Which namespaces should hold a copy of a source (DESIGN.md §3).
 //!
-//! A pure decision: cluster-wide [`Scope`] (source namespace, opt-out label,
-//! protected namespaces) combined with a source's own [`TargetRules`], parsed from
-//! its annotations, answers "does namespace X want a copy?". No I/O, so the planner
-//! can call it for every (source, namespace) pair on every flush.
+//! A pure decision: cluster-wide [`Scope`] (source namespace, exclude label,
+//! protected namespaces, consent mode), the namespace owner's own labels (opt-out,
+//! consent) and a source's own [`TargetRules`], parsed from its annotations, answer
+//! "does namespace X want a copy of source S?". No I/O, so the planner can call it
+//! for every (source, namespace) pair on every flush.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 
 use crate::names;
 
@@ -16,9 +18,34 @@ pub const NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/namespaces";
 pub const EXCLUDE_NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/exclude-namespaces";
 /// A Kubernetes label selector (kubectl syntax) the namespace's labels must match.
 pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "push-to-k8s.io/namespace-selector";
+/// Comma-separated data keys and globs (`tls.*`, `*.crt`) a copy holds.
+/// Absent or empty means every key.
+pub const INCLUDE_KEYS_ANNOTATION: &str = "push-to-k8s.io/include-keys";
+/// Comma-separated data keys and globs a copy never holds; exclusions always win.
+pub const EXCLUDE_KEYS_ANNOTATION: &str = "push-to-k8s.io/exclude-keys";
+
+/// Namespace label: with the value `all`, the namespace accepts copies of every
+/// source. Only consulted in consent mode (`REQUIRE_NAMESPACE_CONSENT`).
+pub const ACCEPT_LABEL: &str = "push-to-k8s.io/accept";
+/// The value of [`ACCEPT_LABEL`] that accepts every source.
+pub const ACCEPT_ALL: &str = "all";
+/// Namespace label prefix: `accept.push-to-k8s.io/<source name>: "true"` accepts
+/// copies of that one source (a Secret or a ConfigMap of that name). One label per
+/// source, because a label value cannot hold a list of names that may contain dots.
+pub const ACCEPT_SOURCE_PREFIX: &str = "accept.push-to-k8s.io/";
+/// The value of an [`ACCEPT_SOURCE_PREFIX`] label that accepts its source.
+pub const ACCEPT_SOURCE_VALUE: &str = "true";
+/// Namespace label, any value: the namespace gets no copy of any source, whatever
+/// a source or the configuration asks for. Honoured with consent mode on or off.
+pub const OPT_OUT_LABEL: &str = "push-to-k8s.io/opt-out";
+/// Namespace label prefix, any value: `opt-out.push-to-k8s.io/<source name>`
+/// refuses copies of that one source.
+pub const OPT_OUT_SOURCE_PREFIX: &str = "opt-out.push-to-k8s.io/";
 
 /// Longest namespace name, hence the longest useful entry.
 const MAX_ENTRY_LEN: usize = names::DNS1123_LABEL_MAX_LEN;
+/// Longest Secret or ConfigMap data key (Kubernetes' `IsConfigMapKey`).
+const MAX_KEY_LEN: usize = names::DNS1123_SUBDOMAIN_MAX_LEN;
 
 /// What the planner knows about a namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -33,6 +60,37 @@ pub struct Scope<'a> {
     pub source_namespace: &'a str,
     pub exclude_label: Option<&'a str>,
     pub protected: &'a [String],
+    /// `REQUIRE_NAMESPACE_CONSENT`: only namespaces that accept a source (with
+    /// [`ACCEPT_LABEL`] or an [`ACCEPT_SOURCE_PREFIX`] label) get its copies.
+    pub require_consent: bool,
+}
+
+impl NamespaceInfo {
+    /// The namespace's owner refuses copies of `source`: [`OPT_OUT_LABEL`] or the
+    /// source's [`OPT_OUT_SOURCE_PREFIX`] label, whatever its value (a doubtful
+    /// opt-out means no copy).
+    pub fn opts_out_of(&self, source: &str) -> bool {
+        self.labels.contains_key(OPT_OUT_LABEL)
+            || self.per_source(OPT_OUT_SOURCE_PREFIX, source).is_some()
+    }
+
+    /// The namespace's owner accepts copies of `source`: [`ACCEPT_LABEL`]`=all` or
+    /// the source's [`ACCEPT_SOURCE_PREFIX`] label `=true`, exactly (a doubtful
+    /// consent means no copy).
+    pub fn accepts(&self, source: &str) -> bool {
+        self.labels.get(ACCEPT_LABEL).map(String::as_str) == Some(ACCEPT_ALL)
+            || self.per_source(ACCEPT_SOURCE_PREFIX, source) == Some(ACCEPT_SOURCE_VALUE)
+    }
+
+    /// The value of the label `<prefix><source>`, found without building the key:
+    /// this runs for every (source, namespace) pair of a flush.
+    fn per_source(&self, prefix: &str, source: &str) -> Option<&str> {
+        self.labels
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .find(|(key, _)| &key[prefix.len()..] == source)
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 /// A source's own narrowing, parsed from its annotations.
@@ -64,6 +122,25 @@ pub enum AnnotationError {
         entry: String,
         problem: SelectorProblem,
     },
+    /// An entry of [`INCLUDE_KEYS_ANNOTATION`] or [`EXCLUDE_KEYS_ANNOTATION`].
+    #[error("annotation {key}: {entry:?} {problem}")]
+    KeyEntry {
+        key: &'static str,
+        entry: String,
+        problem: KeyEntryProblem,
+    },
+    /// [`crate::replica::COPY_NAME_ANNOTATION`] is not a valid object name.
+    #[error(
+        "annotation {}: {value:?} is not a valid object name ({reason})",
+        crate::replica::COPY_NAME_ANNOTATION
+    )]
+    CopyName { value: String, reason: String },
+    /// [`crate::adoption::ADOPT_ANNOTATION`] is neither `true` nor `false`.
+    #[error(
+        "annotation {}: {value:?} must be true or false",
+        crate::adoption::ADOPT_ANNOTATION
+    )]
+    Adopt { value: String },
 }
 
 /// Why a namespace name or glob was rejected.
@@ -72,6 +149,15 @@ pub enum EntryProblem {
     #[error("is longer than 63 characters")]
     TooLong,
     #[error("is not a valid name or glob (allowed: a-z, 0-9, '-', '*', '?')")]
+    InvalidChar,
+}
+
+/// Why a data key or key glob was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyEntryProblem {
+    #[error("is longer than 253 characters")]
+    TooLong,
+    #[error("is not a valid data key or glob (allowed: A-Z, a-z, 0-9, '-', '_', '.', '*', '?')")]
     InvalidChar,
 }
 
@@ -109,6 +195,10 @@ impl AnnotationError {
             }
             Self::Entry { .. } => "namespaces",
             Self::Selector { .. } => "namespace_selector",
+            Self::KeyEntry { key, .. } if *key == EXCLUDE_KEYS_ANNOTATION => "exclude_keys",
+            Self::KeyEntry { .. } => "include_keys",
+            Self::CopyName { .. } => "copy_name",
+            Self::Adopt { .. } => "adopt",
         }
     }
 }
@@ -127,16 +217,27 @@ impl TargetRules {
         })
     }
 
-    /// Should namespace `name` (with `info`) hold a copy?
-    pub fn wants(&self, scope: &Scope<'_>, name: &str, info: &NamespaceInfo) -> bool {
+    /// Should namespace `name` (with `info`) hold a copy of the source named
+    /// `source` (these are its rules)?
+    ///
+    /// The namespace owner's word comes first: an opt-out beats everything, and
+    /// in consent mode nothing arrives without consent. Consent only lifts that
+    /// requirement; the source's own rules and the protected namespaces still apply.
+    pub fn wants(&self, scope: &Scope<'_>, source: &str, name: &str, info: &NamespaceInfo) -> bool {
         if name == scope.source_namespace || info.terminating {
             return false;
         }
-        // The namespace owner's opt-out beats anything a source asks for.
+        if info.opts_out_of(source) {
+            return false;
+        }
+        // The cluster operator's opt-out, also beyond anything a source asks for.
         if scope
             .exclude_label
             .is_some_and(|key| info.labels.contains_key(key))
         {
+            return false;
+        }
+        if scope.require_consent && !info.accepts(source) {
             return false;
         }
         if self.exclude.iter().any(|glob| glob_match(glob, name)) {
@@ -184,11 +285,65 @@ fn parse_entries(key: &'static str, value: &str) -> Result<Vec<String>, Annotati
         .collect()
 }
 
+/// Which data keys a copy holds: a source's own key filter, parsed from its
+/// annotations. `Default` keeps every key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyFilter {
+    /// Empty means "every key".
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl KeyFilter {
+    /// Parses the source's annotations; absent annotations keep every key.
+    pub fn parse(annotations: &BTreeMap<String, String>) -> Result<KeyFilter, AnnotationError> {
+        let get = |key| annotations.get(key).map_or("", String::as_str);
+        Ok(KeyFilter {
+            include: parse_key_entries(INCLUDE_KEYS_ANNOTATION, get(INCLUDE_KEYS_ANNOTATION))?,
+            exclude: parse_key_entries(EXCLUDE_KEYS_ANNOTATION, get(EXCLUDE_KEYS_ANNOTATION))?,
+        })
+    }
+
+    /// Does a copy hold the data key `key`? Exclusions win.
+    pub fn keeps(&self, key: &str) -> bool {
+        !self.exclude.iter().any(|glob| glob_match(glob, key))
+            && (self.include.is_empty() || self.include.iter().any(|glob| glob_match(glob, key)))
+    }
+}
+
+/// Splits a comma-separated list of data keys and globs, skipping empty
+/// entries. Keys are `[-._a-zA-Z0-9]+` (Kubernetes' `IsConfigMapKey`, for
+/// Secrets too); globs add `*` and `?`.
+fn parse_key_entries(key: &'static str, value: &str) -> Result<Vec<String>, AnnotationError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let problem = if entry.len() > MAX_KEY_LEN {
+                KeyEntryProblem::TooLong
+            } else if !entry
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*' | b'?'))
+            {
+                KeyEntryProblem::InvalidChar
+            } else {
+                return Ok(entry.to_owned());
+            };
+            Err(AnnotationError::KeyEntry {
+                key,
+                entry: entry.to_owned(),
+                problem,
+            })
+        })
+        .collect()
+}
+
 /// Glob match: `*` matches any run (including empty), `?` exactly one character.
 ///
 /// Iterative with single-star backtracking, so it is linear-ish and cannot blow the
-/// stack. Works on bytes: entries are ASCII by validation and namespace names are
-/// RFC 1123 labels.
+/// stack. Works on bytes: entries are ASCII by validation, namespace names are
+/// RFC 1123 labels and data keys `[-._a-zA-Z0-9]+`. Case-sensitive, as both are.
 fn glob_match(glob: &str, name: &str) -> bool {
     let (glob, name) = (glob.as_bytes(), name.as_bytes());
     let (mut g, mut n) = (0, 0);
@@ -606,6 +761,7 @@ mod tests {
             source_namespace: "push-to-k8s",
             exclude_label: Some("push-to-k8s/ignore"),
             protected: &protected,
+            require_consent: false,
         };
         let everything = rules(&[]);
         let opted_out = ns(&[("push-to-k8s/ignore", "")]);
@@ -768,8 +924,138 @@ mod tests {
             ),
         ];
         for (what, rules, name, info, want) in cases {
-            assert_eq!(rules.wants(&scope, name, info), *want, "{what}");
+            assert_eq!(rules.wants(&scope, "db", name, info), *want, "{what}");
         }
+    }
+
+    fn key_filter(pairs: Pairs<'_>) -> KeyFilter {
+        KeyFilter::parse(&map(pairs)).expect("key filter parses")
+    }
+
+    #[test]
+    fn key_filter_keeps_included_keys_and_exclusions_win() {
+        let keys = [
+            "tls.crt",
+            "tls.key",
+            "ca.crt",
+            "password",
+            "DB_URL",
+            "app-config.yaml",
+            "tls",
+        ];
+        let cases: &[(&str, Pairs<'_>, &[&str])] = &[
+            ("no annotation: every key", &[], &keys),
+            (
+                "empty annotations: every key",
+                &[
+                    (INCLUDE_KEYS_ANNOTATION, " , "),
+                    (EXCLUDE_KEYS_ANNOTATION, ""),
+                ],
+                &keys,
+            ),
+            (
+                "names",
+                &[(INCLUDE_KEYS_ANNOTATION, "password, DB_URL")],
+                &["password", "DB_URL"],
+            ),
+            (
+                "prefix glob: '.' is an ordinary character",
+                &[(INCLUDE_KEYS_ANNOTATION, "tls.*")],
+                &["tls.crt", "tls.key"],
+            ),
+            (
+                "suffix glob",
+                &[(INCLUDE_KEYS_ANNOTATION, "*.crt")],
+                &["tls.crt", "ca.crt"],
+            ),
+            (
+                "'?' is one character",
+                &[(INCLUDE_KEYS_ANNOTATION, "???.crt,t?s")],
+                &["tls.crt", "tls"],
+            ),
+            (
+                "case-sensitive",
+                &[(INCLUDE_KEYS_ANNOTATION, "db_url,Password")],
+                &[],
+            ),
+            (
+                "exclusion only",
+                &[(EXCLUDE_KEYS_ANNOTATION, "*.key,password")],
+                &["tls.crt", "ca.crt", "DB_URL", "app-config.yaml", "tls"],
+            ),
+            (
+                "exclusions win over names",
+                &[
+                    (INCLUDE_KEYS_ANNOTATION, "tls.*,password"),
+                    (EXCLUDE_KEYS_ANNOTATION, "tls.key,password"),
+                ],
+                &["tls.crt"],
+            ),
+            (
+                "exclusions win over globs",
+                &[
+                    (INCLUDE_KEYS_ANNOTATION, "*"),
+                    (EXCLUDE_KEYS_ANNOTATION, "*.key"),
+                ],
+                &[
+                    "tls.crt",
+                    "ca.crt",
+                    "password",
+                    "DB_URL",
+                    "app-config.yaml",
+                    "tls",
+                ],
+            ),
+            (
+                "an include that matches nothing keeps nothing",
+                &[(INCLUDE_KEYS_ANNOTATION, "nothing-*")],
+                &[],
+            ),
+        ];
+        for (what, annotations, want) in cases {
+            let f = key_filter(annotations);
+            let kept: Vec<&str> = keys.iter().copied().filter(|k| f.keeps(k)).collect();
+            assert_eq!(kept, *want, "{what}");
+        }
+    }
+
+    #[test]
+    fn key_filter_errors() {
+        let long = "k".repeat(254);
+        let cases = [
+            ("tls.[ck]*", KeyEntryProblem::InvalidChar),
+            ("tls/crt", KeyEntryProblem::InvalidChar),
+            ("my key", KeyEntryProblem::InvalidChar),
+            ("käse", KeyEntryProblem::InvalidChar),
+            ("a:b", KeyEntryProblem::InvalidChar),
+            (long.as_str(), KeyEntryProblem::TooLong),
+        ];
+        for (key, label) in [
+            (INCLUDE_KEYS_ANNOTATION, "include_keys"),
+            (EXCLUDE_KEYS_ANNOTATION, "exclude_keys"),
+        ] {
+            for (entry, problem) in cases {
+                let value = format!("ok.crt, {entry} ,other");
+                let err = KeyFilter::parse(&map(&[(key, &value)])).unwrap_err();
+                let expected = AnnotationError::KeyEntry {
+                    key,
+                    entry: entry.to_owned(),
+                    problem,
+                };
+                assert_eq!(err, expected, "{key}: {entry:?}");
+                assert_eq!(err.metric_label(), label);
+            }
+        }
+        // 253 characters and every allowed character are fine.
+        let fine = format!("{},A-Z_a.z-0?9*", "k".repeat(253));
+        assert!(KeyFilter::parse(&map(&[(INCLUDE_KEYS_ANNOTATION, &fine)])).is_ok());
+        let err = KeyFilter::parse(&map(&[(EXCLUDE_KEYS_ANNOTATION, "tls.[ck]*")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"annotation push-to-k8s.io/exclude-keys: "tls.[ck]*" is not a valid data key or glob (allowed: A-Z, a-z, 0-9, '-', '_', '.', '*', '?')"#
+        );
+        // The key filter is not a target rule: target rules ignore it.
+        assert!(TargetRules::parse(&map(&[(INCLUDE_KEYS_ANNOTATION, "tls.[")])).is_ok());
     }
 
     #[test]
@@ -778,8 +1064,348 @@ mod tests {
             source_namespace: "src",
             exclude_label: None,
             protected: &[],
+            require_consent: false,
         };
         let info = ns(&[("push-to-k8s/ignore", "true")]);
-        assert!(TargetRules::default().wants(&scope, "kube-system", &info));
+        assert!(TargetRules::default().wants(&scope, "db", "kube-system", &info));
+    }
+
+    #[test]
+    fn consent_and_opt_out() {
+        const ACCEPT_DB: &str = "accept.push-to-k8s.io/db";
+        const OPT_OUT_DB: &str = "opt-out.push-to-k8s.io/db";
+        let protected = ["kube-system".to_string()];
+        let everything = rules(&[]);
+        let named = |list: &str| rules(&[(NAMESPACES_ANNOTATION, list)]);
+        // (what, consent mode, source, rules, namespace, its labels, want)
+        type Case<'a> = (
+            &'a str,
+            bool,
+            &'a str,
+            TargetRules,
+            &'a str,
+            Pairs<'a>,
+            bool,
+        );
+        let cases: &[Case<'_>] = &[
+            // Consent mode off: consent labels change nothing, opt-outs apply.
+            (
+                "off: no labels",
+                false,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[],
+                true,
+            ),
+            (
+                "off: a consent for another source is no restriction",
+                false,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[("accept.push-to-k8s.io/other", "true")],
+                true,
+            ),
+            (
+                "off: opt-out of everything",
+                false,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(OPT_OUT_LABEL, "all")],
+                false,
+            ),
+            (
+                "off: opt-out counts whatever its value",
+                false,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(OPT_OUT_LABEL, "false")],
+                false,
+            ),
+            (
+                "off: opt-out of this source",
+                false,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(OPT_OUT_DB, "true")],
+                false,
+            ),
+            (
+                "off: opt-out of another source only",
+                false,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[("opt-out.push-to-k8s.io/db-old", "true")],
+                true,
+            ),
+            (
+                "off: opt-out beats a source naming the namespace",
+                false,
+                "db",
+                named("team-a"),
+                "team-a",
+                &[(OPT_OUT_LABEL, "true")],
+                false,
+            ),
+            (
+                "off: opt-out beats naming a protected namespace",
+                false,
+                "db",
+                named("kube-system"),
+                "kube-system",
+                &[(OPT_OUT_DB, "")],
+                false,
+            ),
+            (
+                "off: opt-out beats an opt-in",
+                false,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_LABEL, "all"), (OPT_OUT_LABEL, "all")],
+                false,
+            ),
+            // Consent mode on: nothing without consent.
+            (
+                "on: no labels",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[],
+                false,
+            ),
+            (
+                "on: no consent, though the source names the namespace",
+                true,
+                "db",
+                named("team-a"),
+                "team-a",
+                &[],
+                false,
+            ),
+            (
+                "on: accepts all",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_LABEL, "all")],
+                true,
+            ),
+            (
+                "on: only `all` accepts all",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_LABEL, "true")],
+                false,
+            ),
+            (
+                "on: a source name as the value is not a consent",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_LABEL, "db")],
+                false,
+            ),
+            (
+                "on: accepts this source",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_DB, "true")],
+                true,
+            ),
+            (
+                "on: only `true` accepts a source",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_DB, "yes")],
+                false,
+            ),
+            (
+                "on: names are matched exactly, not as prefixes",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[
+                    ("accept.push-to-k8s.io/d", "true"),
+                    ("accept.push-to-k8s.io/db-old", "true"),
+                    ("accept.push-to-k8s.io/db.x", "true"),
+                    ("accept.push-to-k8s.io/dc", "true"),
+                    ("x.accept.push-to-k8s.io/db", "true"),
+                    ("push-to-k8s.io/db", "true"),
+                ],
+                false,
+            ),
+            (
+                "on: a source name with dots",
+                true,
+                "tls.example.com",
+                everything.clone(),
+                "team-a",
+                &[("accept.push-to-k8s.io/tls.example.com", "true")],
+                true,
+            ),
+            (
+                "on: accepts another source only",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[("accept.push-to-k8s.io/other", "true")],
+                false,
+            ),
+            (
+                "on: per-source opt-out beats accepting all",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_LABEL, "all"), (OPT_OUT_DB, "true")],
+                false,
+            ),
+            (
+                "on: opt-out beats accepting this source",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_DB, "true"), (OPT_OUT_LABEL, "all")],
+                false,
+            ),
+            // Consent lifts only its own requirement; every other rule holds.
+            (
+                "on: consent does not beat the exclude label",
+                true,
+                "db",
+                everything.clone(),
+                "team-a",
+                &[(ACCEPT_LABEL, "all"), ("skip", "")],
+                false,
+            ),
+            (
+                "on: consent does not beat the source's exclusions",
+                true,
+                "db",
+                rules(&[(EXCLUDE_NAMESPACES_ANNOTATION, "team-*")]),
+                "team-a",
+                &[(ACCEPT_LABEL, "all")],
+                false,
+            ),
+            (
+                "on: consent does not reach outside the source's list",
+                true,
+                "db",
+                named("billing"),
+                "team-a",
+                &[(ACCEPT_DB, "true")],
+                false,
+            ),
+            (
+                "on: consent does not open a protected namespace",
+                true,
+                "db",
+                everything.clone(),
+                "kube-system",
+                &[(ACCEPT_LABEL, "all")],
+                false,
+            ),
+            (
+                "on: a protected namespace named exactly, with consent",
+                true,
+                "db",
+                named("kube-system"),
+                "kube-system",
+                &[(ACCEPT_DB, "true")],
+                true,
+            ),
+            (
+                "on: a protected namespace named exactly, without consent",
+                true,
+                "db",
+                named("kube-system"),
+                "kube-system",
+                &[],
+                false,
+            ),
+            (
+                "on: consent does not beat the selector",
+                true,
+                "db",
+                rules(&[(NAMESPACE_SELECTOR_ANNOTATION, "env=prod")]),
+                "team-a",
+                &[(ACCEPT_LABEL, "all")],
+                false,
+            ),
+            (
+                "on: the consent label can be selected on",
+                true,
+                "db",
+                rules(&[(NAMESPACE_SELECTOR_ANNOTATION, "push-to-k8s.io/accept=all")]),
+                "team-a",
+                &[(ACCEPT_LABEL, "all")],
+                true,
+            ),
+            (
+                "on: never the source namespace",
+                true,
+                "db",
+                everything.clone(),
+                "push-to-k8s",
+                &[(ACCEPT_LABEL, "all")],
+                false,
+            ),
+        ];
+        for (what, require_consent, source, rules, name, labels, want) in cases {
+            let scope = Scope {
+                source_namespace: "push-to-k8s",
+                exclude_label: Some("skip"),
+                protected: &protected,
+                require_consent: *require_consent,
+            };
+            let info = ns(labels);
+            assert_eq!(rules.wants(&scope, source, name, &info), *want, "{what}");
+            // A terminating namespace never gets a copy, whatever it accepts.
+            let terminating = NamespaceInfo {
+                terminating: true,
+                ..info
+            };
+            assert!(
+                !rules.wants(&scope, source, name, &terminating),
+                "{what}, terminating"
+            );
+        }
+    }
+
+    #[test]
+    fn consent_and_opt_out_label_keys_are_valid_for_any_short_source_name() {
+        // The per-source labels put the source's name in the key's name part:
+        // valid for every object name of up to 63 characters (DNS-1123
+        // subdomains are a subset of label key names), too long beyond.
+        for source in ["db", "tls.example.com", "a-b.c-d", &"a".repeat(63)] {
+            for prefix in [ACCEPT_SOURCE_PREFIX, OPT_OUT_SOURCE_PREFIX] {
+                let key = format!("{prefix}{source}");
+                assert_eq!(names::label_key(&key), Ok(()), "{key}");
+            }
+        }
+        let key = format!("{ACCEPT_SOURCE_PREFIX}{}", "a".repeat(64));
+        assert!(names::label_key(&key).is_err());
+        for key in [ACCEPT_LABEL, OPT_OUT_LABEL] {
+            assert_eq!(names::label_key(key), Ok(()), "{key}");
+        }
+        assert_eq!(names::label_value(ACCEPT_ALL), Ok(()));
     }
 }
