@@ -96,6 +96,27 @@ pub struct Config {
     /// `KUBECONFIG`: explicit kubeconfig file; `None` means in-cluster or the
     /// client's own default (`~/.kube/config`).
     pub kubeconfig: Option<PathBuf>,
+    /// `LEADER_ELECTION=true`: hold a Lease to write (two or more replicas).
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Leader election settings (`LEASE_*`), validated whether or not
+/// `LEADER_ELECTION` is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderElection {
+    /// `LEASE_NAME` (default `push-to-k8s`).
+    pub lease_name: String,
+    /// `LEASE_NAMESPACE` (default: the pod's namespace, else `NAMESPACE`).
+    pub lease_namespace: String,
+    /// `LEASE_DURATION_SECONDS` (default 15, 2–300): how long a standby waits
+    /// for a silent holder before taking over.
+    pub duration: Duration,
+    /// `LEASE_RENEW_DEADLINE_SECONDS` (default 10, 1–299, less than the
+    /// duration): a holder that has not renewed for this long stops writing.
+    pub renew_deadline: Duration,
+    /// `LEASE_RETRY_PERIOD_SECONDS` (default 2, 1–60, less than the renew
+    /// deadline): how often to renew, or to try to acquire.
+    pub retry_period: Duration,
 }
 
 /// Log output format (`LOG_FORMAT`).
@@ -151,7 +172,436 @@ const VARIABLES: &[&str] = &[
     "DEBUG",
     "LOG_FORMAT",
     "KUBECONFIG",
+    "LEADER_ELECTION",
+    "LEASE_NAME",
+    "LEASE_NAMESPACE",
+    "LEASE_DURATION_SECONDS",
+    "LEASE_RENEW_DEADLINE_SECONDS",
+    "LEASE_RETRY_PERIOD_SECONDS",
 ];
+
+/// One environment variable as users see it: the single description of its
+/// name, default and valid values. The Helm chart's `values.schema.json` is
+/// generated from [`ENV_VARS`] and `tests/chart.rs` fails while the two
+/// disagree; the unit tests below check this table against the parser above,
+/// so a variable added to [`VARIABLES`] without a row here fails them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: &'static str,
+    pub kind: ValueKind,
+    pub default: EnvDefault,
+    /// One sentence for humans (docs, the chart schema).
+    pub description: &'static str,
+}
+
+/// What a variable accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// `true` or `false`, any case.
+    Bool,
+    /// A decimal integer (ASCII digits only) in `min..=max`, narrowed further
+    /// by `relation` when there is one.
+    Integer {
+        min: u64,
+        max: u64,
+        unit: &'static str,
+        relation: Option<Relation>,
+    },
+    /// A namespace name (DNS-1123 label); with `empty_is_unset`, `""` counts
+    /// as not set, otherwise it is invalid.
+    Namespace { empty_is_unset: bool },
+    /// An object name (DNS-1123 subdomain).
+    ObjectName,
+    /// Comma-separated namespace names (spaces around commas allowed); `""`
+    /// is the empty list.
+    NamespaceList,
+    /// A label key; `""` counts as not set.
+    LabelKey,
+    /// One of these words, any case.
+    OneOf(&'static [&'static str]),
+    /// The path of an existing file; `""` counts as not set.
+    File,
+}
+
+/// A bound an integer has relative to another variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    /// Not less than the named variable's value.
+    AtLeast(&'static str),
+    /// Less than the named variable's value.
+    LessThan(&'static str),
+}
+
+/// A variable's value when it is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvDefault {
+    /// Exactly as if this value had been given.
+    Value(&'static str),
+    /// Worked out from something else, as described.
+    Derived(&'static str),
+}
+
+const fn int(min: u64, max: u64, unit: &'static str) -> ValueKind {
+    ValueKind::Integer {
+        min,
+        max,
+        unit,
+        relation: None,
+    }
+}
+
+/// Every variable of [`VARIABLES`], described for users.
+pub const ENV_VARS: &[EnvVar] = &[
+    EnvVar {
+        name: "NAMESPACE",
+        kind: ValueKind::Namespace {
+            empty_is_unset: false,
+        },
+        default: EnvDefault::Derived(
+            "POD_NAMESPACE, else the service-account namespace file, else push-to-k8s",
+        ),
+        description: "Namespace of the sources (Secrets and ConfigMaps labelled push-to-k8s=source); it must exist.",
+    },
+    EnvVar {
+        name: "POD_NAMESPACE",
+        kind: ValueKind::Namespace {
+            empty_is_unset: true,
+        },
+        default: EnvDefault::Derived("unset (the chart sets it to the pod's namespace)"),
+        description: "The namespace the pod runs in: the default of NAMESPACE.",
+    },
+    EnvVar {
+        name: "ENABLE_SECRET_WATCHER",
+        kind: ValueKind::Bool,
+        default: EnvDefault::Value("true"),
+        description: "Watch the sources; false: read them at start and at each periodic sync only.",
+    },
+    EnvVar {
+        name: "ENABLE_CONFIGMAPS",
+        kind: ValueKind::Bool,
+        default: EnvDefault::Value("true"),
+        description: "ConfigMaps labelled push-to-k8s=source are sources too; false: no ConfigMap is watched or written.",
+    },
+    EnvVar {
+        name: "ALLOW_ADOPTION",
+        kind: ValueKind::Bool,
+        default: EnvDefault::Value("false"),
+        description: "An unmanaged object in the way of a copy is taken over when its source asks for it (push-to-k8s.io/adopt).",
+    },
+    EnvVar {
+        name: "SECRET_SYNC_DEBOUNCE_SECONDS",
+        kind: int(1, 60, "seconds"),
+        default: EnvDefault::Value("5"),
+        description: "Quiet window before a batch of changes is planned.",
+    },
+    EnvVar {
+        name: "SECRET_SYNC_MAX_WAIT_SECONDS",
+        kind: ValueKind::Integer {
+            min: 1,
+            max: 600,
+            unit: "seconds",
+            relation: Some(Relation::AtLeast("SECRET_SYNC_DEBOUNCE_SECONDS")),
+        },
+        default: EnvDefault::Derived("3 x SECRET_SYNC_DEBOUNCE_SECONDS"),
+        description: "A batch is planned at the latest this long after its first change; not less than SECRET_SYNC_DEBOUNCE_SECONDS.",
+    },
+    EnvVar {
+        name: "SECRET_SYNC_RATE_LIMIT",
+        kind: int(1, 100, "writes per second"),
+        default: EnvDefault::Value("10"),
+        description: "Write requests per second, all writes together.",
+    },
+    EnvVar {
+        name: "SECRET_SYNC_RATE_BURST",
+        kind: int(1, 100, "writes"),
+        default: EnvDefault::Value("1"),
+        description: "Writes allowed back to back before pacing applies.",
+    },
+    EnvVar {
+        name: "SYNC_INTERVAL",
+        kind: int(1, 1440, "minutes"),
+        default: EnvDefault::Value("15"),
+        description: "Periodic full resync, in minutes.",
+    },
+    EnvVar {
+        name: "EXCLUDE_NAMESPACE_LABEL",
+        kind: ValueKind::LabelKey,
+        default: EnvDefault::Value(""),
+        description: "Namespaces carrying this label key get no copies; empty: none excluded by label.",
+    },
+    EnvVar {
+        name: "PROTECTED_NAMESPACES",
+        kind: ValueKind::NamespaceList,
+        default: EnvDefault::Value(DEFAULT_PROTECTED_NAMESPACES),
+        description: "Namespaces copied to only when a source names them exactly.",
+    },
+    EnvVar {
+        name: "REQUIRE_NAMESPACE_CONSENT",
+        kind: ValueKind::Bool,
+        default: EnvDefault::Value("false"),
+        description: "Only namespaces whose owners accept a source by label receive its copies.",
+    },
+    EnvVar {
+        name: "METRICS_PORT",
+        kind: int(1, 65535, ""),
+        default: EnvDefault::Value("9090"),
+        description: "Port of /metrics, /healthz and /readyz.",
+    },
+    EnvVar {
+        name: "READY_WATCH_FAILURE_SECONDS",
+        kind: int(1, 600, "seconds"),
+        default: EnvDefault::Value("10"),
+        description: "/readyz reports unready once a watch has been failing for longer than this.",
+    },
+    EnvVar {
+        name: "DEBUG",
+        kind: ValueKind::Bool,
+        default: EnvDefault::Value("false"),
+        description: "Debug logs for push-to-k8s (RUST_LOG overrides).",
+    },
+    EnvVar {
+        name: "LOG_FORMAT",
+        kind: ValueKind::OneOf(&["text", "json"]),
+        default: EnvDefault::Value("text"),
+        description: "Log line format (stderr).",
+    },
+    EnvVar {
+        name: "KUBECONFIG",
+        kind: ValueKind::File,
+        default: EnvDefault::Derived("in-cluster, else ~/.kube/config"),
+        description: "Kubeconfig file of the cluster to manage (one path).",
+    },
+    EnvVar {
+        name: "LEADER_ELECTION",
+        kind: ValueKind::Bool,
+        default: EnvDefault::Value("false"),
+        description: "Hold a Lease to write, for two or more replicas; a standby writes nothing.",
+    },
+    EnvVar {
+        name: "LEASE_NAME",
+        kind: ValueKind::ObjectName,
+        default: EnvDefault::Value("push-to-k8s"),
+        description: "Name of the Lease.",
+    },
+    EnvVar {
+        name: "LEASE_NAMESPACE",
+        kind: ValueKind::Namespace {
+            empty_is_unset: false,
+        },
+        default: EnvDefault::Derived("POD_NAMESPACE, else NAMESPACE"),
+        description: "Namespace of the Lease.",
+    },
+    EnvVar {
+        name: "LEASE_DURATION_SECONDS",
+        kind: int(2, 300, "seconds"),
+        default: EnvDefault::Value("15"),
+        description: "How long a standby waits for a silent holder before taking over.",
+    },
+    EnvVar {
+        name: "LEASE_RENEW_DEADLINE_SECONDS",
+        kind: ValueKind::Integer {
+            min: 1,
+            max: 299,
+            unit: "seconds",
+            relation: Some(Relation::LessThan("LEASE_DURATION_SECONDS")),
+        },
+        default: EnvDefault::Derived("10, at most LEASE_DURATION_SECONDS - 1"),
+        description: "A holder that has not renewed for this long stops writing; less than LEASE_DURATION_SECONDS.",
+    },
+    EnvVar {
+        name: "LEASE_RETRY_PERIOD_SECONDS",
+        kind: ValueKind::Integer {
+            min: 1,
+            max: 60,
+            unit: "seconds",
+            relation: Some(Relation::LessThan("LEASE_RENEW_DEADLINE_SECONDS")),
+        },
+        default: EnvDefault::Derived("2, less than LEASE_RENEW_DEADLINE_SECONDS"),
+        description: "How often the holder renews, and a standby tries to acquire; less than LEASE_RENEW_DEADLINE_SECONDS.",
+    },
+];
+
+/// [`ENV_VARS`] checked against the parser: every variable has a row, and
+/// each row's kind, range and default are what [`Config::from_vars`] does.
+#[cfg(test)]
+mod env_vars_tests {
+    use super::*;
+
+    fn load(vars: &[(&str, String)]) -> Result<Config, ConfigError> {
+        Config::from_vars_with_sa_file(
+            vars.iter().map(|(k, v)| (k.to_string(), v.clone())),
+            Path::new("/nonexistent-on-purpose/serviceaccount/namespace"),
+        )
+    }
+
+    fn row(name: &str) -> &'static EnvVar {
+        ENV_VARS
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("{name} has no row in config::ENV_VARS"))
+    }
+
+    /// Values of other variables that give `name` its widest range: the
+    /// variable it must stay below at its maximum, the one it must reach at
+    /// its minimum (and so on down the chain).
+    fn companions(name: &str) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let ValueKind::Integer {
+            relation: Some(relation),
+            ..
+        } = row(name).kind
+        {
+            let (other, at_max) = match relation {
+                Relation::LessThan(other) => (other, true),
+                Relation::AtLeast(other) => (other, false),
+            };
+            let ValueKind::Integer { min, max, .. } = row(other).kind else {
+                panic!("{name} is related to {other}, which is not an integer");
+            };
+            out.extend(companions(other));
+            let value = if at_max { max } else { min };
+            out.push((row(other).name, value.to_string()));
+        }
+        out
+    }
+
+    /// Every boolean turned away from its default, so that settings used only
+    /// behind a switch (`LEASE_*` behind `LEADER_ELECTION`) are in effect.
+    fn switches_flipped() -> Vec<(&'static str, String)> {
+        ENV_VARS
+            .iter()
+            .filter(|v| v.kind == ValueKind::Bool)
+            .map(|v| {
+                let flipped = v.default != EnvDefault::Value("true");
+                (v.name, flipped.to_string())
+            })
+            .collect()
+    }
+
+    fn check(name: &'static str, value: &str) -> Result<Config, ConfigError> {
+        let mut vars = switches_flipped();
+        vars.extend(companions(name));
+        vars.push((name, value.to_owned()));
+        load(&vars)
+    }
+
+    #[test]
+    fn every_variable_has_exactly_one_row() {
+        for name in VARIABLES {
+            let rows = ENV_VARS.iter().filter(|v| v.name == *name).count();
+            assert_eq!(
+                rows, 1,
+                "{name} is read by config.rs: describe it once in config::ENV_VARS (kind, default, description), then regenerate the chart schema: UPDATE_VALUES_SCHEMA=1 cargo test --test chart values_schema"
+            );
+        }
+        for var in ENV_VARS {
+            assert!(
+                VARIABLES.contains(&var.name),
+                "config::ENV_VARS describes {}, which config.rs does not read",
+                var.name
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_are_what_an_unset_variable_gives() {
+        for base in [Vec::new(), switches_flipped()] {
+            for var in ENV_VARS {
+                if let EnvDefault::Value(value) = var.default {
+                    let mut vars: Vec<_> = base
+                        .iter()
+                        .filter(|(n, _)| *n != var.name)
+                        .cloned()
+                        .collect();
+                    let unset = load(&vars).unwrap();
+                    vars.push((var.name, value.to_owned()));
+                    let given = load(&vars).unwrap_or_else(|e| {
+                        panic!("{}: default {value:?} is invalid: {e}", var.name)
+                    });
+                    assert_eq!(given, unset, "{}={value:?} is not the default", var.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_and_ranges_are_what_the_parser_accepts() {
+        for var in ENV_VARS {
+            let name = var.name;
+            let accepted: Vec<String>;
+            let rejected: Vec<String>;
+            match var.kind {
+                ValueKind::Bool => {
+                    accepted = vec!["true".into(), "FALSE".into()];
+                    rejected = vec!["".into(), "yes".into(), "1".into()];
+                }
+                ValueKind::Integer { min, max, .. } => {
+                    accepted = vec![min.to_string(), max.to_string()];
+                    let out_of_range: Vec<u64> =
+                        min.checked_sub(1).into_iter().chain([max + 1]).collect();
+                    rejected = out_of_range
+                        .iter()
+                        .map(u64::to_string)
+                        .chain(["".into(), format!("+{min}"), format!(" {min}")])
+                        .collect();
+                    for bad in out_of_range {
+                        let e = check(name, &bad.to_string()).unwrap_err();
+                        let range = format!("from {min} to {max}");
+                        assert!(
+                            e.valid.contains(&range),
+                            "{name}={bad}: {e} (table: {range})"
+                        );
+                    }
+                }
+                ValueKind::Namespace { empty_is_unset } => {
+                    accepted = vec!["ok-ns".into(), "a".repeat(63)];
+                    rejected = vec!["Bad".into(), "a.b".into(), "a".repeat(64)];
+                    let empty = check(name, "");
+                    assert_eq!(empty.is_ok(), empty_is_unset, "{name}=\"\": {empty:?}");
+                }
+                ValueKind::ObjectName => {
+                    accepted = vec!["ok.name-1".into(), "a".repeat(253)];
+                    rejected = vec!["".into(), "Bad".into(), "a".repeat(254)];
+                }
+                ValueKind::NamespaceList => {
+                    accepted = vec!["".into(), "a".into(), "a, b ,c".into()];
+                    rejected = vec!["a,,b".into(), "a,".into(), "A".into()];
+                }
+                ValueKind::LabelKey => {
+                    accepted = vec!["".into(), "x".into(), "example.com/No_Sync.v1".into()];
+                    rejected = vec!["-x".into(), "x/".into(), "a b".into()];
+                }
+                ValueKind::OneOf(words) => {
+                    accepted = words
+                        .iter()
+                        .flat_map(|w| [w.to_string(), w.to_uppercase()])
+                        .collect();
+                    rejected = vec!["".into(), "other".into()];
+                }
+                ValueKind::File => {
+                    accepted = vec![
+                        "".into(),
+                        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").into(),
+                    ];
+                    rejected = vec!["/nonexistent-on-purpose".into()];
+                }
+            }
+            for value in &accepted {
+                if let Err(e) = check(name, value) {
+                    panic!("{name}={value:?} is valid by config::ENV_VARS, but: {e}");
+                }
+            }
+            for value in &rejected {
+                match check(name, value) {
+                    Err(e) => assert_eq!(e.variable, name, "{name}={value:?}: {e}"),
+                    Ok(_) => {
+                        panic!("{name}={value:?} is invalid by config::ENV_VARS, but accepted")
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// The environment as envy sees it: strings only, `None` when unset. envy
 /// lower-cases variable names, hence lower-case field names.
@@ -175,6 +625,12 @@ struct RawEnv {
     debug: Option<String>,
     log_format: Option<String>,
     kubeconfig: Option<String>,
+    leader_election: Option<String>,
+    lease_name: Option<String>,
+    lease_namespace: Option<String>,
+    lease_duration_seconds: Option<String>,
+    lease_renew_deadline_seconds: Option<String>,
+    lease_retry_period_seconds: Option<String>,
 }
 
 const NAMESPACE_RULE: &str = "must be a namespace name: 1 to 63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit";
@@ -337,6 +793,12 @@ impl Config {
             None | Some("") => None,
             Some(v) => Some(check_kubeconfig(v)?),
         };
+        let lease = leader_election(&raw, &namespace)?;
+        let leader_election = match &raw.leader_election {
+            None => false,
+            Some(v) => parse_bool("LEADER_ELECTION", v)?,
+        }
+        .then_some(lease);
 
         Ok(Config {
             namespace,
@@ -356,8 +818,72 @@ impl Config {
             debug,
             log_format,
             kubeconfig,
+            leader_election,
         })
     }
+}
+
+/// The `LEASE_*` settings: the renew deadline below the duration and the
+/// retry period below the renew deadline, so a holder that cannot renew stops
+/// writing before a standby can take over.
+fn leader_election(raw: &RawEnv, namespace: &str) -> Result<LeaderElection, ConfigError> {
+    let lease_name = match &raw.lease_name {
+        None => "push-to-k8s".to_string(),
+        Some(v) => {
+            names::dns1123_subdomain(v).map_err(|reason| {
+                ConfigError::new(
+                    "LEASE_NAME",
+                    v,
+                    format!("must be an object name: 1 to 253 characters of lowercase letters, digits, '-' and '.' ({reason})"),
+                )
+            })?;
+            v.clone()
+        }
+    };
+    let lease_namespace = match &raw.lease_namespace {
+        Some(v) => {
+            names::dns1123_label(v).map_err(|reason| {
+                ConfigError::new("LEASE_NAMESPACE", v, format!("{NAMESPACE_RULE} ({reason})"))
+            })?;
+            v.clone()
+        }
+        None => raw
+            .pod_namespace
+            .clone()
+            .filter(|p| names::dns1123_label(p).is_ok())
+            .unwrap_or_else(|| namespace.to_string()),
+    };
+    let duration = match &raw.lease_duration_seconds {
+        None => 15,
+        Some(v) => parse_int("LEASE_DURATION_SECONDS", v, 2, 300, " (seconds)")?,
+    };
+    let renew = match &raw.lease_renew_deadline_seconds {
+        None => 10.min(duration - 1),
+        Some(v) => parse_int(
+            "LEASE_RENEW_DEADLINE_SECONDS",
+            v,
+            1,
+            duration - 1,
+            " (seconds, less than LEASE_DURATION_SECONDS)",
+        )?,
+    };
+    let retry = match &raw.lease_retry_period_seconds {
+        None => 2.min(renew.saturating_sub(1)).max(1),
+        Some(v) => parse_int(
+            "LEASE_RETRY_PERIOD_SECONDS",
+            v,
+            1,
+            (renew.saturating_sub(1)).clamp(1, 60),
+            " (seconds, less than LEASE_RENEW_DEADLINE_SECONDS)",
+        )?,
+    };
+    Ok(LeaderElection {
+        lease_name,
+        lease_namespace,
+        duration: Duration::from_secs(duration),
+        renew_deadline: Duration::from_secs(renew),
+        retry_period: Duration::from_secs(retry),
+    })
 }
 
 /// Returns the canonical spelling if `name` is one of our variables.
@@ -542,6 +1068,7 @@ mod tests {
                 debug: false,
                 log_format: LogFormat::Text,
                 kubeconfig: None,
+                leader_election: None,
             }
         );
     }

@@ -16,12 +16,21 @@
 //!
 //! Conflicts met later (a create refused with AlreadyExists) are recorded by
 //! the writer.
+//!
+//! A source that asks for adoption, with adoption allowed
+//! ([`crate::adoption`]), has no conflicts to find: at start it is not
+//! listed, and its known conflicts are forgotten whenever it is planned
+//! ([`release_for_adoption`]), so the plan creates its copies and the writer
+//! adopts what is in the way (or records the conflict again, if that object
+//! is never adopted).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Mutex;
 
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::events::EventType;
 
+use crate::batch::DirtyKey;
 use crate::cache::{Cache, KindCaches};
 use crate::events::Events;
 use crate::kinds::Kind;
@@ -96,6 +105,7 @@ pub async fn at_start(
     caches: &KindCaches,
     namespaces: &Cache<String, NamespaceInfo>,
     scope: &Scope<'_>,
+    adoption_allowed: bool,
     metrics: &Metrics,
 ) -> BTreeMap<String, Vec<String>> {
     let kind = caches.kind;
@@ -109,6 +119,10 @@ pub async fn at_start(
         let Ok(rules) = plan::rules(&source) else {
             continue;
         };
+        // What is in its way is adopted, not a conflict (the writer decides).
+        if crate::adoption::wanted(&source, adoption_allowed) {
+            continue;
+        }
         // Copies are named as the source asks (its own name, or a rename).
         let copy_name = &source.replica.name;
         let blocked = match blocked_namespaces(
@@ -203,6 +217,49 @@ pub fn at_start_note(kind: Kind, name: &str, namespaces: &[String]) -> String {
     format!(
         "{count} already {have} a {kind} named {name} that push-to-k8s does not manage; it is left untouched and gets no copy: {shown}{more}"
     )
+}
+
+/// Forget the `known` conflicts of the sources of this kind that `keys`
+/// plan and that may adopt (they ask, and `allowed`): the plan then creates
+/// those copies, and the writer adopts the objects in their way. So a source
+/// that asks for adoption after its conflicts were recorded adopts them as
+/// soon as its change is planned. Returns how many were forgotten.
+pub fn release_for_adoption(
+    known: &Mutex<HashSet<ObjectKey>>,
+    caches: &KindCaches,
+    keys: &[DirtyKey],
+    allowed: bool,
+) -> usize {
+    if !allowed {
+        return 0;
+    }
+    let kind = caches.kind;
+    let all = keys.contains(&DirtyKey::All);
+    let copy_names: HashSet<String> = caches.sources.read(|sources| {
+        let adopting = |name: &String| {
+            sources
+                .get(name)
+                .filter(|s| crate::adoption::wanted(s, true))
+                .map(|s| s.replica.name.clone())
+        };
+        if all {
+            sources.keys().filter_map(adopting).collect()
+        } else {
+            keys.iter()
+                .filter_map(|k| match k {
+                    DirtyKey::Source(k, name) if *k == kind => adopting(name),
+                    _ => None,
+                })
+                .collect()
+        }
+    });
+    if copy_names.is_empty() {
+        return 0;
+    }
+    let mut known = known.lock().expect("lock");
+    let before = known.len();
+    known.retain(|k| k.kind != kind || !copy_names.contains(&k.name));
+    before - known.len()
 }
 
 /// Of the `known` conflicts, those no longer blocked (the object is gone,
@@ -440,7 +497,15 @@ mod tests {
                 protected: &protected,
                 require_consent: false,
             };
-            at_start(&client, c.of(Kind::Secret), &c.namespaces, &scope, &metrics).await
+            at_start(
+                &client,
+                c.of(Kind::Secret),
+                &c.namespaces,
+                &scope,
+                false,
+                &metrics,
+            )
+            .await
         });
         let everywhere = |name: &str| {
             [
@@ -473,6 +538,115 @@ mod tests {
                 ("only-a".to_string(), vec!["a".to_string()]),
             ])
         );
+    }
+
+    /// A cache of Secret sources with `annotations` each, and namespaces
+    /// `a` and `b`.
+    fn adoption_caches(sources: &[(&str, &[(&str, &str)])]) -> std::sync::Arc<Caches> {
+        let caches = std::sync::Arc::new(Caches::new());
+        for (name, annotations) in sources {
+            let (k, v) = source(name, annotations);
+            caches.of(Kind::Secret).sources.set(k, Some(v));
+        }
+        for ns in ["src", "a", "b"] {
+            caches
+                .namespaces
+                .set(ns.to_string(), Some(Default::default()));
+        }
+        caches
+    }
+
+    const ADOPTS: &[(&str, &str)] = &[(crate::adoption::ADOPT_ANNOTATION, "true")];
+
+    // Issue 8, adoption: a source that may adopt has no conflicts at start
+    // (no LIST), so the first plan creates its copies and the writer adopts.
+    // Asking without ALLOW_ADOPTION is no adoption: it is listed as before.
+    #[tokio::test]
+    async fn a_source_that_may_adopt_is_not_listed_at_start() {
+        for allowed in [true, false] {
+            let (client, mut handle) = mock();
+            let caches = adoption_caches(&[("db", &[]), ("takes", ADOPTS)]);
+            let metrics = Metrics::new();
+            let task = tokio::spawn(async move {
+                let scope = Scope {
+                    source_namespace: "src",
+                    exclude_label: None,
+                    protected: &[],
+                    require_consent: false,
+                };
+                let of = caches.of(Kind::Secret);
+                at_start(&client, of, &caches.namespaces, &scope, allowed, &metrics).await
+            });
+            expect_list(&mut handle, "db", vec![item("a", "db", None)]).await;
+            if !allowed {
+                expect_list(&mut handle, "takes", vec![item("b", "takes", None)]).await;
+            }
+            let found = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .expect("scan finished")
+                .unwrap();
+            assert!(
+                handle.next_request().await.is_none(),
+                "an unexpected extra request (allowed: {allowed})"
+            );
+            let mut want = BTreeMap::from([("db".to_string(), vec!["a".to_string()])]);
+            if !allowed {
+                want.insert("takes".to_string(), vec!["b".to_string()]);
+            }
+            assert_eq!(found, want, "allowed: {allowed}");
+        }
+    }
+
+    // Issue 8, adoption: conflicts recorded before the source asked for
+    // adoption are forgotten when its change is planned (or everything is),
+    // never those of other sources, and never without ALLOW_ADOPTION.
+    #[test]
+    fn conflicts_of_a_source_that_may_adopt_are_forgotten_when_it_is_planned() {
+        let caches = adoption_caches(&[
+            ("db", &[]),
+            ("takes", ADOPTS),
+            ("declines", &[(crate::adoption::ADOPT_ANNOTATION, "false")]),
+        ]);
+        let of = caches.of(Kind::Secret);
+        let all = [
+            key("a", "db"),
+            key("a", "takes"),
+            key("b", "takes"),
+            key("a", "declines"),
+        ];
+        let known = |keys: &[ObjectKey]| Mutex::new(keys.iter().cloned().collect::<HashSet<_>>());
+        let left = |k: &Mutex<HashSet<ObjectKey>>| {
+            let mut v: Vec<_> = k.lock().unwrap().iter().cloned().collect();
+            v.sort();
+            v
+        };
+        let source_key = |n: &str| DirtyKey::Source(Kind::Secret, n.into());
+        let cases: &[(&[DirtyKey], bool, usize)] = &[
+            (&[DirtyKey::All], true, 2),
+            (&[source_key("takes")], true, 2),
+            (&[source_key("db"), source_key("declines")], true, 0),
+            (&[DirtyKey::Namespace("a".into())], true, 0),
+            (
+                &[DirtyKey::Source(Kind::ConfigMap, "takes".into())],
+                true,
+                0,
+            ),
+            (&[DirtyKey::All], false, 0),
+            (&[source_key("takes")], false, 0),
+        ];
+        for (keys, allowed, forgotten) in cases {
+            let k = known(&all);
+            assert_eq!(
+                release_for_adoption(&k, of, keys, *allowed),
+                *forgotten,
+                "{keys:?} allowed {allowed}"
+            );
+            if *forgotten > 0 {
+                assert_eq!(left(&k), vec![key("a", "db"), key("a", "declines")]);
+            } else {
+                assert_eq!(left(&k).len(), all.len());
+            }
+        }
     }
 
     #[test]

@@ -23,8 +23,10 @@ use crate::conflicts;
 use crate::events::Events;
 use crate::fights::Fights;
 use crate::gate::Gate;
+use crate::gate::WriteGate;
 use crate::http::{self, Health};
 use crate::kinds::Kind;
+use crate::lease;
 use crate::metrics::{AnnotationLabels, Metrics};
 use crate::pace::Pacer;
 use crate::plan::{self, Refusal, World};
@@ -101,6 +103,10 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The leader election task ended while running: we could no longer
+    /// tell whether we lead, so the process stops (and is restarted).
+    #[error("the leader election task ended unexpectedly")]
+    LeaseTaskEnded,
     #[error("cannot serve metrics on port {port}: {source}")]
     Http {
         port: u16,
@@ -187,7 +193,29 @@ async fn control(
         controller: "push-to-k8s".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let events = Arc::new(Events::new(client.clone(), reporter, cfg.namespace.clone()));
+    // Leader election: the write gate is open only while we hold the Lease.
+    let (leading_tx, mut leading_rx) = tokio::sync::watch::channel(cfg.leader_election.is_none());
+    let mut lease_task = cfg.leader_election.as_ref().map(|le| {
+        let settings = lease::Settings {
+            name: le.lease_name.clone(),
+            namespace: le.lease_namespace.clone(),
+            identity: identity(),
+            duration: le.duration,
+            renew_deadline: le.renew_deadline,
+            retry_period: le.retry_period,
+        };
+        health.set_role("standby");
+        metrics.leader.set(0);
+        let elector = lease::Elector::new(client.clone(), settings);
+        tokio::spawn(elector.run(leading_tx, shutdown.child_token()))
+    });
+    let gate = Arc::new(WriteGate::new(leading_rx.clone(), shutdown.clone()));
+    let events = Arc::new(Events::new(
+        client.clone(),
+        reporter,
+        cfg.namespace.clone(),
+        gate.clone(),
+    ));
     let writer = Writer::new(
         client.clone(),
         cfg.namespace.clone(),
@@ -195,8 +223,9 @@ async fn control(
         events,
         metrics.clone(),
         caches.clone(),
-        shutdown.clone(),
-    );
+        gate.clone(),
+    )
+    .allowing_adoption(cfg.allow_adoption);
     let mut retry = RetryQueue::new();
     let mut fights = Fights::new();
 
@@ -253,7 +282,14 @@ async fn control(
     // and Event per namespace) to find them.
     for &kind in &kinds {
         let of = caches.of(kind);
-        let scan = conflicts::at_start(&client, of, &caches.namespaces, &scope, &metrics);
+        let scan = conflicts::at_start(
+            &client,
+            of,
+            &caches.namespaces,
+            &scope,
+            cfg.allow_adoption,
+            &metrics,
+        );
         let Some(found) = beating(&health, &shutdown, scan).await else {
             return Ok(());
         };
@@ -286,9 +322,37 @@ async fn control(
             // push a batch past its maximum wait.
             keys = batcher.ready() => {
                 metrics.queue_depth.set(0);
-                metrics.batch_size.observe(keys.len() as f64);
-                let mut gate = Gate { retry: &mut retry, fights: &mut fights };
-                flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate).await;
+                // A standby plans nothing: whoever leads does, and a new
+                // leader starts with everything (below).
+                if gate.leading() {
+                    metrics.batch_size.observe(keys.len() as f64);
+                    let mut gate = Gate { retry: &mut retry, fights: &mut fights };
+                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate).await;
+                }
+            }
+            Ok(()) = leading_rx.changed(), if lease_task.is_some() => {
+                let leading = *leading_rx.borrow_and_update();
+                metrics.leader.set(i64::from(leading));
+                health.set_role(if leading { "leader" } else { "standby" });
+                if leading {
+                    // Plan everything: the last leader may have left anything.
+                    if batcher.pending() == 0 {
+                        since = Instant::now();
+                    }
+                    batcher.add(DirtyKey::All);
+                    if let Some(le) = &cfg.leader_election {
+                        announce_leader(&writer, le).await;
+                    }
+                }
+            }
+            ended = async { lease_task.as_mut().expect("guarded").await }, if lease_task.is_some() => {
+                // The election only ends at shutdown; anything else means we
+                // can no longer know whether we lead: stop instead of running headless.
+                lease_task = None;
+                if !shutdown.is_cancelled() {
+                    tracing::error!(ended = ?ended.err().map(|e| e.to_string()), "the leader election task ended; exiting");
+                    return Err(Error::LeaseTaskEnded);
+                }
             }
             // A copy's backoff is over: re-plan that copy only.
             key = retry.next() => {
@@ -382,6 +446,11 @@ async fn control(
     for w in watchers {
         w.abort();
     }
+    // The elector releases the Lease on shutdown, so a standby takes over
+    // at once; give it a moment to do so.
+    if let Some(task) = lease_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     Ok(())
 }
 
@@ -397,6 +466,11 @@ async fn flush(
     health: &Health,
     gate: &mut Gate<'_>,
 ) {
+    // A source that asks for adoption (and may) tries again what was in its way.
+    for &kind in kinds {
+        let allowed = writer.adoption_allowed();
+        conflicts::release_for_adoption(&writer.conflicts, caches.of(kind), keys, allowed);
+    }
     let conflicts = writer.conflicts.lock().expect("lock").clone();
     let accepted = writer.accepted.lock().expect("lock").clone();
     let mut planned = Vec::new();
@@ -484,6 +558,43 @@ async fn report_refusals(
             )
             .await;
     }
+}
+
+/// Who we are in the Lease: the pod's name, else host name and process id.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "push-to-k8s".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+/// Say who leads: an Event on the Lease (and the log line the elector wrote).
+async fn announce_leader(writer: &Writer, le: &crate::config::LeaderElection) {
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("coordination.k8s.io/v1".into()),
+        kind: Some("Lease".into()),
+        namespace: Some(le.lease_namespace.clone()),
+        name: Some(le.lease_name.clone()),
+        ..Default::default()
+    };
+    writer
+        .events
+        .publish(
+            &reference,
+            EventType::Normal,
+            "LeaderElected",
+            "Lead",
+            format!(
+                "{} holds the Lease and writes; other replicas stand by",
+                identity()
+            ),
+        )
+        .await;
 }
 
 /// Await `work` before the loop starts while keeping the heartbeat:

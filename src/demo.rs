@@ -31,13 +31,16 @@ pub enum Error {
     ControlPlane(String),
     #[error("cannot build a Kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    /// `status` and `plan` look at a configured cluster only, never a demo.
+    #[error("no cluster configured: set KUBECONFIG, run in a pod, or create ~/.kube/config ({0})")]
+    NotConfigured(String),
 }
 
 impl Error {
     /// 2 for a setting the user must fix (like every other bad setting), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Kubeconfig { .. } => 2,
+            Error::Kubeconfig { .. } | Error::NotConfigured(_) => 2,
             _ => 1,
         }
     }
@@ -74,6 +77,22 @@ pub async fn client(cfg: &Config) -> Result<kube::Client, Error> {
         },
     };
     Ok(kube::Client::try_from(kube_config)?)
+}
+
+/// A client for the configured cluster (KUBECONFIG, in-cluster, or
+/// ~/.kube/config), never a demo: for `status` and `plan`.
+pub async fn configured_client(cfg: &Config) -> Result<kube::Client, Error> {
+    let kube_config = match &cfg.kubeconfig {
+        Some(path) => from_file(path).await?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::NotConfigured(one_line(&e.to_string())))?,
+    };
+    Ok(kube::Client::try_from(kube_config)?)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 async fn start_control_plane() -> Result<PathBuf, Error> {

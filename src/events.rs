@@ -3,17 +3,20 @@
 //! never a value.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use crate::gate::WriteGate;
 use crate::kinds::Kind;
 
 /// Publishes Events on sources, and remembers the notes that must be said
 /// once per change rather than once per flush (a refused source).
 pub struct Events {
     client: kube::Client,
+    /// Events are writes too: only while this instance leads.
+    gate: Arc<WriteGate>,
     reporter: Reporter,
     source_namespace: String,
     /// Per source: the uid and note of the refusal last reported.
@@ -21,9 +24,15 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(client: kube::Client, reporter: Reporter, source_namespace: String) -> Events {
+    pub fn new(
+        client: kube::Client,
+        reporter: Reporter,
+        source_namespace: String,
+        gate: Arc<WriteGate>,
+    ) -> Events {
         Events {
             client,
+            gate,
             reporter,
             source_namespace,
             refusals: Mutex::default(),
@@ -72,6 +81,9 @@ impl Events {
         action: &str,
         note: String,
     ) {
+        if !self.gate.open() {
+            return;
+        }
         let mut note = note;
         note.truncate(1000);
         let ev = Event {
@@ -109,6 +121,7 @@ mod tests {
                 instance: None,
             },
             "src".into(),
+            Arc::new(WriteGate::single(tokio_util::sync::CancellationToken::new())),
         );
         assert!(events.first_refusal(Kind::Secret, "db", "u1", "bad glob"));
         assert!(!events.first_refusal(Kind::Secret, "db", "u1", "bad glob"));

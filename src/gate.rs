@@ -1,12 +1,17 @@
-//! The write gate: the one place that decides whether a planned write may
-//! go now. A copy waiting out a retry backoff waits; a copy something keeps
-//! changing back is repaired ever more rarely ([`crate::fights`]); a write
-//! made during shutdown is abandoned by the writer. (Leader election adds
-//! its "only while this instance leads" here.)
+//! The write gate: the one place that decides whether a write may go now.
+//!
+//! - [`WriteGate`]: every write request (and every Event) asks it right
+//!   before it is sent; it is open only while this instance leads (holds the
+//!   Lease, [`crate::lease`]) and the process is not shutting down.
+//! - [`Gate`]: per copy, whether a planned write may go in this flush: a copy
+//!   waiting out a retry backoff waits; a copy something keeps changing back
+//!   is repaired ever more rarely ([`crate::fights`]).
 
 use std::time::Duration;
 
 use kube::runtime::events::EventType;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::Caches;
 use crate::fights::{Decision, Fights};
@@ -14,6 +19,34 @@ use crate::plan::Action;
 use crate::push::{Outcome, Writer};
 use crate::records::ObjectKey;
 use crate::retry::RetryQueue;
+
+/// Open only while this instance leads and is not shutting down.
+pub struct WriteGate {
+    leading: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+}
+
+impl WriteGate {
+    pub fn new(leading: watch::Receiver<bool>, shutdown: CancellationToken) -> WriteGate {
+        WriteGate { leading, shutdown }
+    }
+
+    /// A gate for a single instance without leader election: open until shutdown.
+    pub fn single(shutdown: CancellationToken) -> WriteGate {
+        let (tx, rx) = watch::channel(true);
+        // The receiver keeps the last value after the sender is gone.
+        drop(tx);
+        WriteGate::new(rx, shutdown)
+    }
+
+    pub fn open(&self) -> bool {
+        *self.leading.borrow() && !self.shutdown.is_cancelled()
+    }
+
+    pub fn leading(&self) -> bool {
+        *self.leading.borrow()
+    }
+}
 
 /// Per-copy state that decides whether a planned write may go now: the
 /// retry queue (a failed copy waits out its backoff) and the fight tracker
@@ -65,6 +98,8 @@ impl Gate<'_> {
                     let delay = self.retry.failed(key.clone());
                     tracing::debug!(copy = %key, delay_s = delay.as_secs(), "retrying later");
                 }
+                // Not sent: whoever leads next plans it again.
+                Outcome::Abandoned => {}
                 _ => self.retry.succeeded(&key),
             }
         }

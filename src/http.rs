@@ -53,6 +53,8 @@ struct HealthState {
     watches: BTreeMap<&'static str, WatchHealth>,
     /// When the last resync failed, and why; `None` once one succeeds.
     resync_failed: Option<(Instant, String)>,
+    /// With leader election: `leader` or `standby` (said in `/readyz`).
+    role: Option<&'static str>,
 }
 
 #[derive(Default)]
@@ -95,6 +97,16 @@ impl Health {
 
     fn state(&self) -> std::sync::MutexGuard<'_, HealthState> {
         self.state.lock().expect("health lock")
+    }
+
+    /// With leader election, this instance's role: `leader` or `standby`.
+    /// A standby is ready (its caches are warm); `/readyz` says which it is.
+    pub fn set_role(&self, role: &'static str) {
+        self.state().role = Some(role);
+    }
+
+    pub fn role(&self) -> Option<&'static str> {
+        self.state().role
     }
 
     /// The control loop is alive (monotonic clock).
@@ -230,7 +242,10 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    answer(s.health.readiness())
+    match (s.health.readiness(), s.health.role()) {
+        (Ok(()), Some(role)) => (StatusCode::OK, format!("ok: {role}\n")),
+        (result, _) => answer(result),
+    }
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {

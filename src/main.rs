@@ -1,21 +1,36 @@
-//! The `push-to-k8s` binary: configuration, logging, client, signals.
+//! The `push-to-k8s` binary: command line, configuration, logging, client,
+//! signals. With no arguments it runs the controller; `status` and `plan`
+//! look at the cluster and write nothing ([`push_to_k8s::inspect`]).
 //!
-//! Exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for a bad
-//! setting or a source namespace that does not exist (nothing is written
-//! first), 1 for anything else.
+//! Exit status of the controller: 0 after a clean shutdown (SIGTERM/SIGINT),
+//! 2 for bad usage, a bad setting or a source namespace that does not exist
+//! (nothing is written first), 1 for anything else. `status` and `plan`: see
+//! [`push_to_k8s::cli::USAGE`].
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use push_to_k8s::cli::{self, Command};
 use push_to_k8s::config::{Config, LogFormat};
 use push_to_k8s::logging;
-use push_to_k8s::{controller, demo};
+use push_to_k8s::{controller, demo, inspect};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
-    // First, before anything else: a bad setting stops us here.
+    // First, before anything else: bad usage or a bad setting stops us here.
+    let command = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Help) => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("push-to-k8s: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = match Config::from_env() {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -23,22 +38,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg);
+    // `status` and `plan` print their answer on stdout; only warnings on stderr.
+    let quiet = command != Command::Daemon;
+    init_logging(&cfg, if quiet { "warn" } else { "info" });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let code = runtime.block_on(run(cfg));
+    let code = match command {
+        Command::Daemon => runtime.block_on(run(cfg)),
+        _ => runtime.block_on(inspect::run(&cfg, &command)),
+    };
     runtime.shutdown_timeout(Duration::from_secs(1));
     ExitCode::from(code)
 }
 
-fn init_logging(cfg: &Config) {
+fn init_logging(cfg: &Config, level: &str) {
     let base = match std::env::var("RUST_LOG") {
         Ok(v) if !v.trim().is_empty() => v,
-        _ if cfg.debug => "info,push_to_k8s=debug".to_string(),
-        _ => "info".to_string(),
+        _ if cfg.debug => format!("{level},push_to_k8s=debug"),
+        _ => level.to_string(),
     };
     let ansi = std::io::stderr().is_terminal();
     match cfg.log_format {

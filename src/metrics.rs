@@ -50,6 +50,7 @@ pub struct Metrics {
     pub fights: Counter,
     pub retry_queue: Gauge,
     pub refused_types: Counter,
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -147,6 +148,13 @@ impl Metrics {
             "Metadata LISTs of same-named Secrets (one per name) that find or recheck conflicts",
             conflict_lists.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance holds the Lease and writes (always 1 without leader election), 0 on standby",
+            leader.clone(),
+        );
+        leader.set(1);
         Metrics {
             registry,
             writes,
@@ -165,6 +173,7 @@ impl Metrics {
             fights,
             retry_queue,
             refused_types,
+            leader,
         }
     }
 

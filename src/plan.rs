@@ -367,6 +367,24 @@ pub fn refusal(source: &SourceRecord) -> Option<Refusal> {
     rules(source).err()
 }
 
+/// The namespaces that should hold a copy of the source `name` with these
+/// `rules` (see [`rules`]), in name order: the same `wants` that [`plan`]
+/// asks per namespace, for reports that count them (`push-to-k8s status`).
+pub fn wanted_namespaces<'a>(
+    rules: &TargetRules,
+    scope: &Scope<'_>,
+    name: &str,
+    namespaces: &'a HashMap<String, NamespaceInfo>,
+) -> Vec<&'a str> {
+    let mut wanted: Vec<&str> = namespaces
+        .iter()
+        .filter(|(ns, info)| rules.wants(scope, name, ns, info))
+        .map(|(ns, _)| ns.as_str())
+        .collect();
+    wanted.sort_unstable();
+    wanted
+}
+
 fn delete(kind: Kind, ns: &str, source: &str, name: &str, r: &ReplicaRecord) -> Action {
     Action::Delete {
         kind,

@@ -15,10 +15,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::events::EventType;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::cache::Caches;
 use crate::events::Events;
+use crate::gate::WriteGate;
 use crate::http::Health;
 use crate::kinds::Kind;
 use crate::metrics::Metrics;
@@ -47,6 +47,9 @@ pub enum Outcome {
     NotAdopted(&'static str),
     /// Failed for a reason worth retrying; carries a short reason (never a value).
     Failed(String),
+    /// Not sent: the write gate closed (the Lease was lost, or shutdown).
+    /// Whoever leads next plans it again.
+    Abandoned,
 }
 
 pub struct Writer {
@@ -66,7 +69,7 @@ pub struct Writer {
     /// `ALLOW_ADOPTION`: an unmanaged object in the way of a copy may be
     /// taken over when its source asks for it.
     allow_adoption: bool,
-    shutdown: CancellationToken,
+    gate: Arc<WriteGate>,
 }
 
 #[derive(Default)]
@@ -86,7 +89,7 @@ impl Writer {
         events: Arc<Events>,
         metrics: Arc<Metrics>,
         caches: Arc<Caches>,
-        shutdown: CancellationToken,
+        gate: Arc<WriteGate>,
     ) -> Writer {
         Writer {
             client,
@@ -98,7 +101,7 @@ impl Writer {
             conflicts: Mutex::default(),
             accepted: Mutex::default(),
             allow_adoption: false,
-            shutdown,
+            gate,
         }
     }
 
@@ -111,6 +114,13 @@ impl Writer {
 
     pub fn adoption_allowed(&self) -> bool {
         self.allow_adoption
+    }
+
+    /// Wait for the limiter, then ask the write gate: `false` means do not
+    /// send (not leading any more, or shutting down).
+    async fn admitted(&self) -> bool {
+        self.pacer.ready().await;
+        self.gate.open()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -128,7 +138,7 @@ impl Writer {
     ) -> Vec<(ObjectKey, Outcome)> {
         let results: Vec<(Action, Outcome)> = futures::stream::iter(actions)
             .map(|a| async move {
-                if self.shutdown.is_cancelled() {
+                if !self.gate.open() {
                     return None;
                 }
                 let outcome = self.run(&a).await;
@@ -159,13 +169,14 @@ impl Writer {
                 Outcome::Conflict | Outcome::NotAdopted(_) => "conflict",
                 Outcome::Adopted => "adopted",
                 Outcome::Failed(_) => "error",
+                Outcome::Abandoned => "abandoned",
             };
             self.metrics.write(action.kind(), action.op(), result);
             match &outcome {
                 Outcome::Done => {
                     *tally.done.entry(action.op()).or_default() += 1;
                 }
-                Outcome::Skipped => {}
+                Outcome::Skipped | Outcome::Abandoned => {}
                 Outcome::Conflict => {
                     self.metrics.conflicts.inc();
                     tally.conflicts.push(key.namespace.clone());
@@ -278,7 +289,9 @@ impl Writer {
         key: &ObjectKey,
         desired: &Replica,
     ) -> Outcome {
-        self.pacer.ready().await;
+        if !self.admitted().await {
+            return Outcome::Abandoned;
+        }
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
@@ -339,7 +352,8 @@ impl Writer {
         else {
             return Outcome::Failed("the object to adopt has no uid or resourceVersion".into());
         };
-        match self.apply(api, key, desired, uid, rv, Over::Adopted).await {
+        // Boxed: apply may (for our own copies) replace, which creates.
+        match Box::pin(self.apply(api, key, desired, uid, rv, Over::Adopted)).await {
             Outcome::Done => Outcome::Adopted,
             other => other,
         }
@@ -360,7 +374,9 @@ impl Writer {
             // And exactly the object we read: another uid is refused (422).
             patch.metadata.uid = Some(uid.to_string());
         }
-        self.pacer.ready().await;
+        if !self.admitted().await {
+            return Outcome::Abandoned;
+        }
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let applied = match api.patch(&key.name, &pp, &Patch::Apply(&patch)).await {
             Ok(applied) => applied,
@@ -413,7 +429,9 @@ impl Writer {
             &key.namespace,
             applied.metadata.resource_version.as_deref(),
         );
-        self.pacer.ready().await;
+        if !self.admitted().await {
+            return Outcome::Abandoned;
+        }
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PostParams::default()
@@ -455,7 +473,9 @@ impl Writer {
         uid: &str,
         resource_version: &str,
     ) -> Outcome {
-        self.pacer.ready().await;
+        if !self.admitted().await {
+            return Outcome::Abandoned;
+        }
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(uid.to_string()),
@@ -704,6 +724,7 @@ mod tests {
     use serde_json::{Value, json};
     use std::collections::BTreeMap;
     use std::num::NonZeroU32;
+    use tokio_util::sync::CancellationToken;
     use tower_test::mock::{Handle, SendResponse};
 
     type ApiHandle = Handle<Request<Body>, Response<Body>>;
@@ -736,10 +757,15 @@ mod tests {
             client.clone(),
             SRC.into(),
             Pacer::new(nz(100), nz(10)),
-            Arc::new(Events::new(client.clone(), reporter, SRC.into())),
+            Arc::new(Events::new(
+                client.clone(),
+                reporter,
+                SRC.into(),
+                Arc::new(WriteGate::single(CancellationToken::new())),
+            )),
             Arc::new(Metrics::new()),
             caches.clone(),
-            CancellationToken::new(),
+            Arc::new(WriteGate::single(CancellationToken::new())),
         );
         (w, handle, caches)
     }
@@ -911,6 +937,253 @@ mod tests {
             expect_event(h, "Conflict").await;
         })
         .await;
+    }
+
+    /// The writer of [`writer`], with `ALLOW_ADOPTION` as `allowed`, and its
+    /// source `db` with `push-to-k8s.io/adopt` as `asks` (absent if `None`).
+    fn adoption_writer(allowed: bool, asks: Option<&str>) -> (Writer, ApiHandle, Arc<Caches>) {
+        let (w, handle, caches) = writer();
+        let sources = &caches.of(Kind::Secret).sources;
+        let mut rec = sources.get(&"db".to_string()).unwrap();
+        if let Some(v) = asks {
+            rec.annotations
+                .insert(crate::adoption::ADOPT_ANNOTATION.into(), v.into());
+        }
+        sources.set("db".into(), Some(rec));
+        (w.allowing_adoption(allowed), handle, caches)
+    }
+
+    fn create_db() -> Action {
+        Action::Create {
+            kind: Kind::Secret,
+            namespace: "a".into(),
+            source: "db".into(),
+            name: "db".into(),
+        }
+    }
+
+    /// POST → 409 AlreadyExists, then the metadata GET, answered with
+    /// `found` (an object in namespace `a` named `db`).
+    async fn expect_create_refused_then_get(h: &mut ApiHandle, found: Value) {
+        let (method, uri, _, send) = next(h).await;
+        assert_eq!(method, Method::POST);
+        assert_eq!(
+            uri,
+            "/api/v1/namespaces/a/secrets?&fieldManager=push-to-k8s"
+        );
+        reply(
+            send,
+            StatusCode::CONFLICT,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "AlreadyExists", "code": 409, "message": "secrets \"db\" already exists"}),
+        );
+        let (method, uri, _, send) = next(h).await;
+        assert_eq!(method, Method::GET);
+        assert_eq!(uri, "/api/v1/namespaces/a/secrets/db");
+        let meta = json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                          "metadata": found});
+        reply(send, StatusCode::OK, meta);
+    }
+
+    /// An unmanaged Secret `a/db` as its owner left it: uid `theirs`,
+    /// resourceVersion 5, a label and a Helm annotation of its own.
+    fn theirs() -> Value {
+        json!({"name": "db", "namespace": "a", "uid": "theirs", "resourceVersion": "5",
+               "labels": {"app": "legacy"},
+               "annotations": {"meta.helm.sh/release-name": "old"}})
+    }
+
+    /// The next request must be an Event with `reason`; its type and note.
+    async fn expect_note(h: &mut ApiHandle, reason: &str) -> (String, String) {
+        let (method, uri, body, send) = next(h).await;
+        assert_eq!(method, Method::POST, "{uri}");
+        assert!(
+            uri.starts_with("/apis/events.k8s.io/v1/namespaces/src/events"),
+            "{uri}"
+        );
+        assert_eq!(body["reason"], reason, "{body}");
+        let out = (
+            body["type"].as_str().unwrap_or_default().to_string(),
+            body["note"].as_str().unwrap_or_default().to_string(),
+        );
+        reply(send, StatusCode::CREATED, body);
+        out
+    }
+
+    /// The forced apply of an adoption: guarded by the uid and the
+    /// resourceVersion read, carrying our markers and the source's data.
+    async fn expect_adopting_apply(h: &mut ApiHandle) -> (Value, SendResponse<Response<Body>>) {
+        let (method, uri, body, send) = next(h).await;
+        assert_eq!(method, Method::PATCH);
+        assert_eq!(
+            uri,
+            "/api/v1/namespaces/a/secrets/db?&force=true&fieldManager=push-to-k8s"
+        );
+        assert_eq!(body["metadata"]["uid"], "theirs");
+        assert_eq!(body["metadata"]["resourceVersion"], "5");
+        assert_eq!(body["metadata"]["labels"][MANAGED_LABEL_KEY], "push-to-k8s");
+        assert_eq!(
+            body["metadata"]["annotations"]["push-to-k8s.io/source"],
+            "src/db"
+        );
+        assert_eq!(body["data"], json!({"k": "dg=="}));
+        (body, send)
+    }
+
+    // Issue 8, adoption: with both switches, an unmanaged object in the way
+    // is adopted in place: POST → 409, GET, one forced apply guarded by its
+    // uid and resourceVersion; nothing else when that leaves it exact.
+    #[tokio::test]
+    async fn adoption_is_one_apply_guarded_by_the_uid_and_resource_version_read() {
+        let (w, handle, caches) = adoption_writer(true, Some("true"));
+        let metrics = w.metrics.clone();
+        let (outcomes, _) = run(w, handle, vec![create_db()], async |h: &mut ApiHandle| {
+            let mut found = theirs();
+            found["labels"] = json!({});
+            found["annotations"] = json!({});
+            expect_create_refused_then_get(h, found).await;
+            let (body, send) = expect_adopting_apply(h).await;
+            reply(send, StatusCode::OK, stored(body, "6"));
+            let (type_, note) = expect_note(h, "Adopted").await;
+            assert_eq!(type_, "Normal");
+            assert!(
+                note.contains("namespace a ") && note.contains("adopted"),
+                "{note}"
+            );
+        })
+        .await;
+        let key = ObjectKey::new(Kind::Secret, "a", "db");
+        assert_eq!(outcomes, vec![(key.clone(), Outcome::Adopted)]);
+        let cached = caches.of(Kind::Secret).replicas.get(&key).unwrap();
+        assert_eq!(cached.resource_version, "6", "now a copy in the cache");
+        let text = metrics.encode();
+        assert!(text.contains("push_to_k8s_adoptions_total 1"), "{text}");
+        assert!(text.contains("result=\"adopted\""), "{text}");
+    }
+
+    // Issue 8, adoption: what the former owner left (a data key, a label, a
+    // Helm annotation) is removed by one full update, guarded by the
+    // resourceVersion our apply produced: the object ends an exact copy.
+    #[tokio::test]
+    async fn an_adopted_object_keeps_nothing_its_former_owner_set() {
+        let (w, handle, _) = adoption_writer(true, Some("true"));
+        let (outcomes, _) = run(w, handle, vec![create_db()], async |h: &mut ApiHandle| {
+            expect_create_refused_then_get(h, theirs()).await;
+            let (body, send) = expect_adopting_apply(h).await;
+            let mut applied = stored(body, "6");
+            applied["data"]["theirs"] = json!("eA==");
+            applied["metadata"]["labels"]["app"] = json!("legacy");
+            applied["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!("old");
+            applied["metadata"]["managedFields"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!(crate::records::managed_entry(
+                    "kubectl-create",
+                    &["k", "theirs"],
+                    false
+                )));
+            reply(send, StatusCode::OK, applied);
+            let (method, uri, body, send) = next(h).await;
+            assert_eq!(method, Method::PUT, "{uri}");
+            assert_eq!(
+                uri,
+                "/api/v1/namespaces/a/secrets/db?&fieldManager=push-to-k8s"
+            );
+            assert_eq!(body["metadata"]["resourceVersion"], "6");
+            assert_eq!(
+                body["data"],
+                json!({"k": "dg=="}),
+                "exactly the source's keys"
+            );
+            assert!(body["metadata"]["labels"].get("app").is_none(), "{body}");
+            let annotations = body["metadata"]["annotations"].as_object().unwrap();
+            assert!(
+                !annotations.contains_key("meta.helm.sh/release-name"),
+                "{body}"
+            );
+            reply(send, StatusCode::OK, stored(body, "7"));
+            expect_note(h, "Adopted").await;
+        })
+        .await;
+        assert_eq!(outcomes[0].1, Outcome::Adopted);
+    }
+
+    // Issue 8, adoption: without both switches (adoption allowed, the source
+    // asking "true") the object is only read: POST → 409, GET, a Conflict
+    // Event, no write.
+    #[tokio::test]
+    async fn without_both_switches_an_unmanaged_object_is_only_read() {
+        for (allowed, asks) in [
+            (false, Some("true")),
+            (true, None),
+            (true, Some("false")),
+            (false, None),
+        ] {
+            let (w, handle, _) = adoption_writer(allowed, asks);
+            let (outcomes, _) = run(w, handle, vec![create_db()], async |h: &mut ApiHandle| {
+                expect_create_refused_then_get(h, theirs()).await;
+                let (type_, _) = expect_note(h, "Conflict").await;
+                assert_eq!(type_, "Warning");
+            })
+            .await;
+            assert_eq!(outcomes[0].1, Outcome::Conflict, "{allowed} {asks:?}");
+        }
+    }
+
+    // Issue 8, adoption: what the ownership rules protect is never adopted,
+    // whatever was asked: a source (even another push-to-k8s's), another
+    // push-to-k8s's copy. Read, reported, never written.
+    #[tokio::test]
+    async fn sources_and_other_controllers_copies_are_never_adopted() {
+        let mut source = theirs();
+        source["labels"] = json!({SOURCE_LABEL_KEY: "source"});
+        let mut foreign_copy = theirs();
+        foreign_copy["labels"] = json!({MANAGED_LABEL_KEY: "push-to-k8s"});
+        foreign_copy["annotations"] = json!({"push-to-k8s.io/source": "other-ns/db"});
+        for (found, why) in [
+            (source, "source label"),
+            (foreign_copy, "another push-to-k8s"),
+        ] {
+            let (w, handle, _) = adoption_writer(true, Some("true"));
+            let (outcomes, _) = run(w, handle, vec![create_db()], async |h: &mut ApiHandle| {
+                expect_create_refused_then_get(h, found.clone()).await;
+                let (type_, note) = expect_note(h, "Conflict").await;
+                assert_eq!(type_, "Warning");
+                assert!(note.contains("not adopted") && note.contains(why), "{note}");
+            })
+            .await;
+            assert!(
+                matches!(outcomes[0].1, Outcome::NotAdopted(_)),
+                "{outcomes:?}"
+            );
+        }
+    }
+
+    // Issue 8, adoption: an object whose type differs (the apply is refused
+    // as immutable) is never deleted to be adopted: no DELETE, a Conflict.
+    #[tokio::test]
+    async fn an_object_that_cannot_change_in_place_is_never_deleted_to_be_adopted() {
+        let (w, handle, _) = adoption_writer(true, Some("true"));
+        let (outcomes, _) = run(w, handle, vec![create_db()], async |h: &mut ApiHandle| {
+            expect_create_refused_then_get(h, theirs()).await;
+            let (_, send) = expect_adopting_apply(h).await;
+            reply(
+                send,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 422,
+                       "reason": "Invalid",
+                       "message": "Secret \"db\" is invalid: type: Invalid value: \"kubernetes.io/tls\": field is immutable",
+                       "details": {"name": "db", "kind": "secrets", "causes": [
+                           {"reason": "FieldValueInvalid", "message": "Invalid value: \"kubernetes.io/tls\": field is immutable", "field": "type"}]}}),
+            );
+            let (_, note) = expect_note(h, "Conflict").await;
+            assert!(note.contains("cannot change in place"), "{note}");
+        })
+        .await;
+        assert!(
+            matches!(outcomes[0].1, Outcome::NotAdopted(_)),
+            "{outcomes:?}"
+        );
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ const CASES: &[(&str, &[&str])] = &[
     ("POD_NAMESPACE", &["Bad", "a.b", "x-"]),
     ("ENABLE_SECRET_WATCHER", &["", "yes", "1", " true"]),
     ("ENABLE_CONFIGMAPS", &["", "no", "0", "False "]),
+    ("ALLOW_ADOPTION", &["", "yes", "1", " true", "True "]),
     (
         "SECRET_SYNC_DEBOUNCE_SECONDS",
         &[
@@ -64,6 +65,7 @@ const CASES: &[(&str, &[&str])] = &[
         "PROTECTED_NAMESPACES",
         &[",", "a,,b", "kube-system,Kube-Public", " "],
     ),
+    ("REQUIRE_NAMESPACE_CONSENT", &["", "yes", "1", " true"]),
     ("METRICS_PORT", &["", "0", "65536", "-1", "http", "9090\n"]),
     (
         "READY_WATCH_FAILURE_SECONDS",

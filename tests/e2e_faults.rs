@@ -16,7 +16,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,6 @@ use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
 
 /// The controller's watches, as `/readyz` names them.
 const WATCHES: [&str; 3] = ["sources", "namespaces", "replicas"];
@@ -664,22 +663,6 @@ async fn quota_and_terminating_namespace_block_only_themselves_quietly() {
 }
 
 // ---------------------------------------------------------------- e: RBAC
-
-/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a bound token.
-fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
-    let admin = Kubeconfig::read_from(&control_plane().kubeconfig).unwrap();
-    let cluster = admin.clusters[0].cluster.clone().unwrap();
-    let token = kubectl(&["create", "token", sa, "-n", ns, "--duration=1h"]);
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("push-to-k8s-sa")));
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa}}\ncurrent-context: sa\n",
-        cluster.server.unwrap(),
-        cluster.certificate_authority.unwrap(),
-        token.trim()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// Deletes the chart's cluster-scoped RBAC of release `.0` when dropped.
 struct DeleteClusterRbac(String);

@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,7 +20,6 @@ use k8s_openapi::api::rbac::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
 
 const SA: &str = "p2k-health";
 
@@ -167,25 +164,6 @@ async fn set_role(env: &TestEnv, role: ClusterRole) {
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-}
-
-/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a bound token.
-fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
-    let admin = Kubeconfig::read_from(&control_plane().kubeconfig).unwrap();
-    let cluster = admin.clusters[0].cluster.clone().unwrap();
-    let mut cmd = Command::new("kubectl");
-    cmd.args(["create", "token", sa, "-n", ns, "--duration=1h"])
-        .env("KUBECONFIG", &control_plane().kubeconfig);
-    let token = run(cmd);
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("push-to-k8s-sa")));
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa}}\ncurrent-context: sa\n",
-        cluster.server.unwrap(),
-        cluster.certificate_authority.unwrap(),
-        token.trim()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// The last lines of a log, for assertion messages.

@@ -758,7 +758,7 @@ impl Cluster {
                 Some((None, _)) => {}
                 Some((Some(r), desired)) => match info {
                     None => {}
-                    Some(info) if r.wants(&scope, &k.namespace, info) => {
+                    Some(info) if r.wants(&scope, &k.name, &k.namespace, info) => {
                         out.write(k.clone(), desired, s.metadata.uid.clone());
                     }
                     Some(_) => {
@@ -771,7 +771,7 @@ impl Cluster {
             let Some(r) = r else { continue };
             for (ns, info) in &self.namespaces {
                 let k = key(ns, name);
-                if r.wants(&scope, ns, info) && !out.objects.contains_key(&k) {
+                if r.wants(&scope, name, ns, info) && !out.objects.contains_key(&k) {
                     out.write(k, desired, None);
                 }
             }
@@ -896,6 +896,7 @@ fn scope(protected: &[String]) -> Scope<'_> {
         source_namespace: SRC,
         exclude_label: Some(EXCLUDE_LABEL),
         protected,
+        require_consent: false,
     }
 }
 
@@ -1121,7 +1122,7 @@ fn check_applying_a_plan_converges(spec: &Spec) -> Result<(), TestCaseError> {
         else {
             continue;
         };
-        if rules.wants(&scope(&protected), &k.namespace, info) {
+        if rules.wants(&scope(&protected), &k.name, &k.namespace, info) {
             let held = &after.objects[k];
             // Written by us, or left alone because it already was.
             let stored = after.stored(&source.replica, &k.namespace);

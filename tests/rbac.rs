@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,7 +20,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::Kubeconfig;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/push-to-k8s");
 
@@ -40,22 +38,6 @@ fn helm(args: &[&str]) -> String {
         .args(args)
         .env("KUBECONFIG", &control_plane().kubeconfig);
     run(cmd)
-}
-
-/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a bound token.
-fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
-    let admin = Kubeconfig::read_from(&control_plane().kubeconfig).unwrap();
-    let cluster = admin.clusters[0].cluster.clone().unwrap();
-    let token = kubectl(&["create", "token", sa, "-n", ns, "--duration=1h"]);
-    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("push-to-k8s-sa")));
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa}}\ncurrent-context: sa\n",
-        cluster.server.unwrap(),
-        cluster.certificate_authority.unwrap(),
-        token.trim()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 /// The ServiceAccount and environment of Deployment `ns/name`'s pod, as the

@@ -653,3 +653,30 @@ impl Daemon {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
+
+/// A kubeconfig that authenticates as ServiceAccount `ns/sa` with a bound
+/// token (one hour), against the test control plane.
+pub fn service_account_kubeconfig(ns: &str, sa: &str) -> PathBuf {
+    service_account_kubeconfig_via(ns, sa, None)
+}
+
+/// [`service_account_kubeconfig`] reaching the API server at `server` (a
+/// `https://127.0.0.1:PORT` proxy in front of it) instead of directly.
+pub fn service_account_kubeconfig_via(ns: &str, sa: &str, server: Option<&str>) -> PathBuf {
+    let admin = kube::config::Kubeconfig::read_from(&control_plane().kubeconfig).unwrap();
+    let cluster = admin.clusters[0].cluster.clone().unwrap();
+    let mut cmd = Command::new("kubectl");
+    cmd.args(["create", "token", sa, "-n", ns, "--duration=1h"])
+        .env("KUBECONFIG", &control_plane().kubeconfig);
+    let token = run(cmd);
+    let path = std::env::temp_dir().join(format!("{}.kubeconfig", unique("push-to-k8s-sa")));
+    let server = server.map_or_else(|| cluster.server.clone().unwrap(), str::to_string);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: sa\n  user:\n    token: {}\ncontexts:\n- name: sa\n  context: {{cluster: local, user: sa}}\ncurrent-context: sa\n",
+        server,
+        cluster.certificate_authority.unwrap(),
+        token.trim()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}

@@ -1,0 +1,167 @@
+//! `push-to-k8s status` and `push-to-k8s plan`: one read-only look at the
+//! configured cluster through the daemon's own start-up, then its planner.
+//!
+//! The same steps as a starting controller, minus every write: the source
+//! namespace must exist ([`controller::preflight`]); one
+//! [`resync::relist`] fills fresh caches (the tracked descriptions the
+//! watches use); the start-up conflict LISTs ([`conflicts::at_start`]) find
+//! unmanaged objects in the way; then [`plan::plan`] plans everything
+//! ([`DirtyKey::All`], as at start) per kind, and [`crate::status`]
+//! classifies its actions. No watch, no write, no Event: it needs `get` and
+//! `list` on namespaces, Secrets and ConfigMaps, nothing else.
+//!
+//! Not taken into account, because only a running controller knows them:
+//! copies held back by a retry backoff or a fight (they are planned here as
+//! at a restart), and copies a webhook changed as we wrote them (shown as
+//! stale, as a restarted controller would repair them once).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+
+use crate::batch::DirtyKey;
+use crate::cache::{Caches, KindCaches};
+use crate::cli::{Command, Output};
+use crate::config::Config;
+use crate::kinds::Kind;
+use crate::metrics::Metrics;
+use crate::plan::{self, World};
+use crate::records::ObjectKey;
+use crate::status::Report;
+use crate::targets::Scope;
+use crate::watch::describe_error;
+use crate::{conflicts, controller, demo, resync};
+
+/// Exit status of `status` when something is not in sync.
+pub const NOT_IN_SYNC: u8 = 1;
+/// Exit status for a bad setting (as the controller's) or bad usage.
+pub const BAD_SETTING: u8 = 2;
+/// Exit status when the cluster could not be read: nothing is known.
+pub const UNREADABLE: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Client(#[from] demo::Error),
+    #[error("{0}")]
+    Start(#[from] controller::Error),
+    #[error("cannot list namespaces, Secrets and ConfigMaps (needs get and list on them): {0}")]
+    List(String),
+}
+
+impl Error {
+    /// 2 for a setting the user must fix (as the controller), 3 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        let setting = match self {
+            Error::Client(e) => e.exit_code() == 2,
+            Error::Start(e) => e.exit_code() == 2,
+            Error::List(_) => false,
+        };
+        if setting { BAD_SETTING } else { UNREADABLE }
+    }
+}
+
+/// Run `status` or `plan` against the configured cluster; the exit status.
+pub async fn run(cfg: &Config, command: &Command) -> u8 {
+    let report = match look(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("push-to-k8s: {e}");
+            return e.exit_code();
+        }
+    };
+    let (text, code) = match *command {
+        Command::Status { verbose, output } => {
+            let text = match output {
+                Output::Text => report.status_text(verbose),
+                Output::Json => report.status_json(verbose),
+            };
+            (text, if report.in_sync() { 0 } else { NOT_IN_SYNC })
+        }
+        Command::Plan { output } => {
+            let text = match output {
+                Output::Text => report.plan_text(),
+                Output::Json => report.plan_json(),
+            };
+            (text, 0)
+        }
+        Command::Daemon | Command::Help => unreachable!("not an inspection: {command:?}"),
+    };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    code
+}
+
+/// Read the cluster (read only) and plan everything, per enabled kind.
+pub async fn look(cfg: &Config) -> Result<Report, Error> {
+    let client = demo::configured_client(cfg).await?;
+    inspect(&client, cfg).await
+}
+
+/// [`look`] with a given client.
+pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Error> {
+    controller::preflight(client, cfg).await?;
+    let kinds = cfg.kinds();
+    let caches = Caches::new();
+    for kind in Kind::ALL.into_iter().filter(|k| !kinds.contains(k)) {
+        caches.switch_off(kind);
+    }
+    // Not exported anywhere: the daemon's pieces count into it.
+    let metrics = Metrics::new();
+    resync::relist(client, &cfg.namespace, &kinds, &caches, &metrics)
+        .await
+        .map_err(|e| Error::List(describe_error(&e)))?;
+    let scope = Scope {
+        source_namespace: &cfg.namespace,
+        exclude_label: cfg.exclude_namespace_label.as_deref(),
+        protected: &cfg.protected_namespaces,
+        require_consent: cfg.require_namespace_consent,
+    };
+    let mut report = Report::new(&cfg.namespace);
+    let accepted = HashMap::new();
+    for &kind in &kinds {
+        let of = caches.of(kind);
+        let found = conflicts::at_start(
+            client,
+            of,
+            &caches.namespaces,
+            &scope,
+            cfg.allow_adoption,
+            &metrics,
+        )
+        .await;
+        let known = conflict_keys(of, &found);
+        of.sources.read(|sources| {
+            caches.namespaces.read(|namespaces| {
+                of.replicas.read(|replicas| {
+                    let world = World {
+                        kind,
+                        sources,
+                        namespaces,
+                        replicas,
+                        conflicts: &known,
+                        accepted: &accepted,
+                    };
+                    let plan = plan::plan(&world, &scope, &[DirtyKey::All]);
+                    report.add(&world, &scope, plan);
+                })
+            })
+        });
+    }
+    Ok(report)
+}
+
+/// The copies the start-up LISTs found blocked (source → namespaces), as
+/// the daemon records them: by the copy's name.
+fn conflict_keys(of: &KindCaches, found: &BTreeMap<String, Vec<String>>) -> HashSet<ObjectKey> {
+    let mut keys = HashSet::new();
+    for (source, namespaces) in found {
+        if let Some(rec) = of.sources.get(source) {
+            keys.extend(
+                namespaces
+                    .iter()
+                    .map(|ns| ObjectKey::new(of.kind, ns, &rec.replica.name)),
+            );
+        }
+    }
+    keys
+}
