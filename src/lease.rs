@@ -229,3 +229,171 @@ impl Elector {
             .map_err(|e| describe_error(&e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{Method, Request, Response, StatusCode};
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tower_test::mock::{Handle, SendResponse};
+
+    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+    fn elector() -> (Elector, ApiHandle) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let settings = Settings {
+            name: "lease".into(),
+            namespace: "ns".into(),
+            identity: "me".into(),
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        };
+        (
+            Elector::new(kube::Client::new(service, "default"), settings),
+            handle,
+        )
+    }
+
+    fn reply(send: SendResponse<Response<Body>>, code: StatusCode, body: Value) {
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    fn lease(holder: Option<&str>, rv: &str) -> Value {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "lease", "namespace": "ns", "resourceVersion": rv},
+               "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
+    }
+
+    async fn next(h: &mut ApiHandle) -> (Method, Value, SendResponse<Response<Body>>) {
+        let (req, send) = h.next_request().await.expect("a request");
+        let method = req.method().clone();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (method, body, send)
+    }
+
+    #[tokio::test]
+    async fn no_lease_is_created_and_held() {
+        let (mut e, mut h) = elector();
+        let server = async {
+            let (m, _, send) = next(&mut h).await;
+            assert_eq!(m, Method::GET);
+            reply(
+                send,
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            );
+            let (m, body, send) = next(&mut h).await;
+            assert_eq!(m, Method::POST);
+            assert_eq!(body["spec"]["holderIdentity"], "me");
+            assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+            reply(send, StatusCode::CREATED, body);
+        };
+        let (round, ()) = tokio::join!(e.round(), server);
+        assert_eq!(round, Ok(Round::Leading));
+    }
+
+    // A standby takes over only after the Lease has not changed for its
+    // duration, on its own clock; a change of the Lease restarts the wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_waits_out_a_silent_holder_on_its_own_clock() {
+        let (mut e, mut h) = elector();
+        let get = async |h: &mut ApiHandle, rv: &str| {
+            let (m, _, send) = next(h).await;
+            assert_eq!(m, Method::GET);
+            reply(send, StatusCode::OK, lease(Some("other"), rv));
+        };
+        let (r, ()) = tokio::join!(e.round(), get(&mut h, "1"));
+        assert_eq!(r, Ok(Round::Standby));
+        tokio::time::advance(Duration::from_secs(14)).await;
+        let (r, ()) = tokio::join!(e.round(), get(&mut h, "1"));
+        assert_eq!(r, Ok(Round::Standby), "not yet expired");
+        // The holder renewed: the wait starts over.
+        let (r, ()) = tokio::join!(e.round(), get(&mut h, "2"));
+        assert_eq!(r, Ok(Round::Standby));
+        tokio::time::advance(Duration::from_secs(14)).await;
+        let (r, ()) = tokio::join!(e.round(), get(&mut h, "2"));
+        assert_eq!(r, Ok(Round::Standby));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let server = async {
+            get(&mut h, "2").await;
+            let (m, body, send) = next(&mut h).await;
+            assert_eq!(m, Method::PUT, "take over");
+            assert_eq!(
+                body["metadata"]["resourceVersion"], "2",
+                "guarded by what we read"
+            );
+            assert_eq!(body["spec"]["holderIdentity"], "me");
+            assert_eq!(body["spec"]["leaseTransitions"], 1);
+            reply(send, StatusCode::OK, body);
+        };
+        let (r, ()) = tokio::join!(e.round(), server);
+        assert_eq!(r, Ok(Round::Leading));
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_taken_at_once_and_a_lost_race_is_standby() {
+        let (mut e, mut h) = elector();
+        let server = async {
+            let (_, _, send) = next(&mut h).await;
+            reply(send, StatusCode::OK, lease(None, "5"));
+            let (m, _, send) = next(&mut h).await;
+            assert_eq!(m, Method::PUT);
+            // Another standby got there first.
+            reply(
+                send,
+                StatusCode::CONFLICT,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"}),
+            );
+        };
+        let (r, ()) = tokio::join!(e.round(), server);
+        assert_eq!(r, Ok(Round::Standby));
+    }
+
+    // A leader that cannot renew stops leading once its renew deadline has
+    // passed, before the Lease's duration (what a standby waits) is over.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_cannot_renew_stands_down_before_the_lease_expires() {
+        let (e, mut h) = elector();
+        let (tx, mut rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(e.run(tx, shutdown.clone()));
+        // Held and renewed once.
+        let (_, _, send) = next(&mut h).await;
+        reply(send, StatusCode::OK, lease(Some("me"), "1"));
+        let (m, body, send) = next(&mut h).await;
+        assert_eq!(m, Method::PUT);
+        reply(send, StatusCode::OK, body);
+        rx.changed().await.unwrap();
+        assert!(*rx.borrow_and_update());
+        let renewed = Instant::now();
+        // From now on every request fails.
+        let fail = tokio::spawn(async move {
+            while let Some((_, send)) = h.next_request().await {
+                reply(
+                    send,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable", "code": 503, "message": "unavailable"}),
+                );
+            }
+        });
+        rx.changed().await.unwrap();
+        assert!(!*rx.borrow());
+        let after = renewed.elapsed();
+        assert!(after >= Duration::from_secs(10), "{after:?}");
+        assert!(
+            after < Duration::from_secs(15),
+            "before the Lease expires: {after:?}"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        fail.abort();
+    }
+}
