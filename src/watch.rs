@@ -207,6 +207,31 @@ pub async fn watch<O, K, V>(
     .await
 }
 
+type WatchContext<'a> = (
+    &'a UnboundedSender<DirtyKey>,
+    &'a Arc<Metrics>,
+    &'a Arc<crate::http::Health>,
+    &'a CancellationToken,
+);
+
+fn spawn_watch<O, K, V>(
+    tracked: Tracked<O, K, V>,
+    (dirty, metrics, health, shutdown): WatchContext<'_>,
+) -> tokio::task::JoinHandle<()>
+where
+    O: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + PartialEq + Send + Sync + 'static,
+{
+    tokio::spawn(watch(
+        tracked,
+        dirty.clone(),
+        metrics.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ))
+}
+
 /// Spawn every watch: the namespaces, and per kind in `kinds` its copies and
 /// (unless `watch_sources` is false: ENABLE_SECRET_WATCHER, the sources are
 /// then left to the periodic resync) its sources.
@@ -222,32 +247,16 @@ pub fn spawn_all(
     health: Arc<crate::http::Health>,
     shutdown: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let spawn = |t: tokio::task::JoinHandle<()>| t;
-    let (d, m, h, s) = (&dirty, &metrics, &health, &shutdown);
-    let mut tasks = vec![spawn(tokio::spawn(watch(
-        tracked::namespaces(&client, &caches),
-        d.clone(),
-        m.clone(),
-        h.clone(),
-        s.clone(),
-    )))];
+    // One task per tracked thing, all through the same loop.
+    let ctx = (&dirty, &metrics, &health, &shutdown);
+    let mut tasks = vec![spawn_watch(tracked::namespaces(&client, &caches), ctx)];
     for &kind in kinds {
         if watch_sources {
-            tasks.push(tokio::spawn(watch(
-                tracked::sources(&client, &caches, kind, source_namespace),
-                d.clone(),
-                m.clone(),
-                h.clone(),
-                s.clone(),
-            )));
+            let sources = tracked::sources(&client, &caches, kind, source_namespace);
+            tasks.push(spawn_watch(sources, ctx));
         }
-        tasks.push(tokio::spawn(watch(
-            tracked::replicas(&client, &caches, kind, source_namespace),
-            d.clone(),
-            m.clone(),
-            h.clone(),
-            s.clone(),
-        )));
+        let replicas = tracked::replicas(&client, &caches, kind, source_namespace);
+        tasks.push(spawn_watch(replicas, ctx));
     }
     tasks
 }
