@@ -328,8 +328,9 @@ pub fn secret_type(s: &Secret) -> String {
         .unwrap_or_else(|| "Opaque".into())
 }
 
-/// The content part of a Secret copy's hash (unchanged since the first
-/// release, so an upgrade rewrites no Secret copy).
+/// The content part of a Secret copy's hash (of the selected keys; the
+/// same function since the first release, so a source without a key filter
+/// hashes its content as before).
 fn secret_content(type_: &str, data: &BTreeMap<String, ByteString>, immutable: bool) -> String {
     data_hash(type_, data, immutable)
 }
