@@ -491,7 +491,7 @@ mod env_vars_tests {
             let rows = ENV_VARS.iter().filter(|v| v.name == *name).count();
             assert_eq!(
                 rows, 1,
-                "{name} is read by config.rs: describe it once in config::ENV_VARS (kind, default, description), then regenerate the chart schema: UPDATE_VALUES_SCHEMA=1 cargo test --test chart values_schema"
+                "{name} is read by config.rs: describe it once in config::ENV_VARS (kind, default, description), then regenerate the chart schema: UPDATE_VALUES_SCHEMA=1 cargo test --test chart values_schema_env"
             );
         }
         for var in ENV_VARS {

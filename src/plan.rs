@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::batch::DirtyKey;
 use crate::kinds::Kind;
-use crate::records::{ObjectKey, Pairs, ReplicaRecord, SourceRecord};
+use crate::records::{
+    MARKER_ANNOTATIONS, MARKER_LABELS, ObjectKey, Pairs, ReplicaRecord, SourceRecord,
+};
 use crate::targets::{AnnotationError, KeyFilter, NamespaceInfo, Scope, TargetRules};
 
 /// One write (or write pair) against one `(namespace, name)`.
@@ -192,14 +194,19 @@ pub struct World<'a> {
 /// content hash says what our last write set; its managed fields say that
 /// nobody changed the content since (see [`crate::records::Content`]).
 pub fn in_sync(r: &ReplicaRecord, desired: &crate::replica::Replica) -> bool {
-    let subset = |want: &BTreeMap<String, String>, have: &Pairs| {
-        want.iter().all(|(k, v)| have.get(k) == Some(v))
+    // Markers were checked at ingest (`r.markers`, the record's key and
+    // source); every other label and annotation we set must be there.
+    let subset = |want: &BTreeMap<String, String>, have: &Pairs, markers: &[&str]| {
+        want.iter()
+            .filter(|(k, _)| !markers.contains(&k.as_str()))
+            .all(|(k, v)| have.get(k) == Some(v))
     };
     r.hash.as_deref() == Some(desired.hash.as_str())
+        && r.markers
         && !r.content.foreign
         && r.content.our_keys == desired.keys_hash
-        && subset(&desired.labels, &r.labels)
-        && subset(&desired.annotations, &r.annotations)
+        && subset(&desired.labels, &r.labels, &MARKER_LABELS)
+        && subset(&desired.annotations, &r.annotations, &MARKER_ANNOTATIONS)
 }
 
 /// Plan the writes for `dirty` (see [`DirtyKey`]): a source key re-plans that
@@ -574,12 +581,28 @@ mod tests {
         c.replicas.insert(k.clone(), r.clone());
         assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
 
-        // Copy's managed label value edited.
+        // A discovery label edited (checked at ingest: `markers`).
         let (_, mut r) = copy("a", &old);
-        r.labels
-            .insert(replica::MANAGED_LABEL_KEY.into(), "x".into());
+        r.markers = false;
+        c.replicas.insert(k.clone(), r);
+        assert_eq!(c.plan(&[src("db")]).actions, vec![update.clone()]);
+
+        // A label we copied from the source edited.
+        let old = secret("db", "v1", &[]);
+        let mut labelled = old.clone();
+        labelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("team".into(), "a".into());
+        c.sources
+            .extend([SourceRecord::from_secret(&labelled, SRC).unwrap()]);
+        let (_, mut r) = copy("a", &labelled);
+        r.labels.insert("team".into(), "b".into());
         c.replicas.insert(k.clone(), r);
         assert_eq!(c.plan(&[src("db")]).actions, vec![update]);
+        c.sources.extend([source("db", "v1", &[])]);
 
         // Extra labels added by someone else are not drift.
         let (_, mut r) = copy("a", &old);
@@ -878,8 +901,7 @@ mod tests {
         let mut c = Case::new(&["a"]);
         let s = secret("db", "v1", &[]);
         let (k, mut r) = copy("a", &s);
-        r.labels
-            .insert(replica::MANAGED_LABEL_KEY.into(), "rewritten".into());
+        r.markers = false;
         c.replicas.insert(k.clone(), r);
         c.sources.extend([source("db", "v1", &[])]);
         assert_eq!(c.plan(&[src("db")]).actions, vec![update("a", "db")]);

@@ -1066,46 +1066,56 @@ mod tests {
     // resourceVersion our apply produced: the object ends an exact copy.
     #[tokio::test]
     async fn an_adopted_object_keeps_nothing_its_former_owner_set() {
-        let (w, handle, _) = adoption_writer(true, Some("true"));
-        let (outcomes, _) = run(w, handle, vec![create_db()], async |h: &mut ApiHandle| {
-            expect_create_refused_then_get(h, theirs()).await;
-            let (body, send) = expect_adopting_apply(h).await;
-            let mut applied = stored(body, "6");
-            applied["data"]["theirs"] = json!("eA==");
-            applied["metadata"]["labels"]["app"] = json!("legacy");
-            applied["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!("old");
-            applied["metadata"]["managedFields"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!(crate::records::managed_entry(
-                    "kubectl-create",
-                    &["k", "theirs"],
-                    false
-                )));
-            reply(send, StatusCode::OK, applied);
-            let (method, uri, body, send) = next(h).await;
-            assert_eq!(method, Method::PUT, "{uri}");
-            assert_eq!(
-                uri,
-                "/api/v1/namespaces/a/secrets/db?&fieldManager=push-to-k8s"
-            );
-            assert_eq!(body["metadata"]["resourceVersion"], "6");
-            assert_eq!(
-                body["data"],
-                json!({"k": "dg=="}),
-                "exactly the source's keys"
-            );
-            assert!(body["metadata"]["labels"].get("app").is_none(), "{body}");
-            let annotations = body["metadata"]["annotations"].as_object().unwrap();
-            assert!(
-                !annotations.contains_key("meta.helm.sh/release-name"),
-                "{body}"
-            );
-            reply(send, StatusCode::OK, stored(body, "7"));
-            expect_note(h, "Adopted").await;
-        })
-        .await;
-        assert_eq!(outcomes[0].1, Outcome::Adopted);
+        // What the apply leaves: the former owner's label and Helm
+        // annotation (our apply never removes what it does not own), or a
+        // data key of theirs. Either way, one full update.
+        for leftover in ["metadata", "data"] {
+            let (w, handle, _) = adoption_writer(true, Some("true"));
+            let (outcomes, _) = run(w, handle, vec![create_db()], async |h: &mut ApiHandle| {
+                expect_create_refused_then_get(h, theirs()).await;
+                let (body, send) = expect_adopting_apply(h).await;
+                let mut applied = stored(body, "6");
+                let theirs_owns: &[&str] = if leftover == "data" {
+                    applied["data"]["theirs"] = json!("eA==");
+                    &["k", "theirs"]
+                } else {
+                    applied["metadata"]["labels"]["app"] = json!("legacy");
+                    applied["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!("old");
+                    &["k"]
+                };
+                applied["metadata"]["managedFields"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!(crate::records::managed_entry(
+                        "kubectl-create",
+                        theirs_owns,
+                        false
+                    )));
+                reply(send, StatusCode::OK, applied);
+                let (method, uri, body, send) = next(h).await;
+                assert_eq!(method, Method::PUT, "{leftover}: {uri}");
+                assert_eq!(
+                    uri,
+                    "/api/v1/namespaces/a/secrets/db?&fieldManager=push-to-k8s"
+                );
+                assert_eq!(body["metadata"]["resourceVersion"], "6");
+                assert_eq!(
+                    body["data"],
+                    json!({"k": "dg=="}),
+                    "exactly the source's keys"
+                );
+                assert!(body["metadata"]["labels"].get("app").is_none(), "{body}");
+                let annotations = body["metadata"]["annotations"].as_object().unwrap();
+                assert!(
+                    !annotations.contains_key("meta.helm.sh/release-name"),
+                    "{body}"
+                );
+                reply(send, StatusCode::OK, stored(body, "7"));
+                expect_note(h, "Adopted").await;
+            })
+            .await;
+            assert_eq!(outcomes[0].1, Outcome::Adopted, "{leftover}");
+        }
     }
 
     // Issue 8, adoption: without both switches (adoption allowed, the source

@@ -153,10 +153,31 @@ pub struct ReplicaRecord {
     pub hash: Option<String>,
     /// Whether anyone changed the content since (from its managed fields).
     pub content: Content,
+    /// The discovery labels hold what they must for this source and its
+    /// namespace. They (and the other markers, which every record has by
+    /// construction) are checked here once and not kept: at 100,000 copies
+    /// each kept label costs megabytes.
+    pub markers: bool,
+    /// Labels other than our markers.
     pub labels: Pairs,
-    /// Annotations, without kubectl's apply record (which can be large).
+    /// Annotations other than our markers and kubectl's apply record (which
+    /// can be large).
     pub annotations: Pairs,
 }
+
+/// Labels every copy carries whose values follow from its source alone.
+pub const MARKER_LABELS: [&str; 3] = [
+    replica::MANAGED_LABEL_KEY,
+    replica::SOURCE_NAME_LABEL,
+    replica::SOURCE_NAMESPACE_LABEL,
+];
+/// Annotations every copy carries whose values are kept elsewhere in the
+/// record (its key, `source`, `hash`).
+pub const MARKER_ANNOTATIONS: [&str; 3] = [
+    replica::SOURCE_ANNOTATION,
+    replica::HASH_ANNOTATION,
+    replica::COPY_NAME_ANNOTATION,
+];
 
 /// What a copy's managed fields say about its content (type, data,
 /// immutability), whose values the metadata watch does not carry.
@@ -235,15 +256,25 @@ impl ReplicaRecord {
         };
         let mut annotations = meta.annotations.clone().unwrap_or_default();
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        let hash = annotations.get(replica::HASH_ANNOTATION).cloned();
+        annotations.retain(|k, _| !MARKER_ANNOTATIONS.contains(&k.as_str()));
+        let mut labels = meta.labels.clone().unwrap_or_default();
+        let label = |k: &str| labels.get(k).map(String::as_str);
+        let markers = label(replica::SOURCE_NAME_LABEL)
+            == Some(replica::discovery_value(&source).as_str())
+            && label(replica::SOURCE_NAMESPACE_LABEL)
+                == Some(replica::discovery_value(source_namespace).as_str());
+        labels.retain(|k, _| !MARKER_LABELS.contains(&k.as_str()));
         Some((
             key,
             ReplicaRecord {
                 source,
                 uid: meta.uid.clone().unwrap_or_default(),
                 resource_version: meta.resource_version.clone().unwrap_or_default(),
-                hash: annotations.get(replica::HASH_ANNOTATION).cloned(),
+                hash,
                 content: Content::from_managed_fields(meta.managed_fields.as_ref()),
-                labels: meta.labels.clone().unwrap_or_default().into(),
+                markers,
+                labels: labels.into(),
                 annotations: annotations.into(),
             },
         ))
