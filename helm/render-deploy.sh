@@ -14,9 +14,14 @@ cat <<'EOF'
 #   secrets     get/list/watch cluster-wide (replicas), create/update/patch/delete (copies)
 #   namespaces  get (start-up check), list/watch (targets)
 #   events      create/patch in the source namespace (Events on sources)
+#   leases      create, get/update of the Lease `push-to-k8s`, and events
+#               create/patch, in the release namespace (leader election)
 apiVersion: v1
 kind: Namespace
 metadata:
   name: push-to-k8s
+  labels:
+    # The controller runs under the restricted Pod Security profile.
+    pod-security.kubernetes.io/enforce: restricted
 EOF
 bash tests/control-plane/cp.sh helm template push-to-k8s helm/push-to-k8s --namespace push-to-k8s

@@ -393,14 +393,14 @@ pub const ENV_VARS: &[EnvVar] = &[
     },
     EnvVar {
         name: "LEASE_DURATION_SECONDS",
-        kind: int(2, 300, "seconds"),
+        kind: int(3, 300, "seconds"),
         default: EnvDefault::Value("15"),
         description: "How long a standby waits for a silent holder before taking over.",
     },
     EnvVar {
         name: "LEASE_RENEW_DEADLINE_SECONDS",
         kind: ValueKind::Integer {
-            min: 1,
+            min: 2,
             max: 299,
             unit: "seconds",
             relation: Some(Relation::LessThan("LEASE_DURATION_SECONDS")),
@@ -855,25 +855,26 @@ fn leader_election(raw: &RawEnv, namespace: &str) -> Result<LeaderElection, Conf
     };
     let duration = match &raw.lease_duration_seconds {
         None => 15,
-        Some(v) => parse_int("LEASE_DURATION_SECONDS", v, 2, 300, " (seconds)")?,
+        Some(v) => parse_int("LEASE_DURATION_SECONDS", v, 3, 300, " (seconds)")?,
     };
     let renew = match &raw.lease_renew_deadline_seconds {
         None => 10.min(duration - 1),
         Some(v) => parse_int(
             "LEASE_RENEW_DEADLINE_SECONDS",
             v,
-            1,
+            2,
             duration - 1,
             " (seconds, less than LEASE_DURATION_SECONDS)",
         )?,
     };
     let retry = match &raw.lease_retry_period_seconds {
-        None => 2.min(renew.saturating_sub(1)).max(1),
+        // renew >= 2, so 1 ..= renew - 1 is never empty.
+        None => 2.min(renew - 1),
         Some(v) => parse_int(
             "LEASE_RETRY_PERIOD_SECONDS",
             v,
             1,
-            (renew.saturating_sub(1)).clamp(1, 60),
+            (renew - 1).min(60),
             " (seconds, less than LEASE_RENEW_DEADLINE_SECONDS)",
         )?,
     };

@@ -229,6 +229,9 @@ fn check_copy(copy: &Secret, source: &Secret, source_ns: &str) -> Result<(), Str
     let mut want_labels = source.metadata.labels.clone().unwrap_or_default();
     want_labels.remove(SOURCE_SELECTOR_KEY);
     want_labels.insert(MANAGED_KEY.into(), MANAGED_VALUE.into());
+    // Discovery labels (the test's names are valid label values as they are).
+    want_labels.insert("push-to-k8s.io/source-name".into(), name.into());
+    want_labels.insert("push-to-k8s.io/source-namespace".into(), source_ns.into());
     let labels = copy.metadata.labels.clone().unwrap_or_default();
     if labels != want_labels {
         return Err(format!(
