@@ -226,6 +226,22 @@ impl Caches {
         c.replicas.replace(HashMap::new());
     }
 
+    /// Caches for an instance tracking the copies of `kinds` and the
+    /// sources of `source_kinds`: the rest stay empty and count as synced (a
+    /// kind whose copies are tracked without its sources is being cleaned
+    /// up: every copy looks orphaned).
+    pub fn for_kinds(kinds: &[Kind], source_kinds: &[Kind]) -> Caches {
+        let caches = Caches::new();
+        for kind in Kind::ALL {
+            if !kinds.contains(&kind) {
+                caches.switch_off(kind);
+            } else if !source_kinds.contains(&kind) {
+                caches.of(kind).sources.replace(HashMap::new());
+            }
+        }
+        caches
+    }
+
     pub fn synced(&self) -> bool {
         self.namespaces.synced() && self.kinds.iter().all(KindCaches::synced)
     }

@@ -63,6 +63,9 @@ pub struct Config {
     /// `ENABLE_CONFIGMAPS`: ConfigMaps are sources too (default); `false`:
     /// no ConfigMap is watched or written, existing ConfigMap copies stay.
     pub enable_configmaps: bool,
+    /// `ENABLE_CONFIGMAPS=cleanup`: no ConfigMap source, but our ConfigMap
+    /// copies (of this source namespace) are watched and deleted.
+    pub cleanup_configmaps: bool,
     /// `ALLOW_ADOPTION`: an unmanaged object in the way of a copy is taken
     /// over when its source asks for it (`push-to-k8s.io/adopt: "true"`);
     /// `false` (default): never, whatever a source asks (DESIGN §5).
@@ -278,9 +281,9 @@ pub const ENV_VARS: &[EnvVar] = &[
     },
     EnvVar {
         name: "ENABLE_CONFIGMAPS",
-        kind: ValueKind::Bool,
+        kind: ValueKind::OneOf(&["true", "false", "cleanup"]),
         default: EnvDefault::Value("true"),
-        description: "ConfigMaps labelled push-to-k8s=source are sources too; false: no ConfigMap is watched or written.",
+        description: "ConfigMaps labelled push-to-k8s=source are sources too; false: no ConfigMap is watched or written (copies stay); cleanup: every ConfigMap copy of this source namespace is deleted.",
     },
     EnvVar {
         name: "ALLOW_ADOPTION",
@@ -641,6 +644,15 @@ impl Config {
     pub fn kinds(&self) -> Vec<Kind> {
         Kind::ALL
             .into_iter()
+            .filter(|k| *k == Kind::Secret || self.enable_configmaps || self.cleanup_configmaps)
+            .collect()
+    }
+
+    /// The kinds whose sources are read: those replicated, less a kind
+    /// being cleaned up (its copies all go, as if every source were gone).
+    pub fn source_kinds(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
             .filter(|k| *k == Kind::Secret || self.enable_configmaps)
             .collect()
     }
@@ -695,9 +707,19 @@ impl Config {
             None => true,
             Some(v) => parse_bool("ENABLE_SECRET_WATCHER", v)?,
         };
-        let enable_configmaps = match &raw.enable_configmaps {
-            None => true,
-            Some(v) => parse_bool("ENABLE_CONFIGMAPS", v)?,
+        let (enable_configmaps, cleanup_configmaps) = match &raw.enable_configmaps {
+            None => (true, false),
+            Some(v) if v.eq_ignore_ascii_case("cleanup") => (false, true),
+            Some(v) => match parse_bool("ENABLE_CONFIGMAPS", v) {
+                Ok(b) => (b, false),
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        "ENABLE_CONFIGMAPS",
+                        v,
+                        "must be true, false or cleanup",
+                    ));
+                }
+            },
         };
         let allow_adoption = match &raw.allow_adoption {
             None => false,
@@ -804,6 +826,7 @@ impl Config {
             namespace,
             enable_secret_watcher,
             enable_configmaps,
+            cleanup_configmaps,
             allow_adoption,
             debounce: Duration::from_secs(debounce_secs),
             max_wait: Duration::from_secs(max_wait_secs),
@@ -1051,6 +1074,7 @@ mod tests {
                 namespace: "push-to-k8s".into(),
                 enable_secret_watcher: true,
                 enable_configmaps: true,
+                cleanup_configmaps: false,
                 allow_adoption: false,
                 debounce: Duration::from_secs(5),
                 max_wait: Duration::from_secs(15),
@@ -1116,6 +1140,11 @@ mod tests {
             (&[("ALLOW_ADOPTION", "true")], |c| c.allow_adoption),
             (&[("ALLOW_ADOPTION", "TRUE")], |c| c.allow_adoption),
             (&[("ALLOW_ADOPTION", "false")], |c| !c.allow_adoption),
+            (&[("ENABLE_CONFIGMAPS", "Cleanup")], |c| {
+                c.cleanup_configmaps
+                    && c.kinds() == [Kind::Secret, Kind::ConfigMap]
+                    && c.source_kinds() == [Kind::Secret]
+            }),
             (&[("ENABLE_CONFIGMAPS", "true")], |c| {
                 c.kinds() == [Kind::Secret, Kind::ConfigMap]
             }),
@@ -1273,7 +1302,7 @@ mod tests {
             ("POD_NAMESPACE", &long_label, "namespace name"),
             // Booleans.
             ("ENABLE_SECRET_WATCHER", "", "true or false"),
-            ("ENABLE_CONFIGMAPS", "no", "true or false"),
+            ("ENABLE_CONFIGMAPS", "no", "true, false or cleanup"),
             ("ALLOW_ADOPTION", "", "true or false"),
             ("ALLOW_ADOPTION", "yes", "true or false"),
             ("ALLOW_ADOPTION", "1", "true or false"),

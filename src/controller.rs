@@ -171,16 +171,14 @@ async fn control(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let caches = Arc::new(Caches::new());
-    let kinds = cfg.kinds();
-    for kind in Kind::ALL.into_iter().filter(|k| !kinds.contains(k)) {
-        caches.switch_off(kind);
-    }
+    let (kinds, source_kinds) = (cfg.kinds(), cfg.source_kinds());
+    let caches = Arc::new(Caches::for_kinds(&kinds, &source_kinds));
     let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<DirtyKey>();
     let watchers = watch::spawn_all(
         client.clone(),
         &cfg.namespace,
         &kinds,
+        &source_kinds,
         cfg.enable_secret_watcher,
         caches.clone(),
         dirty_tx.clone(),
@@ -232,7 +230,14 @@ async fn control(
     // Without a source watch, the sources come from the list at start and each resync.
     if !cfg.enable_secret_watcher {
         loop {
-            let listed = resync::once(&client, &cfg.namespace, &kinds, &caches, &metrics);
+            let listed = resync::once(
+                &client,
+                &cfg.namespace,
+                &kinds,
+                &source_kinds,
+                &caches,
+                &metrics,
+            );
             let Some(result) = beating(&health, &shutdown, listed).await else {
                 return Ok(());
             };
@@ -375,15 +380,16 @@ async fn control(
             _ = resync_timer.tick(), if !resyncing => {
                 tracing::info!("periodic resync: re-listing from the API server");
                 resyncing = true;
-                let (client, ns, caches, metrics, kinds) =
-                    (client.clone(), cfg.namespace.clone(), caches.clone(), metrics.clone(), kinds.clone());
+                let (client, ns, caches, metrics) =
+                    (client.clone(), cfg.namespace.clone(), caches.clone(), metrics.clone());
+                let (kinds, source_kinds) = (kinds.clone(), source_kinds.clone());
                 let (done, stop) = (done_tx.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     // Reports a failure if the task ends any other way (a panic).
                     let mut guard = Reply::new(done, Finished::Resync(Err("resync task failed".into())));
                     tokio::select! {
                         _ = stop.cancelled() => guard.cancel(),
-                        r = resync::once(&client, &ns, &kinds, &caches, &metrics) => guard.send(Finished::Resync(r)),
+                        r = resync::once(&client, &ns, &kinds, &source_kinds, &caches, &metrics) => guard.send(Finished::Resync(r)),
                     }
                 });
             }

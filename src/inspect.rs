@@ -22,7 +22,6 @@ use crate::batch::DirtyKey;
 use crate::cache::{Caches, KindCaches};
 use crate::cli::{Command, Output};
 use crate::config::Config;
-use crate::kinds::Kind;
 use crate::metrics::Metrics;
 use crate::plan::{self, World};
 use crate::records::ObjectKey;
@@ -100,16 +99,20 @@ pub async fn look(cfg: &Config) -> Result<Report, Error> {
 /// [`look`] with a given client.
 pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Error> {
     controller::preflight(client, cfg).await?;
-    let kinds = cfg.kinds();
-    let caches = Caches::new();
-    for kind in Kind::ALL.into_iter().filter(|k| !kinds.contains(k)) {
-        caches.switch_off(kind);
-    }
+    let (kinds, source_kinds) = (cfg.kinds(), cfg.source_kinds());
+    let caches = Caches::for_kinds(&kinds, &source_kinds);
     // Not exported anywhere: the daemon's pieces count into it.
     let metrics = Metrics::new();
-    resync::relist(client, &cfg.namespace, &kinds, &caches, &metrics)
-        .await
-        .map_err(|e| Error::List(describe_error(&e)))?;
+    resync::relist(
+        client,
+        &cfg.namespace,
+        &kinds,
+        &source_kinds,
+        &caches,
+        &metrics,
+    )
+    .await
+    .map_err(|e| Error::List(describe_error(&e)))?;
     let scope = Scope {
         source_namespace: &cfg.namespace,
         exclude_label: cfg.exclude_namespace_label.as_deref(),

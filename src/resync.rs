@@ -114,12 +114,16 @@ pub async fn relist(
     client: &kube::Client,
     source_namespace: &str,
     kinds: &[Kind],
+    source_kinds: &[Kind],
     caches: &Caches,
     metrics: &Metrics,
 ) -> kube::Result<usize> {
     let mut corrections = vec![listed(tracked::namespaces(client, caches)).await?];
     for &kind in kinds {
-        corrections.push(listed(tracked::sources(client, caches, kind, source_namespace)).await?);
+        if source_kinds.contains(&kind) {
+            corrections
+                .push(listed(tracked::sources(client, caches, kind, source_namespace)).await?);
+        }
         corrections.push(listed(tracked::replicas(client, caches, kind, source_namespace)).await?);
     }
     Ok(corrections.into_iter().map(|c| c(metrics)).sum())
@@ -131,10 +135,20 @@ pub async fn once(
     client: &kube::Client,
     source_namespace: &str,
     kinds: &[Kind],
+    source_kinds: &[Kind],
     caches: &Caches,
     metrics: &Metrics,
 ) -> Result<(), String> {
-    match relist(client, source_namespace, kinds, caches, metrics).await {
+    match relist(
+        client,
+        source_namespace,
+        kinds,
+        source_kinds,
+        caches,
+        metrics,
+    )
+    .await
+    {
         Ok(_) => {
             metrics
                 .resyncs

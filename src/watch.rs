@@ -240,6 +240,7 @@ pub fn spawn_all(
     client: kube::Client,
     source_namespace: &str,
     kinds: &[Kind],
+    source_kinds: &[Kind],
     watch_sources: bool,
     caches: Arc<Caches>,
     dirty: UnboundedSender<DirtyKey>,
@@ -251,7 +252,7 @@ pub fn spawn_all(
     let ctx = (&dirty, &metrics, &health, &shutdown);
     let mut tasks = vec![spawn_watch(tracked::namespaces(&client, &caches), ctx)];
     for &kind in kinds {
-        if watch_sources {
+        if watch_sources && source_kinds.contains(&kind) {
             let sources = tracked::sources(&client, &caches, kind, source_namespace);
             tasks.push(spawn_watch(sources, ctx));
         }

@@ -290,6 +290,29 @@ async fn configmaps_switched_off_are_neither_watched_nor_written() {
         !log.contains("configmap-"),
         "no ConfigMap watch when switched off:\n{log}"
     );
+
+    // Cleanup asked for: every ConfigMap copy of this source namespace goes;
+    // the sources and Secret copies stay.
+    let mut daemon = Daemon::start(&env.source_ns, &[("ENABLE_CONFIGMAPS", "cleanup")]);
+    daemon.await_ready().await;
+    await_gone(&env, std::slice::from_ref(&t0), &kept).await;
+    assert!(
+        sources.get_opt(&kept).await.unwrap().is_some(),
+        "the source stays"
+    );
+    env.await_copies(std::slice::from_ref(&t0), &secret, &[("k", "v")])
+        .await;
+    assert!(
+        daemon
+            .metric_sum(
+                "push_to_k8s_writes_total",
+                &["kind=\"configmap\"", "op=\"delete\""]
+            )
+            .await
+            >= 1.0
+    );
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
     purge_config_map_copies(&env).await;
     env.teardown().await;
 }
