@@ -5,8 +5,10 @@ usage: plot.py RESULTS_JSON OUT_DIR
 
 Writes propagation.png (time to the last copy against N, with the bound
 D + N/R and its 10% allowance), rss.png (controller RSS against the number of
-copies it manages) and burst.png (copy writes per second during the burst,
-with R and R + burst). Needs matplotlib only.
+copies it manages: Secrets, and Secrets and ConfigMaps together), scale.png
+(the scale scenario: the controller's RSS and time to ready, and what the
+control plane holds, against the number of copies) and burst.png (copy writes
+per second during the burst, with R and R + burst). Needs matplotlib only.
 """
 
 import json
@@ -47,7 +49,8 @@ def propagation(r, out):
 def rss(r, out):
     ramp = r.get("rss_ramp") or []
     points = r.get("rss_points") or []
-    if not ramp and not points:
+    kinds = r.get("kinds_points") or []
+    if not ramp and not points and not kinds:
         return
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if ramp:
@@ -61,7 +64,13 @@ def rss(r, out):
     markers = "osD^vP*X"
     for i, p in enumerate(points):
         ax.scatter([p["copies"]], [p["rss_mib"]], marker=markers[i % len(markers)], s=40, zorder=3, label=p["label"])
-    ax.axhline(64, color="tab:red", linestyle="--", label="target 64 MiB")
+    for i, p in enumerate(kinds):
+        label = p["label"] if p["label"].startswith("both kinds") else "both kinds: " + p["label"]
+        ax.scatter([p["copies"]], [p["rss_mib"]], marker=markers[i % len(markers)], s=40, zorder=3,
+                   facecolors="none", edgecolors="tab:purple", label=label)
+    ax.axhline(64, color="tab:red", linestyle="--", label="target 64 MiB (Secrets)")
+    if kinds:
+        ax.axhline(96, color="tab:purple", linestyle=":", label="target 96 MiB (both kinds)")
     ax.set_xlabel("copies managed")
     ax.set_ylabel("controller RSS (MiB)")
     ax.set_title("Controller memory against the number of copies")
@@ -70,6 +79,47 @@ def rss(r, out):
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "rss.png", dpi=110)
+    plt.close(fig)
+
+
+def scale(r, out):
+    sizes = r.get("scale") or []
+    if not sizes:
+        return
+    copies = [s["copies"] for s in sizes]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax.plot(copies, [s["rss_start_mib"] for s in sizes], "o-", label="after the start")
+    ax.plot(copies, [s["rss_resync_mib"] for s in sizes], "s-", label="after a resync")
+    ax.plot(copies, [s["hwm_mib"] for s in sizes], "^:", label="peak (VmHWM)")
+    ax.axhline(110, color="tab:red", linestyle="--", label="target 110 MiB")
+    ax.set_xlabel("copies (seeded in sync)")
+    ax.set_ylabel("controller RSS (MiB)")
+    ax.set_title("Controller over copies in sync")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ready = ax.twinx()
+    ready.plot(copies, [s["ready_s"] for s in sizes], "x--", color="tab:gray")
+    ready.set_ylabel("time to ready (s, gray; target 10 s)")
+    ready.set_ylim(bottom=0, top=max(12, max(s["ready_s"] for s in sizes) * 1.2))
+    plane = [s["plane"] for s in sizes]
+    bx.plot(copies, [p["apiserver_rss_mib"] for p in plane], "o-", label="kube-apiserver RSS")
+    bx.plot(copies, [p["apiserver_hwm_mib"] for p in plane], "o:", label="kube-apiserver peak RSS")
+    bx.plot(copies, [p["etcd_rss_mib"] for p in plane], "s-", label="etcd RSS")
+    bx.plot(copies, [p["etcd_db_mib"] for p in plane], "D-", label="etcd database")
+    bx.plot(copies, [p["etcd_db_in_use_mib"] for p in plane], "D:", label="etcd database in use")
+    bx.set_xlabel("copies (seeded in sync)")
+    bx.set_ylabel("MiB")
+    quota = plane[-1].get("etcd_quota_mib")
+    known = isinstance(quota, (int, float)) and quota == quota
+    bx.set_title(f"Control plane (etcd quota {quota:.0f} MiB)" if known else "Control plane")
+    bx.set_xlim(left=0)
+    bx.set_ylim(bottom=0)
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=110)
     plt.close(fig)
 
 
@@ -108,6 +158,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     propagation(r, out)
     rss(r, out)
+    scale(r, out)
     burst(r, out)
     print(f"plot.py: PNGs in {out}")
 

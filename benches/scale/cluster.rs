@@ -1,20 +1,29 @@
 //! Seeding and clearing the cluster with the bench's own client: target
 //! namespaces (only ever added; those beyond a scenario's N are parked),
-//! sources of realistic size, unrelated Secrets, and a reset between scenarios.
+//! sources of realistic size (Secrets and ConfigMaps), copies seeded in sync
+//! through the project's own renderer, unrelated Secrets and ConfigMaps, and
+//! a reset between scenarios.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Debug;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use push_to_k8s::kinds::Kind;
 use push_to_k8s::replica::{self, Replica};
+use serde::de::DeserializeOwned;
 
 use crate::copies::{self, CopyWatch};
-use crate::{PARKED_LABEL, SEED_CONCURRENCY, SOURCE_NS, TARGET_PREFIX};
+use crate::{LIST_PAGE, PARKED_LABEL, SEED_CONCURRENCY, SOURCE_NS, TARGET_PREFIX};
+
+/// Every unrelated Secret and ConfigMap carries this label (and nothing of ours).
+const UNRELATED_SELECTOR: &str = "app=unrelated";
 
 /// The bench's own client (kube's defaults, no client-side throttling) and
 /// what it does to the cluster between and inside scenarios.
@@ -69,13 +78,84 @@ fn source_secret(name: &str, version: u64) -> Secret {
     }
 }
 
+/// A ConfigMap source of realistic size: settings as text, a ~1 KiB CA
+/// bundle, and a small binary key (`binaryData`).
+fn source_config_map(name: &str) -> ConfigMap {
+    let text = |s: Vec<u8>| String::from_utf8(s).expect("filler is ASCII");
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([(
+                replica::SOURCE_LABEL_KEY.to_string(),
+                replica::SOURCE_LABEL_VALUE.to_string(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                "settings.yaml".to_string(),
+                format!(
+                    "service: {name}\nlog_level: info\ntoken: {}\n",
+                    text(filler(name, 32))
+                ),
+            ),
+            ("ca-bundle.crt".to_string(), text(filler(name, 1024))),
+        ])),
+        binary_data: Some(BTreeMap::from([(
+            "keystore.bin".to_string(),
+            ByteString(filler(&format!("{name}/bin"), 64)),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// An unlabelled object of neither kind's sources or copies, in `ns`.
+fn unrelated_meta(name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        labels: Some(BTreeMap::from([(
+            "app".to_string(),
+            "unrelated".to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
 fn copy_hash(source: &Secret) -> String {
     Replica::render(source, SOURCE_NS).hash
+}
+
+/// `Ok` also when the object exists already (a seeding resumed or repeated).
+fn created<T>(r: kube::Result<T>) -> kube::Result<()> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 impl Cluster {
     pub fn secrets(&self, ns: &str) -> Api<Secret> {
         Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub fn config_maps(&self, ns: &str) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    /// How many namespaces the cluster has (every one is in a resync's list).
+    pub async fn namespace_count(&self) -> Result<usize> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let mut lp = ListParams::default().limit(LIST_PAGE as u32);
+        let mut n = 0;
+        loop {
+            let page = api.list_metadata(&lp).await?;
+            n += page.items.len();
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => return Ok(n),
+            }
+        }
     }
 
     pub async fn ensure_source_namespace(&self) -> Result<()> {
@@ -217,25 +297,14 @@ impl Cluster {
                 async move {
                     let name = format!("unrelated-{j}");
                     let s = Secret {
-                        metadata: ObjectMeta {
-                            name: Some(name.clone()),
-                            labels: Some(BTreeMap::from([(
-                                "app".to_string(),
-                                "unrelated".to_string(),
-                            )])),
-                            ..Default::default()
-                        },
                         data: Some(BTreeMap::from([
                             ("token".to_string(), ByteString(filler(&name, 64))),
                             ("ca.crt".to_string(), ByteString(filler("u", 1024))),
                         ])),
+                        metadata: unrelated_meta(name),
                         ..Default::default()
                     };
-                    match api.create(&PostParams::default(), &s).await {
-                        Ok(_) => Ok(()),
-                        Err(kube::Error::Api(e)) if e.is_already_exists() => Ok(()),
-                        Err(e) => Err(e),
-                    }
+                    created(api.create(&PostParams::default(), &s).await)
                 }
             })
             .buffer_unordered(SEED_CONCURRENCY)
@@ -245,24 +314,159 @@ impl Cluster {
         Ok(())
     }
 
-    /// Delete every source and every copy (no controller may run).
-    pub async fn reset(&self, watch: &CopyWatch) -> Result<()> {
-        let start = Instant::now();
-        self.secrets(SOURCE_NS)
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().labels(replica::SOURCE_SELECTOR),
-            )
-            .await?;
+    /// `count` unlabelled ConfigMaps (a CA bundle and settings, like the
+    /// sources) spread over the first `namespaces` targets.
+    pub async fn create_unrelated_config_maps(
+        &self,
+        count: usize,
+        namespaces: usize,
+    ) -> Result<()> {
+        futures::stream::iter(0..count)
+            .map(|j| {
+                let api = self.config_maps(&target_name(j % namespaces));
+                async move {
+                    let name = format!("unrelated-{j}");
+                    let mut cm = source_config_map(&name);
+                    cm.metadata = unrelated_meta(name);
+                    created(api.create(&PostParams::default(), &cm).await)
+                }
+            })
+            .buffer_unordered(SEED_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .context("create unrelated ConfigMaps")?;
+        Ok(())
+    }
+
+    /// Create `names` as sources of `kind` (Secrets as [`source_secret`],
+    /// ConfigMaps as [`source_config_map`]); returns the copy each renders to
+    /// with the project's own renderer, exactly what the controller writes.
+    pub async fn create_rendered_sources(
+        &self,
+        kind: Kind,
+        names: &[String],
+    ) -> Result<Vec<Replica>> {
+        futures::stream::iter(names.to_vec())
+            .map(|name| async move {
+                let pp = PostParams::default();
+                match kind {
+                    Kind::Secret => self
+                        .secrets(SOURCE_NS)
+                        .create(&pp, &source_secret(&name, 0))
+                        .await
+                        .map(|s| Replica::render(&s, SOURCE_NS)),
+                    Kind::ConfigMap => self
+                        .config_maps(SOURCE_NS)
+                        .create(&pp, &source_config_map(&name))
+                        .await
+                        .map(|c| Replica::render_config_map(&c, SOURCE_NS)),
+                }
+            })
+            .buffer_unordered(SEED_CONCURRENCY)
+            .try_collect()
+            .await
+            .with_context(|| format!("create {kind} sources"))
+    }
+
+    /// Create the copies of `replicas` in the target namespaces numbered
+    /// `namespaces` as the controller would: its own rendering, created with
+    /// its field manager, so a controller started over them finds every copy
+    /// in sync. Only the bench's client paces this (no rate limit), which is
+    /// what makes 100,000 copies practical. Returns the number created.
+    pub async fn seed_copies(
+        &self,
+        replicas: &[Replica],
+        namespaces: Range<usize>,
+    ) -> Result<usize> {
+        let jobs: Vec<(String, &Replica)> = namespaces
+            .flat_map(|i| replicas.iter().map(move |r| (target_name(i), r)))
+            .collect();
+        let count = jobs.len();
+        let pp = PostParams {
+            field_manager: Some(replica::FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        futures::stream::iter(jobs)
+            .map(|(ns, r)| {
+                let pp = &pp;
+                async move {
+                    match r.kind {
+                        Kind::Secret => {
+                            created(self.secrets(&ns).create(pp, &r.to_secret(&ns)).await)
+                        }
+                        Kind::ConfigMap => created(
+                            self.config_maps(&ns)
+                                .create(pp, &r.to_config_map(&ns))
+                                .await,
+                        ),
+                    }
+                }
+            })
+            .buffer_unordered(SEED_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .context("seed copies")?;
+        Ok(count)
+    }
+
+    /// Copies of `kind` in the cluster carrying one of `hashes` (a paginated
+    /// metadata list).
+    pub async fn count_copies(&self, kind: Kind, hashes: &HashSet<String>) -> Result<usize> {
+        const MANAGED: &str = copies::MANAGED_SELECTOR;
+        let metas = match kind {
+            Kind::Secret => self.metadata_everywhere::<Secret>(MANAGED).await?,
+            Kind::ConfigMap => self.metadata_everywhere::<ConfigMap>(MANAGED).await?,
+        };
+        Ok(metas
+            .iter()
+            .filter(|m| {
+                m.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(copies::HASH_ANNOTATION))
+                    .is_some_and(|h| hashes.contains(h))
+            })
+            .count())
+    }
+
+    /// The metadata of every `K` in every namespace matching `selector`, in
+    /// pages.
+    async fn metadata_everywhere<K>(&self, selector: &str) -> Result<Vec<ObjectMeta>>
+    where
+        K: kube::Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::all(self.client.clone());
+        let mut lp = ListParams::default()
+            .labels(selector)
+            .limit(LIST_PAGE as u32);
+        let mut out = Vec::new();
+        loop {
+            let page = api.list_metadata(&lp).await?;
+            out.extend(page.items.into_iter().map(|m| m.metadata));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => lp = lp.continue_token(&token),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Delete every `K` matching `selector`, in every namespace that has one
+    /// (one collection delete per namespace); how many there were.
+    async fn delete_everywhere<K>(&self, selector: &str) -> Result<usize>
+    where
+        K: kube::Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K::DynamicType: Default,
+    {
+        let metas = self.metadata_everywhere::<K>(selector).await?;
         let namespaces: HashSet<String> =
-            watch.with(|s| s.copies.keys().map(|k| k.0.clone()).collect());
+            metas.iter().filter_map(|m| m.namespace.clone()).collect();
         futures::stream::iter(namespaces)
             .map(|ns| {
-                let api = self.secrets(&ns);
+                let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
                 async move {
                     api.delete_collection(
                         &DeleteParams::default(),
-                        &ListParams::default().labels(copies::MANAGED_SELECTOR),
+                        &ListParams::default().labels(selector),
                     )
                     .await
                     .map(|_| ())
@@ -270,14 +474,34 @@ impl Cluster {
             })
             .buffer_unordered(SEED_CONCURRENCY)
             .try_collect::<Vec<()>>()
+            .await
+            .with_context(|| format!("delete {selector} {}", K::plural(&Default::default())))?;
+        Ok(metas.len())
+    }
+
+    /// Delete every source, every copy and every unrelated object, of both
+    /// kinds (no controller may run).
+    pub async fn reset(&self, watch: &CopyWatch) -> Result<()> {
+        let start = Instant::now();
+        let sources = ListParams::default().labels(replica::SOURCE_SELECTOR);
+        let dp = DeleteParams::default();
+        self.secrets(SOURCE_NS)
+            .delete_collection(&dp, &sources)
             .await?;
+        self.config_maps(SOURCE_NS)
+            .delete_collection(&dp, &sources)
+            .await?;
+        let mut deleted = 0;
+        for selector in [copies::MANAGED_SELECTOR, UNRELATED_SELECTOR] {
+            deleted += self.delete_everywhere::<Secret>(selector).await?;
+            deleted += self.delete_everywhere::<ConfigMap>(selector).await?;
+        }
+        let timeout = Duration::from_secs(300 + deleted as u64 / 100);
         watch
-            .wait("every copy to be gone", Duration::from_secs(300), |s| {
-                s.copies.is_empty()
-            })
+            .wait("every copy to be gone", timeout, |s| s.copies.is_empty())
             .await?;
         println!(
-            "bench: reset (sources and copies deleted) in {:.1} s",
+            "bench: reset (sources, and {deleted} copies and unrelated objects deleted) in {:.1} s",
             start.elapsed().as_secs_f64()
         );
         Ok(())

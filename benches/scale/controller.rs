@@ -58,23 +58,24 @@ fn clock_ticks() -> f64 {
     })
 }
 
-impl Daemon {
-    fn status_kib(&self, field: &str) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .unwrap_or_default()
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    }
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`); NaN if unknown.
+pub fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
 
+impl Daemon {
     pub fn rss_mib(&self) -> f64 {
-        self.status_kib("VmRSS:") / 1024.0
+        status_kib(self.pid, "VmRSS:") / 1024.0
     }
 
     pub fn hwm_mib(&self) -> f64 {
-        self.status_kib("VmHWM:") / 1024.0
+        status_kib(self.pid, "VmHWM:") / 1024.0
     }
 
     /// utime + stime, in seconds.

@@ -2,9 +2,12 @@
 //! and burst behaviour of the release binary against the project's own, real
 //! control plane.
 //!
+//! Issue 8 adds memory with both kinds (Secret and ConfigMap copies,
+//! unrelated ConfigMaps) and scale (up to 100,000 copies seeded in sync).
+//!
 //! ```text
 //! cargo bench --bench scale                 # quick size, a few minutes
-//! cargo bench --bench scale -- --full       # the issue's sizes
+//! cargo bench --bench scale -- --full       # the issues' sizes
 //! cargo bench --bench scale -- --help       # every option
 //! ```
 //!
@@ -28,8 +31,11 @@
 //!
 //! Layout: one file per scenario (`propagation`, `burst`, `memory`, with
 //! `steady` and `restart` run over the memory scenario's copies; CPU is
-//! measured inside each), `cluster` (seeding), `controller` (the process under
-//! test), `params`, `report`, `output` and `setup`. What the end-to-end tests
+//! measured inside each; `kinds` and `scale`, which start the controller over
+//! copies the bench seeded through the project's own renderer and reuse
+//! `restart`'s measured start and `steady`'s resync), `cluster` (seeding),
+//! `controller` (the process under test), `params`, `report`, `output` and
+//! `setup` (also what the control plane uses). What the end-to-end tests
 //! use too (the control plane, the daemon process, metrics, the copies) is the
 //! test kit under `tests/common/`, included here by `#[path]`.
 
@@ -52,21 +58,26 @@ mod metrics;
 mod burst;
 mod cluster;
 mod controller;
+mod kinds;
 mod memory;
 mod output;
 mod params;
 mod propagation;
 mod report;
 mod restart;
+mod scale;
 mod setup;
 mod steady;
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
+use push_to_k8s::kinds::Kind;
+use push_to_k8s::replica::Replica;
 
 use cluster::Cluster;
 use control_plane::ControlPlane;
@@ -77,7 +88,7 @@ use metrics::Counts;
 use output::{Paths, plot, write_results};
 use params::{Params, SCENARIOS};
 use report::{Report, Target, line, loadavg, machine};
-use setup::{BenchControlPlane, controller_binary};
+use setup::{BenchControlPlane, PlaneUsage, controller_binary};
 
 /// Source namespace of every scenario.
 const SOURCE_NS: &str = "bench-src";
@@ -103,6 +114,8 @@ struct Bench<'a> {
     p: &'a Params,
     bin: PathBuf,
     kubeconfig: PathBuf,
+    /// The control plane's state directory (its pid files, etcd's port).
+    cp_dir: PathBuf,
     logs: PathBuf,
     cluster: Cluster,
     watch: CopyWatch,
@@ -135,6 +148,48 @@ impl Bench<'_> {
         let quiet = DEBOUNCE + Duration::from_millis(1500);
         self.watch.settle(quiet, Duration::from_secs(120)).await?;
         Ok(took)
+    }
+
+    /// Seed the copies of `replicas` into the target namespaces numbered
+    /// `namespaces` (see [`Cluster::seed_copies`]), then check that every
+    /// copy of them in the targets up to `namespaces.end` is there with its
+    /// hash. Returns how long the seeding took and how many it created.
+    async fn seed(&self, replicas: &[Replica], namespaces: Range<usize>) -> Result<(f64, usize)> {
+        let t = Instant::now();
+        let created = self
+            .cluster
+            .seed_copies(replicas, namespaces.clone())
+            .await?;
+        let took = t.elapsed().as_secs_f64();
+        println!(
+            "bench: {created} copies seeded in {took:.1} s ({:.0}/s)",
+            created as f64 / took
+        );
+        for kind in Kind::ALL {
+            let of_kind = || replicas.iter().filter(|r| r.kind == kind);
+            let want = of_kind().count() * namespaces.end;
+            let hashes: HashSet<String> = of_kind().map(|r| r.hash.clone()).collect();
+            if want == 0 {
+                continue;
+            }
+            let found = match kind {
+                // The copy watch sees Secret copies as they are created.
+                Kind::Secret => {
+                    let timeout = Duration::from_secs(120 + want as u64 / 100);
+                    self.watch.wait_copies(&hashes, want, timeout).await?;
+                    want
+                }
+                Kind::ConfigMap => self.cluster.count_copies(kind, &hashes).await?,
+            };
+            if found != want {
+                bail!("{found} of {want} {kind} copies in sync after seeding");
+            }
+        }
+        Ok((took, created))
+    }
+
+    async fn plane_usage(&self) -> PlaneUsage {
+        PlaneUsage::of(&self.cp_dir).await
     }
 
     /// SIGTERM `c` and report its exit status (0 expected) under `scenario`.
@@ -170,6 +225,10 @@ async fn run(
         p,
         bin,
         kubeconfig: cp.kubeconfig.clone(),
+        cp_dir: cp
+            .dir
+            .clone()
+            .context("the bench names its control plane's directory")?,
         logs: paths.out.join("logs"),
         cluster,
         watch,
@@ -182,6 +241,8 @@ async fn run(
         let r = match *sc {
             "burst" => bench.burst().await,
             "propagation" => bench.propagation().await,
+            "kinds" => bench.kinds().await,
+            "scale" => bench.scale().await,
             _ => bench.memory().await,
         };
         if let Err(e) = r {

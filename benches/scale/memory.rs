@@ -2,16 +2,34 @@
 //! over the same copies: RSS with no copies, while the controller creates
 //! them, in sync after a resync, after a restart; then unrelated Secrets are
 //! added, which must not make a running or a freshly started controller grow.
+//! The kinds scenario measures unrelated ConfigMaps the same way.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use push_to_k8s::kinds::Kind;
 
 use crate::controller::{READY_POLL, STOP_TIMEOUT, Settings};
 use crate::daemon::Daemon;
-use crate::report::{RssPoint, RssSample, Target, median};
+use crate::report::{Report, RssPoint, RssSample, Target, median};
+use crate::steady::Resync;
 use crate::{Bench, DEBOUNCE, RATE};
+
+/// Objects the controller must never even see, added while it runs over
+/// copies in sync, and where their figures go.
+pub struct Unrelated {
+    pub scenario: &'static str,
+    /// Of which kind, how many, spread over the first `namespaces` targets.
+    pub kind: Kind,
+    pub count: usize,
+    pub namespaces: usize,
+    /// The kinds of the copies the controller runs over, and how many in all.
+    pub copy_kinds: Vec<Kind>,
+    pub copies: usize,
+    /// The plotted series its RSS points go to.
+    pub points: fn(&mut Report) -> &mut Vec<RssPoint>,
+}
 
 impl Bench<'_> {
     /// Scenarios 3, 2 and 4 over `mem_ns` namespaces x `mem_sources` sources.
@@ -89,7 +107,13 @@ impl Bench<'_> {
         );
 
         // 2. Steady state: one full resync with everything in sync.
-        self.steady(&c, n, want).await?;
+        let resync = Resync {
+            scenario: "steady",
+            label: String::new(),
+            namespaces: self.cluster.namespace_count().await?,
+            kinds: vec![(Kind::Secret, s_count, want)],
+        };
+        self.steady(&c, &resync).await?;
 
         // 3. Memory with everything in sync.
         let sc = "memory";
@@ -121,35 +145,61 @@ impl Bench<'_> {
         // 4. Restart with everything in sync.
         let (c, rss_restart) = self.restart_in_sync(c, &settings, want).await?;
 
-        self.unrelated(c, rss_restart, &settings, n, want).await?;
+        // 3b. Unrelated Secrets.
+        let u = Unrelated {
+            scenario: sc,
+            kind: Kind::Secret,
+            count: self.p.unrelated,
+            namespaces: n,
+            copy_kinds: vec![Kind::Secret],
+            copies: want,
+            points: |r| &mut r.rss_points,
+        };
+        let (c, fresh_before) = self.fresh_starts(c, rss_restart, &settings, &u).await?;
+        c.wait_resync("first resync after the start").await?;
+        self.unrelated(c, fresh_before, &settings, &u).await?;
         self.cluster.reset(&self.watch).await
     }
 
-    /// 3b. Unrelated Secrets: the controller must not even see them. Two
-    /// witnesses: fresh starts without and with them (median of 3 each, as
-    /// the RSS a start leaves behind varies; `c` is the first start without,
-    /// `rss_restart` its RSS), and a running controller across a resync (it
-    /// re-lists with label selectors).
-    async fn unrelated(
+    /// Two more fresh starts after `c` (the first start over the copies,
+    /// whose RSS was `rss_first`): returns the third, running, and the RSS
+    /// of all three (5 s after each first flush), the "before" of
+    /// [`Bench::unrelated`].
+    pub async fn fresh_starts(
         &mut self,
         mut c: Daemon,
-        rss_restart: f64,
+        rss_first: f64,
         settings: &Settings,
-        n: usize,
-        want: usize,
+        u: &Unrelated,
+    ) -> Result<(Daemon, Vec<f64>)> {
+        let mut fresh = vec![rss_first];
+        for i in 2..=3 {
+            c.terminate(STOP_TIMEOUT)?;
+            let name = format!("{}-fresh-{i}", u.scenario);
+            let s = self.start_over(&name, settings, &u.copy_kinds).await?;
+            fresh.push(s.rss);
+            c = s.c;
+        }
+        Ok((c, fresh))
+    }
+
+    /// The unrelated objects of `u`: the controller must not even see them.
+    /// Two witnesses: a running controller across a resync (it re-lists with
+    /// label selectors), and fresh starts without and with them (median of 3
+    /// each, as the RSS a start leaves behind varies; `fresh_before` from
+    /// [`Bench::fresh_starts`]). `c` is the last of those starts, past its
+    /// first resync.
+    pub async fn unrelated(
+        &mut self,
+        mut c: Daemon,
+        fresh_before: Vec<f64>,
+        settings: &Settings,
+        u: &Unrelated,
     ) -> Result<()> {
-        let sc = "memory";
-        let mut fresh_before = vec![rss_restart];
-        c.terminate(STOP_TIMEOUT)?;
-        let (mut c, rss) = self.restart("fresh-2", settings, want, false).await?;
-        fresh_before.push(rss);
-        c.terminate(STOP_TIMEOUT)?;
-        let (mut c, rss) = self.restart("fresh-3", settings, want, false).await?;
-        fresh_before.push(rss);
-        c.wait_resync("first resync after the start").await?;
+        let sc = u.scenario;
         let rss_first = c.rss_mib();
         // Control: one more resync with nothing changed, to separate what a
-        // resync itself does to RSS (allocator) from the unrelated Secrets.
+        // resync itself does to RSS (allocator) from the unrelated objects.
         c.wait_resync("a second resync, nothing changed").await?;
         let rss_before = c.rss_mib();
         self.report.add_note(
@@ -160,38 +210,49 @@ impl Bench<'_> {
             Target::Info,
             &format!("{rss_first:.1} -> {rss_before:.1} MiB"),
         );
-        self.report.rss_points.push(RssPoint {
+        (u.points)(&mut self.report).push(RssPoint {
             label: "in sync, after 2 resyncs".into(),
-            copies: want,
+            copies: u.copies,
             rss_mib: rss_before,
         });
-        let unrelated = self.p.unrelated;
+        let (unrelated, what) = (u.count, format!("{}s", u.kind));
         let t = Instant::now();
-        self.cluster.create_unrelated(unrelated, n).await?;
+        let cluster = &self.cluster;
+        match u.kind {
+            Kind::Secret => cluster.create_unrelated(unrelated, u.namespaces).await?,
+            Kind::ConfigMap => {
+                cluster
+                    .create_unrelated_config_maps(unrelated, u.namespaces)
+                    .await?
+            }
+        }
         println!(
-            "bench: {unrelated} unrelated Secrets created in {:.1} s",
+            "bench: {unrelated} unrelated {what} created in {:.1} s",
             t.elapsed().as_secs_f64()
         );
-        c.wait_resync("a resync with the unrelated Secrets present")
+        c.wait_resync(&format!("a resync with the unrelated {what} present"))
             .await?;
         let rss_after = c.rss_mib();
         let growth = (rss_after - rss_before) / rss_before * 100.0;
         self.report.add_note(
             sc,
-            &format!("RSS growth, {unrelated} unrelated Secrets, running controller"),
+            &format!("RSS growth, {unrelated} unrelated {what}, running controller"),
             growth,
             "%",
             Target::Below(5.0),
             &format!("{rss_before:.1} -> {rss_after:.1} MiB, each after a full resync"),
         );
-        self.report.rss_points.push(RssPoint {
+        (u.points)(&mut self.report).push(RssPoint {
             label: format!("+ {unrelated} unrelated, after a resync"),
-            copies: want,
+            copies: u.copies,
             rss_mib: rss_after,
         });
         self.report.add(
             sc,
-            &format!("peak RSS (VmHWM) of a controller over {want} copies, 3 resyncs"),
+            &format!(
+                "peak RSS (VmHWM) of a controller over {} copies, 3 resyncs",
+                u.copies
+            ),
             c.hwm_mib(),
             "MiB",
             Target::Info,
@@ -199,11 +260,10 @@ impl Bench<'_> {
         c.terminate(STOP_TIMEOUT)?;
         let mut fresh_after = Vec::new();
         for i in 1..=3 {
-            let (mut c, rss) = self
-                .restart(&format!("fresh-unrelated-{i}"), settings, want, false)
-                .await?;
-            fresh_after.push(rss);
-            c.terminate(STOP_TIMEOUT)?;
+            let name = format!("{sc}-fresh-unrelated-{i}");
+            let mut s = self.start_over(&name, settings, &u.copy_kinds).await?;
+            fresh_after.push(s.rss);
+            s.c.terminate(STOP_TIMEOUT)?;
         }
         let (before, after) = (median(&fresh_before), median(&fresh_after));
         let show = |v: &[f64]| {
@@ -214,7 +274,7 @@ impl Bench<'_> {
         };
         self.report.add_note(
             sc,
-            &format!("RSS growth, {unrelated} unrelated Secrets, fresh start"),
+            &format!("RSS growth, {unrelated} unrelated {what}, fresh start"),
             (after - before) / before * 100.0,
             "%",
             Target::Below(5.0),
@@ -224,9 +284,9 @@ impl Bench<'_> {
                 show(&fresh_after)
             ),
         );
-        self.report.rss_points.push(RssPoint {
+        (u.points)(&mut self.report).push(RssPoint {
             label: format!("+ {unrelated} unrelated, fresh start"),
-            copies: want,
+            copies: u.copies,
             rss_mib: after,
         });
         Ok(())

@@ -91,7 +91,13 @@ pub fn plot(paths: &Paths, docs: Option<&Path>) -> Result<()> {
     }
     if let Some(dir) = docs {
         std::fs::create_dir_all(dir)?;
-        for f in ["propagation.png", "rss.png", "burst.png", "results.json"] {
+        for f in [
+            "propagation.png",
+            "rss.png",
+            "scale.png",
+            "burst.png",
+            "results.json",
+        ] {
             let from = paths.out.join(f);
             if from.exists() {
                 std::fs::copy(&from, dir.join(f))?;

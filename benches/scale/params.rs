@@ -16,10 +16,16 @@ pub struct Params {
     pub burst_sources: usize,
     pub burst_ns: usize,
     pub burst_b: u32,
-    /// Scenarios 2-4: namespaces x sources, and unrelated Secrets added.
+    /// Scenarios 2-4: namespaces x sources, and unrelated Secrets added; the
+    /// kinds scenario (8) has the same shape per kind, and adds as many
+    /// unrelated ConfigMaps.
     pub mem_ns: usize,
     pub mem_sources: usize,
     pub unrelated: usize,
+    /// Scenario 9: target namespace counts, measured in ascending order (each
+    /// size adds namespaces and copies to the last), and sources.
+    pub scale_ns: Vec<usize>,
+    pub scale_sources: usize,
     pub scenarios: Vec<String>,
     pub keep_cp: bool,
     pub plot: bool,
@@ -28,22 +34,29 @@ pub struct Params {
     pub bin: Option<PathBuf>,
 }
 
-pub const SCENARIOS: &[&str] = &["burst", "propagation", "memory"];
+/// In the order they run; `scale` last, as it leaves the most namespaces behind.
+pub const SCENARIOS: &[&str] = &["burst", "propagation", "memory", "kinds", "scale"];
 
 const USAGE: &str = "\
 usage: cargo bench --bench scale -- [options]
 
-  --full                 the issue's sizes: N in {100,500,1000} x 5 runs, burst 100
-                         sources x 100 namespaces, memory 1000 namespaces x 20 sources
+  --full                 the issues' sizes: N in {100,500,1000} x 5 runs, burst 100
+                         sources x 100 namespaces, memory and kinds 1000 namespaces x 20
+                         sources, scale {1000,2500,5000} namespaces x 20 sources
   --prop-n A,B,..        propagation target namespace counts (quick: 50,100)
   --runs K               propagation runs per N, median reported (quick: 3, full: 5)
   --burst-sources S      sources changed within 2 s (quick: 20, full: 100)
   --burst-n N            target namespaces of the burst (quick: 50, full: 100)
   --burst-b B            SECRET_SYNC_RATE_BURST of the burst scenario (default 10)
-  --mem-ns N             memory/steady/restart namespaces (quick: 100, full: 1000)
-  --mem-sources S        memory/steady/restart sources (quick: 5, full: 20)
-  --unrelated U          unrelated Secrets added (default: mem-ns x mem-sources)
-  --only a,b             run only these of: burst, propagation, memory
+  --mem-ns N             memory/steady/restart and kinds namespaces (quick: 100, full: 1000)
+  --mem-sources S        memory/steady/restart sources, and kinds sources per kind
+                         (quick: 5, full: 20)
+  --unrelated U          unrelated Secrets added by memory, unrelated ConfigMaps added
+                         by kinds (default: mem-ns x mem-sources)
+  --scale-n A,B,..       scale: target namespace counts, measured in ascending order,
+                         copies seeded once and added to (quick: 200, full: 1000,2500,5000)
+  --scale-sources S      scale: sources (quick: 5, full: 20)
+  --only a,b             run only these of: burst, propagation, memory, kinds, scale
                          (memory also measures steady state, CPU and restart)
   --keep-cp              leave the bench control plane up at the end
   --no-plot              do not draw the PNG plots (no Python venv needed)
@@ -71,6 +84,8 @@ impl Params {
             mem_ns: 100,
             mem_sources: 5,
             unrelated: 0,
+            scale_ns: vec![200],
+            scale_sources: 5,
             scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
             keep_cp: false,
             plot: true,
@@ -84,6 +99,8 @@ impl Params {
             p.burst_ns = 100;
             p.mem_ns = 1000;
             p.mem_sources = 20;
+            p.scale_ns = vec![1000, 2500, 5000];
+            p.scale_sources = 20;
         }
         let mut unrelated = None;
         let mut it = args.into_iter();
@@ -104,6 +121,8 @@ impl Params {
                 "--mem-ns" => p.mem_ns = value()?.parse()?,
                 "--mem-sources" => p.mem_sources = value()?.parse()?,
                 "--unrelated" => unrelated = Some(value()?.parse()?),
+                "--scale-n" => p.scale_ns = list(&value()?)?,
+                "--scale-sources" => p.scale_sources = value()?.parse()?,
                 "--only" => {
                     p.scenarios = value()?.split(',').map(|s| s.trim().to_string()).collect();
                     if let Some(bad) = p
@@ -125,8 +144,17 @@ impl Params {
         }
         p.prop_ns.sort_unstable();
         p.prop_ns.dedup();
+        p.scale_ns.sort_unstable();
+        p.scale_ns.dedup();
         p.unrelated = unrelated.unwrap_or(p.mem_ns * p.mem_sources);
-        if p.prop_runs == 0 || p.prop_ns.contains(&0) || p.burst_ns == 0 || p.mem_ns == 0 {
+        if p.prop_runs == 0
+            || p.prop_ns.contains(&0)
+            || p.burst_ns == 0
+            || p.mem_ns == 0
+            || p.scale_ns.is_empty()
+            || p.scale_ns.contains(&0)
+            || p.scale_sources == 0
+        {
             bail!("counts must be at least 1");
         }
         if !(1..=100).contains(&p.burst_b) {

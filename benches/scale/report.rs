@@ -8,6 +8,7 @@ use std::process::Command;
 use serde::Serialize;
 
 use crate::params::Params;
+use crate::setup::PlaneUsage;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Figure {
@@ -48,6 +49,27 @@ pub struct RssPoint {
     pub rss_mib: f64,
 }
 
+/// One size of the scale scenario: the controller's start and resync over
+/// copies seeded in sync, and what the control plane holds meanwhile.
+#[derive(Debug, Default, Serialize)]
+pub struct ScaleSize {
+    pub namespaces: usize,
+    pub sources: usize,
+    pub copies: usize,
+    /// Seeding the copies this size added (bench client), and those copies.
+    pub seed_s: f64,
+    pub seeded: usize,
+    pub ready_s: f64,
+    pub verified_s: f64,
+    pub rss_start_mib: f64,
+    pub rss_resync_mib: f64,
+    pub hwm_mib: f64,
+    pub start_lists: f64,
+    pub resync_lists: f64,
+    pub resync_writes: f64,
+    pub plane: PlaneUsage,
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct BurstSeries {
     pub rate: u32,
@@ -70,6 +92,9 @@ pub struct Report {
     pub propagation: Vec<PropagationResult>,
     pub rss_ramp: Vec<RssSample>,
     pub rss_points: Vec<RssPoint>,
+    /// The kinds scenario's points (Secret and ConfigMap copies together).
+    pub kinds_points: Vec<RssPoint>,
+    pub scale: Vec<ScaleSize>,
     pub burst: BurstSeries,
     /// Request counts by verb and resource for selected phases.
     pub api: BTreeMap<String, BTreeMap<String, f64>>,

@@ -1,13 +1,18 @@
 //! What the bench measures against: the release binary (rebuilt when older
-//! than the sources) and its own control plane, taken down at the end.
+//! than the sources) and its own control plane, taken down at the end, and
+//! what that control plane uses (memory, etcd's database) as it grows.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
+use serde::Serialize;
 
 use crate::control_plane::{self, ControlPlane};
+use crate::controller::status_kib;
+use crate::http_get::http_get;
+use crate::metrics::sum_metric;
 
 fn newest_mtime(dir: &Path, newest: &mut SystemTime) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -115,5 +120,49 @@ impl Drop for BenchControlPlane {
         }
         println!("bench: taking the bench control plane down");
         let _ = self.cp.command(&["down"]).stdout(Stdio::null()).status();
+    }
+}
+
+/// What the control plane uses: kube-apiserver's and etcd's RSS (by their pid
+/// files in the state directory) and etcd's database (its own `/metrics`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PlaneUsage {
+    pub apiserver_rss_mib: f64,
+    /// kube-apiserver's highest RSS so far (VmHWM).
+    pub apiserver_hwm_mib: f64,
+    pub etcd_rss_mib: f64,
+    /// etcd's database file; of it in use (the rest: pages freed by
+    /// compaction, reused before the file grows).
+    pub etcd_db_mib: f64,
+    pub etcd_db_in_use_mib: f64,
+    /// etcd refuses every write ("database space exceeded") beyond this.
+    pub etcd_quota_mib: f64,
+}
+
+impl PlaneUsage {
+    /// Now, for the instance in `dir`; NaN for what cannot be read.
+    pub async fn of(dir: &Path) -> PlaneUsage {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        let status = |daemon: &str, field: &str| match read(&format!("{daemon}.pid")).trim().parse()
+        {
+            Ok(pid) => status_kib(pid, field) / 1024.0,
+            Err(_) => f64::NAN,
+        };
+        let etcd = match read("etcd.port").trim().parse() {
+            Ok(port) => http_get(port, "/metrics").await.map(|(_, b)| b),
+            Err(_) => None,
+        };
+        let mib = |name: &str| match &etcd {
+            Some(text) => sum_metric(text, name, &[]) / 1024.0 / 1024.0,
+            None => f64::NAN,
+        };
+        PlaneUsage {
+            apiserver_rss_mib: status("kube-apiserver", "VmRSS:"),
+            apiserver_hwm_mib: status("kube-apiserver", "VmHWM:"),
+            etcd_rss_mib: status("etcd", "VmRSS:"),
+            etcd_db_mib: mib("etcd_mvcc_db_total_size_in_bytes"),
+            etcd_db_in_use_mib: mib("etcd_mvcc_db_total_size_in_use_in_bytes"),
+            etcd_quota_mib: mib("etcd_server_quota_backend_bytes"),
+        }
     }
 }
