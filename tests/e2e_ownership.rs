@@ -362,3 +362,73 @@ async fn a_copy_something_keeps_changing_is_not_rewritten_forever() {
     drop(daemon);
     env.teardown().await;
 }
+
+/// Defect 8: a copy that fails waits out its own backoff (2, 4, 8 … s),
+/// also when its source keeps changing; the other copies follow every change.
+#[tokio::test]
+async fn per_copy_backoff_holds_while_the_source_keeps_changing() {
+    use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaSpec};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use std::collections::BTreeMap;
+    let _serial = serial();
+    let env = TestEnv::new("own-backoff", 2).await;
+    let _on_panic = env.cleanup_on_panic();
+    let (t0, full) = (env.targets[0].clone(), env.targets[1].clone());
+    // No quota controller runs here: fill in the status as it would.
+    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &full);
+    let hard = BTreeMap::from([("count/secrets".to_string(), Quantity("0".into()))]);
+    let quota = ResourceQuota {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some("no-secrets".into()),
+            ..Default::default()
+        },
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    quotas
+        .patch_status(
+            "no-secrets",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"hard": hard, "used": {"count/secrets": "0"}}})),
+        )
+        .await
+        .unwrap();
+    let name = format!("{}-db", env.id);
+    env.create_source(&name, &[("k", "v0")]).await;
+    let daemon = start(&env, &[]).await;
+    env.await_copies(std::slice::from_ref(&t0), &name, &[("k", "v0")])
+        .await;
+    let failed = || {
+        daemon.metric_sum(
+            "push_to_k8s_writes_total",
+            &["op=\"create\"", "result=\"error\""],
+        )
+    };
+    eventually("the first refused create", WAIT, || async {
+        (failed().await >= 1.0).then_some(())
+    })
+    .await;
+    let before = failed().await;
+    // Eight changes, 1.5 s apart (each its own flush at debounce 1 s): the
+    // other copy follows every one; the refused one is tried only when its
+    // backoff (2, 4, 8 s) is over: at most 3 more attempts in these 12 s.
+    for i in 1..=8 {
+        let v = format!("v{i}");
+        merge(&env.sources(), &name, json!({"stringData": {"k": v}})).await;
+        env.await_copies(std::slice::from_ref(&t0), &name, &[("k", &v)])
+            .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let attempts = failed().await - before;
+    assert!(
+        attempts <= 3.0,
+        "{attempts} refused creates in 12 s of changes: the backoff does not hold"
+    );
+    assert!(env.copy(&full, &name).await.is_none());
+    drop(daemon);
+    env.teardown().await;
+}
