@@ -16,6 +16,23 @@
 #   cp.sh helm ARGS...  run helm (built the same way, cached by its own version)
 #                       against the chart under helm/; used by the chart's tests
 #
+# Vault (issue 10), built the same way and cached by its own version:
+#   cp.sh vault-build   build (or reuse) the vault binary
+#   cp.sh vault-up      start `vault server -dev` on a random loopback port (idempotent),
+#                       wait for /v1/sys/health; writes $STATE/vault.addr and vault.token
+#   cp.sh vault-k8s-auth [--role R] [--prefix P] [--ttl D] [--max-ttl D] [--audience A] SA NS
+#                       Kubernetes auth against this control plane (TokenReview through a
+#                       reviewer ServiceAccount with system:auth-delegator), and role R
+#                       (default push-to-k8s) for ServiceAccount NS/SA with a policy on
+#                       KV v2 secret/P/* (default P: push-to-k8s)
+#   cp.sh vault-env     print `export VAULT_ADDR=... VAULT_TOKEN=...` (the root token)
+#   cp.sh vault ARGS... run the vault CLI against it with the root token
+#   cp.sh vault-kill    SIGKILL Vault
+#   cp.sh vault-start   start it again: same port, same root token, the Kubernetes auth
+#                       and roles applied again. Dev mode keeps data in memory: KV
+#                       entries and tokens issued before are gone.
+#   cp.sh vault-down    stop Vault and remove its files (`down` stops it too)
+#
 # Environment:
 #   PUSH_TO_K8S_CP_DIR   state directory (default: ${TMPDIR:-/tmp}/push-to-k8s-cp-$UID)
 #   XDG_CACHE_HOME       cache root (binaries go to .../push-to-k8s/control-plane/<version>/)
@@ -27,10 +44,13 @@ set -euo pipefail
 KUBE_VERSION=v1.36.3
 ETCD_VERSION=v3.6.8
 HELM_VERSION=v3.22.0
+VAULT_VERSION=v1.21.1
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/control-plane/kube-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
 BIN="$CACHE/bin"
 HELM_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/helm-${HELM_VERSION}"
+VAULT_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/vault-${VAULT_VERSION}"
+VAULT_BIN="$VAULT_CACHE/bin/vault"
 STATE="${PUSH_TO_K8S_CP_DIR:-${TMPDIR:-/tmp}/push-to-k8s-cp-$(id -u)}"
 # Downloads that take longer than this are treated as "the module proxy is unreachable".
 DOWNLOAD_TIMEOUT="${PUSH_TO_K8S_CP_DOWNLOAD_TIMEOUT:-900}"
@@ -51,7 +71,7 @@ go_build() {
         sed 's/^/    /' "$logs/download.log" | tail -n 15 >&2
         die "could not download the Go modules for $(basename "$dir"): is the Go module proxy (GOPROXY=$(go env GOPROXY)) reachable? Full log: $logs/download.log"
     fi
-    local ldflags="-s -w"
+    local ldflags="-s -w" flags=()
     if [[ "$(basename "$dir")" == kubernetes ]]; then
         local minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
         local p=k8s.io/component-base/version
@@ -59,11 +79,14 @@ go_build() {
         ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
     elif [[ "$(basename "$dir")" == helm ]]; then
         ldflags+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    elif [[ "$(basename "$dir")" == vault ]]; then
+        # Vault embeds its version (version/VERSION); no `ui` build tag: no web UI assets.
+        flags+=(-trimpath)
     fi
     say "compiling $* (slow the first time on a machine: minutes; progress every 100 packages)"
     local log="$logs/build-$(basename "$dir").log"
     set +e
-    (cd "$dir" && go build -v -ldflags "$ldflags" -o "$out/" "$@") 2>&1 | tee "$log" |
+    (cd "$dir" && go build -v "${flags[@]}" -ldflags "$ldflags" -o "$out/" "$@") 2>&1 | tee "$log" |
         awk '{ n++ } n % 100 == 0 { printf "control-plane:   ... %d packages compiled\n", n > "/dev/stderr" }'
     local rc="${PIPESTATUS[0]}"
     set -e
@@ -106,6 +129,22 @@ cmd_build_helm() {
     go_build "$HELM_CACHE" "$HERE/helm" "$tmp" helm.sh/helm/v3/cmd/helm
     [[ -x "$tmp/helm" ]] || die "helm build produced no binary in $tmp"
     rm -rf "$HELM_CACHE/bin"; mv "$tmp" "$HELM_CACHE/bin"
+}
+
+cmd_build_vault() {
+    [[ -x "$VAULT_BIN" ]] && return 0
+    mkdir -p "$VAULT_CACHE"
+    exec 8>"$VAULT_CACHE/.build.lock"
+    flock 8
+    [[ -x "$VAULT_BIN" ]] && return 0
+    local tmp="$VAULT_CACHE/bin.partial"
+    say "building Vault $VAULT_VERSION into $VAULT_CACHE (once per machine; about 15 minutes on 2 cores)"
+    rm -rf "$tmp"; mkdir -p "$tmp"
+    # Without cgo, as HashiCorp builds its releases: a static binary, no C compiler needed.
+    CGO_ENABLED=0 go_build "$VAULT_CACHE" "$HERE/vault" "$tmp" github.com/hashicorp/vault
+    [[ -x "$tmp/vault" ]] || die "the Vault build produced no binary in $tmp"
+    rm -rf "$VAULT_CACHE/bin"; mv "$tmp" "$VAULT_CACHE/bin"
+    say "built: $VAULT_BIN"
 }
 
 # ---------------------------------------------------------------- up / down
@@ -204,17 +243,28 @@ start() {
     done
 }
 
+# SIGTERM daemon NAME if it runs (SIGKILL after 10 s) and wait until it is gone.
+stop_daemon() {
+    local pid
+    if is_ours "$STATE/$1.pid"; then
+        pid="$(cat "$STATE/$1.pid")"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
+
+# cmd_down [keep-vault]: stop every daemon of the state directory (Vault too) and
+# remove it. keep-vault (a fresh `up`): a running Vault and its vault* files stay.
 cmd_down() {
     [[ -d "$STATE" ]] || return 0
-    local name pid
-    for name in kube-controller-manager kube-apiserver etcd; do
-        if is_ours "$STATE/$name.pid"; then
-            pid="$(cat "$STATE/$name.pid")"
-            kill -TERM "$pid" 2>/dev/null || true
-            for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done
+    local name
+    if [[ "${1:-}" == keep-vault ]] && is_ours "$STATE/vault.pid"; then
+        for name in kube-controller-manager kube-apiserver etcd; do stop_daemon "$name"; done
+        find "$STATE" -mindepth 1 -maxdepth 1 ! -name 'vault*' -exec rm -rf {} +
+        return 0
+    fi
+    for name in vault kube-controller-manager kube-apiserver etcd; do stop_daemon "$name"; done
     rm -rf "$STATE"
 }
 
@@ -235,10 +285,12 @@ cmd_up() {
     fi
     local attempt
     for attempt in 1 2; do
-        cmd_down
+        cmd_down keep-vault
         mkdir -p "$STATE"
         make_pki
         if launch; then
+            # A Vault of this state directory authenticates against the new apiserver.
+            vault_apply_recorded_k8s_auth || say "warning: could not configure Vault's Kubernetes auth again; log: $STATE/vault.log"
             say "up: export KUBECONFIG=$STATE/admin.kubeconfig (logs in $STATE)"
             return 0
         fi
@@ -392,6 +444,207 @@ launch() {
     done
 }
 
+# ---------------------------------------------------------------- Vault
+
+# Vault in dev mode: in-memory storage, unsealed, KV v2 at secret/, the root
+# token we give it. Its files in the state directory all start with "vault".
+vault_healthy() {
+    [[ -f "$STATE/vault.addr" ]] || return 1
+    [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$(cat "$STATE/vault.addr")/v1/sys/health" 2>/dev/null)" == 200 ]]
+}
+
+vault_ready() { is_ours "$STATE/vault.pid" && vault_healthy; }
+
+# The vault CLI against our Vault with the root token, whatever the caller's environment.
+vault_cli() {
+    env -u VAULT_NAMESPACE -u VAULT_FORMAT -u VAULT_CACERT -u VAULT_CLIENT_CERT -u VAULT_CLIENT_KEY \
+        VAULT_ADDR="$(cat "$STATE/vault.addr")" VAULT_TOKEN="$(cat "$STATE/vault.token")" "$VAULT_BIN" "$@"
+}
+
+# Wait until the Vault just started answers /v1/sys/health (active, unsealed).
+vault_wait() {
+    local deadline=$((SECONDS + READY_TIMEOUT))
+    until vault_healthy; do
+        if ! is_ours "$STATE/vault.pid"; then
+            tail -n 20 "$STATE/vault.log" | sed 's/^/    /' >&2
+            say "Vault exited while starting; log: $STATE/vault.log"
+            return 1
+        fi
+        if (( SECONDS > deadline )); then
+            say "Vault: not healthy within ${READY_TIMEOUT}s; log: $STATE/vault.log"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# A new Vault on a free port with a new root token.
+vault_launch() {
+    local port token
+    port="$(free_port)"
+    token="root-$(openssl rand -hex 16)"
+    echo "http://127.0.0.1:$port" >"$STATE/vault.addr"
+    (umask 077; echo "$token" >"$STATE/vault.token")
+    # Merged into dev mode's own configuration (in-memory storage, one listener);
+    # its path on the command line is also what makes the process recognisably ours.
+    printf 'ui = false\ndisable_mlock = true\napi_addr = "http://127.0.0.1:%s"\n' "$port" >"$STATE/vault.hcl"
+    start vault "$VAULT_BIN" server -dev -dev-listen-address="127.0.0.1:$port" \
+        -dev-root-token-id="$token" -dev-no-store-token -config="$STATE/vault.hcl"
+    vault_wait
+}
+
+# Start Vault again with its recorded command line (same port and root token) and
+# apply the recorded Kubernetes auth again: dev mode forgets everything on exit.
+vault_resume() {
+    local argv=()
+    if ! is_ours "$STATE/vault.pid"; then
+        mapfile -d '' -t argv <"$STATE/vault.cmd"
+        echo "---- $(date -u +%FT%TZ) cp.sh: started again" >>"$STATE/vault.log"
+        start vault "${argv[@]}"
+        say "started Vault again (pid $(cat "$STATE/vault.pid"))"
+    fi
+    vault_wait && vault_apply_recorded_k8s_auth
+}
+
+cmd_vault_up() {
+    # Built before taking the state directory's lock: `up` and `down` need not wait for it.
+    cmd_build_vault
+    mkdir -p "$(dirname "$STATE")"
+    exec 9>"$STATE.lock"
+    flock 9
+    if vault_ready; then
+        say "Vault already up: VAULT_ADDR=$(cat "$STATE/vault.addr")"
+        return 0
+    fi
+    mkdir -p "$STATE"
+    if [[ -f "$STATE/vault.cmd" ]] && vault_resume; then
+        say "Vault up (started again): VAULT_ADDR=$(cat "$STATE/vault.addr")"
+        return 0
+    fi
+    local attempt
+    for attempt in 1 2; do
+        stop_daemon vault
+        rm -rf "$STATE"/vault*
+        if vault_launch; then
+            say "Vault up: VAULT_ADDR=$(cat "$STATE/vault.addr"), root token in $STATE/vault.token, log $STATE/vault.log"
+            return 0
+        fi
+        [[ $attempt == 1 ]] || die "Vault did not start, twice; log: $STATE/vault.log"
+        say "starting Vault once more, on a new port"
+    done
+}
+
+cmd_vault_down() {
+    [[ -d "$STATE" ]] || return 0
+    stop_daemon vault
+    rm -rf "$STATE"/vault*
+    rmdir "$STATE" 2>/dev/null || true
+}
+
+# The policy of a role: KV v2 data and metadata under secret/PREFIX/.
+vault_policy() {
+    local p="${1:+$1/}"
+    cat <<EOF
+path "secret/data/${p}*" {
+  capabilities = ["create", "read", "update", "patch", "delete", "list"]
+}
+path "secret/metadata/${p}*" {
+  capabilities = ["create", "read", "update", "patch", "delete", "list"]
+}
+path "secret/delete/${p}*" {
+  capabilities = ["update"]
+}
+path "secret/undelete/${p}*" {
+  capabilities = ["update"]
+}
+path "secret/destroy/${p}*" {
+  capabilities = ["update"]
+}
+EOF
+}
+
+# vault_k8s_auth ARGS...: see `vault-k8s-auth` in the header. Prints the role's name;
+# returns 2 on a usage error, 1 on a failure.
+vault_k8s_auth() {
+    local role=push-to-k8s prefix=push-to-k8s ttl=1h max_ttl=24h audience=""
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --role) role="${2:?--role needs a value}"; shift 2 ;;
+            --prefix) prefix="${2?--prefix needs a value}"; shift 2 ;;
+            --ttl) ttl="${2:?--ttl needs a value}"; shift 2 ;;
+            --max-ttl) max_ttl="${2:?--max-ttl needs a value}"; shift 2 ;;
+            --audience) audience="${2:?--audience needs a value}"; shift 2 ;;
+            -*) say "error: vault-k8s-auth: unknown option $1"; return 2 ;;
+            *) break ;;
+        esac
+    done
+    if [[ $# != 2 ]]; then
+        say "error: usage: $0 vault-k8s-auth [--role NAME] [--prefix PATH] [--ttl DURATION] [--max-ttl DURATION] [--audience AUD] SERVICEACCOUNT NAMESPACE"
+        return 2
+    fi
+    [[ "$role" =~ ^[A-Za-z0-9_.-]+$ ]] || { say "error: vault-k8s-auth: bad role name '$role'"; return 2; }
+    prefix="${prefix#/}"; prefix="${prefix%/}"
+    local sa="$1" ns="$2" kc=(kubectl --kubeconfig "$STATE/admin.kubeconfig") extra=()
+    # The reviewer: Vault sends each login's token to the apiserver's TokenReview with it.
+    "${kc[@]}" apply -f - >/dev/null <<EOF || return 1
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: vault-token-reviewer, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: push-to-k8s-vault-token-reviewer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:auth-delegator"}
+subjects:
+- {kind: ServiceAccount, name: vault-token-reviewer, namespace: kube-system}
+EOF
+    (umask 077; "${kc[@]}" -n kube-system create token vault-token-reviewer --duration 8760h \
+        >"$STATE/vault.reviewer-jwt") || return 1
+    local mounts
+    mounts="$(vault_cli auth list -format=json)" || return 1
+    if ! grep -q '"kubernetes/"' <<<"$mounts"; then
+        vault_cli auth enable kubernetes >/dev/null || return 1
+    fi
+    vault_cli write auth/kubernetes/config \
+        kubernetes_host="https://127.0.0.1:$(cat "$STATE/apiserver.port")" \
+        kubernetes_ca_cert=@"$STATE/pki/ca.crt" token_reviewer_jwt=@"$STATE/vault.reviewer-jwt" \
+        disable_local_ca_jwt=true >/dev/null || return 1
+    vault_policy "$prefix" | vault_cli policy write "$role" - >/dev/null || return 1
+    [[ -z "$audience" ]] || extra=(audience="$audience")
+    # Without an audience Vault warns that it would check one: not shown unless it fails.
+    local out
+    out="$(vault_cli write "auth/kubernetes/role/$role" bound_service_account_names="$sa" \
+        bound_service_account_namespaces="$ns" token_policies="$role" \
+        token_ttl="$ttl" token_max_ttl="$max_ttl" "${extra[@]}" 2>&1)" || { echo "$out" >&2; return 1; }
+    echo "$role"
+}
+
+# Apply every recorded `vault-k8s-auth` again (Vault restarted, or a new control plane).
+vault_apply_recorded_k8s_auth() {
+    local f args=()
+    vault_ready || return 0
+    [[ -f "$STATE/admin.kubeconfig" ]] || return 0
+    for f in "$STATE"/vault.k8s-auth/*; do
+        [[ -f "$f" ]] || continue
+        mapfile -d '' -t args <"$f"
+        vault_k8s_auth "${args[@]}" >/dev/null || return 1
+    done
+}
+
+cmd_vault_k8s_auth() {
+    mkdir -p "$(dirname "$STATE")"; exec 9>"$STATE.lock"; flock 9
+    vault_ready || die "Vault in $STATE is not up (cp.sh vault-up)"
+    ready || die "the control plane in $STATE is not up (cp.sh up)"
+    local role rc=0
+    role="$(vault_k8s_auth "$@")" || rc=$?
+    [[ $rc != 2 ]] || exit 64
+    [[ $rc == 0 ]] || die "configuring Vault's Kubernetes auth failed; Vault log: $STATE/vault.log"
+    # Recorded under the role's name: vault-start and a new control plane apply it again.
+    mkdir -p "$STATE/vault.k8s-auth"
+    printf '%s\0' "$@" >"$STATE/vault.k8s-auth/$role"
+    say "Vault: Kubernetes auth role '$role' for ServiceAccount ${*: -1}/${*: -2:1}"
+}
+
 case "${1:-}" in
     build) cmd_build; cmd_build_helm ;;
     helm)
@@ -425,5 +678,27 @@ case "${1:-}" in
             done
             say "ready"
         fi ;;
-    *) echo "usage: $0 build|up|down|env|status|kill NAME...|start [NAME...]|restart NAME...|helm ARGS..." >&2; exit 64 ;;
+    vault-build) cmd_build_vault ;;
+    vault-up) cmd_vault_up ;;
+    vault-down)
+        mkdir -p "$(dirname "$STATE")"; exec 9>"$STATE.lock"; flock 9
+        cmd_vault_down; say "Vault down" ;;
+    vault-k8s-auth) shift; cmd_vault_k8s_auth "$@" ;;
+    vault-env)
+        [[ -f "$STATE/vault.addr" && -f "$STATE/vault.token" ]] || die "Vault in $STATE is not up (cp.sh vault-up)"
+        echo "export VAULT_ADDR=$(cat "$STATE/vault.addr") VAULT_TOKEN=$(cat "$STATE/vault.token")" ;;
+    vault)
+        [[ -f "$STATE/vault.addr" && -f "$STATE/vault.token" ]] || die "Vault in $STATE is not up (cp.sh vault-up)"
+        shift
+        exec env -u VAULT_NAMESPACE VAULT_ADDR="$(cat "$STATE/vault.addr")" VAULT_TOKEN="$(cat "$STATE/vault.token")" \
+            "$VAULT_BIN" "$@" ;;
+    vault-kill)
+        mkdir -p "$(dirname "$STATE")"; exec 9>"$STATE.lock"; flock 9
+        kill_daemon vault ;;
+    vault-start)
+        mkdir -p "$(dirname "$STATE")"; exec 9>"$STATE.lock"; flock 9
+        [[ -f "$STATE/vault.cmd" ]] || die "Vault in $STATE was never started (cp.sh vault-up)"
+        vault_resume || die "could not start Vault again; log: $STATE/vault.log"
+        say "Vault ready: VAULT_ADDR=$(cat "$STATE/vault.addr")" ;;
+    *) echo "usage: $0 build|up|down|env|status|kill NAME...|start [NAME...]|restart NAME...|helm ARGS...|vault-build|vault-up|vault-k8s-auth [OPTIONS] SA NS|vault-env|vault ARGS...|vault-kill|vault-start|vault-down" >&2; exit 64 ;;
 esac
