@@ -58,30 +58,6 @@ const ALL_SECRET_VERBS: [&str; 7] = [
     "get", "list", "watch", "create", "update", "patch", "delete",
 ];
 
-/// Deletes the test's cluster-scoped RBAC objects, also when it fails.
-struct DeleteClusterRbac(String);
-
-impl Drop for DeleteClusterRbac {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                let c = client().await;
-                let dp = DeleteParams::default();
-                let _ = Api::<ClusterRoleBinding>::all(c.clone())
-                    .delete(&name, &dp)
-                    .await;
-                let _ = Api::<ClusterRole>::all(c).delete(&name, &dp).await;
-            });
-        })
-        .join();
-    }
-}
-
 /// A ServiceAccount `SA` in `ns` bound to ClusterRole `role` (as given) and
 /// allowed to publish Events in `ns`: the controller's identity in this test.
 async fn service_account(env: &TestEnv, role: &ClusterRole) {

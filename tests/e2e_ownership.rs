@@ -367,36 +367,11 @@ async fn a_copy_something_keeps_changing_is_not_rewritten_forever() {
 /// also when its source keeps changing; the other copies follow every change.
 #[tokio::test]
 async fn per_copy_backoff_holds_while_the_source_keeps_changing() {
-    use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaSpec};
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    use std::collections::BTreeMap;
     let _serial = serial();
     let env = TestEnv::new("own-backoff", 2).await;
     let _on_panic = env.cleanup_on_panic();
     let (t0, full) = (env.targets[0].clone(), env.targets[1].clone());
-    // No quota controller runs here: fill in the status as it would.
-    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &full);
-    let hard = BTreeMap::from([("count/secrets".to_string(), Quantity("0".into()))]);
-    let quota = ResourceQuota {
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some("no-secrets".into()),
-            ..Default::default()
-        },
-        spec: Some(ResourceQuotaSpec {
-            hard: Some(hard.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    quotas
-        .patch_status(
-            "no-secrets",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"hard": hard, "used": {"count/secrets": "0"}}})),
-        )
-        .await
-        .unwrap();
+    quota_without_secrets(&env.client, &full).await;
     let name = format!("{}-db", env.id);
     env.create_source(&name, &[("k", "v0")]).await;
     let daemon = start(&env, &[]).await;

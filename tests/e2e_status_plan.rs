@@ -70,30 +70,6 @@ fn meta(name: &str, ns: Option<&str>) -> ObjectMeta {
     }
 }
 
-/// Deletes the test's cluster-scoped RBAC objects, also when it fails.
-struct DeleteClusterRbac(String);
-
-impl Drop for DeleteClusterRbac {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                let c = client().await;
-                let dp = DeleteParams::default();
-                let _ = Api::<ClusterRoleBinding>::all(c.clone())
-                    .delete(&name, &dp)
-                    .await;
-                let _ = Api::<ClusterRole>::all(c).delete(&name, &dp).await;
-            });
-        })
-        .join();
-    }
-}
-
 /// ServiceAccount `SA` in `ns` that may only get and list namespaces,
 /// Secrets and ConfigMaps (no watch, no write, no Event); its kubeconfig.
 async fn read_only_service_account(env: &TestEnv, role: &str) -> PathBuf {

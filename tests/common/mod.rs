@@ -421,26 +421,19 @@ impl Drop for CleanupOnPanic {
         }
         let (id, source_ns) = (self.id.clone(), self.source_ns.clone());
         // The test's runtime is unwinding; use a fresh one on its own thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            rt.block_on(async move {
-                let client = client().await;
-                purge_copies(&client, &source_ns).await;
-                let prefix = format!("{id}-");
-                let namespaces: Api<Namespace> = Api::all(client.clone());
-                if let Ok(list) = namespaces.list_metadata(&ListParams::default()).await {
-                    for n in list.items.into_iter().filter_map(|n| n.metadata.name) {
-                        if n.starts_with(&prefix) {
-                            let _ = namespaces.delete(&n, &DeleteParams::default()).await;
-                        }
+        run_detached(move || async move {
+            let client = client().await;
+            purge_copies(&client, &source_ns).await;
+            let prefix = format!("{id}-");
+            let namespaces: Api<Namespace> = Api::all(client.clone());
+            if let Ok(list) = namespaces.list_metadata(&ListParams::default()).await {
+                for n in list.items.into_iter().filter_map(|n| n.metadata.name) {
+                    if n.starts_with(&prefix) {
+                        let _ = namespaces.delete(&n, &DeleteParams::default()).await;
                     }
                 }
-            });
-        })
-        .join();
+            }
+        });
     }
 }
 
@@ -679,4 +672,88 @@ pub fn service_account_kubeconfig_via(ns: &str, sa: &str, server: Option<&str>) 
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Run `work` to completion on a fresh runtime on its own thread: for `Drop`
+/// guards, which may run while a test's runtime is unwinding.
+pub fn run_detached<F>(work: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime")
+            .block_on(work());
+    })
+    .join();
+}
+
+/// Deletes a test's ClusterRole and ClusterRoleBinding of this name, also
+/// when the test fails.
+pub struct DeleteClusterRbac(pub String);
+
+impl Drop for DeleteClusterRbac {
+    fn drop(&mut self) {
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+        let name = self.0.clone();
+        run_detached(move || async move {
+            let c = client().await;
+            let dp = DeleteParams::default();
+            let _ = Api::<ClusterRoleBinding>::all(c.clone())
+                .delete(&name, &dp)
+                .await;
+            let _ = Api::<ClusterRole>::all(c).delete(&name, &dp).await;
+        });
+    }
+}
+
+/// A ResourceQuota `count/secrets: "0"` in `ns` that admission enforces:
+/// every new Secret there is refused with "exceeded quota" (checked).
+pub async fn quota_without_secrets(client: &kube::Client, ns: &str) {
+    use k8s_openapi::api::core::v1::{ResourceQuota, ResourceQuotaSpec};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use kube::api::{Patch, PatchParams};
+    // No quota controller runs in the test control plane; fill in the status
+    // as it would, so admission refuses with "exceeded quota".
+    let quotas: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+    let hard = BTreeMap::from([("count/secrets".to_string(), Quantity("0".into()))]);
+    quotas
+        .create(
+            &PostParams::default(),
+            &ResourceQuota {
+                metadata: ObjectMeta {
+                    name: Some("no-secrets".into()),
+                    ..Default::default()
+                },
+                spec: Some(ResourceQuotaSpec {
+                    hard: Some(hard.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create the quota");
+    quotas
+        .patch_status(
+            "no-secrets",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"status": {"hard": hard, "used": {"count/secrets": "0"}}}),
+            ),
+        )
+        .await
+        .expect("quota status");
+    let refused = Api::<Secret>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &source_secret("probe", &[("k", "v")]),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota")),
+        "the quota does not refuse a Secret: {refused:?}"
+    );
 }
