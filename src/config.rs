@@ -101,7 +101,51 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// `LEADER_ELECTION=true`: hold a Lease to write (two or more replicas).
     pub leader_election: Option<LeaderElection>,
+    /// `VAULT_ADDR` set: sources annotated with a Vault path are written to
+    /// Vault KV v2 too (`vault/`); `None`: the Vault target is off.
+    pub vault: Option<VaultConfig>,
 }
+
+/// The Vault target's settings (`VAULT_*`), validated whether or not
+/// `VAULT_ADDR` is set; the cross-checks (a token file for token auth, the
+/// ServiceAccount token for Kubernetes auth) only when it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// `VAULT_ADDR`: `http(s)://host[:port]`.
+    pub addr: String,
+    pub auth: VaultAuth,
+    /// `VAULT_CACERT`: PEM bundle of the CAs to trust for `https`; `None`:
+    /// the platform's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// `VAULT_KV_MOUNT` (default `secret`): the KV v2 mount annotated paths
+    /// are in.
+    pub kv_mount: String,
+    /// `VAULT_RATE_LIMIT` (default 10, 1–100): Vault requests per second.
+    pub rate_limit: NonZeroU32,
+    /// `VAULT_CHECK_INTERVAL_SECONDS` (default 300): how often every entry's
+    /// metadata is read back, to restore entries edited or deleted in Vault.
+    pub check_interval: Duration,
+}
+
+/// How the controller logs in to Vault (`VAULT_AUTH_METHOD`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// Vault's Kubernetes auth method with the pod's ServiceAccount token.
+    Kubernetes {
+        /// `VAULT_AUTH_MOUNT` (default `kubernetes`).
+        mount: String,
+        /// `VAULT_ROLE` (default `push-to-k8s`).
+        role: String,
+        /// `VAULT_SA_TOKEN_PATH`: read at every login (projected tokens rotate).
+        jwt_path: PathBuf,
+    },
+    /// `VAULT_AUTH_METHOD=token`: the token in `VAULT_TOKEN_FILE`, read at
+    /// every login (development, or a token managed by an agent).
+    TokenFile(PathBuf),
+}
+
+/// Where the kubelet mounts the pod's ServiceAccount token.
+pub const SERVICE_ACCOUNT_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// Leader election settings (`LEASE_*`), validated whether or not
 /// `LEADER_ELECTION` is on.
@@ -181,6 +225,16 @@ const VARIABLES: &[&str] = &[
     "LEASE_DURATION_SECONDS",
     "LEASE_RENEW_DEADLINE_SECONDS",
     "LEASE_RETRY_PERIOD_SECONDS",
+    "VAULT_ADDR",
+    "VAULT_AUTH_METHOD",
+    "VAULT_AUTH_MOUNT",
+    "VAULT_ROLE",
+    "VAULT_SA_TOKEN_PATH",
+    "VAULT_TOKEN_FILE",
+    "VAULT_CACERT",
+    "VAULT_KV_MOUNT",
+    "VAULT_RATE_LIMIT",
+    "VAULT_CHECK_INTERVAL_SECONDS",
 ];
 
 /// One environment variable as users see it: the single description of its
@@ -224,6 +278,13 @@ pub enum ValueKind {
     OneOf(&'static [&'static str]),
     /// The path of an existing file; `""` counts as not set.
     File,
+    /// An `http://` or `https://` URL of a server (scheme and host, an
+    /// optional port, nothing after); `""` counts as not set.
+    Url,
+    /// A Vault mount or role name: `/`-separated segments of letters,
+    /// digits, `.`, `_` and `-` (no `.` or `..` segment); with `slashes:
+    /// false` a single segment.
+    VaultName { slashes: bool },
 }
 
 /// A bound an integer has relative to another variable.
@@ -422,6 +483,66 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: EnvDefault::Derived("2, less than LEASE_RENEW_DEADLINE_SECONDS"),
         description: "How often the holder renews, and a standby tries to acquire; less than LEASE_RENEW_DEADLINE_SECONDS.",
     },
+    EnvVar {
+        name: "VAULT_ADDR",
+        kind: ValueKind::Url,
+        default: EnvDefault::Value(""),
+        description: "Vault server (http(s)://host[:port]); sources annotated push-to-k8s.io/vault-path are also written to its KV v2 mount. Empty: the Vault target is off.",
+    },
+    EnvVar {
+        name: "VAULT_AUTH_METHOD",
+        kind: ValueKind::OneOf(&["kubernetes", "token"]),
+        default: EnvDefault::Value("kubernetes"),
+        description: "kubernetes: Vault's Kubernetes auth with the pod's ServiceAccount token; token: the token in VAULT_TOKEN_FILE (development).",
+    },
+    EnvVar {
+        name: "VAULT_AUTH_MOUNT",
+        kind: ValueKind::VaultName { slashes: true },
+        default: EnvDefault::Value("kubernetes"),
+        description: "Mount path of Vault's Kubernetes auth method.",
+    },
+    EnvVar {
+        name: "VAULT_ROLE",
+        kind: ValueKind::VaultName { slashes: false },
+        default: EnvDefault::Value("push-to-k8s"),
+        description: "Role of Vault's Kubernetes auth method to log in as.",
+    },
+    EnvVar {
+        name: "VAULT_SA_TOKEN_PATH",
+        kind: ValueKind::File,
+        default: EnvDefault::Derived(SERVICE_ACCOUNT_TOKEN_FILE),
+        description: "ServiceAccount token presented to Vault's Kubernetes auth; read again at every login.",
+    },
+    EnvVar {
+        name: "VAULT_TOKEN_FILE",
+        kind: ValueKind::File,
+        default: EnvDefault::Value(""),
+        description: "File holding the Vault token for VAULT_AUTH_METHOD=token; read again at every login.",
+    },
+    EnvVar {
+        name: "VAULT_CACERT",
+        kind: ValueKind::File,
+        default: EnvDefault::Value(""),
+        description: "PEM file of the CA certificates to trust for an https VAULT_ADDR; empty: the system's roots.",
+    },
+    EnvVar {
+        name: "VAULT_KV_MOUNT",
+        kind: ValueKind::VaultName { slashes: true },
+        default: EnvDefault::Value("secret"),
+        description: "Mount path of the KV version 2 secrets engine that annotated paths are in.",
+    },
+    EnvVar {
+        name: "VAULT_RATE_LIMIT",
+        kind: int(1, 100, "requests per second"),
+        default: EnvDefault::Value("10"),
+        description: "Vault requests per second (writes, deletes and checks together), apart from the Kubernetes limit.",
+    },
+    EnvVar {
+        name: "VAULT_CHECK_INTERVAL_SECONDS",
+        kind: int(5, 86400, "seconds"),
+        default: EnvDefault::Value("300"),
+        description: "How often each Vault entry's metadata is read back, so an entry edited or deleted in Vault is restored.",
+    },
 ];
 
 /// [`ENV_VARS`] checked against the parser: every variable has a row, and
@@ -483,6 +604,11 @@ mod env_vars_tests {
 
     fn check(name: &'static str, value: &str) -> Result<Config, ConfigError> {
         let mut vars = switches_flipped();
+        // Kubernetes auth to Vault needs a ServiceAccount token file to exist.
+        if name != "VAULT_SA_TOKEN_PATH" {
+            let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+            vars.push(("VAULT_SA_TOKEN_PATH", file.to_owned()));
+        }
         vars.extend(companions(name));
         vars.push((name, value.to_owned()));
         load(&vars)
@@ -588,6 +714,32 @@ mod env_vars_tests {
                     ];
                     rejected = vec!["/nonexistent-on-purpose".into()];
                 }
+                ValueKind::Url => {
+                    accepted = vec![
+                        "".into(),
+                        "http://127.0.0.1:8200".into(),
+                        "https://vault.example.com".into(),
+                        "https://[::1]:8200/".into(),
+                    ];
+                    rejected = vec![
+                        "vault:8200".into(),
+                        "ftp://x".into(),
+                        "http://".into(),
+                        "http://x:0".into(),
+                        "http://x/v1".into(),
+                    ];
+                }
+                ValueKind::VaultName { slashes } => {
+                    accepted = vec!["secret".into(), "kv_2.x-y".into()];
+                    rejected = vec![
+                        "".into(),
+                        "a b".into(),
+                        "/x".into(),
+                        "x/".into(),
+                        "..".into(),
+                    ];
+                    assert_eq!(check(name, "team/kv").is_ok(), slashes, "{name}=team/kv");
+                }
             }
             for value in &accepted {
                 if let Err(e) = check(name, value) {
@@ -634,6 +786,16 @@ struct RawEnv {
     lease_duration_seconds: Option<String>,
     lease_renew_deadline_seconds: Option<String>,
     lease_retry_period_seconds: Option<String>,
+    vault_addr: Option<String>,
+    vault_auth_method: Option<String>,
+    vault_auth_mount: Option<String>,
+    vault_role: Option<String>,
+    vault_sa_token_path: Option<String>,
+    vault_token_file: Option<String>,
+    vault_cacert: Option<String>,
+    vault_kv_mount: Option<String>,
+    vault_rate_limit: Option<String>,
+    vault_check_interval_seconds: Option<String>,
 }
 
 const NAMESPACE_RULE: &str = "must be a namespace name: 1 to 63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit";
@@ -821,6 +983,7 @@ impl Config {
             Some(v) => parse_bool("LEADER_ELECTION", v)?,
         }
         .then_some(lease);
+        let vault = vault(&raw)?;
 
         Ok(Config {
             namespace,
@@ -842,7 +1005,180 @@ impl Config {
             log_format,
             kubeconfig,
             leader_election,
+            vault,
         })
+    }
+}
+
+/// The `VAULT_*` settings: each checked whether or not `VAULT_ADDR` is set
+/// (a typo must not wait for the day Vault is switched on), `None` unless it is.
+fn vault(raw: &RawEnv) -> Result<Option<VaultConfig>, ConfigError> {
+    let addr = match raw.vault_addr.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(check_url("VAULT_ADDR", v)?),
+    };
+    let token_auth = match &raw.vault_auth_method {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("kubernetes") => false,
+        Some(v) if v.eq_ignore_ascii_case("token") => true,
+        Some(v) => {
+            return Err(ConfigError::new(
+                "VAULT_AUTH_METHOD",
+                v,
+                "must be kubernetes or token",
+            ));
+        }
+    };
+    let name = |variable: &'static str, value: &Option<String>, default: &str, slashes| {
+        let v = value.as_deref().unwrap_or(default);
+        check_vault_name(variable, v, slashes).map(|()| v.to_owned())
+    };
+    let auth_mount = name(
+        "VAULT_AUTH_MOUNT",
+        &raw.vault_auth_mount,
+        "kubernetes",
+        true,
+    )?;
+    let role = name("VAULT_ROLE", &raw.vault_role, "push-to-k8s", false)?;
+    let kv_mount = name("VAULT_KV_MOUNT", &raw.vault_kv_mount, "secret", true)?;
+    let file = |variable: &'static str, value: &Option<String>| match value.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => check_file(variable, v).map(Some),
+    };
+    let sa_token = file("VAULT_SA_TOKEN_PATH", &raw.vault_sa_token_path)?;
+    let token_file = file("VAULT_TOKEN_FILE", &raw.vault_token_file)?;
+    let ca_cert = file("VAULT_CACERT", &raw.vault_cacert)?;
+    let rate_limit = match &raw.vault_rate_limit {
+        None => 10,
+        Some(v) => parse_int("VAULT_RATE_LIMIT", v, 1, 100, " (requests per second)")?,
+    };
+    let check_secs = match &raw.vault_check_interval_seconds {
+        None => 300,
+        Some(v) => parse_int("VAULT_CHECK_INTERVAL_SECONDS", v, 5, 86400, " (seconds)")?,
+    };
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let auth = if token_auth {
+        let Some(path) = token_file else {
+            return Err(ConfigError::new(
+                "VAULT_TOKEN_FILE",
+                "",
+                "must be the path of an existing file holding the Vault token when VAULT_AUTH_METHOD=token",
+            ));
+        };
+        VaultAuth::TokenFile(path)
+    } else {
+        let jwt_path = match sa_token {
+            Some(path) => path,
+            None => check_file("VAULT_SA_TOKEN_PATH", SERVICE_ACCOUNT_TOKEN_FILE).map_err(|e| {
+                ConfigError::new(
+                    "VAULT_SA_TOKEN_PATH",
+                    SERVICE_ACCOUNT_TOKEN_FILE,
+                    format!("{} (Kubernetes auth to Vault needs the ServiceAccount token; outside a pod set VAULT_SA_TOKEN_PATH, or VAULT_AUTH_METHOD=token)", e.valid),
+                )
+            })?,
+        };
+        VaultAuth::Kubernetes {
+            mount: auth_mount,
+            role,
+            jwt_path,
+        }
+    };
+    Ok(Some(VaultConfig {
+        addr,
+        auth,
+        ca_cert,
+        kv_mount,
+        rate_limit: nonzero(rate_limit),
+        check_interval: Duration::from_secs(check_secs),
+    }))
+}
+
+/// `http://host[:port]` or `https://host[:port]` (a trailing `/` is
+/// dropped); host a DNS name, an IPv4 address or a bracketed IPv6 address.
+fn check_url(variable: &'static str, value: &str) -> Result<String, ConfigError> {
+    const RULE: &str = "must be empty or a server URL: http:// or https://, a host name or IP address, an optional :port (1 to 65535), and nothing after";
+    let bad = || ConfigError::new(variable, value, RULE);
+    let trimmed = value.strip_suffix('/').unwrap_or(value);
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (inside, after) = v6.split_once(']').ok_or_else(bad)?;
+        inside.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        (inside, after.strip_prefix(':'))
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        || host.parse::<std::net::Ipv6Addr>().is_ok();
+    if !host_ok {
+        return Err(bad());
+    }
+    if let Some(p) = port {
+        if p.is_empty()
+            || !p.bytes().all(|b| b.is_ascii_digit())
+            || !matches!(p.parse::<u32>(), Ok(1..=65535))
+        {
+            return Err(bad());
+        }
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// A Vault mount path or role name (see [`ValueKind::VaultName`]).
+fn check_vault_name(variable: &'static str, value: &str, slashes: bool) -> Result<(), ConfigError> {
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s != "."
+            && s != ".."
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    let ok = if slashes {
+        value.split('/').all(segment_ok)
+    } else {
+        segment_ok(value)
+    };
+    if ok {
+        return Ok(());
+    }
+    let rule = if slashes {
+        "must be a Vault mount path: '/'-separated segments of letters, digits, '.', '_' and '-' (no empty, '.' or '..' segment, no leading or trailing '/')"
+    } else {
+        "must be a Vault role name: 1 to 128 letters, digits, '.', '_' and '-'"
+    };
+    Err(ConfigError::new(variable, value, rule))
+}
+
+/// The path of an existing regular file.
+fn check_file(variable: &'static str, value: &str) -> Result<PathBuf, ConfigError> {
+    const RULE: &str = "must be empty or the path of an existing file";
+    let path = PathBuf::from(value);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(_) => Err(ConfigError::new(
+            variable,
+            value,
+            format!("{RULE}; it is not a regular file"),
+        )),
+        Err(e) => Err(ConfigError::new(
+            variable,
+            value,
+            format!("{RULE}; {}", e.to_string().replace('\n', " ")),
+        )),
     }
 }
 
@@ -1066,6 +1402,46 @@ mod tests {
     }
 
     #[test]
+    fn vault_is_off_without_an_address_and_checked_with_one() {
+        assert_eq!(ok(&[("VAULT_ROLE", "r")]).vault, None);
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let c = ok(&[
+            ("VAULT_ADDR", "http://127.0.0.1:8200/"),
+            ("VAULT_SA_TOKEN_PATH", file),
+            ("VAULT_ROLE", "sync"),
+            ("VAULT_KV_MOUNT", "team/kv"),
+        ]);
+        assert_eq!(
+            c.vault,
+            Some(VaultConfig {
+                addr: "http://127.0.0.1:8200".into(),
+                auth: VaultAuth::Kubernetes {
+                    mount: "kubernetes".into(),
+                    role: "sync".into(),
+                    jwt_path: file.into(),
+                },
+                ca_cert: None,
+                kv_mount: "team/kv".into(),
+                rate_limit: NonZeroU32::new(10).unwrap(),
+                check_interval: Duration::from_secs(300),
+            })
+        );
+        // Token auth needs its file; Kubernetes auth needs the token file,
+        // which exists only in a pod.
+        let e = err(&[("VAULT_ADDR", "http://v:8200"), ("VAULT_AUTH_METHOD", "token")]);
+        assert_eq!(e.variable, "VAULT_TOKEN_FILE", "{e}");
+        let e = err(&[("VAULT_ADDR", "http://v:8200")]);
+        assert_eq!(e.variable, "VAULT_SA_TOKEN_PATH", "{e}");
+        assert!(e.to_string().contains("VAULT_AUTH_METHOD=token"), "{e}");
+        let c = ok(&[
+            ("VAULT_ADDR", "https://v"),
+            ("VAULT_AUTH_METHOD", "TOKEN"),
+            ("VAULT_TOKEN_FILE", file),
+        ]);
+        assert_eq!(c.vault.unwrap().auth, VaultAuth::TokenFile(file.into()));
+    }
+
+    #[test]
     fn defaults_with_empty_environment() {
         let c = ok(&[]);
         assert_eq!(
@@ -1094,6 +1470,7 @@ mod tests {
                 log_format: LogFormat::Text,
                 kubeconfig: None,
                 leader_election: None,
+                vault: None,
             }
         );
     }

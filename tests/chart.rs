@@ -179,6 +179,16 @@ fn value_schema(var: &EnvVar) -> Value {
             json!({"type": "string", "pattern": format!("^({})$", words.join("|"))})
         }
         ValueKind::File => json!({"type": "string"}),
+        ValueKind::Url => json!({"type": "string", "pattern": "^(https?://[^/?#]+/?)?$"}),
+        ValueKind::VaultName { slashes } => {
+            let segment = "[A-Za-z0-9._-]+";
+            let pattern = if slashes {
+                format!("^{segment}(/{segment})*$")
+            } else {
+                format!("^{segment}$")
+            };
+            json!({"type": "string", "pattern": pattern})
+        }
     };
     let mut description = var.description.to_string();
     match var.default {
@@ -445,6 +455,10 @@ fn values_schema_rejects_bad_values_naming_them() {
             ValueKind::LabelKey => ["-x", "x/", "a b", "a/b/c"].map(Value::from).to_vec(),
             ValueKind::OneOf(_) => ["", "other"].map(Value::from).to_vec(),
             ValueKind::File => vec![json!(1)],
+            ValueKind::Url => ["vault:8200", "ftp://x", "http://x/v1"]
+                .map(Value::from)
+                .to_vec(),
+            ValueKind::VaultName { .. } => ["", "a b", "/x", "x/"].map(Value::from).to_vec(),
         };
         bad.extend(values.into_iter().map(|v| (key.clone(), v)));
     }

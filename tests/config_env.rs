@@ -81,6 +81,25 @@ const CASES: &[(&str, &[&str])] = &[
             "/nonexistent-a:/nonexistent-b",
         ],
     ),
+    (
+        "VAULT_ADDR",
+        &[
+            "vault:8200",
+            "ftp://vault",
+            "http://",
+            "http://v:99999",
+            "http://v/v1",
+        ],
+    ),
+    ("VAULT_AUTH_METHOD", &["", "approle", "Token "]),
+    ("VAULT_AUTH_MOUNT", &["", "/kubernetes", "a//b", "a b"]),
+    ("VAULT_ROLE", &["", "a/b", "r le"]),
+    ("VAULT_SA_TOKEN_PATH", &["/nonexistent-on-purpose", "/"]),
+    ("VAULT_TOKEN_FILE", &["/nonexistent-on-purpose"]),
+    ("VAULT_CACERT", &["/nonexistent-on-purpose"]),
+    ("VAULT_KV_MOUNT", &["", "secret/", "..", "kv 2"]),
+    ("VAULT_RATE_LIMIT", &["", "0", "101", "5/s"]),
+    ("VAULT_CHECK_INTERVAL_SECONDS", &["", "4", "86401", "1m"]),
 ];
 
 struct Outcome {
