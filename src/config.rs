@@ -1428,7 +1428,10 @@ mod tests {
         );
         // Token auth needs its file; Kubernetes auth needs the token file,
         // which exists only in a pod.
-        let e = err(&[("VAULT_ADDR", "http://v:8200"), ("VAULT_AUTH_METHOD", "token")]);
+        let e = err(&[
+            ("VAULT_ADDR", "http://v:8200"),
+            ("VAULT_AUTH_METHOD", "token"),
+        ]);
         assert_eq!(e.variable, "VAULT_TOKEN_FILE", "{e}");
         let e = err(&[("VAULT_ADDR", "http://v:8200")]);
         assert_eq!(e.variable, "VAULT_SA_TOKEN_PATH", "{e}");

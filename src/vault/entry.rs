@@ -1,0 +1,555 @@
+//! Pure rules of the Vault target (no I/O): what a source asks for by
+//! annotation, the KV entry it should have, whose an entry is (its custom
+//! metadata), and what to do about one. `vault/target.rs` does the requests.
+//!
+//! The ownership rules mirror those of a copy in a namespace
+//! (docs/architecture.md, "Ownership"; docs/vault.md):
+//! - an entry is ours only if its KV custom metadata says `managed-by:
+//!   push-to-k8s` and names this source (`source: <namespace>/<name>`,
+//!   `source-kind`);
+//! - anything else at the path is a conflict: never written, never deleted,
+//!   unless the source asks for adoption and the controller allows it;
+//! - every data write is a check-and-set against the version we saw.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::adoption;
+use crate::kinds::Kind;
+use crate::records::SourceRecord;
+use crate::replica;
+
+/// The KV v2 path (inside `VAULT_KV_MOUNT`) a source is written to.
+pub const PATH_ANNOTATION: &str = "push-to-k8s.io/vault-path";
+/// Prepended to every key of the entry (`app_` turns `user` into `app_user`).
+pub const KEY_PREFIX_ANNOTATION: &str = "push-to-k8s.io/vault-key-prefix";
+/// `"true"`: the entry stays in Vault when the source, its label or its
+/// Vault path goes.
+pub const PRESERVE_ANNOTATION: &str = "push-to-k8s.io/vault-preserve-on-delete";
+
+/// Custom metadata keys on entries we wrote.
+pub const META_MANAGED_BY: &str = "managed-by";
+pub const META_SOURCE: &str = "source";
+pub const META_SOURCE_KIND: &str = "source-kind";
+pub const META_HASH: &str = "content-hash";
+pub const META_VERSION: &str = "version";
+
+/// Longest path we accept (Vault has no small limit; this keeps Events short).
+const MAX_PATH_LEN: usize = 512;
+/// Longest key prefix (keys stay within Kubernetes' 253-character key rule).
+const MAX_PREFIX_LEN: usize = 128;
+
+/// What a source asks of Vault by annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub path: String,
+    pub prefix: String,
+    pub preserve: bool,
+}
+
+/// Why a source's Vault annotations or data cannot be written. The source's
+/// namespace copies are not affected; its Vault entry is left as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    Path(String),
+    Prefix(String),
+    Preserve(String),
+    /// A data value that is not UTF-8 text (KV v2 holds JSON strings). Names
+    /// the key, never the value.
+    NotText(String),
+}
+
+impl Invalid {
+    /// Bounded label for the `invalid_annotations` metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Invalid::Path(_) => "vault-path",
+            Invalid::Prefix(_) => "vault-key-prefix",
+            Invalid::Preserve(_) => "vault-preserve-on-delete",
+            Invalid::NotText(_) => "vault-value-not-text",
+        }
+    }
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::Path(reason) => write!(f, "annotation {PATH_ANNOTATION}: {reason}"),
+            Invalid::Prefix(reason) => write!(f, "annotation {KEY_PREFIX_ANNOTATION}: {reason}"),
+            Invalid::Preserve(value) => write!(
+                f,
+                "annotation {PRESERVE_ANNOTATION}: {value:?} is not \"true\" or \"false\""
+            ),
+            Invalid::NotText(key) => write!(
+                f,
+                "data key {key:?} is not UTF-8 text, which a Vault KV entry cannot hold as a string; nothing was written to Vault"
+            ),
+        }
+    }
+}
+
+/// A KV path inside the mount: `/`-separated segments of letters, digits,
+/// `.`, `_` and `-`; no empty, `.` or `..` segment.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("must be at most {MAX_PATH_LEN} characters"));
+    }
+    for segment in path.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err("must be '/'-separated segments without an empty, '.' or '..' segment (no leading or trailing '/')".into());
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err("may hold only letters, digits, '.', '_', '-' and '/'".into());
+        }
+    }
+    Ok(())
+}
+
+impl Spec {
+    /// `None`: the source has no Vault path (the Vault target leaves it be).
+    pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Option<Spec>, Invalid> {
+        let Some(path) = annotations.get(PATH_ANNOTATION) else {
+            return Ok(None);
+        };
+        let path = path.trim();
+        check_path(path).map_err(Invalid::Path)?;
+        let prefix = annotations
+            .get(KEY_PREFIX_ANNOTATION)
+            .map_or("", |p| p.trim());
+        if prefix.len() > MAX_PREFIX_LEN
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(Invalid::Prefix(format!(
+                "must be at most {MAX_PREFIX_LEN} letters, digits, '.', '_' and '-'"
+            )));
+        }
+        let preserve = match annotations.get(PRESERVE_ANNOTATION).map(|v| v.trim()) {
+            None | Some("") => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => return Err(Invalid::Preserve(v.to_owned())),
+        };
+        Ok(Some(Spec {
+            path: path.to_owned(),
+            prefix: prefix.to_owned(),
+            preserve,
+        }))
+    }
+}
+
+/// Who a source is, as entries name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)
+    }
+}
+
+/// The entry a source should have.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub path: String,
+    /// Key (prefixed) to value: what the entry's data must be.
+    pub data: BTreeMap<String, String>,
+    /// [`content_hash`] of `data`.
+    pub hash: String,
+    pub preserve: bool,
+    /// The source asks for adoption (`push-to-k8s.io/adopt`) and the
+    /// controller allows it (`ALLOW_ADOPTION`).
+    pub adopt: bool,
+}
+
+// Never print values.
+impl fmt::Debug for Desired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Desired")
+            .field("path", &self.path)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .field("hash", &self.hash)
+            .field("preserve", &self.preserve)
+            .field("adopt", &self.adopt)
+            .finish()
+    }
+}
+
+/// The entry `source` asks for: `Ok(None)` without a Vault path. Its keys
+/// are the copy's (the key filter applied), with the prefix in front.
+pub fn desired(source: &SourceRecord, allow_adoption: bool) -> Result<Option<Desired>, Invalid> {
+    let Some(spec) = Spec::parse(&source.annotations)? else {
+        return Ok(None);
+    };
+    let replica = &source.replica;
+    let mut data = BTreeMap::new();
+    for (key, value) in &replica.data {
+        let text = std::str::from_utf8(&value.0).map_err(|_| Invalid::NotText(key.clone()))?;
+        data.insert(format!("{}{key}", spec.prefix), text.to_owned());
+    }
+    for (key, text) in &replica.text {
+        data.insert(format!("{}{key}", spec.prefix), text.clone());
+    }
+    Ok(Some(Desired {
+        hash: content_hash(&data),
+        path: spec.path,
+        data,
+        preserve: spec.preserve,
+        adopt: allow_adoption && adoption::asked(&source.annotations).unwrap_or(false),
+    }))
+}
+
+/// SHA-256 over the keys and values, each length-prefixed (so no two maps
+/// hash alike by moving a separator), hex.
+pub fn content_hash(data: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The custom metadata of an entry we wrote at `version`.
+pub fn custom_metadata(
+    source_namespace: &str,
+    source: &SourceId,
+    hash: &str,
+    version: u64,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (META_MANAGED_BY.into(), replica::MANAGED_LABEL_VALUE.into()),
+        (
+            META_SOURCE.into(),
+            format!("{source_namespace}/{}", source.name),
+        ),
+        (META_SOURCE_KIND.into(), source.kind.name().into()),
+        (META_HASH.into(), hash.into()),
+        (META_VERSION.into(), version.to_string()),
+    ])
+}
+
+/// An entry as its metadata shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub current_version: u64,
+    pub custom: BTreeMap<String, String>,
+    /// The current version is deleted or destroyed (or there is none).
+    pub current_deleted: bool,
+}
+
+/// Whose an entry is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// Ours, for this source.
+    Ours,
+    /// push-to-k8s's, for another source (or another source namespace).
+    OtherSource(String),
+    /// Not written by push-to-k8s (no custom metadata saying so).
+    Foreign,
+}
+
+pub fn owner(
+    custom: &BTreeMap<String, String>,
+    source_namespace: &str,
+    source: &SourceId,
+) -> Owner {
+    if custom.get(META_MANAGED_BY).map(String::as_str) != Some(replica::MANAGED_LABEL_VALUE) {
+        return Owner::Foreign;
+    }
+    let named = custom.get(META_SOURCE).cloned().unwrap_or_default();
+    let kind = custom.get(META_SOURCE_KIND).map(String::as_str);
+    if named == format!("{source_namespace}/{}", source.name) && kind == Some(source.kind.name()) {
+        Owner::Ours
+    } else {
+        Owner::OtherSource(format!("{} {named}", kind.unwrap_or("?")))
+    }
+}
+
+/// What to do about one source's entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// In sync.
+    Nothing,
+    /// No entry: write it (`cas` 0: only if still none).
+    Create,
+    /// Ours and out of date, edited or deleted in Vault: write it again,
+    /// check-and-set against the version seen.
+    Write { cas: u64 },
+    /// Not ours, and the source asks for adoption (allowed): write it and
+    /// mark it ours, check-and-set against the version seen.
+    Adopt { cas: u64 },
+    /// Not ours: leave it byte-identical and report.
+    Conflict { owner: Owner },
+    /// Not ours, without our metadata, but holding exactly what we would
+    /// write: most likely our own create whose metadata write did not
+    /// happen (a crash between the two). Read the data to be sure.
+    Verify { cas: u64 },
+}
+
+/// The step for `desired` given the entry as observed (`None`: no entry).
+pub fn step(
+    desired: &Desired,
+    observed: Option<&Observed>,
+    source_namespace: &str,
+    source: &SourceId,
+) -> Step {
+    let Some(obs) = observed else {
+        return Step::Create;
+    };
+    match owner(&obs.custom, source_namespace, source) {
+        Owner::Ours => {
+            let in_sync = !obs.current_deleted
+                && obs.custom.get(META_VERSION) == Some(&obs.current_version.to_string())
+                && obs.custom.get(META_HASH) == Some(&desired.hash);
+            if in_sync {
+                Step::Nothing
+            } else {
+                Step::Write {
+                    cas: obs.current_version,
+                }
+            }
+        }
+        // Never another source's (two owners would fight over it).
+        Owner::Foreign if desired.adopt => Step::Adopt {
+            cas: obs.current_version,
+        },
+        Owner::Foreign
+            if obs.custom.is_empty() && obs.current_version > 0 && !obs.current_deleted =>
+        {
+            Step::Verify {
+                cas: obs.current_version,
+            }
+        }
+        owner => Step::Conflict { owner },
+    }
+}
+
+/// May the entry observed as `custom` be deleted for `source`? Only ours.
+pub fn deletable(
+    custom: &BTreeMap<String, String>,
+    source_namespace: &str,
+    source: &SourceId,
+) -> bool {
+    owner(custom, source_namespace, source) == Owner::Ours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::ObjectMeta;
+
+    fn source(annotations: &[(&str, &str)], data: &[(&str, &[u8])]) -> SourceRecord {
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("src".into()),
+                uid: Some("u1".into()),
+                labels: Some(BTreeMap::from([("push-to-k8s".into(), "source".into())])),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        SourceRecord::from_secret(&s, "src").unwrap().1
+    }
+
+    fn id() -> SourceId {
+        SourceId {
+            kind: Kind::Secret,
+            name: "db".into(),
+        }
+    }
+
+    #[test]
+    fn no_path_no_entry() {
+        let s = source(&[], &[("a", b"1")]);
+        assert_eq!(desired(&s, true), Ok(None));
+    }
+
+    #[test]
+    fn keys_are_filtered_then_prefixed() {
+        let s = source(
+            &[
+                (PATH_ANNOTATION, "team/db"),
+                (KEY_PREFIX_ANNOTATION, "app_"),
+                ("push-to-k8s.io/exclude-keys", "debug*"),
+            ],
+            &[("user", b"u"), ("password", b"p"), ("debug_token", b"x")],
+        );
+        let d = desired(&s, false).unwrap().unwrap();
+        assert_eq!(d.path, "team/db");
+        assert_eq!(
+            d.data,
+            BTreeMap::from([
+                ("app_password".to_string(), "p".to_string()),
+                ("app_user".to_string(), "u".to_string()),
+            ])
+        );
+        assert!(!d.preserve && !d.adopt);
+        assert_eq!(d.hash, content_hash(&d.data));
+        // Debug never shows a value.
+        assert!(!format!("{d:?}").contains("\"p\""), "{d:?}");
+    }
+
+    #[test]
+    fn bad_annotations_and_binary_values_are_named_without_values() {
+        for (annotations, want) in [
+            (vec![(PATH_ANNOTATION, "/abs")], "vault-path"),
+            (vec![(PATH_ANNOTATION, "a//b")], "vault-path"),
+            (vec![(PATH_ANNOTATION, "a/../b")], "vault-path"),
+            (vec![(PATH_ANNOTATION, "a b")], "vault-path"),
+            (
+                vec![(PATH_ANNOTATION, "ok"), (KEY_PREFIX_ANNOTATION, "a/b")],
+                "vault-key-prefix",
+            ),
+            (
+                vec![(PATH_ANNOTATION, "ok"), (PRESERVE_ANNOTATION, "yes")],
+                "vault-preserve-on-delete",
+            ),
+        ] {
+            let s = source(&annotations, &[("a", b"1")]);
+            let e = desired(&s, false).unwrap_err();
+            assert_eq!(e.metric_label(), want, "{annotations:?}: {e}");
+        }
+        let s = source(&[(PATH_ANNOTATION, "ok")], &[("blob", &[0xff, 0xfe, 0x00])]);
+        let e = desired(&s, false).unwrap_err();
+        assert_eq!(e, Invalid::NotText("blob".into()));
+        assert!(e.to_string().contains("\"blob\""), "{e}");
+    }
+
+    #[test]
+    fn adoption_needs_both_the_annotation_and_the_switch() {
+        let s = source(
+            &[(PATH_ANNOTATION, "p"), ("push-to-k8s.io/adopt", "true")],
+            &[],
+        );
+        assert!(desired(&s, true).unwrap().unwrap().adopt);
+        assert!(!desired(&s, false).unwrap().unwrap().adopt);
+        let s = source(&[(PATH_ANNOTATION, "p")], &[]);
+        assert!(!desired(&s, true).unwrap().unwrap().adopt);
+    }
+
+    fn want(hash: &str, adopt: bool) -> Desired {
+        Desired {
+            path: "p".into(),
+            data: BTreeMap::new(),
+            hash: hash.into(),
+            preserve: false,
+            adopt,
+        }
+    }
+
+    #[test]
+    fn steps_follow_ownership_and_versions() {
+        let ours = |hash: &str, version: u64, current: u64, deleted: bool| Observed {
+            current_version: current,
+            custom: custom_metadata("src", &id(), hash, version),
+            current_deleted: deleted,
+        };
+        let d = want("h1", false);
+        assert_eq!(step(&d, None, "src", &id()), Step::Create);
+        assert_eq!(
+            step(&d, Some(&ours("h1", 3, 3, false)), "src", &id()),
+            Step::Nothing
+        );
+        // Edited in Vault (a newer version), deleted in Vault, or a new source value.
+        assert_eq!(
+            step(&d, Some(&ours("h1", 3, 4, false)), "src", &id()),
+            Step::Write { cas: 4 }
+        );
+        assert_eq!(
+            step(&d, Some(&ours("h1", 3, 3, true)), "src", &id()),
+            Step::Write { cas: 3 }
+        );
+        assert_eq!(
+            step(&d, Some(&ours("h0", 3, 3, false)), "src", &id()),
+            Step::Write { cas: 3 }
+        );
+        // Someone else's entry.
+        let foreign = Observed {
+            current_version: 2,
+            custom: BTreeMap::from([("owner".into(), "team".into())]),
+            current_deleted: false,
+        };
+        assert_eq!(
+            step(&d, Some(&foreign), "src", &id()),
+            Step::Conflict {
+                owner: Owner::Foreign
+            }
+        );
+        assert_eq!(
+            step(&want("h1", true), Some(&foreign), "src", &id()),
+            Step::Adopt { cas: 2 }
+        );
+        // Another source's, or the same name in another source namespace.
+        let other = SourceId {
+            kind: Kind::ConfigMap,
+            name: "db".into(),
+        };
+        let theirs = ours("h1", 3, 3, false);
+        assert!(matches!(
+            step(&d, Some(&theirs), "src", &other),
+            Step::Conflict {
+                owner: Owner::OtherSource(_)
+            }
+        ));
+        assert!(matches!(
+            step(&want("h1", true), Some(&theirs), "src", &other),
+            Step::Conflict {
+                owner: Owner::OtherSource(_)
+            }
+        ));
+        assert!(matches!(
+            step(&d, Some(&theirs), "elsewhere", &id()),
+            Step::Conflict {
+                owner: Owner::OtherSource(_)
+            }
+        ));
+        assert!(!deletable(&theirs.custom, "elsewhere", &id()));
+        assert!(deletable(&theirs.custom, "src", &id()));
+        assert!(!deletable(&foreign.custom, "src", &id()));
+        // No custom metadata at all: perhaps our own create, half done.
+        let bare = Observed {
+            current_version: 1,
+            ..Default::default()
+        };
+        assert_eq!(step(&d, Some(&bare), "src", &id()), Step::Verify { cas: 1 });
+    }
+
+    #[test]
+    fn paths() {
+        for ok in ["a", "team-a/db", "x/y.z/_w-1"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "/a", "a/", "a//b", ".", "a/..", "a b", "a?b", "ä"] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+}
