@@ -55,6 +55,9 @@ struct HealthState {
     resync_failed: Option<(Instant, String)>,
     /// With leader election: `leader` or `standby` (said in `/readyz`).
     role: Option<&'static str>,
+    /// The Vault target cannot write now, and why (said in `/readyz`, which
+    /// stays about the controller: Vault never makes it unready).
+    vault_degraded: Option<String>,
 }
 
 #[derive(Default)]
@@ -107,6 +110,24 @@ impl Health {
 
     pub fn role(&self) -> Option<&'static str> {
         self.state().role
+    }
+
+    /// The Vault target's state: `Some(why)` while it cannot write (value-free).
+    pub fn set_vault_degraded(&self, why: Option<String>) {
+        self.state().vault_degraded = why;
+    }
+
+    /// What `/readyz` adds to `ok`: the role, and a degraded Vault target.
+    fn notes(&self) -> String {
+        let state = self.state();
+        let mut notes = Vec::new();
+        if let Some(role) = state.role {
+            notes.push(role.to_string());
+        }
+        if let Some(why) = &state.vault_degraded {
+            notes.push(format!("vault degraded: {why}"));
+        }
+        notes.join("; ")
     }
 
     /// The control loop is alive (monotonic clock).
@@ -242,9 +263,12 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    match (s.health.readiness(), s.health.role()) {
-        (Ok(()), Some(role)) => (StatusCode::OK, format!("ok: {role}\n")),
-        (result, _) => answer(result),
+    match s.health.readiness() {
+        Ok(()) => match s.health.notes() {
+            notes if notes.is_empty() => answer(Ok(())),
+            notes => (StatusCode::OK, format!("ok: {notes}\n")),
+        },
+        result => answer(result),
     }
 }
 

@@ -28,6 +28,12 @@ pub struct AnnotationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultLabels {
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -51,6 +57,12 @@ pub struct Metrics {
     pub retry_queue: Gauge,
     pub refused_types: Counter,
     pub leader: Gauge,
+    pub vault_requests: Family<VaultLabels, Counter>,
+    pub vault_entries: Gauge,
+    pub vault_conflicts: Gauge,
+    pub vault_pending: Gauge,
+    pub vault_up: Gauge,
+    pub vault_logins: Counter,
 }
 
 impl Metrics {
@@ -155,6 +167,42 @@ impl Metrics {
             leader.clone(),
         );
         leader.set(1);
+        let vault_requests = Family::<VaultLabels, Counter>::default();
+        registry.register(
+            "vault_requests",
+            "Requests to Vault by operation (read, write, metadata, delete) and result (ok, or a bounded reason)",
+            vault_requests.clone(),
+        );
+        let vault_entries = Gauge::default();
+        registry.register(
+            "vault_entries",
+            "Vault KV entries managed (written, or found in sync, by this instance)",
+            vault_entries.clone(),
+        );
+        let vault_conflicts = Gauge::default();
+        registry.register(
+            "vault_conflicts",
+            "Sources whose Vault path holds an entry push-to-k8s did not write for them (left as it is)",
+            vault_conflicts.clone(),
+        );
+        let vault_pending = Gauge::default();
+        registry.register(
+            "vault_pending",
+            "Sources waiting for a Vault write, delete or check, a retry backoff included",
+            vault_pending.clone(),
+        );
+        let vault_up = Gauge::default();
+        registry.register(
+            "vault_up",
+            "1 while the last Vault request was answered and the login holds, 0 otherwise (without a Vault target: 0)",
+            vault_up.clone(),
+        );
+        let vault_logins = Counter::default();
+        registry.register(
+            "vault_logins",
+            "Logins to Vault (the first, and each before a token expires)",
+            vault_logins.clone(),
+        );
         Metrics {
             registry,
             writes,
@@ -174,6 +222,12 @@ impl Metrics {
             retry_queue,
             refused_types,
             leader,
+            vault_requests,
+            vault_entries,
+            vault_conflicts,
+            vault_pending,
+            vault_up,
+            vault_logins,
         }
     }
 

@@ -25,10 +25,19 @@ struct Entry {
     due: Instant,
 }
 
-#[derive(Default)]
-pub struct RetryQueue {
-    queue: DelayQueue<ObjectKey>,
-    entries: HashMap<ObjectKey, Entry>,
+/// Keyed by a copy ([`ObjectKey`]) for namespaces, by a source for Vault.
+pub struct RetryQueue<K = ObjectKey> {
+    queue: DelayQueue<K>,
+    entries: HashMap<K, Entry>,
+}
+
+impl<K> Default for RetryQueue<K> {
+    fn default() -> Self {
+        RetryQueue {
+            queue: DelayQueue::new(),
+            entries: HashMap::new(),
+        }
+    }
 }
 
 /// 2 s, 4 s, 8 s ... at most [`MAX_DELAY`].
@@ -38,13 +47,13 @@ pub fn backoff(attempts: u32) -> Duration {
         .min(MAX_DELAY)
 }
 
-impl RetryQueue {
-    pub fn new() -> RetryQueue {
+impl<K: Clone + Eq + std::hash::Hash> RetryQueue<K> {
+    pub fn new() -> RetryQueue<K> {
         RetryQueue::default()
     }
 
     /// The write of `key` failed: wait longer than last time. Returns the delay.
-    pub fn failed(&mut self, key: ObjectKey) -> Duration {
+    pub fn failed(&mut self, key: K) -> Duration {
         let attempts = self.entries.get(&key).map_or(0, |e| e.attempts) + 1;
         let delay = backoff(attempts);
         self.hold(key, attempts, delay);
@@ -53,7 +62,7 @@ impl RetryQueue {
 
     /// Hold `key` for `delay` (a fight backoff sets its own delays), keeping
     /// its attempt count at `attempts`.
-    pub fn hold(&mut self, key: ObjectKey, attempts: u32, delay: Duration) {
+    pub fn hold(&mut self, key: K, attempts: u32, delay: Duration) {
         let due = Instant::now() + delay;
         match self.entries.get_mut(&key) {
             Some(e) => {
@@ -79,7 +88,7 @@ impl RetryQueue {
     }
 
     /// The write of `key` succeeded (or is no longer needed): forget it.
-    pub fn succeeded(&mut self, key: &ObjectKey) {
+    pub fn succeeded(&mut self, key: &K) {
         if let Some(e) = self.entries.remove(key)
             && let Some(q) = e.queued
         {
@@ -88,13 +97,13 @@ impl RetryQueue {
     }
 
     /// Whether `key` is waiting out its backoff now (a flush must not write it).
-    pub fn holds(&self, key: &ObjectKey) -> bool {
+    pub fn holds(&self, key: &K) -> bool {
         self.entries
             .get(key)
             .is_some_and(|e| e.due > Instant::now())
     }
 
-    pub fn attempts(&self, key: &ObjectKey) -> u32 {
+    pub fn attempts(&self, key: &K) -> u32 {
         self.entries.get(key).map_or(0, |e| e.attempts)
     }
 
@@ -108,8 +117,8 @@ impl RetryQueue {
 
     /// Forget every copy for which `keep` is false (its source or its
     /// namespace is gone).
-    pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
-        let gone: Vec<ObjectKey> = self.entries.keys().filter(|k| !keep(k)).cloned().collect();
+    pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
+        let gone: Vec<K> = self.entries.keys().filter(|k| !keep(k)).cloned().collect();
         for k in gone {
             self.succeeded(&k);
         }
@@ -118,7 +127,7 @@ impl RetryQueue {
     /// The next copy whose backoff is over. Pending forever while nothing
     /// waits, so it can sit in a `select!`. The attempt count stays until
     /// the copy succeeds, so the next failure waits longer.
-    pub async fn next(&mut self) -> ObjectKey {
+    pub async fn next(&mut self) -> K {
         loop {
             let expired = poll_fn(|cx| match self.queue.poll_expired(cx) {
                 std::task::Poll::Ready(None) => std::task::Poll::Pending,

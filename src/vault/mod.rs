@@ -4,3 +4,4 @@
 //! `target` the worker that runs beside the namespace control loop.
 
 pub mod entry;
+pub mod target;

@@ -1,0 +1,948 @@
+//! The Vault target's worker: a task beside the namespace control loop, so
+//! Vault being slow, down or refusing never holds up a namespace copy.
+//!
+//! It is told which sources changed (the control loop forwards each flushed
+//! batch's source keys, so Vault writes follow the same debounce) and checks
+//! every entry every `VAULT_CHECK_INTERVAL_SECONDS`. Per source it decides
+//! with [`entry::step`] and writes through its own limiter, behind the same
+//! write gate as every other write (only the leader writes). A failure holds
+//! that source with exponential backoff; the others go on.
+//!
+//! What it knows of entries lives in memory: the path, version and content
+//! hash of each entry it wrote or found in sync. A source event is planned
+//! from that (a changed value costs the two writes and no read); a check, a
+//! retry and the first look at a source read the entry's metadata first.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::runtime::events::EventType;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Caches;
+use crate::events::Events;
+use crate::gate::WriteGate;
+use crate::http::Health;
+use crate::kinds::Kind;
+use crate::metrics::{AnnotationLabels, Metrics, VaultLabels};
+use crate::pace::Pacer;
+use crate::retry::RetryQueue;
+use crate::vault::entry::{self, Desired, Observed, Owner, SourceId, Step};
+
+/// What a failed Vault request was, in the few ways the worker tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The write's check-and-set did not match: the entry changed since we
+    /// looked. The retry reads it again.
+    CasMismatch,
+    /// Vault did not answer (down, unreachable, timed out, sealed).
+    Unreachable,
+    /// Vault answered with a refusal (permission, login, a bad request).
+    Refused,
+}
+
+/// The requests the worker makes: implemented by
+/// [`crate::vault::client::VaultClient`] (and by an in-memory Vault in the
+/// unit tests). Errors display without any value.
+pub trait Store: Send + Sync + 'static {
+    type Error: fmt::Display + Send;
+    fn read_metadata(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<Observed>, Self::Error>> + Send;
+    fn write_metadata(
+        &self,
+        path: &str,
+        custom: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn write_data(
+        &self,
+        path: &str,
+        data: &BTreeMap<String, String>,
+        cas: u64,
+    ) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+    fn read_data(
+        &self,
+        path: &str,
+    ) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, Self::Error>> + Send;
+    fn delete_all(&self, path: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    fn classify(error: &Self::Error) -> Failure;
+    /// Short, bounded reason for metrics.
+    fn reason(error: &Self::Error) -> &'static str;
+    /// Logins so far (for the metric).
+    fn logins(&self) -> u64;
+}
+
+/// What the control loop tells the worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// These sources changed (or went): look at their entries.
+    Sources(Vec<SourceId>),
+    /// Look at every entry again, reading its metadata (a resync, a new leader).
+    All,
+}
+
+/// An entry the worker wrote or found in sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Known {
+    path: String,
+    version: u64,
+    hash: String,
+    preserve: bool,
+}
+
+/// Where one source stands in Vault, for `status` and the tests' metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    InSync,
+    Conflict(String),
+    Failing(String),
+}
+
+pub struct Settings {
+    pub source_namespace: String,
+    pub kv_mount: String,
+    pub allow_adoption: bool,
+    pub kinds: Vec<Kind>,
+    pub rate: std::num::NonZeroU32,
+    pub check_interval: Duration,
+}
+
+pub struct Target<S: Store> {
+    store: S,
+    settings: Settings,
+    caches: Arc<Caches>,
+    pacer: Pacer,
+    gate: Arc<WriteGate>,
+    events: Arc<Events>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    known: HashMap<SourceId, Known>,
+    /// Sources whose path holds an entry that is not theirs: the path and
+    /// the owner last reported (one Event per change).
+    conflicts: HashMap<SourceId, (String, String)>,
+    /// The failure last reported per source (one Event per change).
+    failures: HashMap<SourceId, String>,
+    /// The refusal last reported per source and object (one Event per change).
+    refused: HashMap<SourceId, (String, String)>,
+    retry: RetryQueue<SourceId>,
+    /// Sources to look at, and whether their metadata must be read first.
+    pending: BTreeMap<SourceId, bool>,
+    logins_seen: u64,
+}
+
+impl<S: Store> Target<S> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: S,
+        settings: Settings,
+        caches: Arc<Caches>,
+        gate: Arc<WriteGate>,
+        events: Arc<Events>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Target<S> {
+        let one = std::num::NonZeroU32::new(1).expect("1");
+        Target {
+            pacer: Pacer::new(settings.rate, one),
+            store,
+            settings,
+            caches,
+            gate,
+            events,
+            metrics,
+            health,
+            known: HashMap::new(),
+            conflicts: HashMap::new(),
+            failures: HashMap::new(),
+            refused: HashMap::new(),
+            retry: RetryQueue::new(),
+            pending: BTreeMap::new(),
+            logins_seen: 0,
+        }
+    }
+
+    /// Run until `shutdown`: everything once at the start (and whenever this
+    /// instance becomes the leader), each change as told, every entry each
+    /// check interval.
+    pub async fn run(
+        mut self,
+        mut work: mpsc::UnboundedReceiver<Work>,
+        mut leading: tokio::sync::watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let mut check = tokio::time::interval(self.settings.check_interval);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            while let Ok(w) = work.try_recv() {
+                self.take(w);
+            }
+            self.metrics
+                .vault_pending
+                .set(self.pending.len().max(self.retry.len()) as i64);
+            if self.gate.open()
+                && let Some((id, fresh)) = self.pending.pop_first()
+            {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    () = self.reconcile(&id, fresh) => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                w = work.recv() => match w {
+                    Some(w) => self.take(w),
+                    None => break,
+                },
+                id = self.retry.next() => {
+                    self.pending.insert(id, true);
+                }
+                _ = check.tick() => self.take(Work::All),
+                Ok(()) = leading.changed() => {
+                    if *leading.borrow_and_update() {
+                        self.take(Work::All);
+                    }
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, work: Work) {
+        match work {
+            Work::Sources(ids) => {
+                for id in ids {
+                    // A source in backoff waits for its retry.
+                    if !self.retry.holds(&id) {
+                        let fresh = !self.known.contains_key(&id);
+                        *self.pending.entry(id).or_insert(fresh) |= fresh;
+                    }
+                }
+            }
+            Work::All => {
+                let mut ids: BTreeSet<SourceId> = self.known.keys().cloned().collect();
+                for &kind in &self.settings.kinds {
+                    self.caches.of(kind).sources.read(|sources| {
+                        for (name, rec) in sources {
+                            if rec.annotations.contains_key(entry::PATH_ANNOTATION) {
+                                ids.insert(SourceId {
+                                    kind,
+                                    name: name.clone(),
+                                });
+                            }
+                        }
+                    });
+                }
+                for id in ids {
+                    self.retry.succeeded(&id);
+                    self.pending.insert(id, true);
+                }
+            }
+        }
+    }
+
+    /// Bring one source's entry where it should be.
+    async fn reconcile(&mut self, id: &SourceId, fresh: bool) {
+        match self.reconcile_inner(id, fresh).await {
+            Ok(()) => {
+                self.retry.succeeded(id);
+                if self.failures.remove(id).is_some() {
+                    tracing::info!(source = %id, "Vault entry written again after failures");
+                }
+                self.health.set_vault_degraded(None);
+            }
+            Err((path, e)) => {
+                let failure = S::classify(&e);
+                let delay = if failure == Failure::CasMismatch {
+                    // Someone wrote in between: look again soon.
+                    self.retry.hold(id.clone(), 1, Duration::from_millis(500));
+                    Duration::from_millis(500)
+                } else {
+                    self.retry.failed(id.clone())
+                };
+                let note = format!("Vault entry {}/{path}: {e}", self.settings.kv_mount);
+                if failure == Failure::Unreachable {
+                    self.metrics.vault_up.set(0);
+                    self.health.set_vault_degraded(Some(e.to_string()));
+                }
+                tracing::warn!(source = %id, retry_in_s = delay.as_secs_f64(), "{note}");
+                if failure != Failure::CasMismatch && self.failures.get(id) != Some(&e.to_string())
+                {
+                    self.failures.insert(id.clone(), e.to_string());
+                    self.event(
+                        id,
+                        EventType::Warning,
+                        "VaultFailed",
+                        format!("{note}; retried with backoff"),
+                    )
+                    .await;
+                }
+            }
+        }
+        self.metrics.vault_entries.set(self.known.len() as i64);
+        self.metrics
+            .vault_conflicts
+            .set(self.conflicts.len() as i64);
+        let logins = self.store.logins();
+        if logins > self.logins_seen {
+            self.metrics.vault_logins.inc_by(logins - self.logins_seen);
+            self.logins_seen = logins;
+        }
+    }
+
+    async fn reconcile_inner(
+        &mut self,
+        id: &SourceId,
+        fresh: bool,
+    ) -> Result<(), (String, S::Error)> {
+        let source = self
+            .settings
+            .kinds
+            .contains(&id.kind)
+            .then(|| self.caches.of(id.kind).sources.get(&id.name))
+            .flatten();
+        let wanted = match &source {
+            None => None,
+            Some(rec) => match entry::desired(rec, self.settings.allow_adoption) {
+                Ok(d) => {
+                    self.refused.remove(id);
+                    d
+                }
+                Err(invalid) => {
+                    // Only this source's Vault entry is left alone; its
+                    // namespace copies are not affected.
+                    let note = invalid.to_string();
+                    let seen = (rec.uid.clone(), note.clone());
+                    if self.refused.get(id) != Some(&seen) {
+                        self.refused.insert(id.clone(), seen);
+                        self.metrics
+                            .invalid_annotations
+                            .get_or_create(&AnnotationLabels {
+                                annotation: invalid.metric_label(),
+                            })
+                            .inc();
+                        tracing::warn!(source = %id, "Vault entry not written: {note}");
+                        self.event(id, EventType::Warning, "InvalidAnnotation", note)
+                            .await;
+                    }
+                    return Ok(());
+                }
+            },
+        };
+
+        // An entry this source no longer wants (the source, its label or its
+        // path went, or the path changed).
+        if let Some(known) = self.known.get(id).cloned()
+            && wanted.as_ref().map(|d| &d.path) != Some(&known.path)
+        {
+            if known.preserve {
+                self.known.remove(id);
+                tracing::info!(source = %id, path = %known.path, "Vault entry preserved (vault-preserve-on-delete)");
+                self.event(
+                    id,
+                    EventType::Normal,
+                    "VaultPreserved",
+                    format!(
+                        "Vault entry {}/{} kept (vault-preserve-on-delete)",
+                        self.settings.kv_mount, known.path
+                    ),
+                )
+                .await;
+            } else {
+                self.delete(id, &known.path)
+                    .await
+                    .map_err(|e| (known.path.clone(), e))?;
+                self.known.remove(id);
+            }
+        }
+        let Some(desired) = wanted else {
+            self.conflicts.remove(id);
+            return Ok(());
+        };
+        let path = desired.path.clone();
+        self.converge(id, &desired, fresh)
+            .await
+            .map_err(|e| (path, e))
+    }
+
+    async fn converge(
+        &mut self,
+        id: &SourceId,
+        desired: &Desired,
+        fresh: bool,
+    ) -> Result<(), S::Error> {
+        let ns = self.settings.source_namespace.clone();
+        let known = self
+            .known
+            .get(id)
+            .filter(|k| k.path == desired.path && !fresh);
+        let observed = match known {
+            Some(k) => Some(Observed {
+                current_version: k.version,
+                custom: entry::custom_metadata(&ns, id, &k.hash, k.version),
+                current_deleted: false,
+            }),
+            None => {
+                self.call("read", |s| s.read_metadata(&desired.path))
+                    .await?
+            }
+        };
+        match entry::step(desired, observed.as_ref(), &ns, id) {
+            Step::Nothing => {
+                let version = observed.map_or(0, |o| o.current_version);
+                self.remember(id, desired, version);
+                self.conflicts.remove(id);
+                Ok(())
+            }
+            Step::Create => self.write(id, desired, 0, "VaultWritten").await,
+            Step::Write { cas } => self.write(id, desired, cas, "VaultWritten").await,
+            Step::Adopt { cas } => self.write(id, desired, cas, "VaultAdopted").await,
+            Step::Verify { cas } => {
+                let data = self.call("read", |s| s.read_data(&desired.path)).await?;
+                if data.as_ref() == Some(&desired.data) {
+                    // Our own create, its metadata write lost: finish it.
+                    let custom = entry::custom_metadata(&ns, id, &desired.hash, cas);
+                    self.call("metadata", |s| s.write_metadata(&desired.path, &custom))
+                        .await?;
+                    self.remember(id, desired, cas);
+                    self.conflicts.remove(id);
+                    Ok(())
+                } else {
+                    self.conflict(id, desired, Owner::Foreign).await;
+                    Ok(())
+                }
+            }
+            Step::Conflict { owner } => {
+                self.conflict(id, desired, owner).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Write the data (check-and-set against `cas`), then our metadata
+    /// naming the version written. Data first: the create's `cas=0` is what
+    /// makes it safe against anyone else's entry appearing meanwhile.
+    async fn write(
+        &mut self,
+        id: &SourceId,
+        desired: &Desired,
+        cas: u64,
+        reason: &str,
+    ) -> Result<(), S::Error> {
+        let version = self
+            .call("write", |s| s.write_data(&desired.path, &desired.data, cas))
+            .await?;
+        let custom =
+            entry::custom_metadata(&self.settings.source_namespace, id, &desired.hash, version);
+        self.call("metadata", |s| s.write_metadata(&desired.path, &custom))
+            .await?;
+        self.remember(id, desired, version);
+        self.conflicts.remove(id);
+        let what = if reason == "VaultAdopted" {
+            "adopted"
+        } else {
+            "wrote"
+        };
+        tracing::info!(source = %id, path = %desired.path, version, keys = desired.data.len(), "Vault entry {what}");
+        self.event(
+            id,
+            EventType::Normal,
+            reason,
+            format!(
+                "{what} Vault entry {}/{} (version {version}, {} keys)",
+                self.settings.kv_mount,
+                desired.path,
+                desired.data.len()
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Delete every version and the metadata at `path`, if it is still ours.
+    async fn delete(&mut self, id: &SourceId, path: &str) -> Result<(), S::Error> {
+        let observed = self.call("read", |s| s.read_metadata(path)).await?;
+        let Some(observed) = observed else {
+            return Ok(());
+        };
+        if !entry::deletable(&observed.custom, &self.settings.source_namespace, id) {
+            tracing::info!(source = %id, path, "Vault entry no longer ours; left as it is");
+            return Ok(());
+        }
+        self.call("delete", |s| s.delete_all(path)).await?;
+        tracing::info!(source = %id, path, "Vault entry deleted");
+        self.event(
+            id,
+            EventType::Normal,
+            "VaultDeleted",
+            format!("deleted Vault entry {}/{path}", self.settings.kv_mount),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn conflict(&mut self, id: &SourceId, desired: &Desired, owner: Owner) {
+        self.known.remove(id);
+        let whose = match &owner {
+            Owner::Foreign => "not written by push-to-k8s".to_string(),
+            Owner::OtherSource(other) => format!("written by push-to-k8s for {other}"),
+            Owner::Ours => unreachable!("ours is never a conflict"),
+        };
+        let now = (desired.path.clone(), whose.clone());
+        if self.conflicts.get(id) == Some(&now) {
+            return;
+        }
+        self.conflicts.insert(id.clone(), now);
+        let note = format!(
+            "Vault entry {}/{} exists and was {whose}; left as it is (adoption needs push-to-k8s.io/adopt and ALLOW_ADOPTION)",
+            self.settings.kv_mount, desired.path
+        );
+        tracing::warn!(source = %id, "{note}");
+        self.event(id, EventType::Warning, "VaultConflict", note)
+            .await;
+    }
+
+    fn remember(&mut self, id: &SourceId, desired: &Desired, version: u64) {
+        self.known.insert(
+            id.clone(),
+            Known {
+                path: desired.path.clone(),
+                version,
+                hash: desired.hash.clone(),
+                preserve: desired.preserve,
+            },
+        );
+    }
+
+    /// One paced request, counted by operation and result.
+    async fn call<'a, T, F, Fut>(&'a self, op: &'static str, request: F) -> Result<T, S::Error>
+    where
+        F: FnOnce(&'a S) -> Fut,
+        Fut: Future<Output = Result<T, S::Error>> + 'a,
+    {
+        self.pacer.ready().await;
+        let result = request(&self.store).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => S::reason(e),
+        };
+        self.metrics
+            .vault_requests
+            .get_or_create(&VaultLabels { op, result: label })
+            .inc();
+        match &result {
+            Err(e) if S::classify(e) == Failure::Unreachable => {}
+            _ => {
+                self.metrics.vault_up.set(1);
+            }
+        }
+        result
+    }
+
+    /// An Event on the source, if it (still) exists.
+    async fn event(&self, id: &SourceId, type_: EventType, reason: &str, note: String) {
+        let Some(rec) = self
+            .settings
+            .kinds
+            .contains(&id.kind)
+            .then(|| self.caches.of(id.kind).sources.get(&id.name))
+            .flatten()
+        else {
+            return;
+        };
+        let reference = self.events.source_ref(id.kind, &id.name, &rec.uid);
+        self.events
+            .publish(&reference, type_, reason, "Vault", note)
+            .await;
+    }
+
+    /// Where each source with a Vault path stands.
+    pub fn standings(&self) -> BTreeMap<SourceId, Standing> {
+        let mut out = BTreeMap::new();
+        for id in self.known.keys() {
+            out.insert(id.clone(), Standing::InSync);
+        }
+        for (id, (path, whose)) in &self.conflicts {
+            out.insert(id.clone(), Standing::Conflict(format!("{path}: {whose}")));
+        }
+        for (id, why) in &self.failures {
+            out.insert(id.clone(), Standing::Failing(why.clone()));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::SourceRecord;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::ObjectMeta;
+    use std::sync::Mutex;
+
+    /// An in-memory KV v2 mount with Vault's check-and-set rules.
+    #[derive(Default)]
+    struct Fake {
+        entries: Mutex<BTreeMap<String, FakeEntry>>,
+        down: std::sync::atomic::AtomicBool,
+        requests: Mutex<Vec<String>>,
+    }
+
+    #[derive(Clone, Default)]
+    struct FakeEntry {
+        versions: Vec<Option<BTreeMap<String, String>>>,
+        custom: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug)]
+    enum FakeError {
+        Down,
+        Cas,
+    }
+
+    impl fmt::Display for FakeError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{self:?}")
+        }
+    }
+
+    impl Fake {
+        fn log(&self, what: String) -> Result<(), FakeError> {
+            self.requests.lock().unwrap().push(what);
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(FakeError::Down);
+            }
+            Ok(())
+        }
+        fn take_requests(&self) -> Vec<String> {
+            std::mem::take(&mut self.requests.lock().unwrap())
+        }
+        fn data(&self, path: &str) -> Option<BTreeMap<String, String>> {
+            let e = self.entries.lock().unwrap();
+            e.get(path)?.versions.last().cloned().flatten()
+        }
+    }
+
+    impl Store for Arc<Fake> {
+        type Error = FakeError;
+        async fn read_metadata(&self, path: &str) -> Result<Option<Observed>, FakeError> {
+            self.log(format!("read_metadata {path}"))?;
+            Ok(self.entries.lock().unwrap().get(path).map(|e| Observed {
+                current_version: e.versions.len() as u64,
+                custom: e.custom.clone(),
+                current_deleted: e.versions.last().is_none_or(Option::is_none),
+            }))
+        }
+        async fn write_metadata(
+            &self,
+            path: &str,
+            custom: &BTreeMap<String, String>,
+        ) -> Result<(), FakeError> {
+            self.log(format!("write_metadata {path}"))?;
+            self.entries
+                .lock()
+                .unwrap()
+                .entry(path.into())
+                .or_default()
+                .custom = custom.clone();
+            Ok(())
+        }
+        async fn write_data(
+            &self,
+            path: &str,
+            data: &BTreeMap<String, String>,
+            cas: u64,
+        ) -> Result<u64, FakeError> {
+            self.log(format!("write_data {path} cas={cas}"))?;
+            let mut entries = self.entries.lock().unwrap();
+            let e = entries.entry(path.into()).or_default();
+            if e.versions.len() as u64 != cas {
+                return Err(FakeError::Cas);
+            }
+            e.versions.push(Some(data.clone()));
+            Ok(e.versions.len() as u64)
+        }
+        async fn read_data(
+            &self,
+            path: &str,
+        ) -> Result<Option<BTreeMap<String, String>>, FakeError> {
+            self.log(format!("read_data {path}"))?;
+            Ok(self.data(path))
+        }
+        async fn delete_all(&self, path: &str) -> Result<(), FakeError> {
+            self.log(format!("delete_all {path}"))?;
+            self.entries.lock().unwrap().remove(path);
+            Ok(())
+        }
+        fn classify(e: &FakeError) -> Failure {
+            match e {
+                FakeError::Down => Failure::Unreachable,
+                FakeError::Cas => Failure::CasMismatch,
+            }
+        }
+        fn reason(_: &FakeError) -> &'static str {
+            "error"
+        }
+        fn logins(&self) -> u64 {
+            1
+        }
+    }
+
+    fn secret(annotations: &[(&str, &str)], value: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some("db".into()),
+                namespace: Some("src".into()),
+                uid: Some("u1".into()),
+                labels: Some(BTreeMap::from([("push-to-k8s".into(), "source".into())])),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                "password".to_string(),
+                ByteString(value.as_bytes().to_vec()),
+            )])),
+            ..Default::default()
+        }
+    }
+
+    fn id() -> SourceId {
+        SourceId {
+            kind: Kind::Secret,
+            name: "db".into(),
+        }
+    }
+
+    fn target(fake: &Arc<Fake>, caches: &Arc<Caches>, allow_adoption: bool) -> Target<Arc<Fake>> {
+        let (service, _handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        // Events go nowhere: their gate is closed (the worker's own
+        // requests do not ask it; `run` does).
+        let (_tx, closed) = tokio::sync::watch::channel(false);
+        let gate = Arc::new(WriteGate::new(closed, CancellationToken::new()));
+        let events = Arc::new(Events::new(
+            kube::Client::new(service, "default"),
+            kube::runtime::events::Reporter {
+                controller: "t".into(),
+                instance: None,
+            },
+            "src".into(),
+            gate.clone(),
+        ));
+        Target::new(
+            fake.clone(),
+            Settings {
+                source_namespace: "src".into(),
+                kv_mount: "secret".into(),
+                allow_adoption,
+                kinds: vec![Kind::Secret],
+                rate: std::num::NonZeroU32::new(100).unwrap(),
+                check_interval: Duration::from_secs(60),
+            },
+            caches.clone(),
+            gate,
+            events,
+            Arc::new(Metrics::new()),
+            Arc::new(Health::default()),
+        )
+    }
+
+    fn set(caches: &Caches, s: Option<&Secret>) {
+        let rec = s.map(|s| SourceRecord::from_secret(s, "src").unwrap().1);
+        caches.of(Kind::Secret).sources.set("db".into(), rec);
+    }
+
+    fn caches() -> Arc<Caches> {
+        Arc::new(Caches::for_kinds(&[Kind::Secret], &[Kind::Secret]))
+    }
+
+    #[tokio::test]
+    async fn create_update_and_delete_cost_what_they_must() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        let path = [(entry::PATH_ANNOTATION, "team/db")];
+        set(&caches, Some(&secret(&path, "s3cret")));
+        t.reconcile(&id(), true).await;
+        assert_eq!(
+            fake.take_requests(),
+            [
+                "read_metadata team/db",
+                "write_data team/db cas=0",
+                "write_metadata team/db"
+            ]
+        );
+        assert_eq!(fake.data("team/db").unwrap()["password"], "s3cret");
+        // In sync: a check reads the metadata only; an event costs nothing.
+        t.reconcile(&id(), true).await;
+        assert_eq!(fake.take_requests(), ["read_metadata team/db"]);
+        t.reconcile(&id(), false).await;
+        assert!(fake.take_requests().is_empty());
+        // A new value: two writes, no read.
+        set(&caches, Some(&secret(&path, "rotated")));
+        t.reconcile(&id(), false).await;
+        assert_eq!(
+            fake.take_requests(),
+            ["write_data team/db cas=1", "write_metadata team/db"]
+        );
+        // Edited in Vault: the check restores it.
+        fake.entries
+            .lock()
+            .unwrap()
+            .get_mut("team/db")
+            .unwrap()
+            .versions
+            .push(Some(BTreeMap::new()));
+        t.reconcile(&id(), true).await;
+        assert_eq!(fake.data("team/db").unwrap()["password"], "rotated");
+        fake.take_requests();
+        // The source goes: the entry goes (ownership checked first).
+        set(&caches, None);
+        t.reconcile(&id(), false).await;
+        assert_eq!(
+            fake.take_requests(),
+            ["read_metadata team/db", "delete_all team/db"]
+        );
+        assert!(fake.entries.lock().unwrap().is_empty());
+        assert!(t.standings().is_empty());
+    }
+
+    #[tokio::test]
+    async fn someone_elses_entry_is_never_written_or_deleted() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let theirs = FakeEntry {
+            versions: vec![Some(BTreeMap::from([("k".into(), "v".into())]))],
+            custom: BTreeMap::from([("owner".into(), "team".into())]),
+        };
+        fake.entries
+            .lock()
+            .unwrap()
+            .insert("team/db".into(), theirs.clone());
+        let mut t = target(&fake, &caches, true);
+        set(
+            &caches,
+            Some(&secret(&[(entry::PATH_ANNOTATION, "team/db")], "x")),
+        );
+        t.reconcile(&id(), true).await;
+        set(&caches, None);
+        t.reconcile(&id(), false).await;
+        assert_eq!(fake.take_requests(), ["read_metadata team/db"]);
+        let after = fake.entries.lock().unwrap()["team/db"].clone();
+        assert_eq!(
+            (after.versions, after.custom),
+            (theirs.versions.clone(), theirs.custom.clone())
+        );
+        // Adoption asked and allowed: taken over.
+        set(
+            &caches,
+            Some(&secret(
+                &[
+                    (entry::PATH_ANNOTATION, "team/db"),
+                    ("push-to-k8s.io/adopt", "true"),
+                ],
+                "x",
+            )),
+        );
+        t.reconcile(&id(), true).await;
+        assert_eq!(fake.data("team/db").unwrap()["password"], "x");
+        assert_eq!(
+            entry::owner(
+                &fake.entries.lock().unwrap()["team/db"].custom,
+                "src",
+                &id()
+            ),
+            Owner::Ours
+        );
+    }
+
+    #[tokio::test]
+    async fn preserve_on_delete_and_a_moved_path() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        set(
+            &caches,
+            Some(&secret(&[(entry::PATH_ANNOTATION, "a")], "x")),
+        );
+        t.reconcile(&id(), true).await;
+        // Moved: the new one written, the old one deleted.
+        set(
+            &caches,
+            Some(&secret(&[(entry::PATH_ANNOTATION, "b")], "x")),
+        );
+        t.reconcile(&id(), false).await;
+        assert!(fake.data("a").is_none() && fake.data("b").is_some());
+        set(
+            &caches,
+            Some(&secret(
+                &[
+                    (entry::PATH_ANNOTATION, "b"),
+                    (entry::PRESERVE_ANNOTATION, "true"),
+                ],
+                "x",
+            )),
+        );
+        t.reconcile(&id(), false).await;
+        set(&caches, None);
+        fake.take_requests();
+        t.reconcile(&id(), false).await;
+        assert!(fake.take_requests().is_empty());
+        assert!(fake.data("b").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn vault_down_holds_the_source_with_backoff_and_recovers() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        set(
+            &caches,
+            Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "x")),
+        );
+        fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        t.reconcile(&id(), true).await;
+        assert!(t.retry.holds(&id()));
+        assert!(matches!(t.standings()[&id()], Standing::Failing(_)));
+        assert_eq!(t.metrics.vault_up.get(), 0);
+        // A change while held waits for the retry.
+        t.take(Work::Sources(vec![id()]));
+        assert!(t.pending.is_empty());
+        fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        let due = t.retry.next().await;
+        t.reconcile(&due, true).await;
+        assert_eq!(fake.data("p").unwrap()["password"], "x");
+        assert_eq!(t.standings()[&id()], Standing::InSync);
+        assert_eq!(t.metrics.vault_up.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_half_done_create_is_finished_not_taken_for_a_conflict() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        set(
+            &caches,
+            Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "x")),
+        );
+        // Our data write happened, our metadata write did not.
+        let data = BTreeMap::from([("password".to_string(), "x".to_string())]);
+        fake.write_data("p", &data, 0).await.unwrap();
+        t.reconcile(&id(), true).await;
+        assert_eq!(t.standings()[&id()], Standing::InSync);
+        // The same shape with other values is someone else's.
+        fake.entries.lock().unwrap().clear();
+        let other = BTreeMap::from([("password".to_string(), "y".to_string())]);
+        fake.write_data("p", &other, 0).await.unwrap();
+        t.reconcile(&id(), true).await;
+        assert!(matches!(t.standings()[&id()], Standing::Conflict(_)));
+        assert_eq!(fake.data("p").unwrap(), other);
+    }
+}
