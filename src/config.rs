@@ -1126,13 +1126,12 @@ fn check_url(variable: &'static str, value: &str) -> Result<String, ConfigError>
     if !host_ok {
         return Err(bad());
     }
-    if let Some(p) = port {
-        if p.is_empty()
+    if let Some(p) = port
+        && (p.is_empty()
             || !p.bytes().all(|b| b.is_ascii_digit())
-            || !matches!(p.parse::<u32>(), Ok(1..=65535))
-        {
-            return Err(bad());
-        }
+            || !matches!(p.parse::<u32>(), Ok(1..=65535)))
+    {
+        return Err(bad());
     }
     Ok(trimmed.to_owned())
 }
