@@ -107,6 +107,9 @@ pub enum Error {
     /// tell whether we lead, so the process stops (and is restarted).
     #[error("the leader election task ended unexpectedly")]
     LeaseTaskEnded,
+    /// The Vault client cannot be set up (a CA file that does not parse).
+    #[error("invalid Vault settings: {0}")]
+    Vault(String),
     #[error("cannot serve metrics on port {port}: {source}")]
     Http {
         port: u16,
@@ -119,7 +122,7 @@ impl Error {
     /// Exit status: 2 for a configuration the user must fix, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::MissingNamespace(_) => 2,
+            Error::MissingNamespace(_) | Error::Vault(_) => 2,
             _ => 1,
         }
     }
@@ -214,6 +217,25 @@ async fn control(
         cfg.namespace.clone(),
         gate.clone(),
     ));
+    // The Vault target runs beside the loop, told of every flushed source.
+    let vault = match cfg.vault.as_ref().map(|vault_cfg| {
+        crate::vault::spawn(
+            vault_cfg,
+            cfg,
+            caches.clone(),
+            gate.clone(),
+            events.clone(),
+            metrics.clone(),
+            health.clone(),
+            leading_rx.clone(),
+            shutdown.clone(),
+        )
+    }) {
+        None => None,
+        Some(Ok(handle)) => Some(handle),
+        // Before anything is written (the caches have not synced yet).
+        Some(Err(e)) => return Err(Error::Vault(e.to_string())),
+    };
     let writer = Writer::new(
         client.clone(),
         cfg.namespace.clone(),
@@ -330,6 +352,9 @@ async fn control(
                 // A standby plans nothing: whoever leads does, and a new
                 // leader starts with everything (below).
                 if gate.leading() {
+                    if let Some(vault) = &vault {
+                        vault.tell(&keys);
+                    }
                     metrics.batch_size.observe(keys.len() as f64);
                     let mut gate = Gate { retry: &mut retry, fights: &mut fights };
                     flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate).await;

@@ -5,3 +5,97 @@
 
 pub mod entry;
 pub mod target;
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::DirtyKey;
+use crate::cache::Caches;
+use crate::config::{Config, VaultAuth, VaultConfig};
+use crate::events::Events;
+use crate::gate::WriteGate;
+use crate::http::Health;
+use crate::metrics::Metrics;
+use entry::SourceId;
+use target::{Target, Work};
+
+/// The control loop's handle on the Vault worker.
+pub struct Handle {
+    work: mpsc::UnboundedSender<Work>,
+}
+
+impl Handle {
+    /// Forward a flushed batch: its sources (and "everything") concern Vault;
+    /// namespace and copy keys do not.
+    pub fn tell(&self, keys: &[DirtyKey]) {
+        let mut ids = Vec::new();
+        for key in keys {
+            match key {
+                DirtyKey::All => {
+                    let _ = self.work.send(Work::All);
+                }
+                DirtyKey::Source(kind, name) => ids.push(SourceId {
+                    kind: *kind,
+                    name: name.clone(),
+                }),
+                _ => {}
+            }
+        }
+        if !ids.is_empty() {
+            let _ = self.work.send(Work::Sources(ids));
+        }
+    }
+}
+
+/// Start the Vault worker. It logs in lazily: a Vault that is down at start
+/// delays nothing else.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    vault: &VaultConfig,
+    cfg: &Config,
+    caches: Arc<Caches>,
+    gate: Arc<WriteGate>,
+    events: Arc<Events>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    leading: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) -> Result<Handle, client::Error> {
+    let auth = match &vault.auth {
+        VaultAuth::Kubernetes {
+            mount,
+            role,
+            jwt_path,
+        } => client::Auth::Kubernetes {
+            mount: mount.clone(),
+            role: role.clone(),
+            jwt_path: jwt_path.clone(),
+        },
+        VaultAuth::TokenFile(path) => client::Auth::TokenFile(path.clone()),
+    };
+    let store = client::VaultClient::new(client::Settings {
+        addr: vault.addr.clone(),
+        auth,
+        ca_cert: vault.ca_cert.clone(),
+        kv_mount: vault.kv_mount.clone(),
+        timeout: REQUEST_TIMEOUT,
+    })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let settings = target::Settings {
+        source_namespace: cfg.namespace.clone(),
+        kv_mount: vault.kv_mount.clone(),
+        allow_adoption: cfg.allow_adoption,
+        kinds: cfg.source_kinds(),
+        rate: vault.rate_limit,
+        check_interval: vault.check_interval,
+    };
+    tracing::info!(addr = %vault.addr, mount = %vault.kv_mount, "Vault target on");
+    let worker = Target::new(store, settings, caches, gate, events, metrics, health);
+    tokio::spawn(worker.run(rx, leading, shutdown));
+    Ok(Handle { work: tx })
+}
+
+/// Longest a single Vault request may take.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
