@@ -35,4 +35,5 @@ pub mod retry;
 pub mod status;
 pub mod targets;
 pub mod tracked;
+pub mod vault;
 pub mod watch;
