@@ -90,27 +90,13 @@ impl fmt::Display for Invalid {
     }
 }
 
-/// A KV path inside the mount: `/`-separated segments of letters, digits,
-/// `.`, `_` and `-`; no empty, `.` or `..` segment.
+/// A KV path inside the mount ([`crate::vault::client::valid_path`]), at
+/// most [`MAX_PATH_LEN`] characters.
 pub fn check_path(path: &str) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("must not be empty".into());
-    }
     if path.len() > MAX_PATH_LEN {
         return Err(format!("must be at most {MAX_PATH_LEN} characters"));
     }
-    for segment in path.split('/') {
-        if segment.is_empty() || segment == "." || segment == ".." {
-            return Err("must be '/'-separated segments without an empty, '.' or '..' segment (no leading or trailing '/')".into());
-        }
-        if !segment
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err("may hold only letters, digits, '.', '_', '-' and '/'".into());
-        }
-    }
-    Ok(())
+    crate::vault::client::valid_path(path)
 }
 
 impl Spec {

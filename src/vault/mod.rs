@@ -3,6 +3,7 @@
 //! a namespace copy. `entry` holds the pure rules, `client` the requests,
 //! `target` the worker that runs beside the namespace control loop.
 
+pub mod client;
 pub mod entry;
 pub mod target;
 
@@ -99,3 +100,64 @@ pub fn spawn(
 
 /// Longest a single Vault request may take.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The real Vault behind the worker.
+impl target::Store for client::VaultClient {
+    type Error = client::Error;
+
+    async fn read_metadata(&self, path: &str) -> Result<Option<entry::Observed>, client::Error> {
+        Ok(client::VaultClient::read_metadata(self, path)
+            .await?
+            .map(|m| entry::Observed {
+                current_version: m.current_version,
+                custom: m.custom,
+                current_deleted: m.current_deleted,
+            }))
+    }
+
+    async fn write_metadata(
+        &self,
+        path: &str,
+        custom: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), client::Error> {
+        client::VaultClient::write_metadata(self, path, custom).await
+    }
+
+    async fn write_data(
+        &self,
+        path: &str,
+        data: &std::collections::BTreeMap<String, String>,
+        cas: u64,
+    ) -> Result<u64, client::Error> {
+        client::VaultClient::write_data(self, path, data, cas).await
+    }
+
+    async fn read_data(
+        &self,
+        path: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, client::Error> {
+        Ok(client::VaultClient::read_data(self, path)
+            .await?
+            .map(|(data, _)| data))
+    }
+
+    async fn delete_all(&self, path: &str) -> Result<(), client::Error> {
+        client::VaultClient::delete_all(self, path).await
+    }
+
+    fn classify(error: &client::Error) -> target::Failure {
+        match error {
+            client::Error::CasMismatch => target::Failure::CasMismatch,
+            e if e.is_retryable() => target::Failure::Unreachable,
+            _ => target::Failure::Refused,
+        }
+    }
+
+    fn reason(error: &client::Error) -> &'static str {
+        error.reason()
+    }
+
+    fn logins(&self) -> u64 {
+        client::VaultClient::logins(self)
+    }
+}
