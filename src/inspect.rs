@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plan::{self, World};
 use crate::records::ObjectKey;
-use crate::status::Report;
+use crate::status::{Report, VaultStatus};
 use crate::targets::Scope;
 use crate::watch::describe_error;
 use crate::{conflicts, controller, demo, resync};
@@ -150,7 +150,59 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
             })
         });
     }
+    if let Some(vault) = &cfg.vault {
+        report.vault = look_at_vault(vault, cfg, &caches).await?;
+    }
     Ok(report)
+}
+
+/// Read the metadata of each source's Vault entry (read only) and classify
+/// it by the worker's own step ([`entry::step`]).
+async fn look_at_vault(
+    vault: &crate::config::VaultConfig,
+    cfg: &Config,
+    caches: &Caches,
+) -> Result<Vec<VaultStatus>, Error> {
+    use crate::vault::entry::{self, SourceId};
+    let client = crate::vault::client_for(vault)
+        .map_err(|e| Error::Start(controller::Error::Vault(e.to_string())))?;
+    let mut out = Vec::new();
+    for kind in cfg.source_kinds() {
+        let sources: Vec<(String, crate::records::SourceRecord)> = caches
+            .of(kind)
+            .sources
+            .read(|s| s.iter().map(|(n, r)| (n.clone(), r.clone())).collect());
+        for (name, rec) in sources {
+            let Some(annotated) = rec.annotations.get(entry::PATH_ANNOTATION).cloned() else {
+                continue;
+            };
+            let mut status = VaultStatus {
+                kind: kind.name(),
+                source: name.clone(),
+                path: format!("{}/{}", vault.kv_mount, annotated.trim()),
+                state: "refused",
+                note: String::new(),
+            };
+            match entry::desired(&rec, cfg.allow_adoption) {
+                Err(invalid) => status.note = invalid.to_string(),
+                Ok(None) => continue,
+                Ok(Some(desired)) => match client.read_metadata(&desired.path).await {
+                    Err(e) => {
+                        status.state = "unreadable";
+                        status.note = e.to_string();
+                    }
+                    Ok(meta) => {
+                        let observed = meta.map(entry::Observed::from);
+                        let id = SourceId { kind, name };
+                        let step = entry::step(&desired, observed.as_ref(), &cfg.namespace, &id);
+                        (status.state, status.note) = VaultStatus::state_of(&step);
+                    }
+                },
+            }
+            out.push(status);
+        }
+    }
+    Ok(out)
 }
 
 /// The copies the start-up LISTs found blocked (source → namespaces), as

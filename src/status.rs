@@ -190,6 +190,49 @@ pub struct Report {
     /// Every planned write, per kind in plan order.
     pub actions: Vec<Action>,
     pub sources: Vec<SourceStatus>,
+    /// With a Vault target: where each source with a Vault path stands.
+    pub vault: Vec<VaultStatus>,
+}
+
+/// One source's Vault entry, as `status` sees it (read in `inspect`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VaultStatus {
+    pub kind: &'static str,
+    pub source: String,
+    /// `<mount>/<path>`, or the annotation's value when it does not parse.
+    pub path: String,
+    /// `in-sync`, `missing`, `stale`, `conflict`, `adopt` (would be adopted),
+    /// `unfinished` (our data without our metadata: the daemon finishes
+    /// it), `refused` (a bad annotation or value) or `unreadable` (Vault
+    /// did not answer).
+    pub state: &'static str,
+    pub note: String,
+}
+
+impl VaultStatus {
+    /// The state `step` stands for.
+    pub fn state_of(step: &crate::vault::entry::Step) -> (&'static str, String) {
+        use crate::vault::entry::{Owner, Step};
+        match step {
+            Step::Nothing => ("in-sync", String::new()),
+            Step::Create => ("missing", String::new()),
+            Step::Write { .. } => ("stale", "changed, deleted or edited in Vault".into()),
+            Step::Adopt { .. } => ("adopt", "not ours; the source asks for adoption".into()),
+            Step::Verify { .. } => ("unfinished", "our data without our metadata".into()),
+            Step::Conflict { owner } => (
+                "conflict",
+                match owner {
+                    Owner::OtherSource(o) => format!("written by push-to-k8s for {o}"),
+                    _ => "not written by push-to-k8s".into(),
+                },
+            ),
+        }
+    }
+
+    /// A write the daemon would make for it.
+    fn writes(&self) -> bool {
+        matches!(self.state, "missing" | "stale" | "adopt" | "unfinished")
+    }
 }
 
 impl Report {
@@ -208,6 +251,34 @@ impl Report {
 
     pub fn in_sync(&self) -> bool {
         self.sources.iter().all(SourceStatus::is_in_sync)
+            && self.vault.iter().all(|v| v.state == "in-sync")
+    }
+
+    /// The Vault table of `status`, and its summary.
+    fn vault_text(&self) -> String {
+        if self.vault.is_empty() {
+            return String::new();
+        }
+        let mut rows = vec![
+            ["KIND", "SOURCE", "VAULT ENTRY", "STATE", ""]
+                .map(String::from)
+                .to_vec(),
+        ];
+        for v in &self.vault {
+            rows.push(vec![
+                v.kind.to_string(),
+                v.source.clone(),
+                v.path.clone(),
+                v.state.to_string(),
+                v.note.clone(),
+            ]);
+        }
+        let in_sync = self.vault.iter().filter(|v| v.state == "in-sync").count();
+        format!(
+            "\nVault entries:\n{}vault: {in_sync} of {} entries in sync\n",
+            table(&rows),
+            self.vault.len()
+        )
     }
 
     pub fn totals(&self) -> Counts {
@@ -290,11 +361,17 @@ impl Report {
             }
             out.push('\n');
         }
+        out.push_str(&self.vault_text());
         let t = self.totals();
         let copies = if t.wanted == 1 { "copy" } else { "copies" };
         if self.in_sync() {
             out.push_str(&format!(
                 "in sync: {} of {} {copies}\n",
+                t.in_sync, t.wanted
+            ));
+        } else if self.sources.iter().all(SourceStatus::is_in_sync) {
+            out.push_str(&format!(
+                "not in sync: {} of {} {copies} in sync, but not every Vault entry\n",
                 t.in_sync, t.wanted
             ));
         } else {
@@ -356,6 +433,8 @@ impl Report {
             in_sync: bool,
             totals: Totals,
             sources: Vec<Source<'a>>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            vault: &'a [VaultStatus],
         }
         let sources = self
             .sources
@@ -393,6 +472,7 @@ impl Report {
                 counts: self.totals(),
             },
             sources,
+            vault: &self.vault,
         };
         let mut text = serde_json::to_string_pretty(&status).expect("status serializes");
         text.push('\n');
@@ -438,6 +518,12 @@ impl Report {
             ));
         }
         out.push_str("; nothing was written\n");
+        for v in self.vault.iter().filter(|v| v.writes()) {
+            out.push_str(&format!(
+                "vault write {} from {}/{} ({})\n",
+                v.path, self.namespace, v.source, v.state
+            ));
+        }
         let t = self.totals();
         let refused = self.refused();
         if t.conflict > 0 || refused > 0 {
@@ -483,6 +569,8 @@ impl Report {
             summary: BTreeMap<&'static str, usize>,
             conflicts: Vec<Blocked<'a>>,
             refused: Vec<Refused<'a>>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            vault_writes: Vec<&'a VaultStatus>,
         }
         let writes = self
             .actions
@@ -525,6 +613,7 @@ impl Report {
             summary,
             conflicts,
             refused,
+            vault_writes: self.vault.iter().filter(|v| v.writes()).collect(),
         };
         let mut text = serde_json::to_string_pretty(&plan).expect("plan serializes");
         text.push('\n');
@@ -932,5 +1021,30 @@ not written: 1 copy blocked by an object push-to-k8s does not manage, 0 refused 
             report.status_text(false).lines().last(),
             Some("in sync: 1 of 1 copy")
         );
+    }
+
+    #[test]
+    fn vault_entries_count_towards_in_sync_and_their_writes_are_planned() {
+        let mut report = Report::new("src");
+        let entry = |source: &str, state| VaultStatus {
+            kind: "Secret",
+            source: source.into(),
+            path: format!("secret/apps/{source}"),
+            state,
+            note: String::new(),
+        };
+        report.vault = vec![entry("db", "in-sync")];
+        assert!(report.in_sync());
+        assert!(report.status_text(false).contains("vault: 1 of 1 entries in sync"));
+        report.vault.push(entry("api", "stale"));
+        report.vault.push(entry("old", "conflict"));
+        assert!(!report.in_sync());
+        let text = report.status_text(false);
+        assert!(text.contains("but not every Vault entry"), "{text}");
+        let plan = report.plan_text();
+        assert!(plan.contains("vault write secret/apps/api from src/api (stale)"), "{plan}");
+        assert!(!plan.contains("apps/old"), "a conflict is not written: {plan}");
+        let json: serde_json::Value = serde_json::from_str(&report.status_json(false)).unwrap();
+        assert_eq!(json["vault"][1]["state"], "stale");
     }
 }

@@ -64,25 +64,7 @@ pub fn spawn(
     leading: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> Result<Handle, client::Error> {
-    let auth = match &vault.auth {
-        VaultAuth::Kubernetes {
-            mount,
-            role,
-            jwt_path,
-        } => client::Auth::Kubernetes {
-            mount: mount.clone(),
-            role: role.clone(),
-            jwt_path: jwt_path.clone(),
-        },
-        VaultAuth::TokenFile(path) => client::Auth::TokenFile(path.clone()),
-    };
-    let store = client::VaultClient::new(client::Settings {
-        addr: vault.addr.clone(),
-        auth,
-        ca_cert: vault.ca_cert.clone(),
-        kv_mount: vault.kv_mount.clone(),
-        timeout: REQUEST_TIMEOUT,
-    })?;
+    let store = client_for(vault)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let settings = target::Settings {
         source_namespace: cfg.namespace.clone(),
@@ -98,8 +80,42 @@ pub fn spawn(
     Ok(Handle { work: tx })
 }
 
+/// The client for `vault`'s settings (no I/O; a CA file that does not parse
+/// is an error).
+pub fn client_for(vault: &VaultConfig) -> Result<client::VaultClient, client::Error> {
+    let auth = match &vault.auth {
+        VaultAuth::Kubernetes {
+            mount,
+            role,
+            jwt_path,
+        } => client::Auth::Kubernetes {
+            mount: mount.clone(),
+            role: role.clone(),
+            jwt_path: jwt_path.clone(),
+        },
+        VaultAuth::TokenFile(path) => client::Auth::TokenFile(path.clone()),
+    };
+    client::VaultClient::new(client::Settings {
+        addr: vault.addr.clone(),
+        auth,
+        ca_cert: vault.ca_cert.clone(),
+        kv_mount: vault.kv_mount.clone(),
+        timeout: REQUEST_TIMEOUT,
+    })
+}
+
 /// Longest a single Vault request may take.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl From<client::Metadata> for entry::Observed {
+    fn from(m: client::Metadata) -> entry::Observed {
+        entry::Observed {
+            current_version: m.current_version,
+            custom: m.custom,
+            current_deleted: m.current_deleted,
+        }
+    }
+}
 
 /// The real Vault behind the worker.
 impl target::Store for client::VaultClient {
@@ -108,11 +124,7 @@ impl target::Store for client::VaultClient {
     async fn read_metadata(&self, path: &str) -> Result<Option<entry::Observed>, client::Error> {
         Ok(client::VaultClient::read_metadata(self, path)
             .await?
-            .map(|m| entry::Observed {
-                current_version: m.current_version,
-                custom: m.custom,
-                current_deleted: m.current_deleted,
-            }))
+            .map(entry::Observed::from))
     }
 
     async fn write_metadata(
