@@ -160,6 +160,7 @@ impl target::Store for client::VaultClient {
     fn classify(error: &client::Error) -> target::Failure {
         match error {
             client::Error::CasMismatch => target::Failure::CasMismatch,
+            client::Error::Login(_) => target::Failure::Login,
             e if e.is_retryable() => target::Failure::Unreachable,
             _ => target::Failure::Refused,
         }

@@ -41,7 +41,9 @@ pub enum Failure {
     CasMismatch,
     /// Vault did not answer (down, unreachable, timed out, sealed).
     Unreachable,
-    /// Vault answered with a refusal (permission, login, a bad request).
+    /// Vault refused to log us in: nothing can be written until it does.
+    Login,
+    /// Vault answered with a refusal of this request (permission, a bad request).
     Refused,
 }
 
@@ -253,7 +255,6 @@ impl<S: Store> Target<S> {
                 if self.failures.remove(id).is_some() {
                     tracing::info!(source = %id, "Vault entry written again after failures");
                 }
-                self.health.set_vault_degraded(None);
             }
             Err((path, e)) => {
                 let failure = S::classify(&e);
@@ -265,10 +266,6 @@ impl<S: Store> Target<S> {
                     self.retry.failed(id.clone())
                 };
                 let note = format!("Vault entry {}/{path}: {e}", self.settings.kv_mount);
-                if failure == Failure::Unreachable {
-                    self.metrics.vault_up.set(0);
-                    self.health.set_vault_degraded(Some(e.to_string()));
-                }
                 tracing::warn!(source = %id, retry_in_s = delay.as_secs_f64(), "{note}");
                 if failure != Failure::CasMismatch && self.failures.get(id) != Some(&e.to_string())
                 {
@@ -534,10 +531,18 @@ impl<S: Store> Target<S> {
             .vault_requests
             .get_or_create(&VaultLabels { op, result: label })
             .inc();
-        match &result {
-            Err(e) if S::classify(e) == Failure::Unreachable => {}
+        // Vault is degraded while it does not answer or does not let us in;
+        // a refusal of one request (a policy that does not cover one path)
+        // is that source's failure, not Vault's.
+        match result.as_ref().err().map(S::classify) {
+            Some(Failure::Unreachable | Failure::Login) => {
+                let why = result.as_ref().err().map(ToString::to_string);
+                self.metrics.vault_up.set(0);
+                self.health.set_vault_degraded(why);
+            }
             _ => {
                 self.metrics.vault_up.set(1);
+                self.health.set_vault_degraded(None);
             }
         }
         result
