@@ -155,12 +155,17 @@ pub enum LoginError {
     Empty { what: &'static str, path: PathBuf },
     #[error("the token contains characters not allowed in an HTTP header")]
     BadToken,
-    /// Vault answered the login (or the token lookup) with this 4xx status:
-    /// a wrong role, a JWT or token Vault does not accept, or auth not configured.
+    /// Vault answered the Kubernetes login with this 4xx status: a wrong
+    /// role, a ServiceAccount or namespace the role is not bound to, a JWT
+    /// Vault does not accept, or the auth method not configured.
     #[error(
-        "Vault refused the login (HTTP {status}): check the role, its bound ServiceAccount and namespace, and the auth mount"
+        "Vault refused the login (HTTP {status}): check the role, the ServiceAccount and namespace it is bound to, and the auth mount"
     )]
     Refused { status: u16 },
+    /// Vault answered the token lookup with this 4xx status: the token
+    /// expired, was revoked, or is unknown to this Vault.
+    #[error("Vault refused the token (HTTP {status}): expired, revoked or unknown")]
+    TokenRefused { status: u16 },
 }
 
 impl Error {
@@ -682,7 +687,7 @@ impl VaultClient {
                 let answer = self
                     .send(Method::POST, &api, None, Bytes::from(body))
                     .await?;
-                login_status(answer.status)?;
+                login_status(answer.status, |status| LoginError::Refused { status })?;
                 let a: LoginAnswer = answer.json("login")?;
                 if a.auth.client_token.is_empty() {
                     return Err(Error::BadResponse("login without a client token"));
@@ -727,7 +732,7 @@ impl VaultClient {
                 Bytes::new(),
             )
             .await?;
-        login_status(answer.status)?;
+        login_status(answer.status, |status| LoginError::TokenRefused { status })?;
         let a: LookupAnswer = answer.json("token lookup")?;
         Ok(a.data.ttl)
     }
@@ -794,12 +799,13 @@ impl VaultClient {
 }
 
 /// A login or token lookup answered: 2xx is fine, 429/5xx is Vault being
-/// unavailable, any other status (400 bad role, 403 bad JWT or token) is refused.
-fn login_status(status: StatusCode) -> Result<(), Error> {
+/// unavailable, any other status (400 bad role, 403 bad JWT or token) is
+/// `refused` (the [`LoginError`] variant for that status).
+fn login_status(status: StatusCode, refused: fn(u16) -> LoginError) -> Result<(), Error> {
     match status.as_u16() {
         200..=299 => Ok(()),
         s @ (412 | 429 | 500..=599) => Err(Error::Unavailable(s)),
-        s => Err(Error::Login(LoginError::Refused { status: s })),
+        s => Err(Error::Login(refused(s))),
     }
 }
 
@@ -1599,7 +1605,7 @@ mod tests {
             VaultClient::new(settings(&vault.addr, Auth::TokenFile(file.clone()))).unwrap();
         let e = client.ensure_login().await.unwrap_err();
         assert!(
-            matches!(e, Error::Login(LoginError::Refused { status: 403 })),
+            matches!(e, Error::Login(LoginError::TokenRefused { status: 403 })),
             "{e:?}"
         );
         assert!(!format!("{e} {e:?}").contains("other-SECRET"));
