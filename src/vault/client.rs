@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client as HyperClient;
@@ -155,12 +155,17 @@ pub enum LoginError {
     Empty { what: &'static str, path: PathBuf },
     #[error("the token contains characters not allowed in an HTTP header")]
     BadToken,
-    /// Vault answered the login (or the token lookup) with this 4xx status:
-    /// a wrong role, a JWT or token Vault does not accept, or auth not configured.
+    /// Vault answered the Kubernetes login with this 4xx status: a wrong
+    /// role, a ServiceAccount or namespace the role is not bound to, a JWT
+    /// Vault does not accept, or the auth method not configured.
     #[error(
-        "Vault refused the login (HTTP {status}): check the role, its bound ServiceAccount and namespace, and the auth mount"
+        "Vault refused the login (HTTP {status}): check the role, the ServiceAccount and namespace it is bound to, and the auth mount"
     )]
     Refused { status: u16 },
+    /// Vault answered the token lookup with this 4xx status: the token
+    /// expired, was revoked, or is unknown to this Vault.
+    #[error("Vault refused the token (HTTP {status}): expired, revoked or unknown")]
+    TokenRefused { status: u16 },
 }
 
 impl Error {
@@ -508,7 +513,8 @@ impl VaultClient {
         match answer.status {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                let m: MetadataAnswer = answer.json("KV metadata")?;
+                let m: MetadataAnswer =
+                    answer.json("KV metadata not as KV v2 gives it (is the mount KV v2?)")?;
                 Ok(Some(m.data.into_metadata(now_unix())))
             }
             s => Err(status_error(s)),
@@ -545,7 +551,8 @@ impl VaultClient {
         let answer = self.call(Method::POST, &api, Some(body)).await?;
         match answer.status {
             s if s.is_success() => {
-                let a: WriteAnswer = answer.json("KV write")?;
+                let a: WriteAnswer =
+                    answer.json("a KV write without a version (is the mount KV v2?)")?;
                 Ok(a.data.version)
             }
             StatusCode::BAD_REQUEST if mentions_cas(&answer.body) => Err(Error::CasMismatch),
@@ -566,7 +573,8 @@ impl VaultClient {
         match answer.status {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                let a: ReadAnswer = answer.json("KV read")?;
+                let a: ReadAnswer =
+                    answer.json("a KV read without data and version (is the mount KV v2?)")?;
                 let Some(data) = a.data.data else {
                     return Ok(None);
                 };
@@ -682,7 +690,7 @@ impl VaultClient {
                 let answer = self
                     .send(Method::POST, &api, None, Bytes::from(body))
                     .await?;
-                login_status(answer.status)?;
+                login_status(answer.status, |status| LoginError::Refused { status })?;
                 let a: LoginAnswer = answer.json("login")?;
                 if a.auth.client_token.is_empty() {
                     return Err(Error::BadResponse("login without a client token"));
@@ -727,7 +735,7 @@ impl VaultClient {
                 Bytes::new(),
             )
             .await?;
-        login_status(answer.status)?;
+        login_status(answer.status, |status| LoginError::TokenRefused { status })?;
         let a: LookupAnswer = answer.json("token lookup")?;
         Ok(a.data.ttl)
     }
@@ -773,7 +781,13 @@ impl VaultClient {
             let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| Error::Unreachable(transport_detail(&*e)))?
+                .map_err(|e| {
+                    if e.is::<LengthLimitError>() {
+                        Error::BadResponse("an answer larger than 8 MiB")
+                    } else {
+                        Error::Unreachable(transport_detail(&*e))
+                    }
+                })?
                 .to_bytes();
             Ok::<_, Error>(Answer { status, body })
         };
@@ -794,12 +808,13 @@ impl VaultClient {
 }
 
 /// A login or token lookup answered: 2xx is fine, 429/5xx is Vault being
-/// unavailable, any other status (400 bad role, 403 bad JWT or token) is refused.
-fn login_status(status: StatusCode) -> Result<(), Error> {
+/// unavailable, any other status (400 bad role, 403 bad JWT or token) is
+/// `refused` (the [`LoginError`] variant for that status).
+fn login_status(status: StatusCode, refused: fn(u16) -> LoginError) -> Result<(), Error> {
     match status.as_u16() {
         200..=299 => Ok(()),
         s @ (412 | 429 | 500..=599) => Err(Error::Unavailable(s)),
-        s => Err(Error::Login(LoginError::Refused { status: s })),
+        s => Err(Error::Login(refused(s))),
     }
 }
 
@@ -1466,6 +1481,10 @@ mod tests {
             "/v1/secret/data/bad" => (400, json!({"errors": [format!("no {VALUE}")]})),
             "/v1/secret/data/sealed" => (503, json!({"errors": ["Vault is sealed"]})),
             "/v1/secret/data/nomount" => (404, json!({"errors": []})),
+            "/v1/secret/data/huge" => (
+                200,
+                json!({"data": {"version": 1, "pad": "x".repeat(9 << 20)}}),
+            ),
             _ => (200, json!({"unexpected": VALUE})),
         })
         .await;
@@ -1490,6 +1509,8 @@ mod tests {
         );
         let e = write("nomount").await;
         assert!(matches!(e, Error::NotFound), "{e:?}");
+        let e = write("huge").await;
+        assert!(matches!(e, Error::BadResponse(_)), "{e:?}");
         let e = write("garbage").await;
         assert!(matches!(e, Error::BadResponse(_)), "{e:?}");
         assert_error_clean(&e);
@@ -1599,7 +1620,7 @@ mod tests {
             VaultClient::new(settings(&vault.addr, Auth::TokenFile(file.clone()))).unwrap();
         let e = client.ensure_login().await.unwrap_err();
         assert!(
-            matches!(e, Error::Login(LoginError::Refused { status: 403 })),
+            matches!(e, Error::Login(LoginError::TokenRefused { status: 403 })),
             "{e:?}"
         );
         assert!(!format!("{e} {e:?}").contains("other-SECRET"));
@@ -1637,5 +1658,55 @@ mod tests {
         let e = client.ensure_login().await.unwrap_err();
         assert!(matches!(e, Error::Timeout) && e.is_retryable(), "{e:?}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// Every log line and span of the client, at every level, over logins,
+    /// writes, reads, a 403 and a CAS mismatch: no token, JWT or value.
+    #[tokio::test]
+    async fn logs_show_no_secret() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let vault = fake(Duration::ZERO, |s, _| match s.path.as_str() {
+            "/v1/auth/kubernetes/login" => login_answer(TOKEN, 3600),
+            "/v1/secret/data/denied" => (403, json!({"errors": [format!("denied {}", s.body)]})),
+            "/v1/secret/data/cas" => (
+                400,
+                json!({"errors": [
+                format!("check-and-set parameter did not match the current version {}", s.body)]}),
+            ),
+            _ if s.method == "GET" => read_answer(1),
+            _ => (200, json!({"data": {"version": 2}})),
+        })
+        .await;
+        let jwt = jwt_file();
+        let client = kubernetes(&vault.addr, jwt.clone());
+        let data = BTreeMap::from([("k".to_string(), VALUE.to_string())]);
+        client.write_data("ok", &data, 1).await.unwrap();
+        client.read_data("ok").await.unwrap();
+        client.write_data("denied", &data, 1).await.unwrap_err();
+        client.write_data("cas", &data, 1).await.unwrap_err();
+        std::fs::remove_file(jwt).unwrap();
+
+        let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(logs.contains("vault request"), "no log captured: {logs}");
+        assert!(logs.contains("/v1/secret/data/denied"), "{logs}");
+        assert_clean(&logs);
     }
 }
