@@ -1035,15 +1035,25 @@ not written: 1 copy blocked by an object push-to-k8s does not manage, 0 refused 
         };
         report.vault = vec![entry("db", "in-sync")];
         assert!(report.in_sync());
-        assert!(report.status_text(false).contains("vault: 1 of 1 entries in sync"));
+        assert!(
+            report
+                .status_text(false)
+                .contains("vault: 1 of 1 entries in sync")
+        );
         report.vault.push(entry("api", "stale"));
         report.vault.push(entry("old", "conflict"));
         assert!(!report.in_sync());
         let text = report.status_text(false);
         assert!(text.contains("but not every Vault entry"), "{text}");
         let plan = report.plan_text();
-        assert!(plan.contains("vault write secret/apps/api from src/api (stale)"), "{plan}");
-        assert!(!plan.contains("apps/old"), "a conflict is not written: {plan}");
+        assert!(
+            plan.contains("vault write secret/apps/api from src/api (stale)"),
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("apps/old"),
+            "a conflict is not written: {plan}"
+        );
         let json: serde_json::Value = serde_json::from_str(&report.status_json(false)).unwrap();
         assert_eq!(json["vault"][1]["state"], "stale");
     }
