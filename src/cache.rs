@@ -186,7 +186,7 @@ impl KindCaches {
     /// copy not made yet, the source that asks for that name.
     pub fn source_of(&self, key: &ObjectKey) -> Option<String> {
         if let Some(r) = self.replicas.get(key) {
-            return Some(r.source);
+            return Some(r.source.into());
         }
         self.sources.read(|sources| {
             sources

@@ -127,8 +127,8 @@ impl Gate<'_> {
 fn repair_of(caches: &Caches, key: &ObjectKey) -> Option<String> {
     let of = caches.of(key.kind);
     let copy = of.replicas.get(key)?;
-    let desired = of.sources.get(&copy.source)?.replica.hash;
-    (copy.hash.as_deref() == Some(desired.as_str())).then_some(desired)
+    let desired = of.sources.get(&copy.source.to_string())?.replica.hash;
+    copy.has_hash(&desired).then_some(desired)
 }
 
 async fn report_fight(caches: &Caches, writer: &Writer, key: &ObjectKey, delay: Duration) {

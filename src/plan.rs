@@ -201,7 +201,7 @@ pub fn in_sync(r: &ReplicaRecord, desired: &crate::replica::Replica) -> bool {
             .filter(|(k, _)| !markers.contains(&k.as_str()))
             .all(|(k, v)| have.get(k) == Some(v))
     };
-    r.hash.as_deref() == Some(desired.hash.as_str())
+    r.has_hash(&desired.hash)
         && r.markers
         && !r.content.foreign
         && r.content.our_keys == desired.keys_hash
@@ -240,7 +240,7 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
     let mut by_source: BTreeMap<&str, Copies<'_>> = BTreeMap::new();
     for (k, r) in world.replicas {
         by_source
-            .entry(r.source.as_str())
+            .entry(&*r.source)
             .or_default()
             .entry(k.namespace.as_str())
             .or_default()
@@ -316,23 +316,26 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
                 }),
                 (true, Some(r)) if in_sync(r, desired) => {}
                 (true, Some(r))
-                    if r.hash.as_deref() == Some(desired.hash.as_str())
-                        && world.accepted.get(&key) == Some(&r.resource_version) => {}
+                    if r.has_hash(&desired.hash)
+                        && world
+                            .accepted
+                            .get(&key)
+                            .is_some_and(|rv| r.resource_version == **rv) => {}
                 (true, Some(r)) if r.content.immutable => out.actions.push(Action::Replace {
                     kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
                     name: copy_name.to_string(),
-                    uid: r.uid.clone(),
-                    resource_version: r.resource_version.clone(),
+                    uid: r.uid.to_string(),
+                    resource_version: r.resource_version.to_string(),
                 }),
                 (true, Some(r)) => out.actions.push(Action::Update {
                     kind: world.kind,
                     namespace: ns.to_string(),
                     source: name.to_string(),
                     name: copy_name.to_string(),
-                    uid: r.uid.clone(),
-                    resource_version: r.resource_version.clone(),
+                    uid: r.uid.to_string(),
+                    resource_version: r.resource_version.to_string(),
                 }),
                 (false, Some(r)) => out.actions.push(delete(world.kind, ns, name, copy_name, r)),
                 (false, None) => {
@@ -398,8 +401,8 @@ fn delete(kind: Kind, ns: &str, source: &str, name: &str, r: &ReplicaRecord) -> 
         namespace: ns.to_string(),
         source: source.to_string(),
         name: name.to_string(),
-        uid: r.uid.clone(),
-        resource_version: r.resource_version.clone(),
+        uid: r.uid.to_string(),
+        resource_version: r.resource_version.to_string(),
     }
 }
 
@@ -934,7 +937,7 @@ mod tests {
         // Written: in sync, and ours under that name only.
         let (k, r) = copy("a", &s);
         assert_eq!(k.name, "db-copy");
-        assert_eq!(r.source, "db");
+        assert_eq!(&*r.source, "db");
         c.replicas.insert(k, r);
         assert_eq!(c.plan(&[DirtyKey::All]), Plan::default());
         let mut backup = Replica::render(&s, SRC).to_secret("a");

@@ -409,7 +409,7 @@ impl Writer {
         // only a label or annotation differs, so the server itself changed
         // our request (a mutating webhook or policy).
         let content_ours = record.as_ref().is_some_and(|(_, r)| {
-            r.hash.as_deref() == Some(desired.hash.as_str())
+            r.has_hash(&desired.hash)
                 && !r.content.foreign
                 && r.content.our_keys == desired.keys_hash
         });

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
 
 use crate::kinds::Kind;
-use crate::replica::{self, Replica};
+use crate::replica::{self, Replica, ShortHash};
 use crate::targets::NamespaceInfo;
 
 /// `(kind, namespace, name)` of a copy.
@@ -142,15 +142,23 @@ impl From<BTreeMap<String, String>> for Pairs {
 /// What we remember about one of our replicas: enough to decide "in sync",
 /// "update", "replace" or "delete" from its metadata alone (the replica watch
 /// never receives, let alone holds, a copy's data).
+///
+/// One per copy, so it is kept small (100,000 copies must fit the scale
+/// target): 128 bytes inline and, for a copy with no label or annotation of
+/// its own, one heap block (`source`, 32 bytes of malloc chunk), where
+/// strings and hex hashes took 168 bytes and five blocks (208 bytes of malloc
+/// chunks). `tests/record_memory.rs` counts both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaRecord {
     /// Name of the source (in the configured source namespace).
-    pub source: String,
-    pub uid: String,
-    pub resource_version: String,
+    pub source: Box<str>,
+    pub uid: Uid,
+    pub resource_version: ResourceVersion,
     /// Our content-hash annotation as found on the object: what our last
-    /// write set, type, data and immutability included.
-    pub hash: Option<String>,
+    /// write set, type, data and immutability included. `None` if it is
+    /// missing, or is not a hash as we write it (edited): equal to no
+    /// desired hash.
+    pub hash: Option<ShortHash>,
     /// Whether anyone changed the content since (from its managed fields).
     pub content: Content,
     /// The discovery labels hold what they must for this source and its
@@ -163,6 +171,129 @@ pub struct ReplicaRecord {
     /// Annotations other than our markers and kubectl's apply record (which
     /// can be large).
     pub annotations: Pairs,
+}
+
+impl ReplicaRecord {
+    /// Whether the copy's content-hash annotation is `hash` (as we write it).
+    pub fn has_hash(&self, hash: &str) -> bool {
+        self.hash.is_some_and(|h| h.is(hash))
+    }
+}
+
+/// A copy's uid, exactly as the API server gave it (delete and adoption
+/// preconditions send it back). A canonical UUID in lowercase hex, which is
+/// what the API server hands out, is kept as its 16 bytes (no heap block);
+/// anything else as the string it is, so [`Uid`]'s `Display` always gives
+/// back the original.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Uid {
+    /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase hex digits.
+    Uuid([u8; 16]),
+    /// Anything else (upper case, no hyphens, empty), verbatim.
+    Other(Box<str>),
+}
+
+impl Uid {
+    pub fn new(uid: &str) -> Uid {
+        Uid::uuid(uid).map_or_else(|| Uid::Other(uid.into()), Uid::Uuid)
+    }
+
+    fn uuid(uid: &str) -> Option<[u8; 16]> {
+        let b = uid.as_bytes();
+        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+            return None;
+        }
+        let mut digits = [0; 32];
+        let mut n = 0;
+        for &c in b.iter().filter(|&&c| c != b'-') {
+            *digits.get_mut(n)? = c;
+            n += 1;
+        }
+        replica::lower_hex(&digits[..n])
+    }
+}
+
+impl std::fmt::Display for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Uid::Uuid(bytes) => {
+                for (i, b) in bytes.iter().enumerate() {
+                    if matches!(i, 4 | 6 | 8 | 10) {
+                        f.write_str("-")?;
+                    }
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+            Uid::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::fmt::Debug for Uid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
+}
+
+/// A copy's resourceVersion, exactly as the API server gave it (update and
+/// delete preconditions send it back). Opaque by contract; today's API
+/// servers give decimal integers, kept as a number when the string is one
+/// in canonical form (no sign, no leading zero, fits 64 bits), so that
+/// `Display` gives back the original; anything else verbatim.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ResourceVersion {
+    Number(u64),
+    Other(Box<str>),
+}
+
+impl ResourceVersion {
+    pub fn new(rv: &str) -> ResourceVersion {
+        ResourceVersion::number(rv).map_or_else(
+            || ResourceVersion::Other(rv.into()),
+            ResourceVersion::Number,
+        )
+    }
+
+    /// The number `rv` spells if it is canonical decimal: the one string
+    /// that `u64`'s `Display` would give for it.
+    fn number(rv: &str) -> Option<u64> {
+        let canonical =
+            rv.bytes().all(|c| c.is_ascii_digit()) && (rv == "0" || !rv.starts_with('0'));
+        canonical.then(|| rv.parse().ok()).flatten()
+    }
+}
+
+/// Equal exactly when the strings are (a number is only ever kept for its
+/// canonical string, anything else verbatim).
+impl PartialEq<str> for ResourceVersion {
+    fn eq(&self, other: &str) -> bool {
+        match self {
+            ResourceVersion::Number(n) => ResourceVersion::number(other) == Some(*n),
+            ResourceVersion::Other(s) => **s == *other,
+        }
+    }
+}
+
+impl PartialEq<&str> for ResourceVersion {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
+impl std::fmt::Display for ResourceVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResourceVersion::Number(n) => write!(f, "{n}"),
+            ResourceVersion::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl std::fmt::Debug for ResourceVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
 }
 
 /// Labels every copy carries whose values follow from its source alone.
@@ -187,10 +318,10 @@ pub const MARKER_ANNOTATIONS: [&str; 3] = [
 /// from us (an apply); whoever removes one takes it from us. So our content
 /// hash annotation describes the data exactly while our field manager still
 /// owns every key we set and nobody else owns one we do not.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Content {
     /// [`replica::keys_hash`] of the data keys our field manager owns.
-    pub our_keys: String,
+    pub our_keys: ShortHash,
     /// Another manager owns a data key, or `immutable`, that we do not.
     pub foreign: bool,
     /// `immutable` is set on the copy (by us or anyone): only a delete and a
@@ -256,7 +387,9 @@ impl ReplicaRecord {
         };
         let mut annotations = meta.annotations.clone().unwrap_or_default();
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-        let hash = annotations.get(replica::HASH_ANNOTATION).cloned();
+        let hash = annotations
+            .get(replica::HASH_ANNOTATION)
+            .and_then(|h| ShortHash::parse(h));
         annotations.retain(|k, _| !MARKER_ANNOTATIONS.contains(&k.as_str()));
         let mut labels = meta.labels.clone().unwrap_or_default();
         let label = |k: &str| labels.get(k).map(String::as_str);
@@ -268,9 +401,11 @@ impl ReplicaRecord {
         Some((
             key,
             ReplicaRecord {
-                source,
-                uid: meta.uid.clone().unwrap_or_default(),
-                resource_version: meta.resource_version.clone().unwrap_or_default(),
+                source: source.into(),
+                uid: Uid::new(meta.uid.as_deref().unwrap_or_default()),
+                resource_version: ResourceVersion::new(
+                    meta.resource_version.as_deref().unwrap_or_default(),
+                ),
                 hash,
                 content: Content::from_managed_fields(meta.managed_fields.as_ref()),
                 markers,
@@ -457,6 +592,119 @@ mod tests {
             rec.annotations.keys().collect::<Vec<_>>(),
             ["push-to-k8s.io/namespaces"]
         );
+    }
+
+    // Preconditions must send back exactly the string the API server gave.
+    #[test]
+    fn uid_gives_back_exactly_the_string_it_was_made_from() {
+        let uuid = "0c9d4a7e-5b1f-4e2a-9c3d-00000000abcd";
+        assert!(matches!(Uid::new(uuid), Uid::Uuid(_)));
+        let others = [
+            "0C9D4A7E-5B1F-4E2A-9C3D-00000000ABCD",
+            "0c9d4a7e-5b1f-4e2a-9c3d-00000000ABCD",
+            "0c9d4a7e5b1f4e2a9c3d00000000abcd",
+            "0c9d4a7e-5b1f-4e2a-9c3d-00000000abc",
+            "0c9d4a7e-5b1f-4e2a-9c3d-00000000abcde",
+            "0c9d4a7e-5b1f-4e2a-9c3d0-0000000abcd",
+            "0c9d4a7e-5b1f-4e2a-9c3d--0000000abcd",
+            "0c9d4a7e-5b1f-4e2a-9c3d-00000000abcg",
+            "+c9d4a7e-5b1f-4e2a-9c3d-00000000abcd",
+            "uid-team-a",
+            "",
+        ];
+        for s in others {
+            assert!(matches!(Uid::new(s), Uid::Other(_)), "{s:?}");
+        }
+        for s in [uuid, "00000000-0000-0000-0000-000000000000"]
+            .into_iter()
+            .chain(others)
+        {
+            assert_eq!(Uid::new(s).to_string(), s);
+            assert_eq!(format!("{:?}", Uid::new(s)), format!("{s:?}"));
+        }
+        // Different strings, different uids.
+        assert_ne!(Uid::new(uuid), Uid::new(&uuid.to_uppercase()));
+    }
+
+    #[test]
+    fn resource_version_gives_back_exactly_the_string_it_was_made_from() {
+        for s in ["0", "7", "1234567", "18446744073709551615"] {
+            assert!(
+                matches!(ResourceVersion::new(s), ResourceVersion::Number(_)),
+                "{s:?}"
+            );
+        }
+        let others = [
+            "",
+            "07",
+            "00",
+            "+7",
+            "-7",
+            " 7",
+            "7 ",
+            "18446744073709551616",
+            "1e3",
+            "abc",
+        ];
+        for s in others {
+            assert!(
+                matches!(ResourceVersion::new(s), ResourceVersion::Other(_)),
+                "{s:?}"
+            );
+        }
+        for s in ["0", "7", "1234567", "18446744073709551615"]
+            .into_iter()
+            .chain(others)
+        {
+            let rv = ResourceVersion::new(s);
+            assert_eq!(rv.to_string(), s);
+            assert_eq!(format!("{rv:?}"), format!("{s:?}"));
+            // Equal to a string exactly when the strings are equal.
+            for t in ["0", "7", "07", "1234567", "+7", "", "abc"] {
+                assert_eq!(rv == *t, s == t, "{s:?} == {t:?}");
+                assert_eq!(rv == ResourceVersion::new(t), s == t, "{s:?} == {t:?}");
+            }
+        }
+    }
+
+    // An annotation someone edited compares unequal to every real hash.
+    #[test]
+    fn a_hash_annotation_not_as_we_write_it_matches_nothing() {
+        let copy = |hash: Option<&str>| {
+            let mut annotations = vec![(replica::SOURCE_ANNOTATION, "src/db")];
+            annotations.extend(hash.map(|h| (replica::HASH_ANNOTATION, h)));
+            let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
+            ReplicaRecord::from_meta(Kind::Secret, &meta(&[managed], &annotations), "src")
+                .unwrap()
+                .1
+        };
+        let real = "0123456789abcdef0123456789abcdef";
+        let r = copy(Some(real));
+        assert!(r.has_hash(real));
+        assert_eq!(r.hash.unwrap().to_string(), real);
+        for edited in [
+            "0123456789ABCDEF0123456789ABCDEF",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123abcd",
+            "",
+        ] {
+            let r = copy(Some(edited));
+            assert_eq!(r.hash, None, "{edited:?}");
+            assert!(!r.has_hash(edited) && !r.has_hash(real), "{edited:?}");
+        }
+        assert!(!copy(None).has_hash(real));
+    }
+
+    // One record per copy: 100,000 copies must fit the scale target
+    // (tests/record_memory.rs counts the heap as well).
+    #[test]
+    fn a_replica_record_stays_small() {
+        assert!(std::mem::size_of::<ReplicaRecord>() <= 128);
+        assert_eq!(std::mem::size_of::<Uid>(), 24);
+        // The number lives where the string's length would (niche).
+        assert_eq!(std::mem::size_of::<ResourceVersion>(), 16);
+        assert_eq!(std::mem::size_of::<Option<ShortHash>>(), 17);
     }
 
     #[test]

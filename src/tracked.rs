@@ -146,7 +146,7 @@ pub fn replicas(
         dirty: Arc::new(
             |k: &ObjectKey, old: Option<&ReplicaRecord>, new: Option<&ReplicaRecord>| {
                 new.or(old)
-                    .map(|r| DirtyKey::Source(k.kind, r.source.clone()))
+                    .map(|r| DirtyKey::Source(k.kind, r.source.to_string()))
             },
         ),
     }

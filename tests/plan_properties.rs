@@ -1149,7 +1149,7 @@ fn check_ingest_keeps_exactly_the_copies(spec: &Spec) -> Result<(), TestCaseErro
         );
         if let Some((rk, r)) = record {
             prop_assert_eq!(&rk, k);
-            prop_assert_eq!(&r.source, &k.name);
+            prop_assert_eq!(&*r.source, k.name.as_str());
         }
     }
     Ok(())
