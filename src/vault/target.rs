@@ -8,10 +8,11 @@
 //! write gate as every other write (only the leader writes). A failure holds
 //! that source with exponential backoff; the others go on.
 //!
-//! What it knows of entries lives in memory: the path, version and content
-//! hash of each entry it wrote or found in sync. A source event is planned
-//! from that (a changed value costs the two writes and no read); a check, a
-//! retry and the first look at a source read the entry's metadata first.
+//! Every look at an entry reads its metadata first (one request), so an
+//! entry someone took over since (their custom metadata, which does not bump
+//! the version a check-and-set guards) is never written. What it knows in
+//! memory is the path and preserve flag of each entry it wrote or found in
+//! sync, which it needs when the source, or its path, goes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -88,12 +89,11 @@ pub enum Work {
     All,
 }
 
-/// An entry the worker wrote or found in sync.
+/// An entry the worker wrote or found in sync: what it needs when the
+/// source, or its path, goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Known {
     path: String,
-    version: u64,
-    hash: String,
     preserve: bool,
 }
 
@@ -132,8 +132,8 @@ pub struct Target<S: Store> {
     /// The refusal last reported per source and object (one Event per change).
     refused: HashMap<SourceId, (String, String)>,
     retry: RetryQueue<SourceId>,
-    /// Sources to look at, and whether their metadata must be read first.
-    pending: BTreeMap<SourceId, bool>,
+    /// Sources to look at.
+    pending: BTreeSet<SourceId>,
     logins_seen: u64,
 }
 
@@ -163,7 +163,7 @@ impl<S: Store> Target<S> {
             failures: HashMap::new(),
             refused: HashMap::new(),
             retry: RetryQueue::new(),
-            pending: BTreeMap::new(),
+            pending: BTreeSet::new(),
             logins_seen: 0,
         }
     }
@@ -187,11 +187,11 @@ impl<S: Store> Target<S> {
                 .vault_pending
                 .set(self.pending.len().max(self.retry.len()) as i64);
             if self.gate.open()
-                && let Some((id, fresh)) = self.pending.pop_first()
+                && let Some(id) = self.pending.pop_first()
             {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    () = self.reconcile(&id, fresh) => {}
+                    () = self.reconcile(&id) => {}
                 }
                 continue;
             }
@@ -202,7 +202,7 @@ impl<S: Store> Target<S> {
                     None => break,
                 },
                 id = self.retry.next() => {
-                    self.pending.insert(id, true);
+                    self.pending.insert(id);
                 }
                 _ = check.tick() => self.take(Work::All),
                 Ok(()) = leading.changed() => {
@@ -220,8 +220,7 @@ impl<S: Store> Target<S> {
                 for id in ids {
                     // A source in backoff waits for its retry.
                     if !self.retry.holds(&id) {
-                        let fresh = !self.known.contains_key(&id);
-                        *self.pending.entry(id).or_insert(fresh) |= fresh;
+                        self.pending.insert(id);
                     }
                 }
             }
@@ -241,15 +240,15 @@ impl<S: Store> Target<S> {
                 }
                 for id in ids {
                     self.retry.succeeded(&id);
-                    self.pending.insert(id, true);
+                    self.pending.insert(id);
                 }
             }
         }
     }
 
     /// Bring one source's entry where it should be.
-    async fn reconcile(&mut self, id: &SourceId, fresh: bool) {
-        match self.reconcile_inner(id, fresh).await {
+    async fn reconcile(&mut self, id: &SourceId) {
+        match self.reconcile_inner(id).await {
             Ok(()) => {
                 self.retry.succeeded(id);
                 if self.failures.remove(id).is_some() {
@@ -291,11 +290,7 @@ impl<S: Store> Target<S> {
         }
     }
 
-    async fn reconcile_inner(
-        &mut self,
-        id: &SourceId,
-        fresh: bool,
-    ) -> Result<(), (String, S::Error)> {
+    async fn reconcile_inner(&mut self, id: &SourceId) -> Result<(), (String, S::Error)> {
         let source = self
             .settings
             .kinds
@@ -361,37 +356,17 @@ impl<S: Store> Target<S> {
             return Ok(());
         };
         let path = desired.path.clone();
-        self.converge(id, &desired, fresh)
-            .await
-            .map_err(|e| (path, e))
+        self.converge(id, &desired).await.map_err(|e| (path, e))
     }
 
-    async fn converge(
-        &mut self,
-        id: &SourceId,
-        desired: &Desired,
-        fresh: bool,
-    ) -> Result<(), S::Error> {
+    async fn converge(&mut self, id: &SourceId, desired: &Desired) -> Result<(), S::Error> {
         let ns = self.settings.source_namespace.clone();
-        let known = self
-            .known
-            .get(id)
-            .filter(|k| k.path == desired.path && !fresh);
-        let observed = match known {
-            Some(k) => Some(Observed {
-                current_version: k.version,
-                custom: entry::custom_metadata(&ns, id, &k.hash, k.version),
-                current_deleted: false,
-            }),
-            None => {
-                self.call("read", |s| s.read_metadata(&desired.path))
-                    .await?
-            }
-        };
+        let observed = self
+            .call("read", |s| s.read_metadata(&desired.path))
+            .await?;
         match entry::step(desired, observed.as_ref(), &ns, id) {
             Step::Nothing => {
-                let version = observed.map_or(0, |o| o.current_version);
-                self.remember(id, desired, version);
+                self.remember(id, desired);
                 self.conflicts.remove(id);
                 Ok(())
             }
@@ -405,7 +380,7 @@ impl<S: Store> Target<S> {
                     let custom = entry::custom_metadata(&ns, id, &desired.hash, cas);
                     self.call("metadata", |s| s.write_metadata(&desired.path, &custom))
                         .await?;
-                    self.remember(id, desired, cas);
+                    self.remember(id, desired);
                     self.conflicts.remove(id);
                     Ok(())
                 } else {
@@ -437,7 +412,7 @@ impl<S: Store> Target<S> {
             entry::custom_metadata(&self.settings.source_namespace, id, &desired.hash, version);
         self.call("metadata", |s| s.write_metadata(&desired.path, &custom))
             .await?;
-        self.remember(id, desired, version);
+        self.remember(id, desired);
         self.conflicts.remove(id);
         let what = if reason == "VaultAdopted" {
             "adopted"
@@ -503,13 +478,11 @@ impl<S: Store> Target<S> {
             .await;
     }
 
-    fn remember(&mut self, id: &SourceId, desired: &Desired, version: u64) {
+    fn remember(&mut self, id: &SourceId, desired: &Desired) {
         self.known.insert(
             id.clone(),
             Known {
                 path: desired.path.clone(),
-                version,
-                hash: desired.hash.clone(),
                 preserve: desired.preserve,
             },
         );
@@ -779,7 +752,7 @@ mod tests {
         let mut t = target(&fake, &caches, false);
         let path = [(entry::PATH_ANNOTATION, "team/db")];
         set(&caches, Some(&secret(&path, "s3cret")));
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         assert_eq!(
             fake.take_requests(),
             [
@@ -789,17 +762,19 @@ mod tests {
             ]
         );
         assert_eq!(fake.data("team/db").unwrap()["password"], "s3cret");
-        // In sync: a check reads the metadata only; an event costs nothing.
-        t.reconcile(&id(), true).await;
+        // In sync: one read, nothing written.
+        t.reconcile(&id()).await;
         assert_eq!(fake.take_requests(), ["read_metadata team/db"]);
-        t.reconcile(&id(), false).await;
-        assert!(fake.take_requests().is_empty());
-        // A new value: two writes, no read.
+        // A new value: a read (whose is it now?), then two writes.
         set(&caches, Some(&secret(&path, "rotated")));
-        t.reconcile(&id(), false).await;
+        t.reconcile(&id()).await;
         assert_eq!(
             fake.take_requests(),
-            ["write_data team/db cas=1", "write_metadata team/db"]
+            [
+                "read_metadata team/db",
+                "write_data team/db cas=1",
+                "write_metadata team/db"
+            ]
         );
         // Edited in Vault: the check restores it.
         fake.entries
@@ -809,12 +784,12 @@ mod tests {
             .unwrap()
             .versions
             .push(Some(BTreeMap::new()));
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         assert_eq!(fake.data("team/db").unwrap()["password"], "rotated");
         fake.take_requests();
         // The source goes: the entry goes (ownership checked first).
         set(&caches, None);
-        t.reconcile(&id(), false).await;
+        t.reconcile(&id()).await;
         assert_eq!(
             fake.take_requests(),
             ["read_metadata team/db", "delete_all team/db"]
@@ -839,9 +814,9 @@ mod tests {
             &caches,
             Some(&secret(&[(entry::PATH_ANNOTATION, "team/db")], "x")),
         );
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         set(&caches, None);
-        t.reconcile(&id(), false).await;
+        t.reconcile(&id()).await;
         assert_eq!(fake.take_requests(), ["read_metadata team/db"]);
         let after = fake.entries.lock().unwrap()["team/db"].clone();
         assert_eq!(
@@ -859,7 +834,7 @@ mod tests {
                 "x",
             )),
         );
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         assert_eq!(fake.data("team/db").unwrap()["password"], "x");
         assert_eq!(
             entry::owner(
@@ -879,13 +854,13 @@ mod tests {
             &caches,
             Some(&secret(&[(entry::PATH_ANNOTATION, "a")], "x")),
         );
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         // Moved: the new one written, the old one deleted.
         set(
             &caches,
             Some(&secret(&[(entry::PATH_ANNOTATION, "b")], "x")),
         );
-        t.reconcile(&id(), false).await;
+        t.reconcile(&id()).await;
         assert!(fake.data("a").is_none() && fake.data("b").is_some());
         set(
             &caches,
@@ -897,10 +872,10 @@ mod tests {
                 "x",
             )),
         );
-        t.reconcile(&id(), false).await;
+        t.reconcile(&id()).await;
         set(&caches, None);
         fake.take_requests();
-        t.reconcile(&id(), false).await;
+        t.reconcile(&id()).await;
         assert!(fake.take_requests().is_empty());
         assert!(fake.data("b").is_some());
     }
@@ -914,7 +889,7 @@ mod tests {
             Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "x")),
         );
         fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         assert!(t.retry.holds(&id()));
         assert!(matches!(t.standings()[&id()], Standing::Failing(_)));
         assert_eq!(t.metrics.vault_up.get(), 0);
@@ -923,7 +898,7 @@ mod tests {
         assert!(t.pending.is_empty());
         fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
         let due = t.retry.next().await;
-        t.reconcile(&due, true).await;
+        t.reconcile(&due).await;
         assert_eq!(fake.data("p").unwrap()["password"], "x");
         assert_eq!(t.standings()[&id()], Standing::InSync);
         assert_eq!(t.metrics.vault_up.get(), 1);
@@ -940,14 +915,37 @@ mod tests {
         // Our data write happened, our metadata write did not.
         let data = BTreeMap::from([("password".to_string(), "x".to_string())]);
         fake.write_data("p", &data, 0).await.unwrap();
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         assert_eq!(t.standings()[&id()], Standing::InSync);
         // The same shape with other values is someone else's.
         fake.entries.lock().unwrap().clear();
         let other = BTreeMap::from([("password".to_string(), "y".to_string())]);
         fake.write_data("p", &other, 0).await.unwrap();
-        t.reconcile(&id(), true).await;
+        t.reconcile(&id()).await;
         assert!(matches!(t.standings()[&id()], Standing::Conflict(_)));
         assert_eq!(fake.data("p").unwrap(), other);
+    }
+
+    // Found by tests/e2e_vault.rs: an entry whose custom metadata someone
+    // replaced (taking it over) was overwritten by the next source change,
+    // planned from memory without a read: a metadata change does not bump
+    // the version, so the check-and-set write went through.
+    #[tokio::test]
+    async fn an_entry_taken_over_in_vault_is_not_overwritten_by_the_next_change() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        let path = [(entry::PATH_ANNOTATION, "p")];
+        set(&caches, Some(&secret(&path, "x")));
+        t.reconcile(&id()).await;
+        let theirs = BTreeMap::from([("owner".to_string(), "team-b".to_string())]);
+        fake.entries.lock().unwrap().get_mut("p").unwrap().custom = theirs.clone();
+        set(&caches, Some(&secret(&path, "y")));
+        t.take(Work::Sources(vec![id()]));
+        let id = t.pending.pop_first().unwrap();
+        t.reconcile(&id).await;
+        let entry = fake.entries.lock().unwrap()["p"].clone();
+        assert_eq!(entry.custom, theirs);
+        assert_eq!(entry.versions.len(), 1, "their entry was written");
+        assert!(matches!(t.standings()[&id], Standing::Conflict(_)));
     }
 }
