@@ -698,6 +698,16 @@ async fn create_update_and_delete_reach_vault_with_key_filters_and_prefix() {
                 .await
         }
     };
+    // Quiet first: the start's look at every source is done.
+    until("no Vault work pending", WAIT, || async {
+        let n = daemon.metric_sum("push_to_k8s_vault_pending", &[]).await;
+        if n == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} pending"))
+        }
+    })
+    .await;
     let before = [
         requests("read").await,
         requests("write").await,

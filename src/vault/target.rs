@@ -95,6 +95,9 @@ pub enum Work {
 struct Known {
     path: String,
     preserve: bool,
+    /// The content hash it was written or found with: a source event that
+    /// leaves it unchanged (one of its copies changed) costs no request.
+    hash: String,
 }
 
 /// Where one source stands in Vault, for `status` and the tests' metrics.
@@ -134,6 +137,9 @@ pub struct Target<S: Store> {
     retry: RetryQueue<SourceId>,
     /// Sources to look at.
     pending: BTreeSet<SourceId>,
+    /// Of those, the ones to look at in Vault even if the source did not
+    /// change: a check, a retry.
+    looks: BTreeSet<SourceId>,
     logins_seen: u64,
 }
 
@@ -164,6 +170,7 @@ impl<S: Store> Target<S> {
             refused: HashMap::new(),
             retry: RetryQueue::new(),
             pending: BTreeSet::new(),
+            looks: BTreeSet::new(),
             logins_seen: 0,
         }
     }
@@ -177,7 +184,10 @@ impl<S: Store> Target<S> {
         mut leading: tokio::sync::watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) {
-        let mut check = tokio::time::interval(self.settings.check_interval);
+        // The first look at everything comes from the control loop's first
+        // flush (`Work::All`, also on becoming the leader); checks follow.
+        let every = self.settings.check_interval;
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while let Ok(w) = work.try_recv() {
@@ -202,6 +212,7 @@ impl<S: Store> Target<S> {
                     None => break,
                 },
                 id = self.retry.next() => {
+                    self.looks.insert(id.clone());
                     self.pending.insert(id);
                 }
                 _ = check.tick() => self.take(Work::All),
@@ -240,6 +251,7 @@ impl<S: Store> Target<S> {
                 }
                 for id in ids {
                     self.retry.succeeded(&id);
+                    self.looks.insert(id.clone());
                     self.pending.insert(id);
                 }
             }
@@ -248,7 +260,8 @@ impl<S: Store> Target<S> {
 
     /// Bring one source's entry where it should be.
     async fn reconcile(&mut self, id: &SourceId) {
-        match self.reconcile_inner(id).await {
+        let look = self.looks.remove(id);
+        match self.reconcile_inner(id, look).await {
             Ok(()) => {
                 self.retry.succeeded(id);
                 if self.failures.remove(id).is_some() {
@@ -290,7 +303,11 @@ impl<S: Store> Target<S> {
         }
     }
 
-    async fn reconcile_inner(&mut self, id: &SourceId) -> Result<(), (String, S::Error)> {
+    async fn reconcile_inner(
+        &mut self,
+        id: &SourceId,
+        look: bool,
+    ) -> Result<(), (String, S::Error)> {
         let source = self
             .settings
             .kinds
@@ -355,6 +372,12 @@ impl<S: Store> Target<S> {
             self.conflicts.remove(id);
             return Ok(());
         };
+        let unchanged = self.known.get(id).is_some_and(|k| {
+            k.path == desired.path && k.hash == desired.hash && k.preserve == desired.preserve
+        });
+        if unchanged && !look {
+            return Ok(());
+        }
         let path = desired.path.clone();
         self.converge(id, &desired).await.map_err(|e| (path, e))
     }
@@ -484,6 +507,7 @@ impl<S: Store> Target<S> {
             Known {
                 path: desired.path.clone(),
                 preserve: desired.preserve,
+                hash: desired.hash.clone(),
             },
         );
     }
@@ -742,6 +766,12 @@ mod tests {
         caches.of(Kind::Secret).sources.set("db".into(), rec);
     }
 
+    /// Look at the source's entry, as a check or a retry does.
+    async fn look(t: &mut Target<Arc<Fake>>) {
+        t.looks.insert(id());
+        t.reconcile(&id()).await;
+    }
+
     fn caches() -> Arc<Caches> {
         Arc::new(Caches::for_kinds(&[Kind::Secret], &[Kind::Secret]))
     }
@@ -752,7 +782,7 @@ mod tests {
         let mut t = target(&fake, &caches, false);
         let path = [(entry::PATH_ANNOTATION, "team/db")];
         set(&caches, Some(&secret(&path, "s3cret")));
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert_eq!(
             fake.take_requests(),
             [
@@ -762,12 +792,19 @@ mod tests {
             ]
         );
         assert_eq!(fake.data("team/db").unwrap()["password"], "s3cret");
-        // In sync: one read, nothing written.
-        t.reconcile(&id()).await;
+        // In sync: a check reads, writes nothing; an event that leaves the
+        // entry as it is (a copy of the source changed) costs nothing.
+        t.take(Work::All);
+        let next = t.pending.pop_first().unwrap();
+        t.reconcile(&next).await;
         assert_eq!(fake.take_requests(), ["read_metadata team/db"]);
+        t.take(Work::Sources(vec![id()]));
+        let next = t.pending.pop_first().unwrap();
+        t.reconcile(&next).await;
+        assert!(fake.take_requests().is_empty());
         // A new value: a read (whose is it now?), then two writes.
         set(&caches, Some(&secret(&path, "rotated")));
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert_eq!(
             fake.take_requests(),
             [
@@ -784,12 +821,12 @@ mod tests {
             .unwrap()
             .versions
             .push(Some(BTreeMap::new()));
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert_eq!(fake.data("team/db").unwrap()["password"], "rotated");
         fake.take_requests();
         // The source goes: the entry goes (ownership checked first).
         set(&caches, None);
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert_eq!(
             fake.take_requests(),
             ["read_metadata team/db", "delete_all team/db"]
@@ -814,9 +851,9 @@ mod tests {
             &caches,
             Some(&secret(&[(entry::PATH_ANNOTATION, "team/db")], "x")),
         );
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         set(&caches, None);
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert_eq!(fake.take_requests(), ["read_metadata team/db"]);
         let after = fake.entries.lock().unwrap()["team/db"].clone();
         assert_eq!(
@@ -834,7 +871,7 @@ mod tests {
                 "x",
             )),
         );
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert_eq!(fake.data("team/db").unwrap()["password"], "x");
         assert_eq!(
             entry::owner(
@@ -854,13 +891,13 @@ mod tests {
             &caches,
             Some(&secret(&[(entry::PATH_ANNOTATION, "a")], "x")),
         );
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         // Moved: the new one written, the old one deleted.
         set(
             &caches,
             Some(&secret(&[(entry::PATH_ANNOTATION, "b")], "x")),
         );
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert!(fake.data("a").is_none() && fake.data("b").is_some());
         set(
             &caches,
@@ -872,10 +909,10 @@ mod tests {
                 "x",
             )),
         );
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         set(&caches, None);
         fake.take_requests();
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert!(fake.take_requests().is_empty());
         assert!(fake.data("b").is_some());
     }
@@ -889,7 +926,7 @@ mod tests {
             Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "x")),
         );
         fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert!(t.retry.holds(&id()));
         assert!(matches!(t.standings()[&id()], Standing::Failing(_)));
         assert_eq!(t.metrics.vault_up.get(), 0);
@@ -915,13 +952,13 @@ mod tests {
         // Our data write happened, our metadata write did not.
         let data = BTreeMap::from([("password".to_string(), "x".to_string())]);
         fake.write_data("p", &data, 0).await.unwrap();
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert_eq!(t.standings()[&id()], Standing::InSync);
         // The same shape with other values is someone else's.
         fake.entries.lock().unwrap().clear();
         let other = BTreeMap::from([("password".to_string(), "y".to_string())]);
         fake.write_data("p", &other, 0).await.unwrap();
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         assert!(matches!(t.standings()[&id()], Standing::Conflict(_)));
         assert_eq!(fake.data("p").unwrap(), other);
     }
@@ -936,7 +973,7 @@ mod tests {
         let mut t = target(&fake, &caches, false);
         let path = [(entry::PATH_ANNOTATION, "p")];
         set(&caches, Some(&secret(&path, "x")));
-        t.reconcile(&id()).await;
+        look(&mut t).await;
         let theirs = BTreeMap::from([("owner".to_string(), "team-b".to_string())]);
         fake.entries.lock().unwrap().get_mut("p").unwrap().custom = theirs.clone();
         set(&caches, Some(&secret(&path, "y")));
