@@ -335,14 +335,15 @@ pub fn deletable(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::ObjectMeta;
 
-    fn source(annotations: &[(&str, &str)], data: &[(&str, &[u8])]) -> SourceRecord {
-        let s = Secret {
+    /// Source `src/db`, labelled, with these annotations and data.
+    pub(crate) fn secret(annotations: &[(&str, &str)], data: &[(&str, &[u8])]) -> Secret {
+        Secret {
             metadata: ObjectMeta {
                 name: Some("db".into()),
                 namespace: Some("src".into()),
@@ -362,11 +363,16 @@ mod tests {
                     .collect(),
             ),
             ..Default::default()
-        };
-        SourceRecord::from_secret(&s, "src").unwrap().1
+        }
     }
 
-    fn id() -> SourceId {
+    fn source(annotations: &[(&str, &str)], data: &[(&str, &[u8])]) -> SourceRecord {
+        SourceRecord::from_secret(&secret(annotations, data), "src")
+            .unwrap()
+            .1
+    }
+
+    pub(crate) fn id() -> SourceId {
         SourceId {
             kind: Kind::Secret,
             name: "db".into(),

@@ -582,9 +582,7 @@ impl<S: Store> Target<S> {
 mod tests {
     use super::*;
     use crate::records::SourceRecord;
-    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
-    use kube::api::ObjectMeta;
     use std::sync::Mutex;
 
     /// An in-memory KV v2 mount with Vault's check-and-set rules.
@@ -696,34 +694,10 @@ mod tests {
     }
 
     fn secret(annotations: &[(&str, &str)], value: &str) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some("db".into()),
-                namespace: Some("src".into()),
-                uid: Some("u1".into()),
-                labels: Some(BTreeMap::from([("push-to-k8s".into(), "source".into())])),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(
-                "password".to_string(),
-                ByteString(value.as_bytes().to_vec()),
-            )])),
-            ..Default::default()
-        }
+        entry::tests::secret(annotations, &[("password", value.as_bytes())])
     }
 
-    fn id() -> SourceId {
-        SourceId {
-            kind: Kind::Secret,
-            name: "db".into(),
-        }
-    }
+    use crate::vault::entry::tests::id;
 
     fn target(fake: &Arc<Fake>, caches: &Arc<Caches>, allow_adoption: bool) -> Target<Arc<Fake>> {
         let (service, _handle) = tower_test::mock::pair::<
