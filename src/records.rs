@@ -199,17 +199,17 @@ impl Uid {
     }
 
     fn uuid(uid: &str) -> Option<[u8; 16]> {
+        const HYPHENS: [usize; 4] = [8, 13, 18, 23];
         let b = uid.as_bytes();
-        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
+        if b.len() != 36 || HYPHENS.iter().any(|&i| b[i] != b'-') {
             return None;
         }
         let mut digits = [0; 32];
-        let mut n = 0;
-        for &c in b.iter().filter(|&&c| c != b'-') {
-            *digits.get_mut(n)? = c;
-            n += 1;
+        let hex = (0..36).filter(|i| !HYPHENS.contains(i)).map(|i| b[i]);
+        for (d, c) in digits.iter_mut().zip(hex) {
+            *d = c;
         }
-        replica::lower_hex(&digits[..n])
+        replica::lower_hex(&digits)
     }
 }
 
