@@ -4,6 +4,7 @@
 //!
 //! Issue 8 adds memory with both kinds (Secret and ConfigMap copies,
 //! unrelated ConfigMaps) and scale (up to 100,000 copies seeded in sync).
+//! Issue 10 adds `vault`: the Vault KV v2 target against a dev Vault.
 //!
 //! ```text
 //! cargo bench --bench scale                 # quick size, a few minutes
@@ -68,6 +69,7 @@ mod restart;
 mod scale;
 mod setup;
 mod steady;
+mod vault;
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -243,6 +245,7 @@ async fn run(
             "propagation" => bench.propagation().await,
             "kinds" => bench.kinds().await,
             "scale" => bench.scale().await,
+            "vault" => bench.vault().await,
             _ => bench.memory().await,
         };
         if let Err(e) = r {

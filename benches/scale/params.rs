@@ -26,6 +26,11 @@ pub struct Params {
     /// size adds namespaces and copies to the last), and sources.
     pub scale_ns: Vec<usize>,
     pub scale_sources: usize,
+    /// Scenario 10 (Vault): target namespaces of the one source (part A),
+    /// sources each with its own Vault path (part B), VAULT_RATE_LIMIT.
+    pub vault_ns: usize,
+    pub vault_sources: usize,
+    pub vault_rate: u32,
     pub scenarios: Vec<String>,
     pub keep_cp: bool,
     pub plot: bool,
@@ -35,16 +40,18 @@ pub struct Params {
 }
 
 /// In the order they run; `scale` last, as it leaves the most namespaces behind.
-pub const SCENARIOS: &[&str] = &["burst", "propagation", "memory", "kinds", "scale"];
+pub const SCENARIOS: &[&str] = &["burst", "propagation", "memory", "kinds", "vault", "scale"];
 
 const USAGE: &str = "\
 usage: cargo bench --bench scale -- [options]
 
   --full                 the issues' sizes: N in {100,500,1000} x 5 runs, burst 100
                          sources x 100 namespaces, memory and kinds 1000 namespaces x 20
-                         sources, scale {1000,2500,5000} namespaces x 20 sources
+                         sources, scale {1000,2500,5000} namespaces x 20 sources,
+                         vault 1 source x 1000 namespaces and 100 sources
   --prop-n A,B,..        propagation target namespace counts (quick: 50,100)
-  --runs K               propagation runs per N, median reported (quick: 3, full: 5)
+  --runs K               propagation runs per N, and vault part A updates; median
+                         reported (quick: 3, full: 5)
   --burst-sources S      sources changed within 2 s (quick: 20, full: 100)
   --burst-n N            target namespaces of the burst (quick: 50, full: 100)
   --burst-b B            SECRET_SYNC_RATE_BURST of the burst scenario (default 10)
@@ -56,7 +63,12 @@ usage: cargo bench --bench scale -- [options]
   --scale-n A,B,..       scale: target namespace counts, measured in ascending order,
                          copies seeded once and added to (quick: 200, full: 1000,2500,5000)
   --scale-sources S      scale: sources (quick: 5, full: 20)
-  --only a,b             run only these of: burst, propagation, memory, kinds, scale
+  --vault-n N            vault part A: target namespaces of the one source (quick: 100,
+                         full: 1000)
+  --vault-sources S      vault part B: sources, each with its own Vault path (quick: 20,
+                         full: 100)
+  --vault-rate V         VAULT_RATE_LIMIT of the vault scenario (default 100, 1-100)
+  --only a,b             run only these of: burst, propagation, memory, kinds, vault, scale
                          (memory also measures steady state, CPU and restart)
   --keep-cp              leave the bench control plane up at the end
   --no-plot              do not draw the PNG plots (no Python venv needed)
@@ -86,6 +98,9 @@ impl Params {
             unrelated: 0,
             scale_ns: vec![200],
             scale_sources: 5,
+            vault_ns: 100,
+            vault_sources: 20,
+            vault_rate: 100,
             scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
             keep_cp: false,
             plot: true,
@@ -101,6 +116,8 @@ impl Params {
             p.mem_sources = 20;
             p.scale_ns = vec![1000, 2500, 5000];
             p.scale_sources = 20;
+            p.vault_ns = 1000;
+            p.vault_sources = 100;
         }
         let mut unrelated = None;
         let mut it = args.into_iter();
@@ -123,6 +140,9 @@ impl Params {
                 "--unrelated" => unrelated = Some(value()?.parse()?),
                 "--scale-n" => p.scale_ns = list(&value()?)?,
                 "--scale-sources" => p.scale_sources = value()?.parse()?,
+                "--vault-n" => p.vault_ns = value()?.parse()?,
+                "--vault-sources" => p.vault_sources = value()?.parse()?,
+                "--vault-rate" => p.vault_rate = value()?.parse()?,
                 "--only" => {
                     p.scenarios = value()?.split(',').map(|s| s.trim().to_string()).collect();
                     if let Some(bad) = p
@@ -154,11 +174,16 @@ impl Params {
             || p.scale_ns.is_empty()
             || p.scale_ns.contains(&0)
             || p.scale_sources == 0
+            || p.vault_ns == 0
+            || p.vault_sources == 0
         {
             bail!("counts must be at least 1");
         }
         if !(1..=100).contains(&p.burst_b) {
             bail!("--burst-b must be from 1 to 100 (SECRET_SYNC_RATE_BURST)");
+        }
+        if !(1..=100).contains(&p.vault_rate) {
+            bail!("--vault-rate must be from 1 to 100 (VAULT_RATE_LIMIT)");
         }
         Ok(p)
     }
