@@ -302,15 +302,22 @@ async fn configmaps_switched_off_are_neither_watched_nor_written() {
     );
     env.await_copies(std::slice::from_ref(&t0), &secret, &[("k", "v")])
         .await;
-    assert!(
-        daemon
+    // The counter moves when the flush that deleted the copy ends, which
+    // can be a moment after the copy is gone: poll it.
+    until("the ConfigMap delete counted", WAIT, || async {
+        let deletes = daemon
             .metric_sum(
                 "push_to_k8s_writes_total",
-                &["kind=\"configmap\"", "op=\"delete\""]
+                &["kind=\"configmap\"", "op=\"delete\""],
             )
-            .await
-            >= 1.0
-    );
+            .await;
+        if deletes >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{deletes} deletes counted"))
+        }
+    })
+    .await;
     let status = daemon.stop();
     assert!(status.success(), "{status}");
     purge_config_map_copies(&env).await;
