@@ -35,8 +35,8 @@ fn target_name(i: usize) -> String {
     format!("{TARGET_PREFIX}{i:04}")
 }
 
-/// Deterministic filler bytes (no secret, just a realistic size).
-fn filler(seed: &str, len: usize) -> Vec<u8> {
+/// Deterministic filler bytes (no secret, just a realistic size), printable.
+pub fn filler(seed: &str, len: usize) -> Vec<u8> {
     let mut x: u64 = 0xcbf2_9ce4_8422_2325;
     for b in seed.bytes() {
         x = (x ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);

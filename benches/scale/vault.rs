@@ -75,21 +75,7 @@ fn entry_path(name: &str) -> String {
 
 /// Deterministic printable filler (KV v2 holds text; no secret, a realistic size).
 fn text(seed: &str, len: usize) -> String {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    for b in seed.bytes() {
-        x = (x ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(
-                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-                    [(x % 64) as usize],
-            )
-        })
-        .collect()
+    String::from_utf8(crate::cluster::filler(seed, len)).expect("filler is ASCII")
 }
 
 fn password(name: &str, version: u64) -> ByteString {
