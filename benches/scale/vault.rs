@@ -872,7 +872,7 @@ impl Bench<'_> {
         // Creation.
         let m = self.mark(&c, v).await?;
         let t0 = Instant::now();
-        let mut created: Vec<Secret> = futures::stream::iter(names.clone())
+        let created: Vec<Secret> = futures::stream::iter(names.clone())
             .map(|name| {
                 let api = api.clone();
                 async move {
@@ -885,33 +885,20 @@ impl Bench<'_> {
             .await
             .context("create the sources")?;
         let spread = t0.elapsed().as_secs_f64();
-        created.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let want: Vec<Wanted> = created.iter().map(wanted).collect();
-        let seen = v.wait_entries(&want, timeout).await?;
-        let last = seen.iter().max().copied().unwrap_or(t0);
-        let took = last.duration_since(t0).as_secs_f64();
-        println!(
-            "bench:   {s_count} sources created in {spread:.2} s, every entry written after {took:.3} s"
-        );
-        self.vault_settle(&c, self.vault_quiet_time(), timeout)
+        let (took, cost) = self
+            .written_many(&c, v, &m, t0, created, "created", timeout)
             .await?;
-        let cost = self.cost_since(&m, &c, v).await?;
+        let what = format!("B S={s_count} create");
         self.report
             .api
-            .insert(format!("vault B S={s_count} create"), cost.api.table());
-        self.report_many(
-            &format!("B S={s_count} create"),
-            took,
-            spread,
-            bound_for(CREATE_REQUESTS, spread),
-            CREATE_REQUESTS,
-            &cost,
-        );
+            .insert(format!("vault {what}"), cost.api.table());
+        let bound = bound_for(CREATE_REQUESTS, spread);
+        self.report_many(&what, took, spread, bound, CREATE_REQUESTS, &cost);
 
         // Every value changed.
         let m = self.mark(&c, v).await?;
         let t0 = Instant::now();
-        let mut updated: Vec<Secret> = futures::stream::iter(names.clone())
+        let updated: Vec<Secret> = futures::stream::iter(names.clone())
             .map(|name| {
                 let api = api.clone();
                 async move {
@@ -925,33 +912,48 @@ impl Bench<'_> {
             .await
             .context("update the sources")?;
         let spread = t0.elapsed().as_secs_f64();
-        updated.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        let want: Vec<Wanted> = updated.iter().map(wanted).collect();
-        let seen = v.wait_entries(&want, timeout).await?;
-        let last = seen.iter().max().copied().unwrap_or(t0);
-        let took = last.duration_since(t0).as_secs_f64();
-        println!(
-            "bench:   {s_count} sources updated in {spread:.2} s, every entry written after {took:.3} s"
-        );
-        self.vault_settle(&c, self.vault_quiet_time(), timeout)
+        let (took, cost) = self
+            .written_many(&c, v, &m, t0, updated, "updated", timeout)
             .await?;
-        let cost = self.cost_since(&m, &c, v).await?;
+        let what = format!("B S={s_count} update");
         self.report
             .api
-            .insert(format!("vault B S={s_count} update"), cost.api.table());
-        self.report_many(
-            &format!("B S={s_count} update"),
-            took,
-            spread,
-            bound_for(UPDATE_REQUESTS, spread),
-            UPDATE_REQUESTS,
-            &cost,
-        );
+            .insert(format!("vault {what}"), cost.api.table());
+        let bound = bound_for(UPDATE_REQUESTS, spread);
+        self.report_many(&what, took, spread, bound, UPDATE_REQUESTS, &cost);
         self.stop_checked(SC, c)?;
 
         let r = self.vault_check(v, s_count).await;
         v.delete_all(&paths).await?;
         r
+    }
+
+    /// After `objects` were created or changed (from `t0`): when every entry
+    /// held its value, and what it cost once Vault settled.
+    #[allow(clippy::too_many_arguments)]
+    async fn written_many(
+        &self,
+        c: &Daemon,
+        v: &VaultServer,
+        m: &Mark,
+        t0: Instant,
+        mut objects: Vec<Secret>,
+        verb: &str,
+        timeout: Duration,
+    ) -> Result<(f64, Cost)> {
+        let spread = t0.elapsed().as_secs_f64();
+        objects.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let want: Vec<Wanted> = objects.iter().map(wanted).collect();
+        let seen = v.wait_entries(&want, timeout).await?;
+        let last = seen.iter().max().copied().unwrap_or(t0);
+        let took = last.duration_since(t0).as_secs_f64();
+        println!(
+            "bench:   {} sources {verb} in {spread:.2} s, every entry written after {took:.3} s",
+            objects.len()
+        );
+        self.vault_settle(c, self.vault_quiet_time(), timeout)
+            .await?;
+        Ok((took, self.cost_since(m, c, v).await?))
     }
 
     fn report_many(
