@@ -1164,19 +1164,28 @@ fn check_vault_name(variable: &'static str, value: &str, slashes: bool) -> Resul
 
 /// The path of an existing regular file.
 fn check_file(variable: &'static str, value: &str) -> Result<PathBuf, ConfigError> {
-    const RULE: &str = "must be empty or the path of an existing file";
+    existing_file(
+        variable,
+        value,
+        "must be empty or the path of an existing file",
+    )
+}
+
+/// `value` as the path of an existing regular file; else an error saying
+/// `rule` and why not.
+fn existing_file(variable: &'static str, value: &str, rule: &str) -> Result<PathBuf, ConfigError> {
     let path = PathBuf::from(value);
     match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() => Ok(path),
         Ok(_) => Err(ConfigError::new(
             variable,
             value,
-            format!("{RULE}; it is not a regular file"),
+            format!("{rule}; it is not a regular file"),
         )),
         Err(e) => Err(ConfigError::new(
             variable,
             value,
-            format!("{RULE}; {}", e.to_string().replace('\n', " ")),
+            format!("{rule}; {}", e.to_string().replace('\n', " ")),
         )),
     }
 }
@@ -1349,21 +1358,11 @@ fn parse_namespace_list(variable: &'static str, value: &str) -> Result<Vec<Strin
 }
 
 fn check_kubeconfig(value: &str) -> Result<PathBuf, ConfigError> {
-    const RULE: &str = "must be the path of an existing kubeconfig file (one path, ':'-separated lists are not supported)";
-    let path = PathBuf::from(value);
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_file() => Ok(path),
-        Ok(_) => Err(ConfigError::new(
-            "KUBECONFIG",
-            value,
-            format!("{RULE}; it is not a regular file"),
-        )),
-        Err(e) => Err(ConfigError::new(
-            "KUBECONFIG",
-            value,
-            format!("{RULE}; {}", e.to_string().replace('\n', " ")),
-        )),
-    }
+    existing_file(
+        "KUBECONFIG",
+        value,
+        "must be the path of an existing kubeconfig file (one path, ':'-separated lists are not supported)",
+    )
 }
 
 #[cfg(test)]

@@ -168,14 +168,16 @@ async fn look_at_vault(
         .map_err(|e| Error::Start(controller::Error::Vault(e.to_string())))?;
     let mut out = Vec::new();
     for kind in cfg.source_kinds() {
-        let sources: Vec<(String, crate::records::SourceRecord)> = caches
-            .of(kind)
-            .sources
-            .read(|s| s.iter().map(|(n, r)| (n.clone(), r.clone())).collect());
+        // Only the sources with a Vault path (the others hold no entry).
+        let sources: Vec<(String, crate::records::SourceRecord)> =
+            caches.of(kind).sources.read(|s| {
+                s.iter()
+                    .filter(|(_, r)| r.annotations.contains_key(entry::PATH_ANNOTATION))
+                    .map(|(n, r)| (n.clone(), r.clone()))
+                    .collect()
+            });
         for (name, rec) in sources {
-            let Some(annotated) = rec.annotations.get(entry::PATH_ANNOTATION).cloned() else {
-                continue;
-            };
+            let annotated = &rec.annotations[entry::PATH_ANNOTATION];
             let mut status = VaultStatus {
                 kind: kind.name(),
                 source: name.clone(),

@@ -100,7 +100,9 @@ struct Known {
     hash: String,
 }
 
-/// Where one source stands in Vault, for `status` and the tests' metrics.
+/// Where one source stands in Vault, as the worker knows it (unit tests;
+/// `status` reads Vault itself, `inspect.rs`).
+#[cfg(test)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Standing {
     InSync,
@@ -563,6 +565,7 @@ impl<S: Store> Target<S> {
     }
 
     /// Where each source with a Vault path stands.
+    #[cfg(test)]
     pub fn standings(&self) -> BTreeMap<SourceId, Standing> {
         let mut out = BTreeMap::new();
         for id in self.known.keys() {
