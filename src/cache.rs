@@ -242,6 +242,26 @@ impl Caches {
         caches
     }
 
+    /// Caches for a remote cluster: its own namespaces and copies (of
+    /// `kinds`; the others count as synced and empty), and `home`'s sources,
+    /// shared, not copied: every cluster is planned from the same sources.
+    pub fn sharing_sources(&self, kinds: &[Kind]) -> Caches {
+        let caches = Caches {
+            namespaces: Arc::default(),
+            kinds: Kind::ALL.map(|kind| KindCaches {
+                kind,
+                sources: self.of(kind).sources.clone(),
+                replicas: Arc::default(),
+            }),
+        };
+        for kind in Kind::ALL {
+            if !kinds.contains(&kind) {
+                caches.of(kind).replicas.replace(HashMap::new());
+            }
+        }
+        caches
+    }
+
     pub fn synced(&self) -> bool {
         self.namespaces.synced() && self.kinds.iter().all(KindCaches::synced)
     }

@@ -104,6 +104,9 @@ pub struct Config {
     /// `VAULT_ADDR` set: sources annotated with a Vault path are written to
     /// Vault KV v2 too (`vault/`); `None`: the Vault target is off.
     pub vault: Option<VaultConfig>,
+    /// `CLUSTER_NAME`: the name our copies in remote clusters carry as their
+    /// source cluster; `None`: the uid of the source namespace (read at start).
+    pub cluster_name: Option<String>,
 }
 
 /// The Vault target's settings (`VAULT_*`), validated whether or not
@@ -235,6 +238,7 @@ const VARIABLES: &[&str] = &[
     "VAULT_KV_MOUNT",
     "VAULT_RATE_LIMIT",
     "VAULT_CHECK_INTERVAL_SECONDS",
+    "CLUSTER_NAME",
 ];
 
 /// One environment variable as users see it: the single description of its
@@ -434,6 +438,12 @@ pub const ENV_VARS: &[EnvVar] = &[
         kind: ValueKind::File,
         default: EnvDefault::Derived("in-cluster, else ~/.kube/config"),
         description: "Kubeconfig file of the cluster to manage (one path).",
+    },
+    EnvVar {
+        name: "CLUSTER_NAME",
+        kind: ValueKind::ObjectName,
+        default: EnvDefault::Derived("the uid of the NAMESPACE namespace"),
+        description: "This cluster's name on the copies it pushes to remote clusters (push-to-k8s.io/source-cluster); give each source cluster its own.",
     },
     EnvVar {
         name: "LEADER_ELECTION",
@@ -796,6 +806,7 @@ struct RawEnv {
     vault_kv_mount: Option<String>,
     vault_rate_limit: Option<String>,
     vault_check_interval_seconds: Option<String>,
+    cluster_name: Option<String>,
 }
 
 const NAMESPACE_RULE: &str = "must be a namespace name: 1 to 63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit";
@@ -984,6 +995,19 @@ impl Config {
         }
         .then_some(lease);
         let vault = vault(&raw)?;
+        let cluster_name = match &raw.cluster_name {
+            None => None,
+            Some(v) => {
+                names::dns1123_subdomain(v).map_err(|reason| {
+                    ConfigError::new(
+                        "CLUSTER_NAME",
+                        v,
+                        format!("must be a name: 1 to 253 characters of lowercase letters, digits, '-' and '.' ({reason})"),
+                    )
+                })?;
+                Some(v.clone())
+            }
+        };
 
         Ok(Config {
             namespace,
@@ -1006,6 +1030,7 @@ impl Config {
             kubeconfig,
             leader_election,
             vault,
+            cluster_name,
         })
     }
 }
@@ -1472,6 +1497,7 @@ mod tests {
                 kubeconfig: None,
                 leader_election: None,
                 vault: None,
+                cluster_name: None,
             }
         );
     }

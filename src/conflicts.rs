@@ -36,7 +36,7 @@ use crate::events::Events;
 use crate::kinds::Kind;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::plan;
-use crate::records::{ObjectKey, owned_source};
+use crate::records::{ObjectKey, owned_source_in};
 use crate::targets::{NamespaceInfo, Scope};
 use crate::watch::describe_error;
 
@@ -52,11 +52,11 @@ const SHOWN: usize = 5;
 pub async fn blocked_namespaces(
     client: &kube::Client,
     kind: Kind,
-    source_namespace: &str,
+    (source_namespace, stamp): (&str, Option<&str>),
     name: &str,
     metrics: &Metrics,
 ) -> kube::Result<BTreeSet<String>> {
-    let result = list_blocked(client, kind, source_namespace, name).await;
+    let result = list_blocked(client, kind, (source_namespace, stamp), name).await;
     let label = if result.is_ok() { "ok" } else { "error" };
     metrics
         .conflict_lists
@@ -68,7 +68,7 @@ pub async fn blocked_namespaces(
 async fn list_blocked(
     client: &kube::Client,
     kind: Kind,
-    source_namespace: &str,
+    (source_namespace, stamp): (&str, Option<&str>),
     name: &str,
 ) -> kube::Result<BTreeSet<String>> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
@@ -84,7 +84,7 @@ async fn list_blocked(
                 continue;
             };
             // One of our copies (of whichever source) is not a stranger's.
-            let ours = owned_source(m, source_namespace).is_some();
+            let ours = owned_source_in(m, source_namespace, stamp).is_some();
             if ns != source_namespace && m.name.as_deref() == Some(name) && !ours {
                 blocked.insert(ns.to_string());
             }
@@ -128,7 +128,7 @@ pub async fn at_start(
         let blocked = match blocked_namespaces(
             client,
             kind,
-            scope.source_namespace,
+            (scope.source_namespace, scope.stamp),
             copy_name,
             metrics,
         )
@@ -267,7 +267,7 @@ pub fn release_for_adoption(
 /// keeps its conflicts until the next recheck.
 pub async fn recheck(
     client: &kube::Client,
-    source_namespace: &str,
+    (source_namespace, stamp): (&str, Option<&str>),
     known: Vec<ObjectKey>,
     metrics: &Metrics,
 ) -> Vec<ObjectKey> {
@@ -280,7 +280,7 @@ pub async fn recheck(
     }
     let mut gone = Vec::new();
     for ((kind, name), keys) in by_name {
-        match blocked_namespaces(client, kind, source_namespace, &name, metrics).await {
+        match blocked_namespaces(client, kind, (source_namespace, stamp), &name, metrics).await {
             Ok(blocked) => {
                 gone.extend(keys.into_iter().filter(|k| !blocked.contains(&k.namespace)))
             }
@@ -370,7 +370,7 @@ mod tests {
         ];
         let metrics = Metrics::new();
         let task = tokio::spawn(async move {
-            let mut gone = recheck(&client, "src", known, &metrics).await;
+            let mut gone = recheck(&client, ("src", None), known, &metrics).await;
             gone.sort();
             (gone, metrics.encode())
         });
@@ -410,10 +410,9 @@ mod tests {
     async fn defect6_a_failed_recheck_list_keeps_the_conflicts() {
         let (client, mut handle) = mock();
         let metrics = Metrics::new();
-        let task =
-            tokio::spawn(
-                async move { recheck(&client, "src", vec![key("a", "db")], &metrics).await },
-            );
+        let task = tokio::spawn(async move {
+            recheck(&client, ("src", None), vec![key("a", "db")], &metrics).await
+        });
         let (_, send) = handle.next_request().await.unwrap();
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                             "reason": "Forbidden", "code": 403, "message": "forbidden"});
@@ -496,6 +495,8 @@ mod tests {
                 exclude_label: Some("no-copies"),
                 protected: &protected,
                 require_consent: false,
+                cluster: None,
+                stamp: None,
             };
             at_start(
                 &client,
@@ -573,6 +574,8 @@ mod tests {
                     exclude_label: None,
                     protected: &[],
                     require_consent: false,
+                    cluster: None,
+                    stamp: None,
                 };
                 let of = caches.of(Kind::Secret);
                 at_start(&client, of, &caches.namespaces, &scope, allowed, &metrics).await

@@ -129,10 +129,11 @@ impl Error {
 }
 
 /// Check what must hold before anything is written.
-pub async fn preflight(client: &kube::Client, cfg: &Config) -> Result<(), Error> {
+/// Returns the source namespace's uid.
+pub async fn preflight(client: &kube::Client, cfg: &Config) -> Result<String, Error> {
     let api: Api<Namespace> = Api::all(client.clone());
     match api.get_metadata_opt(&cfg.namespace).await {
-        Ok(Some(_)) => Ok(()),
+        Ok(Some(ns)) => Ok(ns.metadata.uid.unwrap_or_default()),
         Ok(None) => Err(Error::MissingNamespace(cfg.namespace.clone())),
         Err(source) => Err(Error::Api {
             namespace: cfg.namespace.clone(),
@@ -147,7 +148,7 @@ pub async fn run(
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    preflight(&client, &cfg).await?;
+    let namespace_uid = preflight(&client, &cfg).await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new(cfg.ready_watch_failure));
     health.beat();
@@ -161,7 +162,8 @@ pub async fn run(
         let (h, m, s) = (health.clone(), metrics.clone(), shutdown.child_token());
         tokio::spawn(async move { http::serve(listener, h, m, s).await })
     };
-    let result = control(&cfg, client, metrics, health, shutdown).await;
+    let stamp = cfg.cluster_name.clone().unwrap_or(namespace_uid);
+    let result = control(&cfg, client, metrics, health, stamp, shutdown).await;
     let _ = http_task.await;
     result
 }
@@ -172,6 +174,7 @@ async fn control(
     client: kube::Client,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    stamp: String,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let (kinds, source_kinds) = (cfg.kinds(), cfg.source_kinds());
@@ -179,7 +182,7 @@ async fn control(
     let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<DirtyKey>();
     let watchers = watch::spawn_all(
         client.clone(),
-        &cfg.namespace,
+        (&cfg.namespace, None),
         &kinds,
         &source_kinds,
         cfg.enable_secret_watcher,
@@ -236,6 +239,21 @@ async fn control(
         // Before anything is written (the caches have not synced yet).
         Some(Err(e)) => return Err(Error::Vault(e.to_string())),
     };
+    // Registered remote clusters, each served by its own task beside the loop.
+    let remote = crate::remote::spawn(
+        crate::remote::Shared {
+            cfg: cfg.clone(),
+            caches: caches.clone(),
+            gate: gate.clone(),
+            events: events.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            leading: leading_rx.clone(),
+            stamp,
+        },
+        client.clone(),
+        shutdown.clone(),
+    );
     let writer = Writer::new(
         client.clone(),
         cfg.namespace.clone(),
@@ -254,7 +272,7 @@ async fn control(
         loop {
             let listed = resync::once(
                 &client,
-                &cfg.namespace,
+                (&cfg.namespace, None),
                 &kinds,
                 &source_kinds,
                 &caches,
@@ -303,6 +321,8 @@ async fn control(
         exclude_label: cfg.exclude_namespace_label.as_deref(),
         protected: &protected,
         require_consent: cfg.require_namespace_consent,
+        cluster: None,
+        stamp: None,
     };
     // Unmanaged same-named Secrets already in the cluster: known from one
     // LIST per source before the first plan, so it makes no POST (and no GET
@@ -355,9 +375,10 @@ async fn control(
                     if let Some(vault) = &vault {
                         vault.tell(&keys);
                     }
+                    remote.tell(&keys);
                     metrics.batch_size.observe(keys.len() as f64);
                     let mut gate = Gate { retry: &mut retry, fights: &mut fights };
-                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate).await;
+                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate, true).await;
                 }
             }
             Ok(()) = leading_rx.changed(), if lease_task.is_some() => {
@@ -414,7 +435,7 @@ async fn control(
                     let mut guard = Reply::new(done, Finished::Resync(Err("resync task failed".into())));
                     tokio::select! {
                         _ = stop.cancelled() => guard.cancel(),
-                        r = resync::once(&client, &ns, &kinds, &source_kinds, &caches, &metrics) => guard.send(Finished::Resync(r)),
+                        r = resync::once(&client, (&ns, None), &kinds, &source_kinds, &caches, &metrics) => guard.send(Finished::Resync(r)),
                     }
                 });
             }
@@ -430,7 +451,7 @@ async fn control(
                         let mut guard = Reply::new(done, Finished::Recheck(Vec::new()));
                         tokio::select! {
                             _ = stop.cancelled() => guard.cancel(),
-                            gone = conflicts::recheck(&client, &ns, known, &metrics) => guard.send(Finished::Recheck(gone)),
+                            gone = conflicts::recheck(&client, (&ns, None), known, &metrics) => guard.send(Finished::Recheck(gone)),
                         }
                     });
                 }
@@ -485,8 +506,10 @@ async fn control(
     Ok(())
 }
 
+/// Plan `keys` against one cluster's caches and write what is needed;
+/// `refusals`: report refused sources (this cluster does, once for all).
 #[allow(clippy::too_many_arguments)]
-async fn flush(
+pub(crate) async fn flush(
     kinds: &[Kind],
     caches: &Caches,
     scope: &Scope<'_>,
@@ -496,6 +519,7 @@ async fn flush(
     since: Instant,
     health: &Health,
     gate: &mut Gate<'_>,
+    refusals: bool,
 ) {
     // A source that asks for adoption (and may) tries again what was in its way.
     for &kind in kinds {
@@ -531,7 +555,9 @@ async fn flush(
                 conflicts.remove(k);
             }
         }
-        report_refusals(kind, caches, writer, metrics, &plan.refused).await;
+        if refusals {
+            report_refusals(kind, caches, writer, metrics, &plan.refused).await;
+        }
         planned.extend(plan.actions);
     }
     tracing::debug!(keys = keys.len(), actions = planned.len(), "flush");
@@ -711,8 +737,8 @@ mod tests {
 
         let mut watches = Vec::new();
         // Every watch lists (nothing there), then watches: the namespaces,
-        // and the sources and copies of each kind.
-        for _ in 0..1 + 2 * cfg.kinds().len() {
+        // the sources and copies of each kind, and the cluster registrations.
+        for _ in 0..2 + 2 * cfg.kinds().len() {
             let send = next_list(&mut handle, &mut watches).await;
             respond(send, StatusCode::OK, empty_list());
         }
@@ -769,6 +795,15 @@ mod tests {
         shutdown: CancellationToken,
     ) -> Result<(), Error> {
         health.beat();
-        control(&cfg, client, Arc::new(Metrics::new()), health, shutdown).await
+        let stamp = "home".to_string();
+        control(
+            &cfg,
+            client,
+            Arc::new(Metrics::new()),
+            health,
+            stamp,
+            shutdown,
+        )
+        .await
     }
 }

@@ -146,8 +146,8 @@ async fn report_fight(caches: &Caches, writer: &Writer, key: &ObjectKey, delay: 
                 "CopyFought",
                 "Push",
                 format!(
-                    "the copy in namespace {} keeps being changed back by someone else (a controller, a policy, a webhook); repairs now wait {}s and then twice as long each time, at most 1h",
-                    key.namespace,
+                    "the copy in {} keeps being changed back by someone else (a controller, a policy, a webhook); repairs now wait {}s and then twice as long each time, at most 1h",
+                    writer.place(&key.namespace),
                     delay.as_secs()
                 ),
             )

@@ -58,6 +58,9 @@ struct HealthState {
     /// The Vault target cannot write now, and why (said in `/readyz`, which
     /// stays about the controller: Vault never makes it unready).
     vault_degraded: Option<String>,
+    /// Registered remote clusters that cannot be served now, and why (said
+    /// in `/readyz`; like Vault, a remote cluster never makes it unready).
+    clusters_degraded: BTreeMap<String, String>,
 }
 
 #[derive(Default)]
@@ -117,7 +120,19 @@ impl Health {
         self.state().vault_degraded = why;
     }
 
-    /// What `/readyz` adds to `ok`: the role, and a degraded Vault target.
+    /// The remote cluster `cluster`: `Some(why)` while it cannot be served
+    /// (value-free: an API code and reason, a transport error), `None` when
+    /// it works again or is no longer registered.
+    pub fn set_cluster_degraded(&self, cluster: &str, why: Option<String>) {
+        let mut state = self.state();
+        match why {
+            Some(why) => state.clusters_degraded.insert(cluster.to_string(), why),
+            None => state.clusters_degraded.remove(cluster),
+        };
+    }
+
+    /// What `/readyz` adds to `ok`: the role, a degraded Vault target, and
+    /// the remote clusters that cannot be served.
     fn notes(&self) -> String {
         let state = self.state();
         let mut notes = Vec::new();
@@ -126,6 +141,9 @@ impl Health {
         }
         if let Some(why) = &state.vault_degraded {
             notes.push(format!("vault degraded: {why}"));
+        }
+        for (cluster, why) in &state.clusters_degraded {
+            notes.push(format!("cluster {cluster} degraded: {why}"));
         }
         notes.join("; ")
     }

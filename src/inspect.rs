@@ -105,7 +105,7 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
     let metrics = Metrics::new();
     resync::relist(
         client,
-        &cfg.namespace,
+        (&cfg.namespace, None),
         &kinds,
         &source_kinds,
         &caches,
@@ -118,6 +118,8 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
         exclude_label: cfg.exclude_namespace_label.as_deref(),
         protected: &cfg.protected_namespaces,
         require_consent: cfg.require_namespace_consent,
+        cluster: None,
+        stamp: None,
     };
     let mut report = Report::new(&cfg.namespace);
     let accepted = HashMap::new();

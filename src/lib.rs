@@ -29,6 +29,7 @@ pub mod pace;
 pub mod plan;
 pub mod push;
 pub mod records;
+pub mod remote;
 pub mod replica;
 pub mod resync;
 pub mod retry;

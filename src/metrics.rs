@@ -1,5 +1,9 @@
 //! Prometheus metrics. Labels are bounded: operation, result and watch names
-//! only, never a namespace or object name chosen by a user (DESIGN §5).
+//! only, never a namespace or object name chosen by a user (DESIGN §5). The
+//! one exception is `cluster`, the name of a registered remote cluster: there
+//! is one value per registration Secret the operator made (a removed
+//! registration's series are removed with it), so its cardinality is bounded
+//! by the number of registrations, not by anything a source author chooses.
 
 use std::sync::atomic::AtomicU64;
 
@@ -34,6 +38,19 @@ pub struct VaultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterWriteLabels {
+    pub cluster: String,
+    pub kind: &'static str,
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -63,6 +80,13 @@ pub struct Metrics {
     pub vault_pending: Gauge,
     pub vault_up: Gauge,
     pub vault_logins: Counter,
+    pub clusters: Gauge,
+    pub cluster_up: Family<ClusterLabels, Gauge>,
+    pub cluster_writes: Family<ClusterWriteLabels, Counter>,
+    pub cluster_replicas: Family<ClusterLabels, Gauge>,
+    /// In a remote cluster's own (unexported) metrics: where its writes are
+    /// counted as well, in the exported `cluster_writes`.
+    forward: Option<(String, Family<ClusterWriteLabels, Counter>)>,
 }
 
 impl Metrics {
@@ -203,6 +227,30 @@ impl Metrics {
             "Logins to Vault (the first, and each before a token expires)",
             vault_logins.clone(),
         );
+        let clusters = Gauge::default();
+        registry.register(
+            "clusters",
+            "Remote clusters registered (Secrets labelled push-to-k8s.io/cluster in the source namespace)",
+            clusters.clone(),
+        );
+        let cluster_up = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_up",
+            "Per registered remote cluster: 1 while its watches are listed and running, 0 while it is unreachable, unauthorised or its kubeconfig is refused",
+            cluster_up.clone(),
+        );
+        let cluster_writes = Family::<ClusterWriteLabels, Counter>::default();
+        registry.register(
+            "cluster_writes",
+            "Write requests to a remote cluster's API server by cluster, kind, operation and result",
+            cluster_writes.clone(),
+        );
+        let cluster_replicas = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_replicas",
+            "Copies managed in each remote cluster (from its cache)",
+            cluster_replicas.clone(),
+        );
         Metrics {
             registry,
             writes,
@@ -228,6 +276,44 @@ impl Metrics {
             vault_pending,
             vault_up,
             vault_logins,
+            clusters,
+            cluster_up,
+            cluster_writes,
+            cluster_replicas,
+            forward: None,
+        }
+    }
+
+    /// The metrics of the remote cluster `cluster`'s own pieces (its watches,
+    /// writer, resync): not exported themselves, but every write they count
+    /// is also counted in `global`'s `cluster_writes` with the cluster's name.
+    pub fn for_cluster(cluster: &str, global: &Metrics) -> Metrics {
+        Metrics {
+            forward: Some((cluster.to_string(), global.cluster_writes.clone())),
+            ..Metrics::new()
+        }
+    }
+
+    /// Forget everything labelled with the remote cluster `cluster` (its
+    /// registration was removed), so the series are bounded by registrations.
+    pub fn forget_cluster(&self, cluster: &str) {
+        let labels = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.cluster_up.remove(&labels);
+        self.cluster_replicas.remove(&labels);
+        // The write counters of a cluster are few (kind x op x result).
+        for kind in crate::kinds::Kind::ALL {
+            for op in ["create", "apply", "replace", "delete"] {
+                for result in ["ok", "skipped", "conflict", "adopted", "error", "abandoned"] {
+                    self.cluster_writes.remove(&ClusterWriteLabels {
+                        cluster: cluster.to_string(),
+                        kind: kind.label(),
+                        op,
+                        result,
+                    });
+                }
+            }
         }
     }
 
@@ -239,6 +325,16 @@ impl Metrics {
                 result,
             })
             .inc();
+        if let Some((cluster, writes)) = &self.forward {
+            writes
+                .get_or_create(&ClusterWriteLabels {
+                    cluster: cluster.clone(),
+                    kind: kind.label(),
+                    op,
+                    result,
+                })
+                .inc();
+        }
     }
 
     pub fn encode(&self) -> String {

@@ -495,6 +495,8 @@ mod tests {
                 exclude_label: Some("skip"),
                 protected: &protected,
                 require_consent: false,
+                cluster: None,
+                stamp: None,
             };
             let world = World {
                 kind: Kind::Secret,

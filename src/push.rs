@@ -24,7 +24,7 @@ use crate::kinds::Kind;
 use crate::metrics::Metrics;
 use crate::pace::Pacer;
 use crate::plan::Action;
-use crate::records::{ObjectKey, ReplicaRecord, field_names, owned_source};
+use crate::records::{ObjectKey, ReplicaRecord, field_names, owned_source_in};
 use crate::replica::{FIELD_MANAGER, Replica};
 
 /// Writes in flight at once. The limiter alone decides the rate; a few
@@ -70,6 +70,16 @@ pub struct Writer {
     /// taken over when its source asks for it.
     allow_adoption: bool,
     gate: Arc<WriteGate>,
+    /// Writing into a remote cluster: its registration name (for Events and
+    /// logs) and the source-cluster stamp our copies there carry.
+    remote: Option<Remote>,
+}
+
+/// A remote cluster a writer writes into.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    pub cluster: String,
+    pub stamp: String,
 }
 
 #[derive(Default)]
@@ -102,6 +112,28 @@ impl Writer {
             accepted: Mutex::default(),
             allow_adoption: false,
             gate,
+            remote: None,
+        }
+    }
+
+    /// Writing into the remote cluster `remote.cluster`: every copy carries
+    /// the stamp, and only copies with it are ours there. Nothing is adopted
+    /// in a remote cluster.
+    pub fn into_remote(mut self, remote: Remote) -> Writer {
+        self.remote = Some(remote);
+        self.allow_adoption = false;
+        self
+    }
+
+    fn stamp(&self) -> Option<&str> {
+        self.remote.as_ref().map(|r| r.stamp.as_str())
+    }
+
+    /// How Events name a namespace: in a remote cluster, with the cluster.
+    pub fn place(&self, ns: &str) -> String {
+        match &self.remote {
+            None => format!("namespace {ns}"),
+            Some(r) => format!("namespace {ns} of cluster {}", r.cluster),
         }
     }
 
@@ -221,6 +253,15 @@ impl Writer {
                 .map(|s| s.replica)
                 // Gone, or renamed since this was planned: re-planned anyway.
                 .filter(|r| r.name == key.name)
+                .map(|mut r| {
+                    if let Some(stamp) = self.stamp() {
+                        r.annotations.insert(
+                            crate::replica::SOURCE_CLUSTER_ANNOTATION.into(),
+                            stamp.into(),
+                        );
+                    }
+                    r
+                })
                 .ok_or(Outcome::Skipped)
         };
         let result = match action {
@@ -263,7 +304,9 @@ impl Writer {
     }
 
     fn remember(&self, kind: Kind, written: &ObjectMeta) {
-        if let Some((k, r)) = ReplicaRecord::from_meta(kind, written, &self.source_namespace) {
+        if let Some((k, r)) =
+            ReplicaRecord::from_meta_in(kind, written, &self.source_namespace, self.stamp())
+        {
             self.caches.of(kind).replicas.set(k, Some(r));
         }
     }
@@ -305,7 +348,8 @@ impl Writer {
                 // Ours but not yet in the cache, or somebody else's? Ask (metadata only).
                 match api.get_metadata_opt(&key.name).await {
                     Ok(Some(meta)) => {
-                        if owned_source(&meta.metadata, &self.source_namespace).as_deref()
+                        if owned_source_in(&meta.metadata, &self.source_namespace, self.stamp())
+                            .as_deref()
                             == Some(desired.source.as_str())
                         {
                             Outcome::Failed("copy exists but was not yet in the cache".into())
@@ -394,7 +438,12 @@ impl Writer {
             Err(e) => return classify(&e),
         };
         self.remember(key.kind, &applied.metadata);
-        let record = ReplicaRecord::from_meta(key.kind, &applied.metadata, &self.source_namespace);
+        let record = ReplicaRecord::from_meta_in(
+            key.kind,
+            &applied.metadata,
+            &self.source_namespace,
+            self.stamp(),
+        );
         let in_sync = record
             .as_ref()
             .is_some_and(|(_, r)| crate::plan::in_sync(r, desired));
@@ -448,8 +497,9 @@ impl Writer {
     /// A write succeeded: if the server stored something else than we sent
     /// (a mutating webhook), take what it stored as written.
     fn done_as_stored(&self, key: &ObjectKey, desired: &Replica, stored: &ObjectMeta) -> Outcome {
-        let in_sync = ReplicaRecord::from_meta(key.kind, stored, &self.source_namespace)
-            .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
+        let in_sync =
+            ReplicaRecord::from_meta_in(key.kind, stored, &self.source_namespace, self.stamp())
+                .is_some_and(|(_, r)| crate::plan::in_sync(&r, desired));
         if in_sync {
             Outcome::Done
         } else {
@@ -529,7 +579,10 @@ impl Writer {
                     EventType::Normal,
                     "Pushed",
                     "Push",
-                    format!("copies written: {note}"),
+                    match &self.remote {
+                        None => format!("copies written: {note}"),
+                        Some(r) => format!("copies written in cluster {}: {note}", r.cluster),
+                    },
                 )
                 .await;
         }
@@ -540,7 +593,8 @@ impl Writer {
                 "Conflict",
                 "Push",
                 format!(
-                    "namespace {ns} already has a {kind} named {} that push-to-k8s does not manage; it was left untouched",
+                    "{} already has a {kind} named {} that push-to-k8s does not manage; it was left untouched",
+                    self.place(&ns),
                     rec.replica.name
                 ),
             )
@@ -578,7 +632,10 @@ impl Writer {
                 .failed
                 .iter()
                 .take(5)
-                .map(|(ns, r)| format!("{ns}: {r}"))
+                .map(|(ns, r)| match &self.remote {
+                    None => format!("{ns}: {r}"),
+                    Some(remote) => format!("{}/{ns}: {r}", remote.cluster),
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             events

@@ -304,10 +304,11 @@ pub const MARKER_LABELS: [&str; 3] = [
 ];
 /// Annotations every copy carries whose values are kept elsewhere in the
 /// record (its key, `source`, `hash`).
-pub const MARKER_ANNOTATIONS: [&str; 3] = [
+pub const MARKER_ANNOTATIONS: [&str; 4] = [
     replica::SOURCE_ANNOTATION,
     replica::HASH_ANNOTATION,
     replica::COPY_NAME_ANNOTATION,
+    replica::SOURCE_CLUSTER_ANNOTATION,
 ];
 
 /// What a copy's managed fields say about its content (type, data,
@@ -379,7 +380,19 @@ impl ReplicaRecord {
         meta: &ObjectMeta,
         source_namespace: &str,
     ) -> Option<(ObjectKey, ReplicaRecord)> {
-        let source = owned_source(meta, source_namespace)?;
+        Self::from_meta_in(kind, meta, source_namespace, None)
+    }
+
+    /// [`ReplicaRecord::from_meta`] for a copy stamped as coming from the
+    /// source cluster `stamp` (a copy in a remote cluster), or, with `None`,
+    /// one that names no source cluster (a copy in this cluster).
+    pub fn from_meta_in(
+        kind: Kind,
+        meta: &ObjectMeta,
+        source_namespace: &str,
+        stamp: Option<&str>,
+    ) -> Option<(ObjectKey, ReplicaRecord)> {
+        let source = owned_source_in(meta, source_namespace, stamp)?;
         let key = ObjectKey {
             kind,
             namespace: meta.namespace.clone()?,
@@ -430,6 +443,19 @@ impl ReplicaRecord {
 /// so a source restored from an exported copy, or a marked backup parked
 /// beside the sources, can never be taken for a copy and deleted.
 pub fn owned_source(meta: &ObjectMeta, source_namespace: &str) -> Option<String> {
+    owned_source_in(meta, source_namespace, None)
+}
+
+/// [`owned_source`] with one more rule, for copies that cross clusters: the
+/// copy's [`replica::SOURCE_CLUSTER_ANNOTATION`] must be exactly `stamp`.
+/// With `None` (this cluster) a copy must not carry it at all: a copy stamped
+/// with any source cluster was pushed here by another cluster's controller,
+/// even if its source namespace has the same name as ours.
+pub fn owned_source_in(
+    meta: &ObjectMeta,
+    source_namespace: &str,
+    stamp: Option<&str>,
+) -> Option<String> {
     let labels = meta.labels.as_ref()?;
     let managed = labels
         .get(replica::MANAGED_LABEL_KEY)
@@ -441,6 +467,10 @@ pub fn owned_source(meta: &ObjectMeta, source_namespace: &str) -> Option<String>
         return None;
     }
     let annotations = meta.annotations.as_ref()?;
+    let cluster = annotations.get(replica::SOURCE_CLUSTER_ANNOTATION);
+    if cluster.map(String::as_str) != stamp {
+        return None;
+    }
     let origin = annotations.get(replica::SOURCE_ANNOTATION)?;
     let (ns, name) = origin.split_once('/')?;
     // The name its source asks for, as our write recorded it on the copy.
@@ -515,6 +545,36 @@ mod tests {
             annotations: map(annotations),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_copy_is_ours_only_from_the_source_cluster_it_names() {
+        let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
+        let source = (replica::SOURCE_ANNOTATION, "src/db");
+        let from = |c: &'static str| (replica::SOURCE_CLUSTER_ANNOTATION, c);
+        let local = meta(&[managed], &[source]);
+        let from_home = meta(&[managed], &[source, from("home")]);
+        let from_other = meta(&[managed], &[source, from("other")]);
+        // This cluster: only copies that name no source cluster.
+        assert_eq!(owned_source_in(&local, "src", None).as_deref(), Some("db"));
+        assert_eq!(owned_source(&from_home, "src"), None);
+        assert_eq!(owned_source(&from_other, "src"), None);
+        // A remote cluster: only copies stamped with our own cluster's name,
+        // though another cluster's controller uses the same source namespace.
+        let home = Some("home");
+        assert_eq!(
+            owned_source_in(&from_home, "src", home).as_deref(),
+            Some("db")
+        );
+        assert_eq!(owned_source_in(&from_other, "src", home), None);
+        assert_eq!(owned_source_in(&local, "src", home), None);
+        // The stamp is a marker: not kept among the record's annotations.
+        let (_, r) = ReplicaRecord::from_meta_in(Kind::Secret, &from_home, "src", home).unwrap();
+        assert!(
+            r.annotations
+                .get(replica::SOURCE_CLUSTER_ANNOTATION)
+                .is_none()
+        );
     }
 
     #[test]

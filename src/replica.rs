@@ -23,6 +23,11 @@ pub const MANAGED_LABEL_VALUE: &str = "push-to-k8s";
 pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
 /// `namespace/name` of the source (annotation: object names may exceed 63 chars).
 pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
+/// On a copy in a remote cluster: the source cluster it comes from
+/// (`CLUSTER_NAME`), so two controllers in two source clusters never take each
+/// other's copies. Copies in this cluster do not carry it; a copy here that
+/// does belongs to another cluster's controller.
+pub const SOURCE_CLUSTER_ANNOTATION: &str = "push-to-k8s.io/source-cluster";
 /// Discovery labels: the source's name and namespace, so `kubectl get
 /// secrets,configmaps -A -l push-to-k8s.io/source-namespace=NS,push-to-k8s.io/source-name=NAME`
 /// lists every copy of one source. A name that is not a valid label value is

@@ -112,7 +112,7 @@ fn correct<K: Eq + Hash + Clone, V: Clone + PartialEq>(
 /// how many cache entries were corrected.
 pub async fn relist(
     client: &kube::Client,
-    source_namespace: &str,
+    (source_namespace, stamp): (&str, Option<&str>),
     kinds: &[Kind],
     source_kinds: &[Kind],
     caches: &Caches,
@@ -124,7 +124,16 @@ pub async fn relist(
             corrections
                 .push(listed(tracked::sources(client, caches, kind, source_namespace)).await?);
         }
-        corrections.push(listed(tracked::replicas(client, caches, kind, source_namespace)).await?);
+        corrections.push(
+            listed(tracked::replicas(
+                client,
+                caches,
+                kind,
+                source_namespace,
+                stamp,
+            ))
+            .await?,
+        );
     }
     Ok(corrections.into_iter().map(|c| c(metrics)).sum())
 }
@@ -133,7 +142,7 @@ pub async fn relist(
 /// short reason for `/readyz` (an API error's code and reason, no content).
 pub async fn once(
     client: &kube::Client,
-    source_namespace: &str,
+    (source_namespace, stamp): (&str, Option<&str>),
     kinds: &[Kind],
     source_kinds: &[Kind],
     caches: &Caches,
@@ -141,7 +150,7 @@ pub async fn once(
 ) -> Result<(), String> {
     match relist(
         client,
-        source_namespace,
+        (source_namespace, stamp),
         kinds,
         source_kinds,
         caches,

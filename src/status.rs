@@ -736,6 +736,8 @@ mod tests {
                 exclude_label: Some("skip"),
                 protected: &protected,
                 require_consent: false,
+                cluster: None,
+                stamp: None,
             };
             let accepted = HashMap::new();
             let world = World {

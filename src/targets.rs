@@ -18,6 +18,10 @@ pub const NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/namespaces";
 pub const EXCLUDE_NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/exclude-namespaces";
 /// A Kubernetes label selector (kubectl syntax) the namespace's labels must match.
 pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "push-to-k8s.io/namespace-selector";
+/// Comma-separated names and globs of registered remote clusters (`*`: every
+/// one) that also get the source's copies (docs/remote-clusters.md). Absent
+/// or empty means none: only this cluster, as always.
+pub const CLUSTERS_ANNOTATION: &str = "push-to-k8s.io/clusters";
 /// Comma-separated data keys and globs (`tls.*`, `*.crt`) a copy holds.
 /// Absent or empty means every key.
 pub const INCLUDE_KEYS_ANNOTATION: &str = "push-to-k8s.io/include-keys";
@@ -63,6 +67,13 @@ pub struct Scope<'a> {
     /// `REQUIRE_NAMESPACE_CONSENT`: only namespaces that accept a source (with
     /// [`ACCEPT_LABEL`] or an [`ACCEPT_SOURCE_PREFIX`] label) get its copies.
     pub require_consent: bool,
+    /// The registered remote cluster being planned (its registration name),
+    /// or `None` for this cluster. Only sources whose
+    /// [`CLUSTERS_ANNOTATION`] selects it have copies there.
+    pub cluster: Option<&'a str>,
+    /// The source-cluster stamp of our copies there (`CLUSTER_NAME`, see
+    /// [`crate::records::owned_source_in`]); `None` in this cluster.
+    pub stamp: Option<&'a str>,
 }
 
 impl NamespaceInfo {
@@ -103,6 +114,8 @@ pub struct TargetRules {
     exclude: Vec<String>,
     /// AND-ed; empty matches everything.
     selector: Vec<Requirement>,
+    /// Remote clusters (names and globs); empty means none.
+    clusters: Vec<String>,
 }
 
 /// A source annotation that does not parse. Affects only that source (DESIGN.md §3).
@@ -193,6 +206,7 @@ impl AnnotationError {
             Self::Entry { key, .. } if *key == EXCLUDE_NAMESPACES_ANNOTATION => {
                 "exclude_namespaces"
             }
+            Self::Entry { key, .. } if *key == CLUSTERS_ANNOTATION => "clusters",
             Self::Entry { .. } => "namespaces",
             Self::Selector { .. } => "namespace_selector",
             Self::KeyEntry { key, .. } if *key == EXCLUDE_KEYS_ANNOTATION => "exclude_keys",
@@ -214,7 +228,27 @@ impl TargetRules {
                 get(EXCLUDE_NAMESPACES_ANNOTATION),
             )?,
             selector: parse_selector(get(NAMESPACE_SELECTOR_ANNOTATION))?,
+            clusters: parse_entries(CLUSTERS_ANNOTATION, get(CLUSTERS_ANNOTATION))?,
         })
+    }
+
+    /// Does the source want copies in the remote cluster registered as `cluster`?
+    pub fn selects_cluster(&self, cluster: &str) -> bool {
+        self.clusters.iter().any(|glob| glob_match(glob, cluster))
+    }
+
+    /// The source names at least one remote cluster.
+    pub fn any_cluster(&self) -> bool {
+        !self.clusters.is_empty()
+    }
+
+    /// The entries of the source's [`CLUSTERS_ANNOTATION`] that are plain
+    /// names (no glob), for reports on clusters that are not registered.
+    pub fn named_clusters(&self) -> impl Iterator<Item = &str> {
+        self.clusters
+            .iter()
+            .filter(|c| !c.contains(['*', '?']))
+            .map(String::as_str)
     }
 
     /// Should namespace `name` (with `info`) hold a copy of the source named
@@ -225,6 +259,9 @@ impl TargetRules {
     /// requirement; the source's own rules and the protected namespaces still apply.
     pub fn wants(&self, scope: &Scope<'_>, source: &str, name: &str, info: &NamespaceInfo) -> bool {
         if name == scope.source_namespace || info.terminating {
+            return false;
+        }
+        if scope.cluster.is_some_and(|c| !self.selects_cluster(c)) {
             return false;
         }
         if info.opts_out_of(source) {
@@ -762,6 +799,8 @@ mod tests {
             exclude_label: Some("push-to-k8s/ignore"),
             protected: &protected,
             require_consent: false,
+            cluster: None,
+            stamp: None,
         };
         let everything = rules(&[]);
         let opted_out = ns(&[("push-to-k8s/ignore", "")]);
@@ -1065,6 +1104,8 @@ mod tests {
             exclude_label: None,
             protected: &[],
             require_consent: false,
+            cluster: None,
+            stamp: None,
         };
         let info = ns(&[("push-to-k8s/ignore", "true")]);
         assert!(TargetRules::default().wants(&scope, "db", "kube-system", &info));
@@ -1375,6 +1416,8 @@ mod tests {
                 exclude_label: Some("skip"),
                 protected: &protected,
                 require_consent: *require_consent,
+                cluster: None,
+                stamp: None,
             };
             let info = ns(labels);
             assert_eq!(rules.wants(&scope, source, name, &info), *want, "{what}");

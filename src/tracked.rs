@@ -117,14 +117,17 @@ pub fn source_record(
     }
 }
 
-/// Our copies of `kind` in every namespace (metadata only).
+/// Our copies of `kind` in every namespace (metadata only); in a remote
+/// cluster those stamped `stamp` (see [`crate::records::owned_source_in`]).
 pub fn replicas(
     client: &kube::Client,
     caches: &Caches,
     kind: Kind,
     source_namespace: &str,
+    stamp: Option<&str>,
 ) -> Replicas {
     let ns = source_namespace.to_string();
+    let stamp = stamp.map(str::to_string);
     Tracked {
         name: match kind {
             Kind::Secret => "replicas",
@@ -134,7 +137,7 @@ pub fn replicas(
         selector: Some(replica::MANAGED_SELECTOR),
         cache: caches.of(kind).replicas.clone(),
         record: Arc::new(move |o: &PartialObjectMeta<DynamicObject>| {
-            ReplicaRecord::from_meta(kind, &o.metadata, &ns)
+            ReplicaRecord::from_meta_in(kind, &o.metadata, &ns, stamp.as_deref())
         }),
         key: Arc::new(move |o: &PartialObjectMeta<DynamicObject>| {
             Some(ObjectKey::new(

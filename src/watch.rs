@@ -238,7 +238,7 @@ where
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_all(
     client: kube::Client,
-    source_namespace: &str,
+    (source_namespace, stamp): (&str, Option<&str>),
     kinds: &[Kind],
     source_kinds: &[Kind],
     watch_sources: bool,
@@ -256,7 +256,7 @@ pub fn spawn_all(
             let sources = tracked::sources(&client, &caches, kind, source_namespace);
             tasks.push(spawn_watch(sources, ctx));
         }
-        let replicas = tracked::replicas(&client, &caches, kind, source_namespace);
+        let replicas = tracked::replicas(&client, &caches, kind, source_namespace, stamp);
         tasks.push(spawn_watch(replicas, ctx));
     }
     tasks

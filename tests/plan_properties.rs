@@ -897,6 +897,8 @@ fn scope(protected: &[String]) -> Scope<'_> {
         exclude_label: Some(EXCLUDE_LABEL),
         protected,
         require_consent: false,
+        cluster: None,
+        stamp: None,
     }
 }
 

@@ -1,0 +1,223 @@
+//! A registration's kubeconfig: read from the Secret, checked, turned into a
+//! client. Pure apart from [`client`].
+//!
+//! A registration Secret is written by whoever may write Secrets in the
+//! source namespace, and the controller acts on it with its own process.
+//! So a kubeconfig may only carry what it needs inline: the server, its CA
+//! (`certificate-authority-data`), and a token, a client certificate and key
+//! (`client-certificate-data`, `client-key-data`) or a user name and
+//! password. Anything that would make the controller read one of its own
+//! files (`certificate-authority`, `tokenFile`, `client-certificate`,
+//! `client-key`: its own ServiceAccount token, say, sent to any server) or
+//! run a program (`exec`, `auth-provider`) is refused, with the field named.
+//!
+//! No error here quotes the kubeconfig: a parse error is reported by line and
+//! column only (a YAML library's message can quote the value it choked on).
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Why a registration's kubeconfig is not used: value-free, for an Event,
+/// a log line and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the Secret has no data key {0:?}")]
+    Missing(&'static str),
+    #[error("the kubeconfig is not UTF-8 text")]
+    NotText,
+    #[error("the kubeconfig does not parse as a kubeconfig{0}")]
+    Parse(String),
+    #[error(
+        "the kubeconfig uses {0}, which would make push-to-k8s read its own files or run a program; only inline credentials are accepted (certificate-authority-data, token, client-certificate-data and client-key-data)"
+    )]
+    Field(&'static str),
+    #[error("the kubeconfig has no current context, or its context names no cluster or user")]
+    NoContext,
+    #[error("the kubeconfig cannot be used: {0}")]
+    Unusable(String),
+}
+
+/// The kubeconfig in `data` (a Secret's data) under `key`, checked.
+pub fn parse(data: Option<&[u8]>, key: &'static str) -> Result<Kubeconfig, Refused> {
+    let bytes = data.ok_or(Refused::Missing(key))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| Refused::NotText)?;
+    let config = Kubeconfig::from_yaml(text).map_err(|e| Refused::Parse(locate(&e)))?;
+    check(&config)?;
+    Ok(config)
+}
+
+/// Where a parse error is, never what it quotes.
+fn locate(e: &kube::config::KubeconfigError) -> String {
+    // serde_yaml's message ends with "at line L column C" when it knows.
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => {
+            let place: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == ' ')
+                .collect();
+            place.trim_end().to_string()
+        }
+        None => String::new(),
+    }
+}
+
+/// Only inline credentials, and a current context that names a cluster and
+/// a user.
+pub fn check(config: &Kubeconfig) -> Result<(), Refused> {
+    for named in &config.clusters {
+        let Some(c) = &named.cluster else { continue };
+        if c.certificate_authority.is_some() {
+            return Err(Refused::Field("certificate-authority (a file)"));
+        }
+    }
+    for named in &config.auth_infos {
+        let Some(a) = &named.auth_info else { continue };
+        let refused = [
+            (a.exec.is_some(), "exec (a program)"),
+            (a.auth_provider.is_some(), "auth-provider (a plugin)"),
+            (a.token_file.is_some(), "tokenFile (a file)"),
+            (
+                a.client_certificate.is_some(),
+                "client-certificate (a file)",
+            ),
+            (a.client_key.is_some(), "client-key (a file)"),
+        ];
+        if let Some((_, field)) = refused.iter().find(|(used, _)| *used) {
+            return Err(Refused::Field(field));
+        }
+    }
+    let current = config
+        .current_context
+        .as_deref()
+        .ok_or(Refused::NoContext)?;
+    let context = config
+        .contexts
+        .iter()
+        .find(|c| c.name == current)
+        .and_then(|c| c.context.as_ref())
+        .ok_or(Refused::NoContext)?;
+    if context.cluster.is_empty() || context.user.as_deref().is_none_or(str::is_empty) {
+        return Err(Refused::NoContext);
+    }
+    Ok(())
+}
+
+/// A client for the checked kubeconfig's current context.
+pub async fn client(config: Kubeconfig) -> Result<kube::Client, Refused> {
+    let mut cfg = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Refused::Unusable(kind_of(&e)))?;
+    // An address that does not answer is found out in seconds, not minutes.
+    cfg.connect_timeout = Some(std::time::Duration::from_secs(10));
+    kube::Client::try_from(cfg).map_err(|e| Refused::Unusable(crate::watch::describe_error(&e)))
+}
+
+/// A kubeconfig error in a few value-free words.
+fn kind_of(e: &kube::config::KubeconfigError) -> String {
+    use kube::config::KubeconfigError as E;
+    match e {
+        E::LoadContext(_) | E::LoadClusterOfContext(_) => {
+            "its current context names a cluster or user it does not define".into()
+        }
+        E::ParseClusterUrl(_) => "the cluster's server is not a URL".into(),
+        E::ParseCertificates(_) => "a certificate does not parse".into(),
+        _ => "its credentials or certificates cannot be loaded".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: east
+  cluster:
+    server: https://127.0.0.1:6443
+    certificate-authority-data: Zm9v
+users:
+- name: pusher
+  user:
+    token: not-a-real-token
+contexts:
+- name: east
+  context: {cluster: east, user: pusher}
+current-context: east
+";
+
+    fn with(replace: &str, by: &str) -> String {
+        GOOD.replace(replace, by)
+    }
+
+    #[test]
+    fn inline_credentials_are_accepted() {
+        assert!(parse(Some(GOOD.as_bytes()), "kubeconfig").is_ok());
+    }
+
+    #[test]
+    fn files_programs_and_plugins_are_refused_with_the_field_named() {
+        let cases = [
+            (
+                with(
+                    "certificate-authority-data: Zm9v",
+                    "certificate-authority: /etc/ca.crt",
+                ),
+                "certificate-authority",
+            ),
+            (
+                with(
+                    "token: not-a-real-token",
+                    "tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token",
+                ),
+                "tokenFile",
+            ),
+            (
+                with(
+                    "token: not-a-real-token",
+                    "client-certificate: /tmp/c.crt\n    client-key-data: Zm9v",
+                ),
+                "client-certificate",
+            ),
+            (
+                with("token: not-a-real-token", "client-key: /tmp/c.key"),
+                "client-key",
+            ),
+            (
+                with(
+                    "token: not-a-real-token",
+                    "exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh, args: [-c, id]}",
+                ),
+                "exec",
+            ),
+            (
+                with("token: not-a-real-token", "auth-provider: {name: gcp}"),
+                "auth-provider",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = parse(Some(text.as_bytes()), "kubeconfig").unwrap_err();
+            assert!(
+                matches!(&err, Refused::Field(f) if f.starts_with(field)),
+                "{field}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_broken_kubeconfig_is_refused_without_quoting_it() {
+        let refused = |bytes: Option<&[u8]>| parse(bytes, "kubeconfig").unwrap_err();
+        assert_eq!(refused(None), Refused::Missing("kubeconfig"));
+        assert_eq!(refused(Some(&[0xff, 0xfe])), Refused::NotText);
+        // A value that does not fit its field: the message must not quote it.
+        let broken = with(
+            "current-context: east",
+            "current-context: [s3cr3t-value-here]",
+        );
+        let err = parse(Some(broken.as_bytes()), "kubeconfig").unwrap_err();
+        assert!(matches!(err, Refused::Parse(_)), "{err:?}");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        let no_context = with("current-context: east", "current-context: west");
+        assert_eq!(refused(Some(no_context.as_bytes())), Refused::NoContext);
+    }
+}
