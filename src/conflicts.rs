@@ -119,6 +119,10 @@ pub async fn at_start(
         let Ok(rules) = plan::rules(&source) else {
             continue;
         };
+        // In a remote cluster: only the sources that want copies there.
+        if scope.cluster.is_some_and(|c| !rules.selects_cluster(c)) {
+            continue;
+        }
         // What is in its way is adopted, not a conflict (the writer decides).
         if crate::adoption::wanted(&source, adoption_allowed) {
             continue;

@@ -18,6 +18,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+
 use crate::batch::DirtyKey;
 use crate::cache::{Caches, KindCaches};
 use crate::cli::{Command, Output};
@@ -25,7 +28,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plan::{self, World};
 use crate::records::ObjectKey;
-use crate::status::{Report, VaultStatus};
+use crate::status::{ClusterStatus, Report, VaultStatus};
 use crate::targets::Scope;
 use crate::watch::describe_error;
 use crate::{conflicts, controller, demo, resync};
@@ -98,7 +101,7 @@ pub async fn look(cfg: &Config) -> Result<Report, Error> {
 
 /// [`look`] with a given client.
 pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Error> {
-    controller::preflight(client, cfg).await?;
+    let namespace_uid = controller::preflight(client, cfg).await?;
     let (kinds, source_kinds) = (cfg.kinds(), cfg.source_kinds());
     let caches = Caches::for_kinds(&kinds, &source_kinds);
     // Not exported anywhere: the daemon's pieces count into it.
@@ -122,7 +125,6 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
         stamp: None,
     };
     let mut report = Report::new(&cfg.namespace);
-    let accepted = HashMap::new();
     for &kind in &kinds {
         let of = caches.of(kind);
         let found = conflicts::at_start(
@@ -134,28 +136,134 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
             &metrics,
         )
         .await;
-        let known = conflict_keys(of, &found);
-        of.sources.read(|sources| {
-            caches.namespaces.read(|namespaces| {
-                of.replicas.read(|replicas| {
-                    let world = World {
-                        kind,
-                        sources,
-                        namespaces,
-                        replicas,
-                        conflicts: &known,
-                        accepted: &accepted,
-                    };
-                    let plan = plan::plan(&world, &scope, &[DirtyKey::All]);
-                    report.add(&world, &scope, plan);
-                })
-            })
-        });
+        plan_kind(
+            &caches,
+            kind,
+            &scope,
+            &conflict_keys(of, &found),
+            |world, plan| report.add(world, &scope, plan),
+        );
     }
     if let Some(vault) = &cfg.vault {
         report.vault = look_at_vault(vault, cfg, &caches).await?;
     }
+    let stamp = cfg.cluster_name.clone().unwrap_or(namespace_uid);
+    report.clusters = look_at_clusters(client, cfg, &caches, &stamp, &metrics).await?;
     Ok(report)
+}
+
+/// Each registered remote cluster, read and planned as the daemon's task
+/// for it would at its start; and each cluster a source names that no
+/// Secret registers (its copies, if any, are no longer managed).
+async fn look_at_clusters(
+    client: &kube::Client,
+    cfg: &Config,
+    caches: &Caches,
+    stamp: &str,
+    metrics: &Metrics,
+) -> Result<Vec<ClusterStatus>, Error> {
+    use crate::remote::{self, CLUSTER_LABEL, Registration};
+    let api: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
+    let listed = api
+        .list(&ListParams::default().labels(CLUSTER_LABEL))
+        .await
+        .map_err(|e| Error::List(describe_error(&e)))?;
+    let listed: BTreeMap<String, Registration> = listed
+        .items
+        .iter()
+        .filter_map(Registration::read)
+        .map(|r| (r.secret.clone(), r))
+        .collect();
+    let (registered, _) = remote::choose(&listed);
+    let kinds = cfg.kinds();
+    let mut out = Vec::new();
+    for (name, registration) in &registered {
+        let mut status = ClusterStatus::served(name);
+        let remote_client = match &registration.kubeconfig {
+            Ok(k) => remote::kubeconfig::client(k.clone()).await,
+            Err(refused) => Err(refused.clone()),
+        };
+        let remote_client = match remote_client {
+            Ok(c) => c,
+            Err(refused) => {
+                status.state = "refused";
+                status.note = refused.to_string();
+                out.push(status);
+                continue;
+            }
+        };
+        let there = caches.sharing_sources(&kinds);
+        let listed = resync::relist(
+            &remote_client,
+            (&cfg.namespace, Some(stamp)),
+            &kinds,
+            &[],
+            &there,
+            metrics,
+        )
+        .await;
+        if let Err(e) = listed {
+            status.state = "unreachable";
+            status.note = describe_error(&e);
+            out.push(status);
+            continue;
+        }
+        let scope = Scope {
+            source_namespace: &cfg.namespace,
+            exclude_label: cfg.exclude_namespace_label.as_deref(),
+            protected: &cfg.protected_namespaces,
+            require_consent: cfg.require_namespace_consent,
+            cluster: Some(name),
+            stamp: Some(stamp),
+        };
+        for &kind in &kinds {
+            let of = there.of(kind);
+            let found = conflicts::at_start(
+                &remote_client,
+                of,
+                &there.namespaces,
+                &scope,
+                false,
+                metrics,
+            )
+            .await;
+            plan_kind(
+                &there,
+                kind,
+                &scope,
+                &conflict_keys(of, &found),
+                |world, plan| status.add(world, &scope, plan),
+            );
+        }
+        out.push(status);
+    }
+    // Named by a source, registered by nothing.
+    let mut unregistered: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for kind in cfg.source_kinds() {
+        caches.of(kind).sources.read(|sources| {
+            for (source, rec) in sources {
+                let Ok(rules) = plan::rules(rec) else {
+                    continue;
+                };
+                for cluster in rules.named_clusters() {
+                    if !registered.contains_key(cluster) {
+                        let by = unregistered.entry(cluster.to_string()).or_default();
+                        by.push(format!("{} {source}", kind.name()));
+                    }
+                }
+            }
+        });
+    }
+    for (cluster, by) in unregistered {
+        let mut status = ClusterStatus::served(&cluster);
+        status.state = "not-registered";
+        status.note = format!(
+            "cluster {cluster} is not registered: its copies there, if any, are no longer managed (named by {})",
+            by.join(", ")
+        );
+        out.push(status);
+    }
+    Ok(out)
 }
 
 /// Read the metadata of each source's Vault entry (read only) and classify
@@ -207,6 +315,35 @@ async fn look_at_vault(
         }
     }
     Ok(out)
+}
+
+/// Plan everything of `kind` in `caches` (as at a start) and hand the
+/// world and the plan to `take`.
+fn plan_kind(
+    caches: &Caches,
+    kind: crate::kinds::Kind,
+    scope: &Scope<'_>,
+    known: &HashSet<ObjectKey>,
+    take: impl FnOnce(&World<'_>, plan::Plan),
+) {
+    let of = caches.of(kind);
+    let accepted = HashMap::new();
+    of.sources.read(|sources| {
+        caches.namespaces.read(|namespaces| {
+            of.replicas.read(|replicas| {
+                let world = World {
+                    kind,
+                    sources,
+                    namespaces,
+                    replicas,
+                    conflicts: known,
+                    accepted: &accepted,
+                };
+                let plan = plan::plan(&world, scope, &[DirtyKey::All]);
+                take(&world, plan)
+            })
+        })
+    });
 }
 
 /// The copies the start-up LISTs found blocked (source → namespaces), as

@@ -489,14 +489,18 @@ mod tests {
             }
         }
         fn plan(&self, dirty: &[DirtyKey]) -> Plan {
+            self.plan_in(None, dirty)
+        }
+        /// Planned for the remote cluster registered as `cluster` (`None`: this one).
+        fn plan_in(&self, cluster: Option<&str>, dirty: &[DirtyKey]) -> Plan {
             let protected = vec!["kube-system".to_string()];
             let scope = Scope {
                 source_namespace: SRC,
                 exclude_label: Some("skip"),
                 protected: &protected,
                 require_consent: false,
-                cluster: None,
-                stamp: None,
+                cluster,
+                stamp: cluster.map(|_| "home"),
             };
             let world = World {
                 kind: Kind::Secret,
@@ -533,6 +537,59 @@ mod tests {
         c.sources.extend([source("db", "v1", &[])]);
         let p = c.plan(&[src("db")]);
         assert_eq!(p.actions, vec![create("a", "db"), create("b", "db")]);
+    }
+
+    #[test]
+    fn a_remote_cluster_gets_only_the_sources_that_select_it() {
+        let clusters = crate::targets::CLUSTERS_ANNOTATION;
+        let mut c = Case::new(&["a"]);
+        c.sources.extend([
+            source("local-only", "v1", &[]),
+            source("everywhere", "v1", &[(clusters, "*")]),
+            source("east-only", "v1", &[(clusters, "east")]),
+            source("globbed", "v1", &[(clusters, "we*")]),
+        ]);
+        let all = [DirtyKey::All];
+        let created =
+            |p: Plan| -> Vec<String> { p.actions.iter().map(|a| a.source().to_string()).collect() };
+        // Here: every source, as always.
+        assert_eq!(
+            created(c.plan(&all)),
+            ["east-only", "everywhere", "globbed", "local-only"]
+        );
+        assert_eq!(
+            created(c.plan_in(Some("east"), &all)),
+            ["east-only", "everywhere"]
+        );
+        assert_eq!(
+            created(c.plan_in(Some("west"), &all)),
+            ["everywhere", "globbed"]
+        );
+
+        // A source that no longer names the cluster: its copies there go.
+        let s = secret("east-only", "v1", &[(clusters, "east")]);
+        c.replicas.extend([copy("a", &s)]);
+        c.sources.insert(
+            "east-only".into(),
+            source("east-only", "v1", &[(clusters, "west")]).1,
+        );
+        let p = c.plan_in(Some("east"), &[src("east-only")]);
+        assert!(
+            matches!(&p.actions[..], [Action::Delete { namespace, .. }] if namespace == "a"),
+            "{p:?}"
+        );
+        // A clusters annotation that does not parse refuses the source
+        // everywhere: its copies stay as they are.
+        c.sources.insert(
+            "east-only".into(),
+            source("east-only", "v1", &[(clusters, "East_1")]).1,
+        );
+        for cluster in [None, Some("east")] {
+            let p = c.plan_in(cluster, &[src("east-only")]);
+            assert!(p.actions.is_empty(), "{p:?}");
+            assert_eq!(p.refused.len(), 1, "{p:?}");
+            assert_eq!(p.refused[0].1.metric_label(), "clusters");
+        }
     }
 
     #[test]

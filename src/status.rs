@@ -192,6 +192,62 @@ pub struct Report {
     pub sources: Vec<SourceStatus>,
     /// With a Vault target: where each source with a Vault path stands.
     pub vault: Vec<VaultStatus>,
+    /// Remote clusters: each registered one, and each a source names that
+    /// is not registered.
+    pub clusters: Vec<ClusterStatus>,
+}
+
+/// A remote cluster, as `status` sees it (read in `inspect`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Its registration name.
+    pub name: String,
+    /// `served` (looked at: `sources` says where each stands),
+    /// `unreachable` (its API could not be listed), `refused` (its
+    /// registration is not used) or `not-registered` (a source names it, no
+    /// Secret registers it: copies there are no longer managed).
+    pub state: &'static str,
+    pub note: String,
+    /// The sources with copies wanted or found there.
+    pub sources: Vec<SourceStatus>,
+    /// What the daemon would write there.
+    pub actions: Vec<Action>,
+}
+
+impl ClusterStatus {
+    pub fn in_sync(&self) -> bool {
+        self.state == "served" && self.sources.iter().all(SourceStatus::is_in_sync)
+    }
+
+    pub fn totals(&self) -> Counts {
+        let mut t = Counts::default();
+        for s in &self.sources {
+            t += s.counts();
+        }
+        t
+    }
+
+    /// A served cluster's status from its world and the plan for `All`:
+    /// only the sources that want copies there or have some.
+    pub fn served(name: &str) -> ClusterStatus {
+        ClusterStatus {
+            name: name.to_string(),
+            state: "served",
+            note: String::new(),
+            sources: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, world: &World<'_>, scope: &Scope<'_>, plan: Plan) {
+        self.sources.extend(
+            classify(world, scope, &plan)
+                .into_iter()
+                .filter(|s| !matches!(s.state, State::Refused { .. }))
+                .filter(|s| s.counts() != Counts::default()),
+        );
+        self.actions.extend(plan.actions);
+    }
 }
 
 /// One source's Vault entry, as `status` sees it (read in `inspect`).
@@ -252,6 +308,78 @@ impl Report {
     pub fn in_sync(&self) -> bool {
         self.sources.iter().all(SourceStatus::is_in_sync)
             && self.vault.iter().all(|v| v.state == "in-sync")
+            && self.clusters.iter().all(ClusterStatus::in_sync)
+    }
+
+    /// The remote clusters' table of `status`; with `verbose` every
+    /// namespace there by state.
+    fn clusters_text(&self, verbose: bool) -> String {
+        if self.clusters.is_empty() {
+            return String::new();
+        }
+        let mut rows = vec![
+            [
+                "CLUSTER", "STATE", "WANTED", "IN-SYNC", "MISSING", "STALE", "CONFLICT",
+                "ORPHANED", "",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        let mut details = String::new();
+        for c in &self.clusters {
+            let mut row = vec![c.name.clone(), c.state.to_string()];
+            if c.state == "served" {
+                let t = c.totals();
+                let numbers = [
+                    t.wanted, t.in_sync, t.missing, t.stale, t.conflict, t.orphaned,
+                ];
+                row.extend(numbers.iter().map(usize::to_string));
+            } else {
+                row.extend(["-"; 6].map(String::from));
+            }
+            row.push(c.note.clone());
+            rows.push(row);
+            if !verbose {
+                continue;
+            }
+            for s in &c.sources {
+                details.push_str(&format!(
+                    "
+{} {} in cluster {}:
+",
+                    s.kind, s.source, c.name
+                ));
+                let lists = [
+                    ("in-sync", &s.in_sync),
+                    ("missing", &s.missing),
+                    ("stale", &s.stale),
+                    ("conflict", &s.conflict),
+                    ("orphaned", &s.orphaned),
+                ];
+                for (state, names) in lists {
+                    for n in names {
+                        details.push_str(&format!(
+                            "  {state:<8}  {n}
+"
+                        ));
+                    }
+                }
+            }
+        }
+        let served: Vec<&ClusterStatus> = self
+            .clusters
+            .iter()
+            .filter(|c| c.state == "served")
+            .collect();
+        let in_sync = served.iter().filter(|c| c.in_sync()).count();
+        format!(
+            "\nRemote clusters:\n{}{details}clusters: {in_sync} of {} registered clusters in sync\n",
+            table(&rows),
+            self.clusters
+                .iter()
+                .filter(|c| c.state != "not-registered")
+                .count()
+        )
     }
 
     /// The Vault table of `status`, and its summary.
@@ -281,10 +409,14 @@ impl Report {
         )
     }
 
+    /// Every copy: here and in the remote clusters looked at.
     pub fn totals(&self) -> Counts {
         let mut t = Counts::default();
         for s in &self.sources {
             t += s.counts();
+        }
+        for c in &self.clusters {
+            t += c.totals();
         }
         t
     }
@@ -362,6 +494,7 @@ impl Report {
             out.push('\n');
         }
         out.push_str(&self.vault_text());
+        out.push_str(&self.clusters_text(verbose));
         let t = self.totals();
         let copies = if t.wanted == 1 { "copy" } else { "copies" };
         if self.in_sync() {
@@ -369,9 +502,14 @@ impl Report {
                 "in sync: {} of {} {copies}\n",
                 t.in_sync, t.wanted
             ));
-        } else if self.sources.iter().all(SourceStatus::is_in_sync) {
+        } else if self
+            .sources
+            .iter()
+            .chain(self.clusters.iter().flat_map(|c| &c.sources))
+            .all(SourceStatus::is_in_sync)
+        {
             out.push_str(&format!(
-                "not in sync: {} of {} {copies} in sync, but not every Vault entry\n",
+                "not in sync: {} of {} {copies} in sync, but not every Vault entry or remote cluster\n",
                 t.in_sync, t.wanted
             ));
         } else {
@@ -392,7 +530,7 @@ impl Report {
 
     /// `status -o json`: counts per source and in total; with `verbose` the
     /// namespaces too.
-    pub fn status_json(&self, verbose: bool) -> String {
+    pub fn status_json<'a>(&'a self, verbose: bool) -> String {
         #[derive(Serialize)]
         struct Names<'a> {
             in_sync: &'a [String],
@@ -428,6 +566,16 @@ impl Report {
             counts: Counts,
         }
         #[derive(Serialize)]
+        struct Cluster<'a> {
+            name: &'a str,
+            /// `served`, `unreachable`, `refused` or `not-registered`.
+            state: &'static str,
+            note: &'a str,
+            in_sync: bool,
+            counts: Counts,
+            sources: Vec<Source<'a>>,
+        }
+        #[derive(Serialize)]
         struct Status<'a> {
             namespace: &'a str,
             in_sync: bool,
@@ -435,32 +583,43 @@ impl Report {
             sources: Vec<Source<'a>>,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
             vault: &'a [VaultStatus],
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            clusters: Vec<Cluster<'a>>,
         }
-        let sources = self
-            .sources
+        let source = |s: &'a SourceStatus| Source {
+            kind: s.kind.name(),
+            name: &s.source,
+            state: match s.state {
+                State::Pushed => "pushed",
+                State::Refused { .. } => "refused",
+                State::Gone => "gone",
+            },
+            copy_name: s.copy.as_deref(),
+            in_sync: s.is_in_sync(),
+            counts: s.counts(),
+            refusal: match &s.state {
+                State::Refused { reason, message } => Some(Refusal { reason, message }),
+                _ => None,
+            },
+            namespaces: verbose.then_some(Names {
+                in_sync: &s.in_sync,
+                missing: &s.missing,
+                stale: &s.stale,
+                conflict: &s.conflict,
+                orphaned: &s.orphaned,
+            }),
+        };
+        let sources = self.sources.iter().map(source).collect();
+        let clusters = self
+            .clusters
             .iter()
-            .map(|s| Source {
-                kind: s.kind.name(),
-                name: &s.source,
-                state: match s.state {
-                    State::Pushed => "pushed",
-                    State::Refused { .. } => "refused",
-                    State::Gone => "gone",
-                },
-                copy_name: s.copy.as_deref(),
-                in_sync: s.is_in_sync(),
-                counts: s.counts(),
-                refusal: match &s.state {
-                    State::Refused { reason, message } => Some(Refusal { reason, message }),
-                    _ => None,
-                },
-                namespaces: verbose.then_some(Names {
-                    in_sync: &s.in_sync,
-                    missing: &s.missing,
-                    stale: &s.stale,
-                    conflict: &s.conflict,
-                    orphaned: &s.orphaned,
-                }),
+            .map(|c| Cluster {
+                name: &c.name,
+                state: c.state,
+                note: &c.note,
+                in_sync: c.in_sync(),
+                counts: c.totals(),
+                sources: c.sources.iter().map(source).collect(),
             })
             .collect();
         let status = Status {
@@ -473,6 +632,7 @@ impl Report {
             },
             sources,
             vault: &self.vault,
+            clusters,
         };
         let mut text = serde_json::to_string_pretty(&status).expect("status serializes");
         text.push('\n');
@@ -482,26 +642,39 @@ impl Report {
     /// Writes by op, in the order create, apply, replace, delete.
     fn ops(&self) -> [(&'static str, usize); 4] {
         ["create", "apply", "replace", "delete"]
-            .map(|op| (op, self.actions.iter().filter(|a| a.op() == op).count()))
+            .map(|op| (op, self.all_actions().filter(|(_, a)| a.op() == op).count()))
+    }
+
+    /// Every planned write: here (`None`), then per remote cluster.
+    fn all_actions(&self) -> impl Iterator<Item = (Option<&str>, &Action)> {
+        let here = self.actions.iter().map(|a| (None, a));
+        let remote = self
+            .clusters
+            .iter()
+            .flat_map(|c| c.actions.iter().map(|a| (Some(c.name.as_str()), a)));
+        here.chain(remote)
     }
 
     /// `plan` for people: one line per write, then a summary.
     pub fn plan_text(&self) -> String {
         let rows: Vec<Vec<String>> = self
-            .actions
-            .iter()
-            .map(|a| {
+            .all_actions()
+            .map(|(cluster, a)| {
                 let key = a.key();
-                vec![
+                let mut row = vec![
                     a.op().to_string(),
                     a.kind().name().to_string(),
                     format!("{}/{}", key.namespace, key.name),
                     format!("from {}/{}", self.namespace, a.source()),
-                ]
+                ];
+                if let Some(c) = cluster {
+                    row.push(format!("in cluster {c}"));
+                }
+                row
             })
             .collect();
         let mut out = table(&rows);
-        let n = self.actions.len();
+        let n = rows.len();
         if n == 0 {
             out.push_str("no writes: the controller would change nothing");
         } else {
@@ -547,6 +720,9 @@ impl Report {
             namespace: String,
             name: String,
             source: &'a str,
+            /// A remote cluster's registration name; absent here.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            cluster: Option<&'a str>,
         }
         #[derive(Serialize)]
         struct Blocked<'a> {
@@ -572,10 +748,9 @@ impl Report {
             #[serde(skip_serializing_if = "Vec::is_empty")]
             vault_writes: Vec<&'a VaultStatus>,
         }
-        let writes = self
-            .actions
-            .iter()
-            .map(|a| {
+        let writes: Vec<Write<'_>> = self
+            .all_actions()
+            .map(|(cluster, a)| {
                 let key = a.key();
                 Write {
                     op: a.op(),
@@ -583,11 +758,12 @@ impl Report {
                     namespace: key.namespace,
                     name: key.name,
                     source: a.source(),
+                    cluster,
                 }
             })
             .collect();
         let mut summary: BTreeMap<&'static str, usize> = self.ops().into_iter().collect();
-        summary.insert("total", self.actions.len());
+        summary.insert("total", writes.len());
         let mut conflicts = Vec::new();
         let mut refused = Vec::new();
         for s in &self.sources {

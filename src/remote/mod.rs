@@ -79,18 +79,52 @@ pub fn spawn(shared: Shared, client: kube::Client, shutdown: CancellationToken) 
 
 /// One registration Secret as read.
 #[derive(Clone)]
-struct Registration {
-    secret: String,
+pub struct Registration {
+    pub secret: String,
     uid: String,
     /// The label's value.
-    cluster: String,
+    pub cluster: String,
     /// SHA-256 of the kubeconfig bytes: a change restarts the cluster.
     fingerprint: [u8; 32],
-    kubeconfig: Result<kube::config::Kubeconfig, kubeconfig::Refused>,
+    pub kubeconfig: Result<kube::config::Kubeconfig, kubeconfig::Refused>,
+}
+
+/// The registrations that count, by cluster name, and the refused ones
+/// with why: one per cluster name (the first Secret by name wins), and the
+/// label's value must be a DNS label. Same for the daemon and `status`.
+pub fn choose(
+    listed: &BTreeMap<String, Registration>,
+) -> (
+    BTreeMap<String, &Registration>,
+    Vec<(&Registration, String)>,
+) {
+    let mut wanted: BTreeMap<String, &Registration> = BTreeMap::new();
+    let mut refusals = Vec::new();
+    for r in listed.values() {
+        if let Err(reason) = crate::names::dns1123_label(&r.cluster) {
+            refusals.push((
+                r,
+                format!(
+                    "the label {CLUSTER_LABEL} must be a DNS label, the cluster's name ({reason})"
+                ),
+            ));
+        } else if let Some(first) = wanted.get(&r.cluster) {
+            refusals.push((
+                r,
+                format!(
+                    "cluster {} is already registered by Secret {}",
+                    r.cluster, first.secret
+                ),
+            ));
+        } else {
+            wanted.insert(r.cluster.clone(), r);
+        }
+    }
+    (wanted, refusals)
 }
 
 impl Registration {
-    fn read(s: &Secret) -> Option<Registration> {
+    pub fn read(s: &Secret) -> Option<Registration> {
         let secret = s.metadata.name.clone()?;
         let cluster = s.metadata.labels.as_ref()?.get(CLUSTER_LABEL)?.clone();
         let bytes = s
@@ -208,25 +242,8 @@ impl Manager {
 
     /// Bring the running clusters to the registrations in `listed`.
     async fn reconcile(&mut self, listed: &BTreeMap<String, Registration>) {
-        // One registration per cluster name: the first Secret by name wins,
-        // the others are refused (and said so).
-        let mut wanted: BTreeMap<String, &Registration> = BTreeMap::new();
-        let mut refusals: Vec<(&Registration, String)> = Vec::new();
-        for r in listed.values() {
-            if let Err(reason) = crate::names::dns1123_label(&r.cluster) {
-                refusals.push((r, format!("the label {CLUSTER_LABEL} must be a DNS label, the cluster's name ({reason})")));
-            } else if let Some(first) = wanted.get(&r.cluster) {
-                refusals.push((
-                    r,
-                    format!(
-                        "cluster {} is already registered by Secret {}",
-                        r.cluster, first.secret
-                    ),
-                ));
-            } else {
-                wanted.insert(r.cluster.clone(), r);
-            }
-        }
+        // One registration per cluster name; the others are refused (and said so).
+        let (wanted, mut refusals) = choose(listed);
         for r in wanted.values() {
             if let Err(refused) = &r.kubeconfig {
                 refusals.push((r, format!("cluster {} is not served: {refused}", r.cluster)));
