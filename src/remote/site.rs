@@ -134,7 +134,9 @@ pub async fn run(
         own_health.beat();
         tokio::select! {
             _ = stop.cancelled() => return finish(watchers),
-            _ = tick.tick() => report.update().await,
+            _ = tick.tick() => {
+                report.update().await;
+            }
             Some(_) = told.recv() => {}
         }
     }
@@ -231,7 +233,14 @@ pub async fn run(
                     }
                 }
             }
-            _ = tick.tick() => report.update().await,
+            _ = tick.tick() => {
+                // Back after an outage: what failed meanwhile waits out no
+                // backoff; everything is planned again now.
+                if report.update().await {
+                    retry = RetryQueue::new();
+                    add(&mut batcher, &mut since, DirtyKey::All);
+                }
+            }
         }
     }
     finish(watchers);
@@ -289,9 +298,11 @@ impl Report {
         }
     }
 
-    async fn update(&mut self) {
+    /// Look and report; `true` when the cluster just came back after it
+    /// was reported unreachable.
+    async fn update(&mut self) -> bool {
         if self.stop.is_cancelled() {
-            return;
+            return false;
         }
         let down = match self.own.readiness() {
             Ok(()) => None,
@@ -310,9 +321,10 @@ impl Report {
         // Say it once per change, and "listing" only once it is really late.
         let first_listing = self.said.is_none() && down.as_deref() == Some("caches not synced yet");
         if self.said.as_ref() == Some(&down) || first_listing {
-            return;
+            return false;
         }
         let previous = self.said.replace(down.clone());
+        let back = down.is_none() && matches!(previous, Some(Some(_)));
         let (kind, reason, note) = match &down {
             Some(why) => {
                 tracing::warn!(why = %why, "remote cluster cannot be served; retrying");
@@ -351,5 +363,6 @@ impl Report {
         events
             .publish(&self.registration, kind, reason, "Register", note)
             .await;
+        back
     }
 }
