@@ -6,8 +6,10 @@
 //! this cluster's (shared, never copied), the same planner ([`flush`]), a
 //! writer with its own limiter (`SECRET_SYNC_RATE_LIMIT` per API server),
 //! its own retry queue, fights and conflicts, and its own resync. The control
-//! loop tells it each flushed batch's sources; its own watches tell it about
-//! its namespaces and copies. Every write asks the one write gate.
+//! loop tells it each flushed batch's sources, which it plans at once (they
+//! waited out the quiet window there); its own watches tell it about its
+//! namespaces and copies, which it batches itself. Every write asks the one
+//! write gate.
 //!
 //! A cluster that cannot be reached or refuses us holds up nothing else: the
 //! control loop only sends on a channel, and this task's watches and writes
@@ -200,9 +202,12 @@ pub async fn run(
                 add(&mut batcher, &mut since, key);
             }
             Some(key) = dirty_rx.recv() => add(&mut batcher, &mut since, key),
+            // Already batched by the control loop (its quiet window is
+            // over): planned at once, not after a second window.
             Some(keys) = told.recv() => {
-                for key in keys {
-                    add(&mut batcher, &mut since, key);
+                if shared.gate.leading() {
+                    let mut gate = Gate { retry: &mut retry, fights: &mut fights };
+                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, Instant::now(), &own_health, &mut gate, false).await;
                 }
             }
             _ = resync_timer.tick() => {
