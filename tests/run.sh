@@ -4,7 +4,8 @@
 #   2. starts it, runs formatting and lint checks and `cargo test` (unit tests,
 #      the config table over the built binary, and every end-to-end test
 #      against the real kube-apiserver + etcd + kube-controller-manager),
-#   3. stops it again, also when a step fails.
+#   3. stops it (and the two remote control planes of the remote-cluster tests)
+#      again, also when a step fails.
 # If the control plane cannot be built or started this fails loudly; no test
 # is skipped.
 set -euo pipefail
@@ -13,12 +14,20 @@ CP=tests/control-plane/cp.sh
 
 step() { echo; echo "==> $*"; }
 
+# The two remote control planes the remote-cluster tests start (tests/common/remote.rs).
+remotes_down() {
+    local n
+    for n in 1 2; do
+        PUSH_TO_K8S_CP_DIR="${TMPDIR:-/tmp}/push-to-k8s-cp-remote-$n-$(id -u)" bash "$CP" down
+    done
+}
+
 step "control plane: build (first run on a machine: 10-20 minutes) and self-test"
 bash "$CP" build
 bash tests/control-plane/selftest.sh
 
 step "control plane: up"
-trap 'bash "$CP" down >/dev/null 2>&1' EXIT
+trap 'bash "$CP" down >/dev/null 2>&1; remotes_down >/dev/null 2>&1' EXIT
 bash "$CP" up
 
 step "cargo fmt --check"
@@ -35,6 +44,7 @@ cargo test --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
 
 step "control plane: down"
 bash "$CP" down
+remotes_down
 
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"

@@ -33,6 +33,9 @@ mod daemon;
 mod http_get;
 mod metrics;
 
+// Issue 11: two more control planes as remote clusters.
+pub mod remote;
+
 #[allow(unused_imports)] // each test binary uses some of them
 pub use {
     control_plane::ControlPlane,
