@@ -366,20 +366,13 @@ impl Report {
                 }
             }
         }
-        let served: Vec<&ClusterStatus> = self
-            .clusters
-            .iter()
-            .filter(|c| c.state == "served")
-            .collect();
-        let in_sync = served.iter().filter(|c| c.in_sync()).count();
-        format!(
-            "\nRemote clusters:\n{}{details}clusters: {in_sync} of {} registered clusters in sync\n",
-            table(&rows),
-            self.clusters
-                .iter()
-                .filter(|c| c.state != "not-registered")
-                .count()
-        )
+        let registered = self.clusters.iter().filter(|c| c.state != "not-registered");
+        let in_sync = registered.clone().filter(|c| c.in_sync()).count();
+        let summary = match registered.count() {
+            0 => String::new(),
+            n => format!("clusters: {in_sync} of {n} registered clusters in sync\n"),
+        };
+        format!("\nRemote clusters:\n{}{details}{summary}", table(&rows))
     }
 
     /// The Vault table of `status`, and its summary.
@@ -508,8 +501,15 @@ impl Report {
             .chain(self.clusters.iter().flat_map(|c| &c.sources))
             .all(SourceStatus::is_in_sync)
         {
+            // Then what is not in sync is a Vault entry or a cluster not served.
+            let vault = !self.vault.iter().all(|v| v.state == "in-sync");
+            let what = match (vault, self.clusters.iter().any(|c| c.state != "served")) {
+                (true, true) => "every Vault entry nor every remote cluster",
+                (true, false) => "every Vault entry",
+                _ => "every remote cluster",
+            };
             out.push_str(&format!(
-                "not in sync: {} of {} {copies} in sync, but not every Vault entry or remote cluster\n",
+                "not in sync: {} of {} {copies} in sync, but not {what}\n",
                 t.in_sync, t.wanted
             ));
         } else {
@@ -1104,6 +1104,80 @@ mod tests {
         let (p, report) = c.report();
         assert_eq!(p.actions[0].op(), "replace");
         assert_eq!(report.sources[0].stale, strings(&["a"]));
+    }
+
+    #[test]
+    fn remote_clusters_are_counted_and_an_unregistered_one_is_no_longer_managed() {
+        // One cluster served with a copy missing there, one named by a
+        // source and registered by nothing.
+        let mut east = Cluster::new(&["a"]);
+        east.source(&secret(
+            "db",
+            "v1",
+            &[("push-to-k8s.io/clusters", "east,west")],
+        ));
+        let protected = vec!["kube-system".to_string()];
+        let scope = Scope {
+            source_namespace: SRC,
+            exclude_label: None,
+            protected: &protected,
+            require_consent: false,
+            cluster: Some("east"),
+            stamp: Some("home"),
+        };
+        let accepted = HashMap::new();
+        let world = World {
+            kind: Kind::Secret,
+            sources: &east.sources,
+            namespaces: &east.namespaces,
+            replicas: &east.replicas,
+            conflicts: &east.conflicts,
+            accepted: &accepted,
+        };
+        let mut served = ClusterStatus::served("east");
+        served.add(&world, &scope, plan::plan(&world, &scope, &[DirtyKey::All]));
+        let mut unregistered = ClusterStatus::served("west");
+        unregistered.state = "not-registered";
+        unregistered.note =
+            "cluster west is not registered: its copies there, if any, are no longer managed"
+                .into();
+        let mut report = Report::new(SRC);
+        report.clusters = vec![served, unregistered];
+
+        assert!(!report.in_sync());
+        assert_eq!(report.totals().missing, 1);
+        let text = report.status_text(true);
+        assert!(
+            text.contains("east     served          1       0        1"),
+            "{text}"
+        );
+        assert!(text.contains("no longer managed"), "{text}");
+        assert!(
+            text.contains("Secret db in cluster east:\n  missing   a\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("clusters: 0 of 1 registered clusters in sync"),
+            "{text}"
+        );
+        assert!(
+            report
+                .plan_text()
+                .starts_with("create  Secret  a/db  from src/db  in cluster east\n"),
+            "{}",
+            report.plan_text()
+        );
+        let v: serde_json::Value = serde_json::from_str(&report.status_json(false)).unwrap();
+        assert_eq!(v["clusters"][1]["state"], "not-registered");
+        assert_eq!(v["clusters"][0]["counts"]["missing"], 1);
+        let p: serde_json::Value = serde_json::from_str(&report.plan_json()).unwrap();
+        assert_eq!(p["writes"][0]["cluster"], "east");
+
+        // Only the unregistered cluster left: nothing counts it as registered.
+        report.clusters.remove(0);
+        let text = report.status_text(false);
+        assert!(!text.contains("registered clusters in sync"), "{text}");
+        assert!(text.ends_with("but not every remote cluster\n"), "{text}");
     }
 
     #[test]
