@@ -1421,3 +1421,116 @@ async fn the_remote_identity_can_do_exactly_what_the_shipped_cluster_role_grants
         }
     }
 }
+
+// ---------------------------------------------------------------- secrecy
+
+/// No Secret value, registration token or kubeconfig content reaches the
+/// controller's log at trace level, or an Event: a value travels to a
+/// registered cluster, a registration whose kubeconfig does not parse holds
+/// a marker where the YAML library would quote it, and a registration whose
+/// token the cluster refuses is reported.
+#[tokio::test]
+async fn no_value_token_or_kubeconfig_reaches_the_log_or_an_event_at_trace_level() {
+    let _serial = serial();
+    let env = TestEnv::new("rc-quiet", 1).await;
+    let _cleanup = env.cleanup_on_panic();
+    let remote_ns = RemoteNamespaces::new(&env.id);
+    let a = Cluster::new(1, format!("{}-a", env.id)).await;
+    let t0 = format!("{}-t0", env.id);
+    remote_ns.create(a.remote, &t0, &[]).await;
+    let token = a.register(&env).await;
+    let marker = format!("k3y-{}-marker", env.id);
+    let broken = format!("apiVersion: v1\nkind: Config\ncurrent-context: [{marker}]\n");
+    let broken_name = format!("{}-broken", env.id);
+    register(
+        &env.client,
+        &env.source_ns,
+        "cluster-broken",
+        &broken_name,
+        &broken,
+    )
+    .await;
+    let fake = format!("f4ke-{}-token", env.id);
+    let refused_name = format!("{}-refused", env.id);
+    let refused_kubeconfig = a.remote.kubeconfig_text(&fake);
+    register(
+        &env.client,
+        &env.source_ns,
+        "cluster-refused",
+        &refused_name,
+        &refused_kubeconfig,
+    )
+    .await;
+    let value = format!("v4lue-{}-secret", env.id);
+    let db = format!("{}-db", env.id);
+    env.add_source(&source(
+        &env,
+        &db,
+        &[("password", &value)],
+        &[(CLUSTERS_ANNOTATION, "*")],
+    ))
+    .await;
+
+    let mut daemon = start(&env, &[("RUST_LOG", "trace")]).await;
+    let _log = LogOnPanic(daemon.log.clone());
+    await_remote_all(
+        &a,
+        &env,
+        std::slice::from_ref(&t0),
+        &db,
+        &[("password", &value)],
+        WAIT,
+    )
+    .await;
+    await_event(
+        &env,
+        "cluster-broken",
+        "InvalidCluster",
+        "Warning",
+        &[&broken_name, "does not parse"],
+    )
+    .await;
+    await_event(
+        &env,
+        "cluster-refused",
+        "ClusterUnreachable",
+        "Warning",
+        &[&refused_name, "401"],
+    )
+    .await;
+    let body = await_readyz(&daemon, &format!("cluster {refused_name} degraded"), true).await;
+
+    let log = {
+        stop(&mut daemon, &[token.clone(), fake.clone()], &[]);
+        daemon.logs()
+    };
+    assert!(log.contains("TRACE"), "the log is at trace level");
+    use k8s_openapi::api::events::v1::Event;
+    let events: Vec<String> = Api::<Event>::namespaced(env.client.clone(), &env.source_ns)
+        .list(&ListParams::default())
+        .await
+        .expect("list Events")
+        .items
+        .into_iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        events.iter().any(|e| e.starts_with("InvalidCluster")),
+        "{events:?}"
+    );
+    let said = format!("{log}\n{body}\n{}", events.join("\n"));
+    let encoded = base64(value.as_bytes());
+    for secret in [&value, &encoded, &token, &fake, &marker] {
+        assert!(
+            !said.contains(secret.as_str()),
+            "a value, token or kubeconfig content was said: {}",
+            &secret[..8.min(secret.len())]
+        );
+    }
+}

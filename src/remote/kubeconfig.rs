@@ -45,19 +45,26 @@ pub fn parse(data: Option<&[u8]>, key: &'static str) -> Result<Kubeconfig, Refus
     Ok(config)
 }
 
-/// Where a parse error is, never what it quotes.
+/// Where a parse error is, never what it quotes: ` at line L column C`
+/// when the message has it (the YAML library's message can go on to quote
+/// the input), else nothing.
 fn locate(e: &kube::config::KubeconfigError) -> String {
-    // serde_yaml's message ends with "at line L column C" when it knows.
     let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(at) => {
-            let place: String = text[at..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == ' ')
-                .collect();
-            place.trim_end().to_string()
-        }
-        None => String::new(),
+    let number = |s: &str| -> Option<String> {
+        let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+        (!digits.is_empty()).then_some(digits)
+    };
+    let Some(at) = text.find("line ") else {
+        return String::new();
+    };
+    let rest = &text[at + "line ".len()..];
+    let Some(line) = number(rest) else {
+        return String::new();
+    };
+    let column = rest[line.len()..].strip_prefix(" column ").and_then(number);
+    match column {
+        Some(column) => format!(" at line {line} column {column}"),
+        None => format!(" at line {line}"),
     }
 }
 
@@ -217,6 +224,7 @@ current-context: east
         let err = parse(Some(broken.as_bytes()), "kubeconfig").unwrap_err();
         assert!(matches!(err, Refused::Parse(_)), "{err:?}");
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        assert!(err.to_string().ends_with(" at line 15 column 18"), "{err}");
         let no_context = with("current-context: east", "current-context: west");
         assert_eq!(refused(Some(no_context.as_bytes())), Refused::NoContext);
     }
