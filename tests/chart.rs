@@ -703,6 +703,10 @@ fn alerts_use_metrics_the_controller_exports() {
     let metrics = push_to_k8s::metrics::Metrics::new();
     // A family shows only once it has a series.
     metrics.write(push_to_k8s::kinds::Kind::Secret, "apply", "error");
+    let east = push_to_k8s::metrics::ClusterLabels {
+        cluster: "east".into(),
+    };
+    metrics.cluster_up.get_or_create(&east).set(0);
     let mut exported = Vec::new();
     for line in metrics.encode().lines() {
         let mut words = line.split_whitespace();
@@ -747,6 +751,7 @@ fn alerts_use_metrics_the_controller_exports() {
         "PushToK8sWritesFailing",
         "PushToK8sConflicts",
         "PushToK8sOutOfSync",
+        "PushToK8sRemoteClusterDown",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),
