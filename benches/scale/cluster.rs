@@ -52,7 +52,7 @@ pub fn filler(seed: &str, len: usize) -> Vec<u8> {
 }
 
 /// A source of realistic size: a user name, a password and a ~1 KiB certificate.
-fn source_secret(name: &str, version: u64) -> Secret {
+pub fn source_secret(name: &str, version: u64) -> Secret {
     let data = BTreeMap::from([
         (
             "username".to_string(),
@@ -121,7 +121,7 @@ fn unrelated_meta(name: String) -> ObjectMeta {
     }
 }
 
-fn copy_hash(source: &Secret) -> String {
+pub fn copy_hash(source: &Secret) -> String {
     Replica::render(source, SOURCE_NS).hash
 }
 

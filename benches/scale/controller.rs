@@ -22,13 +22,15 @@ pub struct Settings {
     pub sync_interval_min: u32,
 }
 
-/// Start `bin` with the bench's settings; its log is `logs/<name>.log`, kept.
+/// Start `bin` with the bench's settings and `extra` variables beside them;
+/// its log is `logs/<name>.log`, kept.
 pub fn start(
     bin: &Path,
     kubeconfig: &Path,
     logs: &Path,
     name: &str,
     s: &Settings,
+    extra: &[(&str, &str)],
 ) -> Result<Daemon> {
     let (debounce, rate) = (DEBOUNCE.as_secs().to_string(), RATE.to_string());
     let (burst, interval) = (s.burst.to_string(), s.sync_interval_min.to_string());
@@ -41,6 +43,7 @@ pub fn start(
         ("EXCLUDE_NAMESPACE_LABEL", PARKED_LABEL),
         ("PROTECTED_NAMESPACES", PROTECTED),
     ];
+    let env: Vec<(&str, &str)> = env.iter().chain(extra).copied().collect();
     let mut d = Daemon::spawn(bin, kubeconfig, logs.join(format!("{name}.log")), &env)?;
     d.keep_log = true;
     Ok(d)
@@ -69,6 +72,42 @@ pub fn status_kib(pid: u32, field: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// utime + stime of process `pid` (a number, or `self`), in seconds; NaN if
+/// unknown.
+pub fn process_cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    if f.len() < 13 {
+        return f64::NAN;
+    }
+    (f[11] + f[12]) / clock_ticks()
+}
+
+/// The machine's CPU time from `/proc/stat`: (busy, all), in seconds summed
+/// over every core.
+pub fn machine_cpu_s() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        // user nice system idle iowait irq softirq steal (guest time is
+        // already in user and nice).
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let all: f64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0.0) + f.get(4).copied().unwrap_or(0.0);
+    ((all - idle) / clock_ticks(), all / clock_ticks())
+}
+
 impl Daemon {
     pub fn rss_mib(&self) -> f64 {
         status_kib(self.pid, "VmRSS:") / 1024.0
@@ -80,17 +119,7 @@ impl Daemon {
 
     /// utime + stime, in seconds.
     pub fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start at field 3.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<f64> = rest
-            .split_whitespace()
-            .map(|x| x.parse().unwrap_or(0.0))
-            .collect();
-        if f.len() < 13 {
-            return f64::NAN;
-        }
-        (f[11] + f[12]) / clock_ticks()
+        process_cpu_s(&self.pid.to_string())
     }
 
     /// Wait for the next completed resync and the flush it causes, then

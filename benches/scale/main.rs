@@ -5,6 +5,8 @@
 //! Issue 8 adds memory with both kinds (Secret and ConfigMap copies,
 //! unrelated ConfigMaps) and scale (up to 100,000 copies seeded in sync).
 //! Issue 10 adds `vault`: the Vault KV v2 target against a dev Vault.
+//! Issue 11 adds `remote`: one source to three clusters (the bench's control
+//! plane and two more it starts for the scenario).
 //!
 //! ```text
 //! cargo bench --bench scale                 # quick size, a few minutes
@@ -64,6 +66,7 @@ mod memory;
 mod output;
 mod params;
 mod propagation;
+mod remote;
 mod report;
 mod restart;
 mod scale;
@@ -126,11 +129,16 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn controller(&self, name: &str, s: &Settings) -> Result<Daemon> {
+        self.controller_with(name, s, &[])
+    }
+
+    /// A controller with `extra` variables beside the bench's settings.
+    fn controller_with(&self, name: &str, s: &Settings, extra: &[(&str, &str)]) -> Result<Daemon> {
         println!(
             "bench: starting controller {name} (load average {})",
             loadavg()
         );
-        controller::start(&self.bin, &self.kubeconfig, &self.logs, name, s)
+        controller::start(&self.bin, &self.kubeconfig, &self.logs, name, s, extra)
     }
 
     async fn counts(&self) -> Result<Counts> {
@@ -246,6 +254,7 @@ async fn run(
             "kinds" => bench.kinds().await,
             "scale" => bench.scale().await,
             "vault" => bench.vault().await,
+            "remote" => bench.remote().await,
             _ => bench.memory().await,
         };
         if let Err(e) = r {

@@ -31,6 +31,9 @@ pub struct Params {
     pub vault_ns: usize,
     pub vault_sources: usize,
     pub vault_rate: u32,
+    /// Scenario 11 (remote clusters): target namespaces in each of the three
+    /// clusters (the local one and two remote ones).
+    pub remote_ns: usize,
     pub scenarios: Vec<String>,
     pub keep_cp: bool,
     pub plot: bool,
@@ -40,7 +43,15 @@ pub struct Params {
 }
 
 /// In the order they run; `scale` last, as it leaves the most namespaces behind.
-pub const SCENARIOS: &[&str] = &["burst", "propagation", "memory", "kinds", "vault", "scale"];
+pub const SCENARIOS: &[&str] = &[
+    "burst",
+    "propagation",
+    "memory",
+    "kinds",
+    "vault",
+    "remote",
+    "scale",
+];
 
 const USAGE: &str = "\
 usage: cargo bench --bench scale -- [options]
@@ -48,10 +59,11 @@ usage: cargo bench --bench scale -- [options]
   --full                 the issues' sizes: N in {100,500,1000} x 5 runs, burst 100
                          sources x 100 namespaces, memory and kinds 1000 namespaces x 20
                          sources, scale {1000,2500,5000} namespaces x 20 sources,
-                         vault 1 source x 1000 namespaces and 100 sources
+                         vault 1 source x 1000 namespaces and 100 sources, remote
+                         3 clusters x 300 namespaces
   --prop-n A,B,..        propagation target namespace counts (quick: 50,100)
-  --runs K               propagation runs per N, and vault part A updates; median
-                         reported (quick: 3, full: 5)
+  --runs K               propagation runs per N, vault part A and remote updates;
+                         median reported (quick: 3, full: 5)
   --burst-sources S      sources changed within 2 s (quick: 20, full: 100)
   --burst-n N            target namespaces of the burst (quick: 50, full: 100)
   --burst-b B            SECRET_SYNC_RATE_BURST of the burst scenario (default 10)
@@ -68,7 +80,10 @@ usage: cargo bench --bench scale -- [options]
   --vault-sources S      vault part B: sources, each with its own Vault path (quick: 20,
                          full: 100)
   --vault-rate V         VAULT_RATE_LIMIT of the vault scenario (default 100, 1-100)
-  --only a,b             run only these of: burst, propagation, memory, kinds, vault, scale
+  --remote-n N           remote: target namespaces in each of the 3 clusters (local and
+                         2 remote control planes started for it; quick: 100, full: 300)
+  --only a,b             run only these of: burst, propagation, memory, kinds, vault,
+                         remote, scale
                          (memory also measures steady state, CPU and restart)
   --keep-cp              leave the bench control plane up at the end
   --no-plot              do not draw the PNG plots (no Python venv needed)
@@ -101,6 +116,7 @@ impl Params {
             vault_ns: 100,
             vault_sources: 20,
             vault_rate: 100,
+            remote_ns: 100,
             scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
             keep_cp: false,
             plot: true,
@@ -118,6 +134,7 @@ impl Params {
             p.scale_sources = 20;
             p.vault_ns = 1000;
             p.vault_sources = 100;
+            p.remote_ns = 300;
         }
         let mut unrelated = None;
         let mut it = args.into_iter();
@@ -143,6 +160,7 @@ impl Params {
                 "--vault-n" => p.vault_ns = value()?.parse()?,
                 "--vault-sources" => p.vault_sources = value()?.parse()?,
                 "--vault-rate" => p.vault_rate = value()?.parse()?,
+                "--remote-n" => p.remote_ns = value()?.parse()?,
                 "--only" => {
                     p.scenarios = value()?.split(',').map(|s| s.trim().to_string()).collect();
                     if let Some(bad) = p
@@ -176,6 +194,7 @@ impl Params {
             || p.scale_sources == 0
             || p.vault_ns == 0
             || p.vault_sources == 0
+            || p.remote_ns == 0
         {
             bail!("counts must be at least 1");
         }

@@ -67,8 +67,9 @@ pub fn controller_binary(repo: &Path) -> Result<PathBuf> {
     }
 }
 
-/// The bench's own control plane (`PUSH_TO_K8S_CP_DIR=
-/// /tmp/push-to-k8s-bench-cp-$UID`, never the e2e suite's instance); `cp.sh
+/// A control plane of the bench's own (`PUSH_TO_K8S_CP_DIR=
+/// /tmp/push-to-k8s-bench-cp-$UID`, and `...-remote-1`, `-remote-2` for the
+/// remote scenario's clusters; never the e2e suite's instances); `cp.sh
 /// down` on drop, also on failure, unless `--keep-cp`.
 pub struct BenchControlPlane {
     pub cp: ControlPlane,
@@ -76,18 +77,29 @@ pub struct BenchControlPlane {
 }
 
 impl BenchControlPlane {
-    pub fn up(keep: bool) -> Result<BenchControlPlane> {
-        let dir = PathBuf::from(format!(
-            "/tmp/push-to-k8s-bench-cp-{}",
+    /// `/tmp/push-to-k8s-bench-cp-$UID`, with `suffix` appended (the remote
+    /// clusters' planes: `-remote-1`, ...).
+    pub fn dir(suffix: &str) -> PathBuf {
+        PathBuf::from(format!(
+            "/tmp/push-to-k8s-bench-cp-{}{suffix}",
             control_plane::uid()
-        ));
+        ))
+    }
+
+    /// The bench's own control plane.
+    pub fn up(keep: bool) -> Result<BenchControlPlane> {
+        Self::up_at(Self::dir(""), keep)
+    }
+
+    /// `cp.sh up` with `PUSH_TO_K8S_CP_DIR=dir` (blocking).
+    pub fn up_at(dir: PathBuf, keep: bool) -> Result<BenchControlPlane> {
         // Held before `up` so that a half-started instance is still taken down.
         let cp = BenchControlPlane {
             cp: ControlPlane::at(Some(dir))?,
             keep,
         };
-        let dir = cp.dir().display();
-        println!("bench: starting the bench control plane (PUSH_TO_K8S_CP_DIR={dir})");
+        let dir = cp.state_dir().display();
+        println!("bench: starting a bench control plane (PUSH_TO_K8S_CP_DIR={dir})");
         let status = cp
             .cp
             .command(&["up"])
@@ -101,7 +113,7 @@ impl BenchControlPlane {
         Ok(cp)
     }
 
-    fn dir(&self) -> &Path {
+    pub fn state_dir(&self) -> &Path {
         self.cp
             .dir
             .as_deref()
@@ -118,7 +130,10 @@ impl Drop for BenchControlPlane {
             );
             return;
         }
-        println!("bench: taking the bench control plane down");
+        println!(
+            "bench: taking the bench control plane in {} down",
+            self.state_dir().display()
+        );
         let _ = self.cp.command(&["down"]).stdout(Stdio::null()).status();
     }
 }
