@@ -348,15 +348,11 @@ async fn control(
     // The first plan covers everything, which also collects copies orphaned
     // while we were down (only those naming our source namespace).
     batcher.add(DirtyKey::All);
-    let mut resync_timer =
-        tokio::time::interval_at(Instant::now() + cfg.sync_interval, cfg.sync_interval);
-    resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut resync_timer = every(cfg.sync_interval);
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     // Unmanaged objects that block a copy are invisible to our label-selected
     // watch; look at them again (one LIST per name) once a minute.
-    let mut conflict_timer =
-        tokio::time::interval_at(Instant::now() + CONFLICT_RECHECK, CONFLICT_RECHECK);
-    conflict_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut conflict_timer = every(CONFLICT_RECHECK);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let (mut resyncing, mut rechecking) = (false, false);
 
@@ -615,6 +611,14 @@ async fn report_refusals(
             )
             .await;
     }
+}
+
+/// A timer that first fires one `period` from now, then every `period`; a
+/// late tick delays the next rather than bunching them.
+pub(crate) fn every(period: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(Instant::now() + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
 }
 
 /// Who we are in the Lease: the pod's name, else host name and process id.

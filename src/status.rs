@@ -82,6 +82,25 @@ impl SourceStatus {
         }
     }
 
+    /// One line per namespace, by state (`  missing   team-a`): `grep`
+    /// finds them all.
+    fn namespace_lines(&self) -> String {
+        let lists = [
+            ("in-sync", &self.in_sync),
+            ("missing", &self.missing),
+            ("stale", &self.stale),
+            ("conflict", &self.conflict),
+            ("orphaned", &self.orphaned),
+        ];
+        let mut out = String::new();
+        for (state, names) in lists {
+            for n in names {
+                out.push_str(&format!("  {state:<8}  {n}\n"));
+            }
+        }
+        out
+    }
+
     /// Nothing to write, nothing in the way, and pushed (or gone with no copy left).
     pub fn is_in_sync(&self) -> bool {
         let c = self.counts();
@@ -343,27 +362,9 @@ impl Report {
                 continue;
             }
             for s in &c.sources {
-                details.push_str(&format!(
-                    "
-{} {} in cluster {}:
-",
-                    s.kind, s.source, c.name
-                ));
-                let lists = [
-                    ("in-sync", &s.in_sync),
-                    ("missing", &s.missing),
-                    ("stale", &s.stale),
-                    ("conflict", &s.conflict),
-                    ("orphaned", &s.orphaned),
-                ];
-                for (state, names) in lists {
-                    for n in names {
-                        details.push_str(&format!(
-                            "  {state:<8}  {n}
-"
-                        ));
-                    }
-                }
+                let heading = format!("\n{} {} in cluster {}:\n", s.kind, s.source, c.name);
+                details.push_str(&heading);
+                details.push_str(&s.namespace_lines());
             }
         }
         let registered = self.clusters.iter().filter(|c| c.state != "not-registered");
@@ -462,18 +463,7 @@ impl Report {
             // One line per namespace: `grep missing` finds them all.
             for s in &self.sources {
                 out.push_str(&format!("\n{} {}:\n", s.kind, s.source));
-                let lists = [
-                    ("in-sync", &s.in_sync),
-                    ("missing", &s.missing),
-                    ("stale", &s.stale),
-                    ("conflict", &s.conflict),
-                    ("orphaned", &s.orphaned),
-                ];
-                for (state, names) in lists {
-                    for n in names {
-                        out.push_str(&format!("  {state:<8}  {n}\n"));
-                    }
-                }
+                out.push_str(&s.namespace_lines());
                 match &s.state {
                     State::Refused { message, .. } => {
                         out.push_str(&format!("  {:<8}  {message}\n", "refused"))

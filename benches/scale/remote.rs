@@ -371,6 +371,16 @@ impl Bench<'_> {
         self.watches(remotes).iter().map(|w| w.log_len()).collect()
     }
 
+    /// Copy writes the copy watches of every cluster saw since `from`
+    /// ([`Self::log_lens`]).
+    fn seen_since(&self, remotes: &[RemoteCluster], from: &[usize]) -> usize {
+        self.log_lens(remotes)
+            .iter()
+            .zip(from)
+            .map(|(a, b)| a - b)
+            .sum()
+    }
+
     /// Every cluster's API server counters: local first.
     async fn counts_all(&self, remotes: &[RemoteCluster]) -> Result<Vec<Counts>> {
         let mut out = vec![self.counts().await?];
@@ -696,17 +706,8 @@ impl Bench<'_> {
         tokio::time::sleep(REST).await;
         let at_rest = self.cpu_mark(&c, remotes).since(&mark);
         let (api1, metrics1) = (self.counts_all(remotes).await?, c.metrics().await);
-        let rest: Vec<f64> = api1
-            .iter()
-            .zip(&api0)
-            .map(|(a, b)| a.minus(b).writes("secrets") + a.minus(b).writes("configmaps"))
-            .collect();
-        let events: usize = self
-            .log_lens(remotes)
-            .iter()
-            .zip(&from)
-            .map(|(a, b)| a - b)
-            .sum();
+        let rest: Vec<f64> = copy_writes(&api1, &api0);
+        let events = self.seen_since(remotes, &from);
         let counted = [
             "push_to_k8s_writes_total",
             "push_to_k8s_cluster_writes_total",
@@ -845,17 +846,8 @@ impl Bench<'_> {
         );
         tokio::time::sleep(DEBOUNCE + Duration::from_secs(3)).await;
         let api1 = self.counts_all(remotes).await?;
-        let writes: Vec<f64> = api1
-            .iter()
-            .zip(&api0)
-            .map(|(a, b)| a.minus(b).writes("secrets") + a.minus(b).writes("configmaps"))
-            .collect();
-        let events: usize = self
-            .log_lens(remotes)
-            .iter()
-            .zip(&from)
-            .map(|(a, b)| a - b)
-            .sum();
+        let writes: Vec<f64> = copy_writes(&api1, &api0);
+        let events = self.seen_since(remotes, &from);
         self.report.add_note(
             SC,
             &format!("copy writes across a resync of every cluster, {k} registered"),
@@ -904,17 +896,8 @@ impl Bench<'_> {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let rss = c.rss_mib();
         let api1 = self.counts_all(remotes).await?;
-        let writes: Vec<f64> = api1
-            .iter()
-            .zip(&api0)
-            .map(|(a, b)| a.minus(b).writes("secrets") + a.minus(b).writes("configmaps"))
-            .collect();
-        let copy_events = self
-            .log_lens(remotes)
-            .iter()
-            .zip(&from)
-            .map(|(a, b)| a - b)
-            .sum();
+        let writes: Vec<f64> = copy_writes(&api1, &api0);
+        let copy_events = self.seen_since(remotes, &from);
         println!(
             "bench: {name}: ready after {:.2} s, {k} clusters up after {:.2} s, writes {writes:?}, RSS {rss:.1} MiB",
             ready.as_secs_f64(),
@@ -941,4 +924,14 @@ fn per_cluster(names: &[&str], v: &[f64]) -> String {
         .map(|(n, x)| format!("{n} {x}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Copy writes (Secrets and ConfigMaps) per cluster between two counts of
+/// every API server.
+fn copy_writes(after: &[Counts], before: &[Counts]) -> Vec<f64> {
+    after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a.minus(b).writes("secrets") + a.minus(b).writes("configmaps"))
+        .collect()
 }

@@ -23,14 +23,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::EventType;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batcher, DirtyKey};
 use crate::cache::Caches;
 use crate::config::Config;
 use crate::conflicts;
-use crate::controller::flush;
+use crate::controller::{every, flush};
 use crate::events::Events;
 use crate::fights::Fights;
 use crate::gate::{Gate, WriteGate};
@@ -172,12 +172,8 @@ pub async fn run(
     let mut batcher = Batcher::new(cfg.debounce, cfg.max_wait);
     let mut since = Instant::now();
     batcher.add(DirtyKey::All);
-    let mut resync_timer =
-        tokio::time::interval_at(Instant::now() + cfg.sync_interval, cfg.sync_interval);
-    resync_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut conflict_timer =
-        tokio::time::interval_at(Instant::now() + CONFLICT_RECHECK, CONFLICT_RECHECK);
-    conflict_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut resync_timer = every(cfg.sync_interval);
+    let mut conflict_timer = every(CONFLICT_RECHECK);
     loop {
         own_health.beat();
         tokio::select! {
