@@ -161,6 +161,21 @@ free_port() {
     die "found no free loopback port"
 }
 
+# Wait (up to 30 s) until nothing holds loopback port $1 any more, so a daemon
+# can listen on it again. A SIGKILLed process loses its command line (is_ours
+# says gone) before the kernel has closed its sockets, and a restart in that
+# window failed with "bind: address already in use" (seen in e2e_faults).
+await_port_free() {
+    local port="$1"
+    for _ in $(seq 1 150); do
+        python3 -c 'import socket,sys
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    say "port $port is still taken after 30 s"
+}
+
 # A process is ours only if it is alive and its command line names our state dir.
 is_ours() {
     local pidfile="$1" pid
@@ -356,6 +371,10 @@ resume() {
     local name="$1" argv=()
     [[ -f "$STATE/$name.cmd" ]] || { say "no recorded command line for $name (is the control plane up?)"; return 1; }
     if ! is_ours "$STATE/$name.pid"; then
+        case "$name" in
+            kube-apiserver) await_port_free "$(cat "$STATE/apiserver.port")" ;;
+            etcd) await_port_free "$(cat "$STATE/etcd.port")" ;;
+        esac
         mapfile -d '' -t argv <"$STATE/$name.cmd"
         echo "---- $(date -u +%FT%TZ) cp.sh: started again" >>"$STATE/$name.log"
         start "$name" "${argv[@]}"
