@@ -161,13 +161,14 @@ pub async fn at_start(
 
 /// Record the conflicts found at start (so the first plan skips them), count
 /// them, and say so once per source: a log line and one Warning Event with
-/// the count and up to five namespaces.
+/// the count and up to five namespaces (and the remote `cluster`, if one).
 pub async fn report_at_start(
     found: &BTreeMap<String, Vec<String>>,
     known: &std::sync::Mutex<std::collections::HashSet<ObjectKey>>,
     caches: &KindCaches,
     events: &Events,
     metrics: &Metrics,
+    cluster: Option<&str>,
 ) {
     let kind = caches.kind;
     for (name, namespaces) in found {
@@ -183,6 +184,11 @@ pub async fn report_at_start(
         }
         metrics.conflicts.inc_by(namespaces.len() as u64);
         let note = at_start_note(kind, copy_name, namespaces);
+        // In a remote cluster, the Event says which.
+        let note = match cluster {
+            Some(c) => format!("in cluster {c}: {note}"),
+            None => note,
+        };
         tracing::warn!(source = %name, kind = kind.label(), conflicts = namespaces.len(), "{note}");
         {
             events

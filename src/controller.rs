@@ -340,7 +340,15 @@ async fn control(
         let Some(found) = beating(&health, &shutdown, scan).await else {
             return Ok(());
         };
-        conflicts::report_at_start(&found, &writer.conflicts, of, &writer.events, &metrics).await;
+        conflicts::report_at_start(
+            &found,
+            &writer.conflicts,
+            of,
+            &writer.events,
+            &metrics,
+            None,
+        )
+        .await;
     }
 
     let mut batcher = Batcher::new(cfg.debounce, cfg.max_wait);

@@ -727,6 +727,9 @@ async fn update_delete_drift_and_new_namespaces_work_in_a_remote_cluster() {
 
     await_remote_all(&a, &env, &targets, &db, &[("v", "1")], WAIT).await;
     env.await_copies(&env.targets, &db, &[("v", "1")]).await;
+    // The unmanaged Secret, found at the cluster's start, is named with its cluster.
+    let in_cluster = format!("in cluster {}:", a.name);
+    await_event(&env, &db, "Conflict", "Warning", &[&in_cluster, &t3]).await;
 
     // Update.
     set_values(&env, &db, &[("v", "2")]).await;

@@ -163,7 +163,15 @@ pub async fn run(
             _ = stop.cancelled() => return finish(watchers),
             found = scan => found,
         };
-        conflicts::report_at_start(&found, &writer.conflicts, of, &writer.events, &metrics).await;
+        conflicts::report_at_start(
+            &found,
+            &writer.conflicts,
+            of,
+            &writer.events,
+            &metrics,
+            Some(cluster),
+        )
+        .await;
     }
 
     let mut leading = shared.leading.clone();
