@@ -21,6 +21,8 @@ use std::process::{Command, Output, Stdio};
 use common::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
 use push_to_k8s::config::{Config, ENV_VARS, EnvDefault, EnvVar, ValueKind};
 use serde_json::{Value, json};
@@ -688,6 +690,166 @@ fn optional_objects_render_only_when_enabled() {
     );
 }
 
+/// The NetworkPolicy the chart renders with `args` (networkPolicy.enabled on).
+fn network_policy(args: &[&str]) -> Result<NetworkPolicy, String> {
+    let mut all = vec![
+        "--set",
+        "networkPolicy.enabled=true",
+        "--show-only",
+        "templates/networkpolicy.yaml",
+    ];
+    all.extend_from_slice(args);
+    let yaml = template(&all)?;
+    Ok(serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("NetworkPolicy YAML: {e}")))
+}
+
+/// The egress rules as (ports as `port/protocol`, peers' CIDRs, whether the rule
+/// names peers other than CIDRs), one per rule.
+fn egress(policy: &NetworkPolicy) -> Vec<(Vec<String>, Vec<String>, bool)> {
+    let spec = policy.spec.as_ref().expect("spec");
+    spec.egress
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|rule| {
+            let ports = rule
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| {
+                    let port = match p.port {
+                        Some(IntOrString::Int(i)) => i.to_string(),
+                        Some(IntOrString::String(s)) => s,
+                        None => "any".into(),
+                    };
+                    format!("{port}/{}", p.protocol.unwrap_or_default())
+                })
+                .collect();
+            let to = rule.to.unwrap_or_default();
+            let selectors = to.iter().any(|peer| peer.ip_block.is_none());
+            let cidrs = to
+                .into_iter()
+                .filter_map(|peer| peer.ip_block.map(|b| b.cidr))
+                .collect();
+            (ports, cidrs, selectors)
+        })
+        .collect()
+}
+
+/// Issue 16 item 13: with the NetworkPolicy on, Vault, remote API servers and
+/// their DNS were cut off silently (egress went only to the API server). The
+/// egress is derived from the configured targets, or the chart refuses the
+/// combination naming what to set.
+#[test]
+fn network_policy_egress_follows_the_configured_targets() {
+    let rule_with = |rules: &[(Vec<String>, Vec<String>, bool)], port: &str| {
+        rules
+            .iter()
+            .find(|(ports, _, _)| ports.iter().any(|p| p == port))
+            .cloned()
+    };
+    // Vault by IP address: its port, to that address only; no DNS needed for it.
+    let p = network_policy(&[
+        "--set",
+        "env.VAULT_ADDR=http://192.0.2.7:8200",
+        "--set",
+        "networkPolicy.remoteClusters.egress=none",
+    ])
+    .unwrap();
+    let rules = egress(&p);
+    let vault = rule_with(&rules, "8200/TCP").expect("an egress rule to Vault's port 8200");
+    assert_eq!(vault.1, vec!["192.0.2.7/32".to_string()], "{rules:?}");
+    assert!(
+        rule_with(&rules, "53/UDP").is_none(),
+        "no DNS for an IP address: {rules:?}"
+    );
+    assert!(
+        rule_with(&rules, "6443/TCP").is_some(),
+        "the API server rule stays: {rules:?}"
+    );
+    // Vault by host name: its port to any address (or the CIDRs given), and DNS.
+    let p = network_policy(&[
+        "--set",
+        "env.VAULT_ADDR=https://vault.vault.svc:8200",
+        "--set",
+        "networkPolicy.remoteClusters.egress=none",
+    ])
+    .unwrap();
+    let rules = egress(&p);
+    let vault = rule_with(&rules, "8200/TCP").expect("Vault's port");
+    assert!(vault.1.is_empty() && !vault.2, "any address: {rules:?}");
+    let dns = rule_with(&rules, "53/UDP").expect("DNS for Vault's host name");
+    assert!(
+        dns.0.contains(&"53/TCP".to_string()) && dns.2,
+        "DNS to kube-dns: {rules:?}"
+    );
+    let p = network_policy(&[
+        "--set",
+        "env.VAULT_ADDR=https://vault.example",
+        "--set",
+        "networkPolicy.vault.cidrs={198.51.100.0/24}",
+        "--set",
+        "networkPolicy.remoteClusters.egress=none",
+    ])
+    .unwrap();
+    let vault = egress(&p)
+        .into_iter()
+        .find(|r| r.0 == vec!["443/TCP".to_string()] && r.1 == vec!["198.51.100.0/24".to_string()]);
+    assert!(
+        vault.is_some(),
+        "https without a port is 443, to the CIDRs given: {p:?}"
+    );
+    // Remote clusters by default: their ports and DNS (egress was not restricted
+    // by address anyway).
+    let rules = egress(&network_policy(&[]).unwrap());
+    assert!(
+        rule_with(&rules, "53/UDP").is_some(),
+        "DNS for remote API servers: {rules:?}"
+    );
+    assert_eq!(
+        rules
+            .iter()
+            .filter(|(ports, _, _)| ports.contains(&"6443/TCP".to_string()))
+            .count(),
+        2,
+        "the API server's rule and the remote clusters' one: {rules:?}"
+    );
+    // Restricting the API server's addresses without a word about remote
+    // clusters is refused, naming the value to set.
+    let err = network_policy(&["--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}"])
+        .expect_err("apiServer.cidrs without remoteClusters.egress");
+    assert!(err.contains("networkPolicy.remoteClusters.egress"), "{err}");
+    let rules = egress(
+        &network_policy(&[
+            "--set",
+            "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+            "--set",
+            "networkPolicy.remoteClusters.egress=allow",
+            "--set",
+            "networkPolicy.remoteClusters.cidrs={203.0.113.0/24}",
+        ])
+        .unwrap(),
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r.1 == vec!["203.0.113.0/24".to_string()]
+                && r.0.contains(&"443/TCP".to_string())),
+        "the remote clusters' CIDRs: {rules:?}"
+    );
+    let rules = egress(
+        &network_policy(&[
+            "--set",
+            "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+            "--set",
+            "networkPolicy.remoteClusters.egress=none",
+        ])
+        .unwrap(),
+    );
+    assert_eq!(rules.len(), 1, "only the API server: {rules:?}");
+    assert_eq!(rules[0].1, vec!["10.0.0.1/32".to_string()]);
+}
+
 /// Every `push_to_k8s_*` series an alert reads is one the controller exports
 /// (so a renamed metric cannot leave an alert that never fires), and the
 /// alerts the issue asks for are there.
@@ -859,6 +1021,8 @@ async fn pod_template_is_admitted_under_restricted_pod_security() {
         "networkPolicy.enabled=true",
         "--set",
         "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+        "--set",
+        "networkPolicy.remoteClusters.egress=none",
         "--set",
         "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
     ]);

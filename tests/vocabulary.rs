@@ -66,7 +66,9 @@ fn keys_in(lit: &str) -> Vec<String> {
         let at = from + i;
         let before = &lit[..at];
         let prefix_start = before
-            .rfind(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
+            .rfind(|c: char| {
+                !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            })
             .map_or(0, |p| p + 1);
         let prefix = &before[prefix_start..];
         let rest = &lit[at + DOMAIN.len()..];
@@ -112,7 +114,10 @@ fn readme_rows() -> Vec<(String, String)> {
         .map(|l| {
             let cells: Vec<&str> = l.split('|').map(str::trim).collect();
             // "", key, kind, example, meaning, ""
-            assert!(cells.len() >= 6, "a row with key, kind, example and meaning: {l}");
+            assert!(
+                cells.len() >= 6,
+                "a row with key, kind, example and meaning: {l}"
+            );
             (cells[1].trim_matches('`').to_string(), cells[3].to_string())
         })
         .collect()
@@ -128,11 +133,17 @@ fn every_key_the_code_uses_is_in_the_readme_with_an_example() {
         "push-to-k8s.io/cluster",
         "accept.push-to-k8s.io/<source>",
     ] {
-        assert!(keys.contains(known), "the scan of src/ finds {known}: {keys:?}");
+        assert!(
+            keys.contains(known),
+            "the scan of src/ finds {known}: {keys:?}"
+        );
     }
     let rows = readme_rows();
     let documented: BTreeSet<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
-    let missing: Vec<&String> = keys.iter().filter(|k| !documented.contains(k.as_str())).collect();
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !documented.contains(k.as_str()))
+        .collect();
     assert!(
         missing.is_empty(),
         "keys the code reads or writes that README.md's 'Labels and annotations' tables do not name: {missing:?}"
@@ -163,20 +174,27 @@ fn the_readme_names_no_key_the_code_does_not_know() {
 fn the_source_label_and_field_manager_are_documented() {
     let rows = readme_rows();
     assert!(
-        rows.iter().any(|(k, e)| k == "push-to-k8s" && e.contains("push-to-k8s: source")),
+        rows.iter()
+            .any(|(k, e)| k == "push-to-k8s" && e.contains("push-to-k8s: source")),
         "the source label row"
     );
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("read README.md");
     let mut files = Vec::new();
-    product_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+    product_sources(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
     let managers: BTreeSet<String> = files
         .iter()
         .flat_map(|(_, text)| text.lines())
         .filter_map(|l| l.split_once("FIELD_MANAGER: &str = \""))
         .map(|(_, v)| v.trim_end_matches("\";").to_string())
         .collect();
-    assert!(!managers.is_empty(), "the field manager constant is found in src/");
+    assert!(
+        !managers.is_empty(),
+        "the field manager constant is found in src/"
+    );
     for m in managers {
         assert!(
             readme.contains(&format!("field manager `{m}`")),
