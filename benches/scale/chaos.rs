@@ -1171,7 +1171,9 @@ impl World<'_> {
                 cp(dir, &["kill", daemon]).await?;
                 tokio::time::sleep(hold).await;
                 let t = Instant::now();
-                cp(dir, &["start", daemon]).await?;
+                // Every stopped daemon (kube-apiserver may give up on a
+                // missing etcd), in dependency order, until ready.
+                cp(dir, &["start"]).await?;
                 Ok((format!("{daemon} started again"), timed(t)))
             }
             Fault::RemoteHang => {
