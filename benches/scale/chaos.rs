@@ -532,6 +532,10 @@ struct Check {
     vault_stale: usize,
     /// Foreign objects deleted or changed.
     foreign_changed: usize,
+    /// What was compared: copies (home, remote), Vault entries, foreign objects.
+    copies_checked: [usize; 2],
+    entries_checked: usize,
+    foreign_checked: usize,
     examples: Vec<String>,
 }
 
@@ -603,6 +607,7 @@ async fn check_cluster(
     remote: bool,
 ) -> Result<()> {
     let namespaces = eligible_namespaces(client).await?;
+    let mut checked = 0;
     let selector = ListParams::default().labels(replica::MANAGED_SELECTOR);
     let copies: HashMap<(String, String), Secret> = Api::<Secret>::all(client.clone())
         .list(&selector)
@@ -648,6 +653,7 @@ async fn check_cluster(
                 continue;
             }
             expected.insert(k.clone());
+            checked += 1;
             match copies.get(&k) {
                 None => {
                     c.missing += 1;
@@ -675,6 +681,7 @@ async fn check_cluster(
         for ns in &namespaces {
             let k = key(ns, &name);
             cm_expected.insert(k.clone());
+            checked += 1;
             match cm_copies.get(&k) {
                 None => {
                     c.missing += 1;
@@ -695,6 +702,7 @@ async fn check_cluster(
             }
         }
     }
+    c.copies_checked[usize::from(remote)] += checked;
     // Ours (our marks, naming our source namespace, our stamp there) but not wanted.
     let ours = |m: &ObjectMeta| {
         annotation(m, replica::SOURCE_ANNOTATION)
@@ -718,6 +726,7 @@ async fn check_cluster(
 
 /// Whether each foreign object is still there with its resourceVersion.
 async fn check_foreign(c: &mut Check, label: &str, client: &kube::Client, foreign: &[Foreign]) {
+    c.foreign_checked += foreign.len();
     for f in foreign {
         let api: Api<Secret> = Api::namespaced(client.clone(), &f.ns);
         let now = api.get_metadata_opt(&f.name).await;
@@ -1021,6 +1030,7 @@ impl World<'_> {
                 .flatten()
                 .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
                 .collect();
+            c.entries_checked += 1;
             match self.vault.data(path).await? {
                 None => {
                     c.vault_missing += 1;
@@ -1649,6 +1659,7 @@ impl Bench<'_> {
 
         // The faults, with updates and sampling beside them.
         let t0 = Instant::now();
+        let t0_s = now_s();
         let stop = Arc::new(AtomicBool::new(false));
         let pids = Arc::new(Mutex::new([
             instances[0].daemon.pid,
@@ -1730,7 +1741,24 @@ impl Bench<'_> {
             "bench: chaos: faults stopped after {chaos_s:.0} s ({} injected); settling",
             faults.len()
         );
-        let (settled, check) = world.settle(SETTLE_TIMEOUT).await?;
+        let (settled, _) = world.settle(SETTLE_TIMEOUT).await?;
+        // One periodic resync of the leader over the settled state (forged
+        // objects, conflicts and all), then the final check.
+        let leases: Api<Lease> = Api::namespaced(self.cluster.client.clone(), SOURCE_NS);
+        let holder = leases
+            .get_opt(LEASE)
+            .await?
+            .and_then(|l| l.spec?.holder_identity);
+        match instances.iter().find(|i| Some(i.name) == holder.as_deref()) {
+            Some(leader) => {
+                leader
+                    .daemon
+                    .wait_resync("a resync after the settle")
+                    .await?
+            }
+            None => println!("bench: chaos: no holder after the settle ({holder:?})"),
+        }
+        let check = world.check().await?;
         let samples = sampler.await.context("the sampler")?;
         for (i, inst) in instances.iter_mut().enumerate() {
             if let Some(status) = inst.daemon.exited() {
@@ -1761,7 +1789,24 @@ impl Bench<'_> {
             started_s,
             ended_s,
             &world,
+            &When {
+                t0_s,
+                faults: &faults,
+            },
         )?;
+        // The witnesses stay with the results (the planes' state directories go).
+        for (from, to) in [
+            (home_dir.join("audit.log"), "chaos-home-audit.log"),
+            (
+                remote.plane.state_dir().join("audit.log"),
+                "chaos-remote-audit.log",
+            ),
+            (vault.audit_log.clone(), "chaos-vault-audit.log"),
+        ] {
+            if let Err(e) = std::fs::copy(&from, self.logs.join(to)) {
+                println!("bench: chaos: could not keep {}: {e}", from.display());
+            }
+        }
 
         // The report.
         let r = &mut self.report;
@@ -1852,7 +1897,10 @@ impl Bench<'_> {
             (
                 "copies missing or different after the settle",
                 check.missing + check.stale,
-                format!("missing {}, different {}", check.missing, check.stale),
+                format!(
+                    "of {} copies at home and {} in {REMOTE}, after a resync: missing {}, different {}",
+                    check.copies_checked[0], check.copies_checked[1], check.missing, check.stale
+                ),
             ),
             (
                 "copies of ours where none is wanted",
@@ -1863,8 +1911,8 @@ impl Bench<'_> {
                 "Vault entries missing or different",
                 check.vault_missing + check.vault_stale,
                 format!(
-                    "missing {}, different {}",
-                    check.vault_missing, check.vault_stale
+                    "of {} entries: missing {}, different {}",
+                    check.entries_checked, check.vault_missing, check.vault_stale
                 ),
             ),
             (
@@ -1891,8 +1939,11 @@ impl Bench<'_> {
                 "foreign objects changed or deleted, or Vault writes outside the sources' paths",
                 check.foreign_changed + audit.vault_not_ours,
                 format!(
-                    "objects {}, Vault {}; {} forged in all",
-                    check.foreign_changed, audit.vault_not_ours, world.forged
+                    "objects {} of {} ({} forged), Vault {}",
+                    check.foreign_changed,
+                    check.foreign_checked,
+                    world.forged,
+                    audit.vault_not_ours
                 ),
             ),
             ("controller exits", exits.len(), exits.join("; ")),
@@ -1958,6 +2009,28 @@ impl Bench<'_> {
     }
 }
 
+/// Tells where a moment falls in the run: seconds after the start of the
+/// faults, and the last fault injected before it.
+struct When<'a> {
+    t0_s: f64,
+    faults: &'a [FaultRecord],
+}
+
+impl When<'_> {
+    fn at(&self, t: f64) -> String {
+        let rel = t - self.t0_s;
+        match self.faults.iter().rev().find(|f| f.at_s <= rel) {
+            Some(f) => format!(
+                "at {rel:.1} s ({:.1} s after \"{}\" began, held {:.1} s)",
+                rel - f.at_s,
+                f.kind.name(),
+                f.held_s
+            ),
+            None => format!("at {rel:.1} s"),
+        }
+    }
+}
+
 /// The audit logs against the Lease and the foreign objects.
 fn analyse(
     home_dir: &Path,
@@ -1966,6 +2039,7 @@ fn analyse(
     from: f64,
     to: f64,
     w: &World,
+    when: &When,
 ) -> Result<AuditFindings> {
     let mut a = AuditFindings::default();
     let home = read_audit(home_dir, from, to)?;
@@ -1991,8 +2065,14 @@ fn analyse(
         if let Some(why) = not_holding(&timeline, i, e.received) {
             a.non_leader_writes += 1;
             a.note(format!(
-                "home: {} {} {} {}/{} ({}) while not holding the Lease: {why}",
-                INSTANCES[i], e.verb, e.resource, e.ns, e.name, e.code
+                "home: {} {} {} {}/{} ({}) {} while not holding the Lease: {why}",
+                INSTANCES[i],
+                e.verb,
+                e.resource,
+                e.ns,
+                e.name,
+                e.code,
+                when.at(e.received)
             ));
         }
         if e.ns == SOURCE_NS || foreign_home.contains(&key(&e.ns, &e.name)) {
@@ -2028,8 +2108,9 @@ fn analyse(
         if let Some(why) = not_holding(&timeline, i, t) {
             a.vault_non_leader_writes += 1;
             a.note(format!(
-                "Vault: {} {op} {path} while not holding the Lease: {why}",
-                INSTANCES[i]
+                "Vault: {} {op} {path} {} while not holding the Lease: {why}",
+                INSTANCES[i],
+                when.at(t)
             ));
         }
         // secret/data/<p>, secret/metadata/<p>, secret/delete/<p>, ...
