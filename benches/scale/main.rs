@@ -7,6 +7,9 @@
 //! Issue 10 adds `vault`: the Vault KV v2 target against a dev Vault.
 //! Issue 11 adds `remote`: one source to three clusters (the bench's control
 //! plane and two more it starts for the scenario).
+//! Issue 16 adds `chaos` (only with `--only chaos`): two instances, one remote
+//! cluster and Vault under random faults for 20 minutes, then every copy and
+//! entry checked against its source and the audit logs against the Lease.
 //!
 //! ```text
 //! cargo bench --bench scale                 # quick size, a few minutes
@@ -59,6 +62,7 @@ mod http_get;
 mod metrics;
 
 mod burst;
+mod chaos;
 mod cluster;
 mod controller;
 mod kinds;
@@ -255,6 +259,7 @@ async fn run(
             "scale" => bench.scale().await,
             "vault" => bench.vault().await,
             "remote" => bench.remote().await,
+            "chaos" => bench.chaos().await,
             _ => bench.memory().await,
         };
         if let Err(e) = r {

@@ -34,6 +34,13 @@ pub struct Params {
     /// Scenario 11 (remote clusters): target namespaces in each of the three
     /// clusters (the local one and two remote ones).
     pub remote_ns: usize,
+    /// The chaos scenario (issue 16): how long faults are injected, the
+    /// seed of its random choices, target namespaces in each of its two
+    /// clusters, Secret sources (and a quarter as many ConfigMaps).
+    pub chaos_minutes: f64,
+    pub chaos_seed: u64,
+    pub chaos_ns: usize,
+    pub chaos_sources: usize,
     pub scenarios: Vec<String>,
     pub keep_cp: bool,
     pub plot: bool,
@@ -51,7 +58,11 @@ pub const SCENARIOS: &[&str] = &[
     "vault",
     "remote",
     "scale",
+    "chaos",
 ];
+
+/// Run only when asked for (`--only chaos`): it takes 20 minutes by default.
+const NOT_BY_DEFAULT: &[&str] = &["chaos"];
 
 const USAGE: &str = "\
 usage: cargo bench --bench scale -- [options]
@@ -82,9 +93,16 @@ usage: cargo bench --bench scale -- [options]
   --vault-rate V         VAULT_RATE_LIMIT of the vault scenario (default 100, 1-100)
   --remote-n N           remote: target namespaces in each of the 3 clusters (local and
                          2 remote control planes started for it; quick: 100, full: 300)
+  --chaos-minutes M      chaos: how long faults are injected (default 20, or the
+                         environment's CHAOS_MINUTES; e.g. 3 for a smoke run)
+  --chaos-seed X         chaos: seed of the random faults and updates (default 16)
+  --chaos-n N            chaos: target namespaces in each of its 2 clusters (quick: 10,
+                         full: 30)
+  --chaos-sources S      chaos: Secret sources, plus S/4 ConfigMaps (quick: 8, full: 16)
   --only a,b             run only these of: burst, propagation, memory, kinds, vault,
-                         remote, scale
-                         (memory also measures steady state, CPU and restart)
+                         remote, scale, chaos
+                         (memory also measures steady state, CPU and restart; chaos
+                         runs only when named here)
   --keep-cp              leave the bench control plane up at the end
   --no-plot              do not draw the PNG plots (no Python venv needed)
   --docs DIR             also copy the plots and results.json into DIR (e.g. docs/benchmarks)
@@ -117,7 +135,15 @@ impl Params {
             vault_sources: 20,
             vault_rate: 100,
             remote_ns: 100,
-            scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+            chaos_minutes: 20.0,
+            chaos_seed: 16,
+            chaos_ns: 10,
+            chaos_sources: 8,
+            scenarios: SCENARIOS
+                .iter()
+                .filter(|s| !NOT_BY_DEFAULT.contains(s))
+                .map(|s| s.to_string())
+                .collect(),
             keep_cp: false,
             plot: true,
             docs: None,
@@ -135,6 +161,11 @@ impl Params {
             p.vault_ns = 1000;
             p.vault_sources = 100;
             p.remote_ns = 300;
+            p.chaos_ns = 30;
+            p.chaos_sources = 16;
+        }
+        if let Ok(m) = std::env::var("CHAOS_MINUTES") {
+            p.chaos_minutes = m.parse().map_err(|e| anyhow!("CHAOS_MINUTES={m:?}: {e}"))?;
         }
         let mut unrelated = None;
         let mut it = args.into_iter();
@@ -161,6 +192,10 @@ impl Params {
                 "--vault-sources" => p.vault_sources = value()?.parse()?,
                 "--vault-rate" => p.vault_rate = value()?.parse()?,
                 "--remote-n" => p.remote_ns = value()?.parse()?,
+                "--chaos-minutes" => p.chaos_minutes = value()?.parse()?,
+                "--chaos-seed" => p.chaos_seed = value()?.parse()?,
+                "--chaos-n" => p.chaos_ns = value()?.parse()?,
+                "--chaos-sources" => p.chaos_sources = value()?.parse()?,
                 "--only" => {
                     p.scenarios = value()?.split(',').map(|s| s.trim().to_string()).collect();
                     if let Some(bad) = p
@@ -195,11 +230,16 @@ impl Params {
             || p.vault_ns == 0
             || p.vault_sources == 0
             || p.remote_ns == 0
+            || p.chaos_ns == 0
+            || p.chaos_sources == 0
         {
             bail!("counts must be at least 1");
         }
         if !(1..=100).contains(&p.burst_b) {
             bail!("--burst-b must be from 1 to 100 (SECRET_SYNC_RATE_BURST)");
+        }
+        if !(p.chaos_minutes > 0.0 && p.chaos_minutes <= 24.0 * 60.0) {
+            bail!("--chaos-minutes must be above 0 and at most 1440");
         }
         if !(1..=100).contains(&p.vault_rate) {
             bail!("--vault-rate must be from 1 to 100 (VAULT_RATE_LIMIT)");

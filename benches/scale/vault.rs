@@ -135,12 +135,12 @@ fn wanted(s: &Secret) -> Wanted {
 /// The dev server, as the bench uses it.
 pub struct VaultServer {
     /// `http://127.0.0.1:<port>`, the controller's `VAULT_ADDR`.
-    addr: String,
+    pub(crate) addr: String,
     port: u16,
     root: String,
     /// The controller's token (`VAULT_TOKEN_FILE`).
     token_file: PathBuf,
-    audit_log: PathBuf,
+    pub(crate) audit_log: PathBuf,
 }
 
 /// A controller's Vault requests by operation (`push_to_k8s_vault_requests_total`).
@@ -259,6 +259,35 @@ impl VaultServer {
     /// `cp.sh vault-up` in the bench's state directory, the audit device and
     /// the controller's token.
     async fn up(cp_dir: &Path) -> Result<VaultServer> {
+        let v = VaultServer::start(cp_dir).await?;
+        // A device left by an interrupted run (--keep-cp) is replaced.
+        v.root_call("DELETE", &format!("sys/audit/{AUDIT_DEVICE}"), None)
+            .await?;
+        v.enable_audit().await?;
+        let (code, body) = v
+            .root_call(
+                "POST",
+                "auth/token/create",
+                Some(&json!({"display_name": TOKEN_NAME})),
+            )
+            .await?;
+        let token: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("create the controller's Vault token: {code}"))?;
+        let token = token["auth"]["client_token"]
+            .as_str()
+            .with_context(|| format!("create the controller's Vault token: {code}"))?;
+        write_private(&v.token_file, token)?;
+        println!(
+            "bench: Vault at {}, audit log {}",
+            v.addr,
+            v.audit_log.display()
+        );
+        Ok(v)
+    }
+
+    /// `cp.sh vault-up` in `cp_dir` (also used by the chaos scenario): the
+    /// server's address and root token; no audit device, no token yet.
+    pub(crate) async fn start(cp_dir: &Path) -> Result<VaultServer> {
         println!("bench: starting Vault (cp.sh vault-up)");
         let mut cmd = control_plane::command(Some(cp_dir), &["vault-up"]);
         cmd.stdout(std::process::Stdio::inherit())
@@ -281,52 +310,36 @@ impl VaultServer {
             .rsplit_once(':')
             .and_then(|(_, p)| p.parse().ok())
             .with_context(|| format!("no port in VAULT_ADDR {addr}"))?;
-        let v = VaultServer {
+        Ok(VaultServer {
             addr,
             port,
             root: read("vault.token")?,
             // Its name starts with "vault": `cp.sh vault-down` removes it.
             token_file: cp_dir.join("vault-bench-controller.token"),
             audit_log: cp_dir.join("vault-bench-audit.log"),
-        };
-        // A device left by an interrupted run (--keep-cp) is replaced.
-        let device = format!("sys/audit/{AUDIT_DEVICE}");
-        v.root_call("DELETE", &device, None).await?;
-        let file = v.audit_log.display().to_string();
-        let (code, body) = v
+        })
+    }
+
+    /// Enable the bench's file audit device (appending to `audit_log`); a
+    /// device already there is kept. Dev mode forgets it when Vault stops.
+    pub(crate) async fn enable_audit(&self) -> Result<()> {
+        let file = self.audit_log.display().to_string();
+        let (code, body) = self
             .root_call(
                 "PUT",
-                &device,
+                &format!("sys/audit/{AUDIT_DEVICE}"),
                 Some(&json!({"type": "file", "options": {"file_path": file}})),
             )
             .await?;
-        if code != 204 {
+        if code != 204 && !body.contains("already in use") {
             bail!("enable Vault's file audit device: {code} {body}");
         }
-        let (code, body) = v
-            .root_call(
-                "POST",
-                "auth/token/create",
-                Some(&json!({"display_name": TOKEN_NAME})),
-            )
-            .await?;
-        let token: serde_json::Value = serde_json::from_str(&body)
-            .with_context(|| format!("create the controller's Vault token: {code}"))?;
-        let token = token["auth"]["client_token"]
-            .as_str()
-            .with_context(|| format!("create the controller's Vault token: {code}"))?;
-        write_private(&v.token_file, token)?;
-        println!(
-            "bench: Vault at {}, audit log {}",
-            v.addr,
-            v.audit_log.display()
-        );
-        Ok(v)
+        Ok(())
     }
 
     /// One request with the root token over HTTP/1.0 (the body ends with the
     /// connection): the status and the body.
-    async fn root_call(
+    pub(crate) async fn root_call(
         &self,
         method: &str,
         path: &str,
@@ -367,7 +380,7 @@ impl VaultServer {
     }
 
     /// The data of the entry's current version; `None` if there is none.
-    async fn data(&self, path: &str) -> Result<Option<BTreeMap<String, String>>> {
+    pub(crate) async fn data(&self, path: &str) -> Result<Option<BTreeMap<String, String>>> {
         let (code, body) = self
             .root_call("GET", &format!("{MOUNT}/data/{path}"), None)
             .await?;
