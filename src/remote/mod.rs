@@ -620,10 +620,10 @@ mod tests {
         rs.into_iter().map(|r| (r.secret.clone(), r)).collect()
     }
 
-    fn chosen(
-        listed: &BTreeMap<String, Registration>,
-        running: &[(&str, &str)],
-    ) -> (Vec<(String, String)>, Vec<(String, &'static str)>) {
+    /// (cluster, Secret) chosen; (Secret, reason) refused.
+    type Chosen = (Vec<(String, String)>, Vec<(String, &'static str)>);
+
+    fn chosen(listed: &BTreeMap<String, Registration>, running: &[(&str, &str)]) -> Chosen {
         let running = running
             .iter()
             .map(|(c, s)| (c.to_string(), s.to_string()))
