@@ -206,7 +206,8 @@ pub fn choose<'a>(
                 Refusal::new(
                     "server",
                     format!(
-                        "its API server {} is already registered as cluster {} by Secret {}: one API server has one owner; this registration is refused (to rename a cluster, see docs/remote-clusters.md)",
+                        "cluster {} is not served: its API server {} is already registered as cluster {} by Secret {}: one API server has one owner; this registration is refused (to rename a cluster, see docs/remote-clusters.md)",
+                        r.cluster,
                         server.as_deref().unwrap_or_default(),
                         first.cluster,
                         first.secret
