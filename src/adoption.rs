@@ -44,10 +44,27 @@ pub fn wanted(source: &SourceRecord, allowed: bool) -> bool {
 /// if it may be. The ownership rules (docs/architecture.md, "Ownership")
 /// apply to adoption too: nothing in the source namespace, no source (not
 /// even another push-to-k8s's), and no copy that belongs to another source
-/// or to another push-to-k8s (two owners would fight over it).
-pub fn refusal(meta: &ObjectMeta, source_namespace: &str) -> Option<&'static str> {
+/// or to another push-to-k8s (two owners would fight over it), and nothing
+/// whose source-cluster stamp is not exactly `stamp` (ours: `None` in this
+/// cluster, where any stamp means another cluster's push-to-k8s made it;
+/// the stamp is never stripped by an adoption).
+pub fn refusal(
+    meta: &ObjectMeta,
+    source_namespace: &str,
+    stamp: Option<&str>,
+) -> Option<&'static str> {
     if meta.namespace.as_deref() == Some(source_namespace) {
         return Some("it is in the source namespace");
+    }
+    let stamped = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(replica::SOURCE_CLUSTER_ANNOTATION))
+        .map(String::as_str);
+    if stamped != stamp {
+        return Some(
+            "it carries the stamp of another cluster's push-to-k8s (push-to-k8s.io/source-cluster)",
+        );
     }
     let labels = meta.labels.as_ref();
     if labels.is_some_and(|l| l.contains_key(replica::SOURCE_LABEL_KEY)) {
@@ -123,7 +140,10 @@ mod tests {
 
     #[test]
     fn ownership_rules_say_what_is_never_adopted() {
-        use replica::{MANAGED_LABEL_KEY as M, SOURCE_ANNOTATION as S, SOURCE_LABEL_KEY as L};
+        use replica::{
+            MANAGED_LABEL_KEY as M, SOURCE_ANNOTATION as S, SOURCE_CLUSTER_ANNOTATION as C,
+            SOURCE_LABEL_KEY as L,
+        };
         let ours = (M, "push-to-k8s");
         let cases: &[(ObjectMeta, Option<&str>)] = &[
             // Adoptable: a plain object, one with other labels and
@@ -161,9 +181,17 @@ mod tests {
                 meta("a", &[ours], &[(S, "garbage")]),
                 Some("another push-to-k8s"),
             ),
+            // Another cluster's copy (any stamp, here), even one that names
+            // our source namespace and source, or carries nothing else.
+            (
+                meta("a", &[ours], &[(S, "src/db"), (C, "west")]),
+                Some("another cluster"),
+            ),
+            (meta("a", &[], &[(C, "west")]), Some("another cluster")),
+            (meta("a", &[], &[(C, "")]), Some("another cluster")),
         ];
         for (m, want) in cases {
-            let got = refusal(m, "src");
+            let got = refusal(m, "src", None);
             match want {
                 None => assert_eq!(got, None, "{m:?}"),
                 Some(fragment) => assert!(
@@ -172,5 +200,14 @@ mod tests {
                 ),
             }
         }
+        // In a remote cluster (were adoption ever done there): only our own
+        // stamp passes; none, or another's, is refused.
+        let stamped = |c: Option<&str>| match c {
+            Some(c) => meta("a", &[], &[(C, c)]),
+            None => meta("a", &[], &[]),
+        };
+        assert_eq!(refusal(&stamped(Some("home")), "src", Some("home")), None);
+        assert!(refusal(&stamped(Some("west")), "src", Some("home")).is_some());
+        assert!(refusal(&stamped(None), "src", Some("home")).is_some());
     }
 }

@@ -174,7 +174,7 @@ async fn look_at_clusters(
         .filter_map(Registration::read)
         .map(|r| (r.secret.clone(), r))
         .collect();
-    let (registered, _) = remote::choose(&listed);
+    let (registered, _) = remote::choose(&listed, &std::collections::BTreeMap::new());
     let kinds = cfg.kinds();
     let mut out = Vec::new();
     for (name, registration) in &registered {

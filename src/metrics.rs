@@ -26,6 +26,12 @@ pub struct WatchLabels {
     pub watch: &'static str,
 }
 
+/// Why a cluster registration is refused (bounded: a fixed set of reasons).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistrationLabels {
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AnnotationLabels {
     pub annotation: &'static str,
@@ -84,6 +90,7 @@ pub struct Metrics {
     pub cluster_up: Family<ClusterLabels, Gauge>,
     pub cluster_writes: Family<ClusterWriteLabels, Counter>,
     pub cluster_replicas: Family<ClusterLabels, Gauge>,
+    pub registrations_refused: Family<RegistrationLabels, Counter>,
     /// In a remote cluster's own (unexported) metrics: where its writes are
     /// counted as well, in the exported `cluster_writes`.
     forward: Option<(String, Family<ClusterWriteLabels, Counter>)>,
@@ -251,6 +258,12 @@ impl Metrics {
             "Copies managed in each remote cluster (from its cache)",
             cluster_replicas.clone(),
         );
+        let registrations_refused = Family::<RegistrationLabels, Counter>::default();
+        registry.register(
+            "registrations_refused",
+            "Cluster registrations refused, by reason (name, server, label, kubeconfig, source), counted once per change",
+            registrations_refused.clone(),
+        );
         Metrics {
             registry,
             writes,
@@ -280,6 +293,7 @@ impl Metrics {
             cluster_up,
             cluster_writes,
             cluster_replicas,
+            registrations_refused,
             forward: None,
         }
     }

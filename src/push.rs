@@ -80,6 +80,10 @@ pub struct Writer {
 pub struct Remote {
     pub cluster: String,
     pub stamp: String,
+    /// The cluster's own gate, asked with the write gate before each
+    /// request: closed once its registration is removed, while its API
+    /// server does not answer, and while another registration owns it.
+    pub pass: Arc<crate::remote::site::Pass>,
 }
 
 #[derive(Default)]
@@ -152,7 +156,12 @@ impl Writer {
     /// send (not leading any more, or shutting down).
     async fn admitted(&self) -> bool {
         self.pacer.ready().await;
-        self.gate.open()
+        self.open()
+    }
+
+    /// The write gate, and in a remote cluster its own gate too.
+    fn open(&self) -> bool {
+        self.gate.open() && self.remote.as_ref().is_none_or(|r| r.pass.open())
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -170,7 +179,7 @@ impl Writer {
     ) -> Vec<(ObjectKey, Outcome)> {
         let results: Vec<(Action, Outcome)> = futures::stream::iter(actions)
             .map(|a| async move {
-                if !self.gate.open() {
+                if !self.open() {
                     return None;
                 }
                 let outcome = self.run(&a).await;
@@ -389,7 +398,7 @@ impl Writer {
         desired: &Replica,
         found: &ObjectMeta,
     ) -> Outcome {
-        if let Some(why) = crate::adoption::refusal(found, &self.source_namespace) {
+        if let Some(why) = crate::adoption::refusal(found, &self.source_namespace, self.stamp()) {
             return Outcome::NotAdopted(why);
         }
         let (Some(uid), Some(rv)) = (found.uid.as_deref(), found.resource_version.as_deref())

@@ -47,7 +47,19 @@ pub struct SourceRecord {
 }
 
 impl SourceRecord {
+    /// A Secret that registers a remote cluster (it carries
+    /// [`crate::remote::CLUSTER_LABEL`]) is never a source, even with the
+    /// source label: its kubeconfig must not be copied anywhere (the
+    /// registrations watch says so with a Warning Event). Copies an older
+    /// version made of it are collected like those of a deleted source.
     pub fn from_secret(s: &Secret, source_namespace: &str) -> Option<(String, SourceRecord)> {
+        if s.metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(crate::remote::CLUSTER_LABEL))
+        {
+            return None;
+        }
         SourceRecord::from_parts(&s.metadata, source_namespace, || {
             Replica::render(s, source_namespace)
         })
@@ -70,12 +82,7 @@ impl SourceRecord {
         let name = meta.name.clone()?;
         // Defensive: the watch is label- and namespace-scoped, but a relist
         // or a test double must not be able to widen it.
-        let labelled = meta
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(replica::SOURCE_LABEL_KEY))
-            .is_some_and(|v| v == replica::SOURCE_LABEL_VALUE);
-        if !labelled || meta.namespace.as_deref() != Some(source_namespace) {
+        if !is_labelled_source(meta) || meta.namespace.as_deref() != Some(source_namespace) {
             return None;
         }
         Some((
@@ -87,6 +94,14 @@ impl SourceRecord {
             },
         ))
     }
+}
+
+/// Does `meta` carry the source label (`push-to-k8s=source`)?
+pub fn is_labelled_source(meta: &ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(replica::SOURCE_LABEL_KEY))
+        .is_some_and(|v| v == replica::SOURCE_LABEL_VALUE)
 }
 
 /// Only our own control annotations (`push-to-k8s.io/...`) of a source: the
@@ -652,6 +667,32 @@ mod tests {
             rec.annotations.keys().collect::<Vec<_>>(),
             ["push-to-k8s.io/namespaces"]
         );
+    }
+
+    // Issue 16, item 6: a registration Secret is never a source.
+    #[test]
+    fn a_secret_registering_a_cluster_is_never_a_source() {
+        let labelled = |extra: &[(&str, &str)]| {
+            let mut labels = BTreeMap::from([(
+                replica::SOURCE_LABEL_KEY.to_string(),
+                replica::SOURCE_LABEL_VALUE.to_string(),
+            )]);
+            labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Secret {
+                metadata: ObjectMeta {
+                    name: Some("cluster-east".into()),
+                    namespace: Some("src".into()),
+                    labels: Some(labels),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+        };
+        assert!(SourceRecord::from_secret(&labelled(&[]), "src").is_some());
+        for value in ["east", "", "Not A Label"] {
+            let s = labelled(&[(crate::remote::CLUSTER_LABEL, value)]);
+            assert!(SourceRecord::from_secret(&s, "src").is_none(), "{value:?}");
+        }
     }
 
     // Preconditions must send back exactly the string the API server gave.

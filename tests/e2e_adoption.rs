@@ -478,3 +478,96 @@ async fn allow_adoption_without_a_source_asking_adopts_nothing() {
     )
     .await;
 }
+
+/// Issue 16, item 8: adoption never takes another cluster's copy. Objects
+/// stamped with a source cluster (`push-to-k8s.io/source-cluster`) were
+/// pushed here by another cluster's push-to-k8s; in this cluster a copy
+/// carries no stamp, so any stamp means "not ours", even on an object that
+/// otherwise looks exactly like one of our copies (our managed-by label, a
+/// source annotation naming our source namespace and this very source).
+/// With both switches on, each stays byte-identical (stamp included), and
+/// the source gets a Warning `Conflict` Event naming the namespace and why.
+#[tokio::test]
+async fn another_clusters_copy_is_never_adopted_and_keeps_its_stamp() {
+    const STAMP: &str = "push-to-k8s.io/source-cluster";
+    let _serial = serial();
+    let env = TestEnv::new("adopt-stamped", 3).await;
+    let _on_panic = env.cleanup_on_panic();
+    let (t0, t1, t2) = (
+        env.targets[0].clone(),
+        env.targets[1].clone(),
+        env.targets[2].clone(),
+    );
+    let name = format!("{}-db", env.id);
+    let origin = format!("{}/{name}", env.source_ns);
+    // In t0: looks exactly like our copy of this source, but stamped by the
+    // cluster "west". In t1: only the stamp (no managed-by label).
+    let stamped = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(map(labels)),
+            annotations: Some(map(annotations)),
+            ..Default::default()
+        },
+        data: Some(data_map(&[("k", "west")])),
+        ..Default::default()
+    };
+    let mut in_the_way = Vec::new();
+    for (ns, s) in [
+        (
+            &t0,
+            stamped(
+                &[(MANAGED_KEY, "push-to-k8s")],
+                &[("push-to-k8s.io/source", &origin), (STAMP, "west")],
+            ),
+        ),
+        (&t1, stamped(&[("app", "x")], &[(STAMP, "west")])),
+    ] {
+        let created = env
+            .secrets(ns)
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("create the stamped Secret");
+        in_the_way.push((ns.clone(), created));
+    }
+    env.add_source(&secret_source(&env, &name, &[("k", "v1")], Some("true")))
+        .await;
+    let daemon = start(&env, &[("ALLOW_ADOPTION", "true")]).await;
+    env.await_copies(std::slice::from_ref(&t2), &name, &[("k", "v1")])
+        .await;
+    for ns in [&t0, &t1] {
+        let note = await_event(&env, &name, "Conflict", "Warning", ns).await;
+        assert!(note.contains("another cluster"), "{note}");
+    }
+    // A flush that plans the source again.
+    env.sources()
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"stringData": {"k": "v2"}})),
+        )
+        .await
+        .unwrap();
+    env.await_copies(std::slice::from_ref(&t2), &name, &[("k", "v2")])
+        .await;
+    for (ns, before) in &in_the_way {
+        let now = env.copy(ns, &name).await.expect("still there");
+        assert_eq!(
+            now.metadata.resource_version, before.metadata.resource_version,
+            "Secret {ns}/{name} (another cluster's) must be byte-identical"
+        );
+        assert_eq!(secret_content(&now), secret_content(before));
+        assert_eq!(
+            now.metadata.annotations.unwrap_or_default().get(STAMP),
+            Some(&"west".to_string()),
+            "its stamp is kept"
+        );
+    }
+    assert!(env.events_on(&name, "Adopted").await.is_empty());
+    assert_eq!(
+        daemon.metric_sum("push_to_k8s_adoptions_total", &[]).await,
+        0.0
+    );
+    drop(daemon);
+    env.teardown().await;
+}

@@ -1252,6 +1252,8 @@ async fn the_remote_identity_can_do_exactly_what_the_shipped_cluster_role_grants
         ("ClusterRole", "", REMOTE_IDENTITY),
         ("ClusterRoleBinding", "", REMOTE_IDENTITY),
         ("Secret", REMOTE_IDENTITY, "push-to-k8s-remote-token"),
+        ("ValidatingAdmissionPolicy", "", REMOTE_IDENTITY),
+        ("ValidatingAdmissionPolicyBinding", "", REMOTE_IDENTITY),
     ]
     .into_iter()
     .map(|(k, n, name)| (k.to_string(), n.to_string(), name.to_string()))
@@ -1397,6 +1399,96 @@ async fn the_remote_identity_can_do_exactly_what_the_shipped_cluster_role_grants
             "remote {n}: the long-lived token's rules"
         );
 
+        // Issue 16, item 6: with RBAC alone the identity could create a
+        // service-account-token Secret for any ServiceAccount (in
+        // kube-system: cluster-admin). The shipped admission policy refuses
+        // that, and any write in the cluster's own namespaces, to this
+        // identity only; an ordinary copy is still accepted.
+        let as_identity = {
+            let kc = kube::config::Kubeconfig::from_yaml(&identity).expect("the kubeconfig");
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .expect("a config");
+            kube::Client::try_from(cfg).expect("a client")
+        };
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let secret = |name: &str, type_: &str, annotations: &[(&str, &str)]| Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                annotations: Some(map(annotations)),
+                ..Default::default()
+            },
+            type_: Some(type_.into()),
+            ..Default::default()
+        };
+        let attempts = [
+            (
+                here.as_str(),
+                secret(
+                    "minted",
+                    "kubernetes.io/service-account-token",
+                    &[("kubernetes.io/service-account.name", "nobody")],
+                ),
+                Some("grants an identity"),
+            ),
+            (
+                "kube-system",
+                secret(
+                    "minted",
+                    "kubernetes.io/service-account-token",
+                    &[("kubernetes.io/service-account.name", "namespace-controller")],
+                ),
+                Some("kube-system"),
+            ),
+            (
+                "kube-system",
+                secret(
+                    "bootstrap-token-abcdef",
+                    "bootstrap.kubernetes.io/token",
+                    &[],
+                ),
+                Some("kube-system"),
+            ),
+            (
+                "kube-system",
+                secret("plain", "Opaque", &[]),
+                Some("kube-system"),
+            ),
+            (here.as_str(), secret("plain", "Opaque", &[]), None),
+        ];
+        for (ns, s, refused) in attempts {
+            let what = format!(
+                "remote {n}: create {:?} Secret {ns}/{} as the identity",
+                s.type_,
+                s.metadata.name.as_deref().unwrap_or_default()
+            );
+            let api = Api::<Secret>::namespaced(as_identity.clone(), ns);
+            let Some(fragment) = refused else {
+                api.create(&dry_run, &s)
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: refused: {e}"));
+                continue;
+            };
+            // A policy just applied takes effect within seconds.
+            let note = until(&format!("{what}: refused by the policy"), WAIT, || async {
+                match api.create(&dry_run, &s).await {
+                    Ok(_) => Err("accepted".to_string()),
+                    Err(kube::Error::Api(e))
+                        if e.message.contains(fragment)
+                            && e.message.contains("push-to-k8s-remote") =>
+                    {
+                        Ok(e.message)
+                    }
+                    Err(e) => Err(format!("refused, but not by the shipped policy: {e}")),
+                }
+            })
+            .await;
+            eprintln!("{what}: {note}");
+        }
+
         // Spot checks, both ways.
         for (args, want) in [
             (&["list", "secrets", "-A"][..], true),
@@ -1536,4 +1628,377 @@ async fn no_value_token_or_kubeconfig_reaches_the_log_or_an_event_at_trace_level
             &secret[..8.min(secret.len())]
         );
     }
+}
+
+// ---------------------------------------------------------------- issue 16
+
+/// `n` seconds during which every copy in `kept` stays exactly as it was
+/// (same uid, resourceVersion and data): nothing wrote to or deleted it.
+async fn stays_unchanged(c: &Cluster, kept: &[Secret], secs: u64, why: &str) {
+    let watch_until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < watch_until {
+        for old in kept {
+            let ns = old.metadata.namespace.as_deref().unwrap();
+            let name = old.metadata.name.as_deref().unwrap();
+            let now = c
+                .secrets(ns)
+                .get_opt(name)
+                .await
+                .expect("read the remote copy")
+                .unwrap_or_else(|| panic!("{}: {ns}/{name} was deleted ({why})", c.what()));
+            assert_eq!(
+                version(&now),
+                version(old),
+                "{}: {ns}/{name} was written to ({why})",
+                c.what()
+            );
+            assert_eq!(now.data, old.data);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Issue 16, item 5: one remote API server registered under two names
+/// (`<id>-a` with its URL, `<id>-b` by `localhost` instead of `127.0.0.1`,
+/// so the URLs differ and only the server's own identity, the uid of its
+/// kube-system namespace, tells them apart) would give it two owners, each
+/// deleting the other's copies as strays. The second is refused (Warning
+/// `InvalidCluster` naming the first, `cluster_up` 0, a `/readyz` note, the
+/// refusal counted) and writes nothing; a third with the very same URL is
+/// refused at once. Removing the first registration hands the server to the
+/// second: it is served from then on.
+#[tokio::test]
+async fn one_api_server_registered_under_two_names_is_served_once() {
+    let _serial = serial();
+    let env = TestEnv::new("rc-twice", 1).await;
+    let _on_panic = env.cleanup_on_panic();
+    let remote_ns = RemoteNamespaces::new(&env.id);
+    let a = Cluster::new(1, format!("{}-a", env.id)).await;
+    let b = Cluster::new(1, format!("{}-b", env.id)).await;
+    let c = Cluster::new(1, format!("{}-c", env.id)).await;
+    let t0 = format!("{}-t0", env.id);
+    remote_ns.create(a.remote, &t0, &[]).await;
+    let (one, two) = (format!("{}-one", env.id), format!("{}-two", env.id));
+    env.add_source(&source(
+        &env,
+        &one,
+        &[("v", "1")],
+        &[(CLUSTERS_ANNOTATION, &a.name)],
+    ))
+    .await;
+    env.add_source(&source(
+        &env,
+        &two,
+        &[("v", "1")],
+        &[(CLUSTERS_ANNOTATION, &b.name)],
+    ))
+    .await;
+    let mut tokens = vec![a.register(&env).await];
+    let mut daemon = start(&env, &[]).await;
+    let _log = LogOnPanic(daemon.log.clone());
+    let kept = vec![await_remote(&a, &env, &t0, &one, &[("v", "1")], WAIT).await];
+    await_metric(&daemon, CLUSTER_UP, &[&a.label()], 1.0).await;
+
+    // The same server under another name and another URL.
+    let token = b.remote.identity_token();
+    tokens.push(token.clone());
+    let by_localhost = b
+        .remote
+        .kubeconfig_text(&token)
+        .replace("https://127.0.0.1:", "https://localhost:");
+    assert!(
+        by_localhost.contains("https://localhost:"),
+        "{by_localhost}"
+    );
+    register(
+        &env.client,
+        &env.source_ns,
+        &b.registration(),
+        &b.name,
+        &by_localhost,
+    )
+    .await;
+    let text = await_event(
+        &env,
+        &b.registration(),
+        "InvalidCluster",
+        "Warning",
+        &[&b.name, &format!("already served as cluster {}", a.name)],
+    )
+    .await;
+    eprintln!("Event on the second registration: {text}");
+    await_metric(&daemon, CLUSTER_UP, &[&b.label()], 0.0).await;
+    await_readyz_all(
+        &daemon,
+        &[&format!("cluster {} degraded: not served", b.name)],
+    )
+    .await;
+    // And the very same URL under a third name: refused at once.
+    let token = c.remote.identity_token();
+    tokens.push(token.clone());
+    let same_url = c
+        .remote
+        .kubeconfig_text(&token)
+        .replace(&c.remote.server, &format!("{}/", c.remote.server));
+    register(
+        &env.client,
+        &env.source_ns,
+        &c.registration(),
+        &c.name,
+        &same_url,
+    )
+    .await;
+    await_event(
+        &env,
+        &c.registration(),
+        "InvalidCluster",
+        "Warning",
+        &[
+            &c.name,
+            &format!("already registered as cluster {}", a.name),
+        ],
+    )
+    .await;
+    assert!(
+        daemon
+            .metric_sum("push_to_k8s_registrations_refused_total", &[])
+            .await
+            >= 2.0
+    );
+    // One owner: the first's copy stays as it is, the second's source
+    // (which names only the refused name) gets nothing there.
+    stays_unchanged(&a, &kept, 15, "a second registration of its server").await;
+    assert!(
+        a.secrets(&t0).get_opt(&two).await.unwrap().is_none(),
+        "the refused registration wrote {t0}/{two}"
+    );
+
+    // The first goes: the server is the second's from now on.
+    unregister(&env.client, &env.source_ns, &a.registration()).await;
+    unregister(&env.client, &env.source_ns, &c.registration()).await;
+    await_metric(&daemon, CLUSTER_UP, &[&b.label()], 1.0).await;
+    await_remote(&b, &env, &t0, &two, &[("v", "1")], WAIT).await;
+
+    stop(&mut daemon, &tokens, &[WHOLE_LOG]);
+    env.teardown().await;
+}
+
+/// Issue 16, item 6: registration is no lever.
+/// - A Secret that sorts first and registers a name already served (to
+///   another API server, remote 2) does not take it over: it is refused
+///   (Warning `InvalidCluster`), the running registration stays, and what
+///   sources send to that name (`*` here) never reaches remote 2.
+/// - A registration Secret that also carries the source label is never a
+///   source: not copied into any namespace, and a Warning
+///   `RegistrationNotSource` says so.
+#[tokio::test]
+async fn a_newcomer_cannot_take_a_cluster_name_and_a_registration_is_never_copied() {
+    let _serial = serial();
+    let env = TestEnv::new("rc-lever", 2).await;
+    let _on_panic = env.cleanup_on_panic();
+    let remote_ns = RemoteNamespaces::new(&env.id);
+    let a = Cluster::new(1, format!("{}-a", env.id)).await;
+    let other = remote(2);
+    let other_client = other.client().await;
+    let t0 = format!("{}-t0", env.id);
+    remote_ns.create(a.remote, &t0, &[]).await;
+    remote_ns.create(other, &t0, &[]).await;
+    let db = format!("{}-db", env.id);
+    env.add_source(&source(
+        &env,
+        &db,
+        &[("v", "1")],
+        &[(CLUSTERS_ANNOTATION, "*")],
+    ))
+    .await;
+    // The real registration sorts last.
+    let token = a.remote.identity_token();
+    let mut tokens = vec![token.clone()];
+    register(
+        &env.client,
+        &env.source_ns,
+        "zz-cluster",
+        &a.name,
+        &a.remote.kubeconfig_text(&token),
+    )
+    .await;
+    let mut daemon = start(&env, &[]).await;
+    let _log = LogOnPanic(daemon.log.clone());
+    await_remote(&a, &env, &t0, &db, &[("v", "1")], WAIT).await;
+
+    // A newcomer, first by name, for the same cluster name, to remote 2.
+    let token = other.identity_token();
+    tokens.push(token.clone());
+    register(
+        &env.client,
+        &env.source_ns,
+        "aa-cluster",
+        &a.name,
+        &other.kubeconfig_text(&token),
+    )
+    .await;
+    await_event(
+        &env,
+        "aa-cluster",
+        "InvalidCluster",
+        "Warning",
+        &[&a.name, "already registered by Secret zz-cluster"],
+    )
+    .await;
+    set_values(&env, &db, &[("v", "2")]).await;
+    await_remote(&a, &env, &t0, &db, &[("v", "2")], WAIT).await;
+    env.await_copies(&env.targets, &db, &[("v", "2")]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        assert_eq!(
+            copies_of(&other_client, &env).await,
+            BTreeSet::new(),
+            "the newcomer's API server received copies"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    await_metric(&daemon, CLUSTER_UP, &[&a.label()], 1.0).await;
+
+    // A registration that also carries the source label (and targets this
+    // test's namespaces, so a copy would land there).
+    let token = other.identity_token();
+    tokens.push(token.clone());
+    let mut both = registration(
+        "reg-source",
+        &format!("{}-r", env.id),
+        &other.kubeconfig_text(&token),
+    );
+    both.metadata
+        .labels
+        .get_or_insert_default()
+        .insert(SOURCE_SELECTOR_KEY.into(), "source".into());
+    both.metadata.annotations = Some(annotations(&env, &[]));
+    env.sources()
+        .create(&PostParams::default(), &both)
+        .await
+        .expect("create the registration with the source label");
+    await_event(
+        &env,
+        "reg-source",
+        "RegistrationNotSource",
+        "Warning",
+        &["never a source"],
+    )
+    .await;
+    // A later source reaches the targets: the flush that would have copied
+    // the registration is over.
+    let after = format!("{}-after", env.id);
+    env.add_source(&source(&env, &after, &[("v", "1")], &[]))
+        .await;
+    env.await_copies(&env.targets, &after, &[("v", "1")]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for ns in &env.targets {
+            assert!(
+                env.copy(ns, "reg-source").await.is_none(),
+                "the registration was copied into {ns}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    stop(&mut daemon, &tokens, &[WHOLE_LOG]);
+    env.teardown().await;
+}
+
+/// Issue 16, item 10: a remote API server that hangs (its kube-apiserver
+/// SIGSTOPped: connections are accepted, nothing is answered) is reported
+/// down within a bounded time (`cluster_up` 0, a `/readyz` note saying it
+/// does not answer, a Warning `ClusterUnreachable`) while the local cluster
+/// keeps converging; removing its registration while it hangs stops its
+/// writes at once: after it thaws, the update made while it hung never
+/// reaches it.
+#[tokio::test]
+async fn a_hung_remote_api_server_is_reported_down_and_unregistering_it_stops_its_writes() {
+    let _serial = serial();
+    let env = TestEnv::new("rc-hung", 1).await;
+    let _on_panic = env.cleanup_on_panic();
+    let remote_ns = RemoteNamespaces::new(&env.id);
+    let a = Cluster::new(1, format!("{}-a", env.id)).await;
+    let t0 = format!("{}-t0", env.id);
+    remote_ns.create(a.remote, &t0, &[]).await;
+    let db = format!("{}-db", env.id);
+    env.add_source(&source(
+        &env,
+        &db,
+        &[("v", "1")],
+        &[(CLUSTERS_ANNOTATION, &a.name)],
+    ))
+    .await;
+    let tokens = vec![a.register(&env).await];
+    let mut daemon = start(&env, &[]).await;
+    let _log = LogOnPanic(daemon.log.clone());
+    let kept = vec![await_remote(&a, &env, &t0, &db, &[("v", "1")], WAIT).await];
+    await_metric(&daemon, CLUSTER_UP, &[&a.label()], 1.0).await;
+
+    let mut frozen = a.remote.freeze_apiserver();
+    let hung = Instant::now();
+    // Reported down within a bound: the probe's period and timeout (7 s)
+    // and generous slack; not the minutes a watch or a request could wait.
+    until(
+        &format!("{CLUSTER_UP}{{{}}} 0 while its API server hangs", a.label()),
+        Duration::from_secs(45),
+        || async {
+            let got = daemon.metric_sum(CLUSTER_UP, &[&a.label()]).await;
+            if got == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{got}"))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "{} reported down {:?} after it hung",
+        a.name,
+        hung.elapsed()
+    );
+    let body = await_readyz_all(
+        &daemon,
+        &[&format!("cluster {} degraded", a.name), "did not answer"],
+    )
+    .await;
+    eprintln!("/readyz while {} hangs: {}", a.name, body.trim());
+    await_event(
+        &env,
+        &a.registration(),
+        "ClusterUnreachable",
+        "Warning",
+        &[&a.name, "did not answer"],
+    )
+    .await;
+
+    // An update while it hangs: the local cluster converges; then the
+    // registration goes, still hung.
+    for v in ["2", "3", "4"] {
+        set_values(&env, &db, &[("v", v)]).await;
+        env.await_copies(&env.targets, &db, &[("v", v)]).await;
+    }
+    assert!(matches!(daemon.readyz().await, Some((200, _))));
+    unregister(&env.client, &env.source_ns, &a.registration()).await;
+    await_event(
+        &env,
+        &a.registration(),
+        "ClusterRemoved",
+        "Normal",
+        &[&a.name],
+    )
+    .await;
+    await_metric(&daemon, "push_to_k8s_clusters", &[], 0.0).await;
+
+    // Thawed: it answers again, and nothing of ours is written there.
+    frozen.thaw();
+    until("remote 1 answering again", WAIT, || async {
+        a.secrets(&t0).get_opt(&db).await.map_err(|e| e.to_string())
+    })
+    .await;
+    stays_unchanged(&a, &kept, 20, "its registration was removed while it hung").await;
+
+    stop(&mut daemon, &tokens, &[WHOLE_LOG]);
+    env.teardown().await;
 }

@@ -111,15 +111,72 @@ pub fn check(config: &Kubeconfig) -> Result<(), Refused> {
 
 /// A client for the checked kubeconfig's current context.
 pub async fn client(config: Kubeconfig) -> Result<kube::Client, Refused> {
-    let mut cfg = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| Refused::Unusable(kind_of(&e)))?;
-    // An address that does not answer is found out in seconds, not minutes.
-    cfg.connect_timeout = Some(std::time::Duration::from_secs(10));
-    kube::Client::try_from(cfg).map_err(|e| Refused::Unusable(crate::watch::describe_error(&e)))
+    Ok(clients(config).await?.requests)
 }
 
-/// A kubeconfig error in a few value-free words.
+/// How long a request to a remote API server may go unanswered (connect,
+/// send, or wait for the next bytes of the reply) before it fails: a
+/// cluster that hangs fails its requests instead of holding its task.
+/// (Kept here, for the remote clients only.)
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The same bound for a watch's connection: a watch waits on the server by
+/// design (the server ends it after at most `timeoutSeconds`, 290 s, and
+/// sends bookmarks meanwhile), so its reads may wait longer.
+pub const WATCH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(330);
+
+/// The two clients of one remote cluster: one for requests (every read and
+/// write but watches) with [`REQUEST_TIMEOUT`], one for its watches.
+pub struct Clients {
+    pub requests: kube::Client,
+    pub watches: kube::Client,
+}
+
+pub async fn clients(config: Kubeconfig) -> Result<Clients, Refused> {
+    let cfg = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Refused::Unusable(kind_of(&e)))?;
+    let build = |read: std::time::Duration| {
+        let mut cfg = cfg.clone();
+        cfg.connect_timeout = Some(std::time::Duration::from_secs(10));
+        cfg.read_timeout = Some(read);
+        cfg.write_timeout = Some(REQUEST_TIMEOUT);
+        kube::Client::try_from(cfg).map_err(|e| Refused::Unusable(crate::watch::describe_error(&e)))
+    };
+    Ok(Clients {
+        requests: build(REQUEST_TIMEOUT)?,
+        watches: build(WATCH_READ_TIMEOUT)?,
+    })
+}
+
+/// The API server a kubeconfig's current context names, normalised for
+/// comparison (scheme and host lower-cased, no trailing `/`, the default
+/// port made explicit): two registrations of one server are refused.
+pub fn server(config: &Kubeconfig) -> Option<String> {
+    let current = config.current_context.as_deref()?;
+    let context = config
+        .contexts
+        .iter()
+        .find(|c| c.name == current)?
+        .context
+        .as_ref()?;
+    let server = config
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)?
+        .cluster
+        .as_ref()?
+        .server
+        .as_deref()?;
+    let uri: http::Uri = server.trim().parse().ok()?;
+    let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+    let host = uri.host()?.to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "http" { 80 } else { 443 });
+    let path = uri.path().trim_end_matches('/');
+    Some(format!("{scheme}://{host}:{port}{path}"))
+}
+
 fn kind_of(e: &kube::config::KubeconfigError) -> String {
     use kube::config::KubeconfigError as E;
     match e {
@@ -155,6 +212,35 @@ current-context: east
 
     fn with(replace: &str, by: &str) -> String {
         GOOD.replace(replace, by)
+    }
+
+    // Issue 16, item 5: one server, however its URL is spelled.
+    #[test]
+    fn the_server_url_is_normalised() {
+        let of = |server: &str| server_of(&GOOD.replace("https://127.0.0.1:6443", server));
+        let want = Some("https://127.0.0.1:6443".to_string());
+        for same in [
+            "https://127.0.0.1:6443",
+            "https://127.0.0.1:6443/",
+            "HTTPS://127.0.0.1:6443",
+        ] {
+            assert_eq!(of(same), want, "{same}");
+        }
+        assert_eq!(of("https://10.0.0.1"), Some("https://10.0.0.1:443".into()));
+        assert_eq!(
+            of("https://Example.test/k8s/"),
+            Some("https://example.test:443/k8s".into())
+        );
+        assert_ne!(of("https://127.0.0.1:6444"), want);
+        assert_ne!(
+            of("https://localhost:6443"),
+            want,
+            "told apart by identity at connect"
+        );
+    }
+
+    fn server_of(text: &str) -> Option<String> {
+        server(&parse(Some(text.as_bytes()), "kubeconfig").unwrap())
     }
 
     #[test]

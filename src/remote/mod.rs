@@ -23,7 +23,6 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -38,7 +37,63 @@ pub const KUBECONFIG_KEY: &str = "kubeconfig";
 /// The `/readyz` and metrics name of the registrations watch.
 const WATCH_NAME: &str = "cluster-registrations";
 
-type Senders = Arc<Mutex<BTreeMap<String, mpsc::UnboundedSender<Vec<DirtyKey>>>>>;
+type Senders = Arc<Mutex<BTreeMap<String, Arc<Told>>>>;
+
+/// The sources the control loop told one cluster about and that its task
+/// has not taken yet: a set, not a queue, so a cluster that is slow or hung
+/// holds at most one entry per source (or "everything"), however many
+/// batches are flushed meanwhile.
+#[derive(Default)]
+pub struct Told {
+    keys: Mutex<BTreeSet<DirtyKey>>,
+    more: tokio::sync::Notify,
+}
+
+impl Told {
+    /// Add `keys` (coalesced: a key already pending is not added twice,
+    /// and "everything" makes every other key redundant).
+    pub fn add(&self, keys: &[DirtyKey]) {
+        {
+            let mut pending = self.keys.lock().expect("lock");
+            if pending.contains(&DirtyKey::All) {
+                // Already everything.
+            } else if keys.contains(&DirtyKey::All) {
+                pending.clear();
+                pending.insert(DirtyKey::All);
+            } else {
+                pending.extend(keys.iter().cloned());
+            }
+        }
+        self.more.notify_one();
+    }
+
+    /// Everything pending, taken (empty if nothing is).
+    pub fn take(&self) -> Vec<DirtyKey> {
+        std::mem::take(&mut *self.keys.lock().expect("lock"))
+            .into_iter()
+            .collect()
+    }
+
+    /// How many keys are pending.
+    pub fn len(&self) -> usize {
+        self.keys.lock().expect("lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Wait until keys are pending (returns at once if some already are).
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.more.notified();
+            if !self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 /// The control loop's handle: forwards each flushed batch to every cluster.
 pub struct Handle {
@@ -48,6 +103,7 @@ pub struct Handle {
 impl Handle {
     /// The sources of a flushed batch (and "everything") concern every
     /// cluster; namespace and copy keys belong to this cluster's own.
+    /// Never waits, and never grows beyond one key per source per cluster.
     pub fn tell(&self, keys: &[DirtyKey]) {
         let keys: Vec<DirtyKey> = keys
             .iter()
@@ -57,8 +113,8 @@ impl Handle {
         if keys.is_empty() {
             return;
         }
-        for tx in self.clusters.lock().expect("lock").values() {
-            let _ = tx.send(keys.clone());
+        for told in self.clusters.lock().expect("lock").values() {
+            told.add(&keys);
         }
     }
 }
@@ -72,6 +128,7 @@ pub fn spawn(shared: Shared, client: kube::Client, shutdown: CancellationToken) 
         running: BTreeMap::new(),
         said: HashMap::new(),
         labelled: BTreeSet::new(),
+        owners: Arc::new(site::Owners::default()),
     };
     tokio::spawn(manager.run(client, shutdown));
     Handle { clusters }
@@ -87,40 +144,96 @@ pub struct Registration {
     /// SHA-256 of the kubeconfig bytes: a change restarts the cluster.
     fingerprint: [u8; 32],
     pub kubeconfig: Result<kube::config::Kubeconfig, kubeconfig::Refused>,
+    /// The Secret's creation (seconds since the epoch; `i64::MAX` if
+    /// unknown): of two registrations of one name or one API server, neither
+    /// served yet, the older is used.
+    created: i64,
+    /// It also carries the source label: it is never a source, said once.
+    pub source_labelled: bool,
 }
 
 /// The registrations that count, by cluster name, and the refused ones
-/// with why: one per cluster name (the first Secret by name wins), and the
-/// label's value must be a DNS label. Same for the daemon and `status`.
-pub fn choose(
-    listed: &BTreeMap<String, Registration>,
+/// with why. Same for the daemon and `status`:
+/// - the label's value must be a DNS label;
+/// - one registration per cluster name, and one per API server (its
+///   kubeconfig's server URL; the task also compares the server's own
+///   identity at connect, [`site::Owners`]);
+/// - a registration already served (`running`: cluster name to Secret name)
+///   keeps its name and its server: a newcomer is refused, whatever its
+///   name; among the others the older Secret (creation time, then name)
+///   wins.
+pub fn choose<'a>(
+    listed: &'a BTreeMap<String, Registration>,
+    running: &BTreeMap<String, String>,
 ) -> (
-    BTreeMap<String, &Registration>,
-    Vec<(&Registration, String)>,
+    BTreeMap<String, &'a Registration>,
+    Vec<(&'a Registration, Refusal)>,
 ) {
+    let mut order: Vec<&Registration> = listed.values().collect();
+    order.sort_by_key(|r| {
+        let served = running.get(&r.cluster) == Some(&r.secret);
+        (!served, r.created, r.secret.clone())
+    });
     let mut wanted: BTreeMap<String, &Registration> = BTreeMap::new();
+    let mut servers: BTreeMap<String, &Registration> = BTreeMap::new();
     let mut refusals = Vec::new();
-    for r in listed.values() {
+    for r in order {
+        let server = r.kubeconfig.as_ref().ok().and_then(kubeconfig::server);
         if let Err(reason) = crate::names::dns1123_label(&r.cluster) {
             refusals.push((
                 r,
-                format!(
-                    "the label {CLUSTER_LABEL} must be a DNS label, the cluster's name ({reason})"
+                Refusal::new(
+                    "label",
+                    format!(
+                        "the label {CLUSTER_LABEL} must be a DNS label, the cluster's name ({reason})"
+                    ),
                 ),
             ));
         } else if let Some(first) = wanted.get(&r.cluster) {
             refusals.push((
                 r,
-                format!(
-                    "cluster {} is already registered by Secret {}",
-                    r.cluster, first.secret
+                Refusal::new(
+                    "name",
+                    format!(
+                        "cluster {} is already registered by Secret {}; this registration is refused and that one stays in use (remove one of them)",
+                        r.cluster, first.secret
+                    ),
+                ),
+            ));
+        } else if let Some(first) = server.as_ref().and_then(|s| servers.get(s)) {
+            refusals.push((
+                r,
+                Refusal::new(
+                    "server",
+                    format!(
+                        "cluster {} is not served: its API server {} is already registered as cluster {} by Secret {}: one API server has one owner; this registration is refused (to rename a cluster, see docs/remote-clusters.md)",
+                        r.cluster,
+                        server.as_deref().unwrap_or_default(),
+                        first.cluster,
+                        first.secret
+                    ),
                 ),
             ));
         } else {
             wanted.insert(r.cluster.clone(), r);
+            if let Some(server) = server {
+                servers.insert(server, r);
+            }
         }
     }
     (wanted, refusals)
+}
+
+/// Why a registration is not used: the Event's note and the metric's reason.
+pub struct Refusal {
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Refusal {
+    fn new(reason: &'static str, note: String) -> Refusal {
+        Refusal { reason, note }
+    }
 }
 
 impl Registration {
@@ -138,6 +251,12 @@ impl Registration {
             cluster,
             fingerprint: Sha256::digest(bytes.unwrap_or_default()).into(),
             kubeconfig: kubeconfig::parse(bytes, KUBECONFIG_KEY),
+            created: s
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(i64::MAX, |t| t.0.as_second()),
+            source_labelled: crate::records::is_labelled_source(&s.metadata),
         })
     }
 
@@ -164,6 +283,9 @@ struct Running {
     uid: String,
     fingerprint: [u8; 32],
     stop: CancellationToken,
+    /// The cluster's task: aborted when it stops, so nothing it was in the
+    /// middle of (a write waiting on a hung server) goes on.
+    task: tokio::task::JoinHandle<()>,
 }
 
 struct Manager {
@@ -174,6 +296,8 @@ struct Manager {
     said: HashMap<String, String>,
     /// Cluster names with metric series or `/readyz` notes.
     labelled: BTreeSet<String>,
+    /// Which task serves which remote API server.
+    owners: Arc<site::Owners>,
 }
 
 impl Manager {
@@ -237,21 +361,42 @@ impl Manager {
         }
         for (_, r) in std::mem::take(&mut self.running) {
             r.stop.cancel();
+            r.task.abort();
         }
     }
 
     /// Bring the running clusters to the registrations in `listed`.
     async fn reconcile(&mut self, listed: &BTreeMap<String, Registration>) {
-        // One registration per cluster name; the others are refused (and said so).
-        let (wanted, mut refusals) = choose(listed);
+        // One registration per cluster name and per API server; the others
+        // are refused (and said so).
+        let running: BTreeMap<String, String> = self
+            .running
+            .iter()
+            .map(|(name, run)| (name.clone(), run.secret.clone()))
+            .collect();
+        let (wanted, mut refusals) = choose(listed, &running);
         for r in wanted.values() {
             if let Err(refused) = &r.kubeconfig {
-                refusals.push((r, format!("cluster {} is not served: {refused}", r.cluster)));
+                refusals.push((
+                    r,
+                    Refusal::new(
+                        "kubeconfig",
+                        format!("cluster {} is not served: {refused}", r.cluster),
+                    ),
+                ));
             }
         }
-        self.said.retain(|secret, _| listed.contains_key(secret));
-        for (r, note) in refusals {
-            self.refuse(r, note).await;
+        self.said.retain(|key, _| match key.split_once('\0') {
+            None => listed.contains_key(key),
+            Some((secret, _)) => listed.get(secret).is_some_and(|r| r.source_labelled),
+        });
+        for (r, refusal) in refusals {
+            self.refuse(r, refusal).await;
+        }
+        // A registration is never a source (it is not in the source cache,
+        // see `records::SourceRecord`): said once per Secret.
+        for r in listed.values().filter(|r| r.source_labelled) {
+            self.not_a_source(r).await;
         }
 
         // Gone, or changed: stop.
@@ -267,7 +412,10 @@ impl Manager {
             .collect();
         for name in stale {
             let run = self.running.remove(&name).expect("listed");
+            // At once: the task's gate closes and the task is aborted, even
+            // if it waits on a server that does not answer.
             run.stop.cancel();
+            run.task.abort();
             self.senders.lock().expect("lock").remove(&name);
             if !wanted.contains_key(&name) {
                 self.removed(&name, &run).await;
@@ -292,29 +440,49 @@ impl Manager {
                     continue;
                 }
             };
-            let client = match kubeconfig::client(kubeconfig).await {
+            let clients = match kubeconfig::clients(kubeconfig).await {
                 Ok(c) => c,
                 Err(refused) => {
                     self.shared.metrics.cluster_up.get_or_create(&labels).set(0);
                     self.shared
                         .health
                         .set_cluster_degraded(name, Some(refused.to_string()));
-                    self.refuse(r, format!("cluster {name} is not served: {refused}"))
-                        .await;
+                    self.refuse(
+                        r,
+                        Refusal::new(
+                            "kubeconfig",
+                            format!("cluster {name} is not served: {refused}"),
+                        ),
+                    )
+                    .await;
                     continue;
                 }
             };
             self.shared.metrics.cluster_up.get_or_create(&labels).set(0);
-            let (tx, rx) = mpsc::unbounded_channel();
+            let told = Arc::new(Told::default());
             let stop = CancellationToken::new();
             let site = site::Site {
                 cluster: name.clone(),
-                client,
+                client: clients.requests,
+                watch_client: clients.watches,
                 registration: r.reference_in(&self.shared.cfg.namespace),
+                rank: (r.created, r.secret.clone()),
             };
             let span = tracing::info_span!("cluster", cluster = %name);
-            tokio::spawn(site::run(self.shared.clone(), site, rx, stop.clone()).instrument(span));
-            self.senders.lock().expect("lock").insert(name.clone(), tx);
+            let task = tokio::spawn(
+                site::run(
+                    self.shared.clone(),
+                    self.owners.clone(),
+                    site,
+                    told.clone(),
+                    stop.clone(),
+                )
+                .instrument(span),
+            );
+            self.senders
+                .lock()
+                .expect("lock")
+                .insert(name.clone(), told);
             self.running.insert(
                 name.clone(),
                 Running {
@@ -322,6 +490,7 @@ impl Manager {
                     uid: r.uid.clone(),
                     fingerprint: r.fingerprint,
                     stop,
+                    task,
                 },
             );
         }
@@ -342,11 +511,17 @@ impl Manager {
     }
 
     /// A registration that is not used, said once per change.
-    async fn refuse(&mut self, r: &Registration, note: String) {
+    async fn refuse(&mut self, r: &Registration, refusal: Refusal) {
+        let Refusal { reason, note } = refusal;
         if self.said.get(&r.secret) == Some(&note) {
             return;
         }
         self.said.insert(r.secret.clone(), note.clone());
+        self.shared
+            .metrics
+            .registrations_refused
+            .get_or_create(&crate::metrics::RegistrationLabels { reason })
+            .inc();
         tracing::warn!(secret = %r.secret, "cluster registration refused: {note}");
         let events = &self.shared.events;
         let reference = r.reference_in(&self.shared.cfg.namespace);
@@ -356,6 +531,39 @@ impl Manager {
                 EventType::Warning,
                 "InvalidCluster",
                 "Register",
+                note,
+            )
+            .await;
+    }
+
+    /// A registration that also carries the source label: never copied.
+    async fn not_a_source(&mut self, r: &Registration) {
+        let key = format!("{}\0source", r.secret);
+        let note = format!(
+            "Secret {} registers cluster {} and also carries the source label {}={}: a registration is never a source, it is not copied anywhere (remove the source label)",
+            r.secret,
+            r.cluster,
+            crate::replica::SOURCE_LABEL_KEY,
+            crate::replica::SOURCE_LABEL_VALUE
+        );
+        if self.said.get(&key) == Some(&note) {
+            return;
+        }
+        self.said.insert(key, note.clone());
+        self.shared
+            .metrics
+            .registrations_refused
+            .get_or_create(&crate::metrics::RegistrationLabels { reason: "source" })
+            .inc();
+        tracing::warn!(secret = %r.secret, "a cluster registration carries the source label; it is not a source");
+        let reference = r.reference_in(&self.shared.cfg.namespace);
+        self.shared
+            .events
+            .publish(
+                &reference,
+                EventType::Warning,
+                "RegistrationNotSource",
+                "Plan",
                 note,
             )
             .await;
@@ -375,5 +583,181 @@ impl Manager {
                 format!("cluster {name} is no longer registered: push-to-k8s stops managing it; its copies there are left in place, no longer managed"),
             )
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::Kind;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn kubeconfig(server: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: Zm9v\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        )
+    }
+
+    fn registration(secret: &str, cluster: &str, server: &str, created: i64) -> Registration {
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: Some(secret.into()),
+                labels: Some(BTreeMap::from([(CLUSTER_LABEL.into(), cluster.into())])),
+                creation_timestamp: Some(Time(
+                    k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+                )),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                KUBECONFIG_KEY.into(),
+                k8s_openapi::ByteString(kubeconfig(server).into_bytes()),
+            )])),
+            ..Default::default()
+        };
+        Registration::read(&s).expect("a registration")
+    }
+
+    fn listed(rs: Vec<Registration>) -> BTreeMap<String, Registration> {
+        rs.into_iter().map(|r| (r.secret.clone(), r)).collect()
+    }
+
+    /// (cluster, Secret) chosen; (Secret, reason) refused.
+    type Chosen = (Vec<(String, String)>, Vec<(String, &'static str)>);
+
+    fn chosen(listed: &BTreeMap<String, Registration>, running: &[(&str, &str)]) -> Chosen {
+        let running = running
+            .iter()
+            .map(|(c, s)| (c.to_string(), s.to_string()))
+            .collect();
+        let (wanted, refused) = choose(listed, &running);
+        (
+            wanted
+                .iter()
+                .map(|(c, r)| (c.clone(), r.secret.clone()))
+                .collect(),
+            refused
+                .iter()
+                .map(|(r, why)| (r.secret.clone(), why.reason))
+                .collect(),
+        )
+    }
+
+    // Issue 16, item 6: a newcomer never displaces a registration in use,
+    // whatever its Secret's name; among new ones the older Secret wins.
+    #[test]
+    fn a_duplicate_name_keeps_the_running_registration() {
+        let l = listed(vec![
+            registration("zz-real", "east", "https://10.0.0.1:6443", 100),
+            registration("aa-newcomer", "east", "https://10.0.0.9:6443", 200),
+        ]);
+        let (wanted, refused) = chosen(&l, &[("east", "zz-real")]);
+        assert_eq!(wanted, [("east".to_string(), "zz-real".to_string())]);
+        assert_eq!(refused, [("aa-newcomer".to_string(), "name")]);
+        // Nothing running yet (a start, `status`): the older Secret wins,
+        // not the first by name.
+        let (wanted, _) = chosen(&l, &[]);
+        assert_eq!(wanted, [("east".to_string(), "zz-real".to_string())]);
+        // Even an older Secret labelled later does not displace the one in use.
+        let l = listed(vec![
+            registration("zz-real", "east", "https://10.0.0.1:6443", 100),
+            registration("aa-old", "east", "https://10.0.0.9:6443", 1),
+        ]);
+        let (wanted, refused) = chosen(&l, &[("east", "zz-real")]);
+        assert_eq!(wanted, [("east".to_string(), "zz-real".to_string())]);
+        assert_eq!(refused, [("aa-old".to_string(), "name")]);
+        let (wanted, _) = chosen(&l, &[]);
+        assert_eq!(wanted, [("east".to_string(), "aa-old".to_string())]);
+    }
+
+    // Issue 16, item 5: one API server (by its URL, normalised) has one
+    // registration; the running one keeps it.
+    #[test]
+    fn one_api_server_url_has_one_registration() {
+        let l = listed(vec![
+            registration("cluster-a", "a", "https://127.0.0.1:6443", 100),
+            registration("cluster-b", "b", "HTTPS://127.0.0.1:6443/", 50),
+            registration("cluster-c", "c", "https://127.0.0.1:6444", 10),
+        ]);
+        let (wanted, refused) = chosen(&l, &[("a", "cluster-a")]);
+        assert_eq!(
+            wanted,
+            [
+                ("a".to_string(), "cluster-a".to_string()),
+                ("c".to_string(), "cluster-c".to_string())
+            ]
+        );
+        assert_eq!(refused, [("cluster-b".to_string(), "server")]);
+        // Nothing running: the older one.
+        let (wanted, refused) = chosen(&l, &[]);
+        assert_eq!(
+            wanted,
+            [
+                ("b".to_string(), "cluster-b".to_string()),
+                ("c".to_string(), "cluster-c".to_string())
+            ]
+        );
+        assert_eq!(refused, [("cluster-a".to_string(), "server")]);
+    }
+
+    // Issue 16, item 6: a registration with the source label is flagged
+    // (and `records` keeps it out of the sources).
+    #[test]
+    fn a_registration_with_the_source_label_is_flagged() {
+        let mut r = registration("cluster-a", "a", "https://10.0.0.1:6443", 1);
+        assert!(!r.source_labelled);
+        let s = Secret {
+            metadata: ObjectMeta {
+                name: Some("cluster-a".into()),
+                labels: Some(BTreeMap::from([
+                    (CLUSTER_LABEL.into(), "a".into()),
+                    ("push-to-k8s".into(), "source".into()),
+                ])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        r = Registration::read(&s).unwrap();
+        assert!(r.source_labelled);
+    }
+
+    // Issue 16, item 10: told batches coalesce: bounded by the sources,
+    // however many batches arrive before the task takes them.
+    #[tokio::test]
+    async fn told_batches_coalesce_into_a_bounded_set() {
+        let told = Told::default();
+        for round in 0..10_000 {
+            let name = format!("s{}", round % 3);
+            told.add(&[DirtyKey::Source(Kind::Secret, name)]);
+        }
+        assert_eq!(told.len(), 3);
+        told.wait().await;
+        let mut taken = told.take();
+        taken.sort();
+        assert_eq!(
+            taken,
+            ["s0", "s1", "s2"]
+                .map(|n| DirtyKey::Source(Kind::Secret, n.to_string()))
+                .to_vec()
+        );
+        assert!(told.is_empty());
+        // "Everything" swallows the rest, before and after.
+        told.add(&[DirtyKey::Source(Kind::Secret, "x".into())]);
+        told.add(&[DirtyKey::All]);
+        told.add(&[DirtyKey::Source(Kind::Secret, "y".into())]);
+        assert_eq!(told.take(), [DirtyKey::All]);
+        // A handle tells every cluster, and only sources and "everything".
+        let senders = Senders::default();
+        let (one, two) = (Arc::new(Told::default()), Arc::new(Told::default()));
+        senders.lock().unwrap().insert("one".into(), one.clone());
+        senders.lock().unwrap().insert("two".into(), two.clone());
+        let handle = Handle { clusters: senders };
+        for _ in 0..100 {
+            handle.tell(&[
+                DirtyKey::Source(Kind::Secret, "db".into()),
+                DirtyKey::Namespace("team-a".into()),
+            ]);
+        }
+        assert_eq!(one.take(), [DirtyKey::Source(Kind::Secret, "db".into())]);
+        assert_eq!(two.len(), 1);
     }
 }

@@ -156,6 +156,74 @@ impl Remote {
     pub fn start_apiserver(&self) {
         self.cp(&["start", "kube-apiserver"]);
     }
+
+    /// The pid of its kube-apiserver, from `cp.sh`'s pid file in its state
+    /// directory, checked as cp.sh does (the process's command line names
+    /// that directory).
+    pub fn apiserver_pid(&self) -> String {
+        let dir = self
+            .cp
+            .dir
+            .clone()
+            .expect("a remote has its own state directory");
+        let file = dir.join("kube-apiserver.pid");
+        let pid = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("read {}: {e}", file.display()))
+            .trim()
+            .to_string();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()),
+            "pid {pid} of {} is not remote {}'s kube-apiserver",
+            file.display(),
+            self.n
+        );
+        pid
+    }
+
+    /// Hang its kube-apiserver: SIGSTOP. It keeps its port (the kernel still
+    /// accepts connections) but answers nothing until the returned guard
+    /// is thawed or dropped.
+    pub fn freeze_apiserver(&self) -> ThawRemote {
+        let pid = self.apiserver_pid();
+        let guard = ThawRemote::new(pid.clone());
+        signal("STOP", &pid);
+        guard
+    }
+}
+
+fn signal(name: &str, pid: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}: {status}");
+}
+
+/// SIGCONT to a frozen kube-apiserver ([`Remote::freeze_apiserver`]) when
+/// dropped or [`ThawRemote::thaw`]ed, however the test ends.
+pub struct ThawRemote {
+    pid: Option<String>,
+}
+
+impl ThawRemote {
+    pub fn new(pid: String) -> ThawRemote {
+        ThawRemote { pid: Some(pid) }
+    }
+
+    pub fn thaw(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            signal("CONT", &pid);
+        }
+    }
+}
+
+impl Drop for ThawRemote {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        }
+    }
 }
 
 /// Starts every stopped daemon of a remote control plane (`cp.sh start`)
