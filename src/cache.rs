@@ -182,6 +182,20 @@ impl KindCaches {
         self.sources.synced() && self.replicas.synced()
     }
 
+    /// The sources that ask for copies named `copy_name` (their own name,
+    /// or the one their `copy-name` annotation gives), in name order.
+    pub fn sources_asking(&self, copy_name: &str) -> Vec<String> {
+        let mut names: Vec<String> = self.sources.read(|sources| {
+            sources
+                .iter()
+                .filter(|(_, s)| s.replica.name == copy_name)
+                .map(|(name, _)| name.clone())
+                .collect()
+        });
+        names.sort_unstable();
+        names
+    }
+
     /// The source of the copy `key`: the one its record names, or, for a
     /// copy not made yet, the source that asks for that name.
     pub fn source_of(&self, key: &ObjectKey) -> Option<String> {
@@ -200,14 +214,37 @@ impl KindCaches {
 /// Every cache: the namespaces, and per kind its sources and copies.
 pub struct Caches {
     pub namespaces: Arc<Cache<String, NamespaceInfo>>,
+    /// This cluster's namespaces (the same cache as `namespaces` here; the
+    /// home cluster's, shared, in a remote cluster's caches): where the
+    /// source namespace is seen (see [`Caches::source_namespace_lost`]).
+    home_namespaces: Arc<Cache<String, NamespaceInfo>>,
     kinds: [KindCaches; 2],
 }
 
 impl Caches {
     pub fn new() -> Self {
+        let namespaces: Arc<Cache<String, NamespaceInfo>> = Arc::default();
         Caches {
-            namespaces: Arc::default(),
+            home_namespaces: namespaces.clone(),
+            namespaces,
             kinds: Kind::ALL.map(KindCaches::new),
+        }
+    }
+
+    /// Why nothing may be deleted now: the source namespace `source_namespace`
+    /// is being deleted, or is not there (docs/architecture.md, "Losing the
+    /// source namespace"). Its deletion deletes every source, which would
+    /// otherwise make every copy in every cluster look orphaned. Before the
+    /// namespace cache has listed, it is not known to be there either.
+    pub fn source_namespace_lost(&self, source_namespace: &str) -> Option<String> {
+        match self.home_namespaces.get(&source_namespace.to_string()) {
+            Some(info) if info.terminating => Some(format!(
+                "source namespace {source_namespace} is being deleted: no copy is deleted"
+            )),
+            Some(_) => None,
+            None => Some(format!(
+                "source namespace {source_namespace} does not exist: no copy is deleted"
+            )),
         }
     }
 
@@ -248,6 +285,7 @@ impl Caches {
     pub fn sharing_sources(&self, kinds: &[Kind]) -> Caches {
         let caches = Caches {
             namespaces: Arc::default(),
+            home_namespaces: self.home_namespaces.clone(),
             kinds: Kind::ALL.map(|kind| KindCaches {
                 kind,
                 sources: self.of(kind).sources.clone(),

@@ -114,17 +114,24 @@ pub async fn at_start(
         .read(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     sources.sort_by(|a, b| a.0.cmp(&b.0));
     let mut found = BTreeMap::new();
-    for (name, source) in sources {
-        // A refused source (bad annotation, identity type) is not pushed.
-        let Ok(rules) = plan::rules(&source) else {
+    for (name, source) in &sources {
+        // A refused source (bad annotation, identity type, a copy name
+        // another source keeps) is not pushed.
+        let Ok(rules) = plan::rules(source) else {
             continue;
         };
+        if caches
+            .sources
+            .read(|all| plan::refusal_among(all, name).is_some())
+        {
+            continue;
+        }
         // In a remote cluster: only the sources that want copies there.
         if scope.cluster.is_some_and(|c| !rules.selects_cluster(c)) {
             continue;
         }
         // What is in its way is adopted, not a conflict (the writer decides).
-        if crate::adoption::wanted(&source, adoption_allowed) {
+        if crate::adoption::wanted(source, adoption_allowed) {
             continue;
         }
         // Copies are named as the source asks (its own name, or a rename).
@@ -149,11 +156,11 @@ pub async fn at_start(
             .filter(|ns| {
                 namespaces
                     .get(ns)
-                    .is_some_and(|info| rules.wants(scope, &name, ns, &info))
+                    .is_some_and(|info| rules.wants(scope, name, ns, &info))
             })
             .collect();
         if !wanted.is_empty() {
-            found.insert(name, wanted);
+            found.insert(name.clone(), wanted);
         }
     }
     found

@@ -29,7 +29,7 @@ use crate::kinds::Kind;
 use crate::lease;
 use crate::metrics::{AnnotationLabels, Metrics};
 use crate::pace::Pacer;
-use crate::plan::{self, Refusal, World};
+use crate::plan::{self, Action, Refusal, World};
 use crate::push::Writer;
 use crate::records::ObjectKey;
 use crate::resync;
@@ -38,6 +38,14 @@ use crate::targets::Scope;
 use crate::watch;
 
 const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
+
+/// Strays deleted per turn of the stray lane, and how often it looks for
+/// work when idle.
+const SWEEP_BATCH: usize = 32;
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// A turn of the stray lane: how many strays it deleted.
+type Sweep<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>>;
 
 /// The loop beats at least this often (`/healthz`).
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -263,7 +271,8 @@ async fn control(
         caches.clone(),
         gate.clone(),
     )
-    .allowing_adoption(cfg.allow_adoption);
+    .allowing_adoption(cfg.allow_adoption)
+    .sweeping_apart();
     let mut retry = RetryQueue::new();
     let mut fights = Fights::new();
 
@@ -363,9 +372,17 @@ async fn control(
     let mut conflict_timer = every(CONFLICT_RECHECK);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
     let (mut resyncing, mut rechecking) = (false, false);
+    // The stray lane: deletes of strays (see `Writer::split_strays`), a
+    // bounded number at a time, polled only while the loop has nothing
+    // else to do, so a flush always goes first.
+    let mut sweeping: Option<Sweep<'_>> = None;
+    let mut sweep_timer = every(SWEEP_EVERY);
 
     loop {
         health.beat();
+        // While the source namespace is being deleted or gone, nothing is
+        // deleted (flush, writer) and /readyz says why.
+        health.set_source_namespace_lost(caches.source_namespace_lost(&cfg.namespace));
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -383,6 +400,13 @@ async fn control(
                     metrics.batch_size.observe(keys.len() as f64);
                     let mut gate = Gate { retry: &mut retry, fights: &mut fights };
                     flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate, true).await;
+                } else {
+                    // A standby keeps track of the copy names sources ask
+                    // for, so a source deleted before it leads is collected
+                    // on the propagation path, not in the stray lane.
+                    for &kind in &kinds {
+                        caches.of(kind).sources.read(|sources| writer.record_asked(kind, sources));
+                    }
                 }
             }
             Ok(()) = leading_rx.changed(), if lease_task.is_some() => {
@@ -486,10 +510,27 @@ async fn control(
                         if batcher.pending() == 0 {
                             since = Instant::now();
                         }
-                        batcher.add(DirtyKey::Source(key.kind, key.name));
+                        // A conflict is keyed by the copy's name: re-plan the
+                        // sources that ask for that name (a renamed copy's
+                        // source has another name).
+                        for source in caches.of(key.kind).sources_asking(&key.name) {
+                            batcher.add(DirtyKey::Source(key.kind, source));
+                        }
                     }
                 }
             },
+            _ = async { sweeping.as_mut().expect("guarded").await }, if sweeping.is_some() => {
+                sweeping = None;
+                sweep_timer.reset_immediately();
+            }
+            _ = sweep_timer.tick(), if sweeping.is_none() => {
+                if gate.leading()
+                    && writer.strays_pending() > 0
+                    && caches.source_namespace_lost(&cfg.namespace).is_none()
+                {
+                    sweeping = Some(Box::pin(writer.sweep(SWEEP_BATCH)));
+                }
+            }
             _ = heartbeat.tick() => {}
         }
     }
@@ -535,6 +576,8 @@ pub(crate) async fn flush(
     let mut planned = Vec::new();
     for &kind in kinds {
         let of = caches.of(kind);
+        of.sources
+            .read(|sources| writer.record_asked(kind, sources));
         let plan = of.sources.read(|sources| {
             caches.namespaces.read(|namespaces| {
                 of.replicas.read(|replicas| {
@@ -564,11 +607,34 @@ pub(crate) async fn flush(
         }
         planned.extend(plan.actions);
     }
+    // Losing the source namespace deletes nothing: its deletion deletes
+    // every source, which would make every copy look orphaned.
+    if let Some(why) = caches.source_namespace_lost(scope.source_namespace) {
+        let before = planned.len();
+        planned.retain(|a| !matches!(a, Action::Delete { .. } | Action::Replace { .. }));
+        if planned.len() < before {
+            tracing::warn!(
+                deletes = before - planned.len(),
+                "deletes not planned: {why}"
+            );
+        }
+    }
+    // Deletes under names no source asks for (or asked for while we ran)
+    // wait for the low-priority lane: what a tenant makes to look like our
+    // copies never holds up propagation.
+    let planned = writer.split_strays(planned);
     tracing::debug!(keys = keys.len(), actions = planned.len(), "flush");
     let actions = gate.admit(caches, writer, planned).await;
     if !actions.is_empty() {
         let outcomes = writer.execute(actions, since, health).await;
         gate.record(outcomes);
+    }
+    if !writer.sweeps_apart()
+        && caches
+            .source_namespace_lost(scope.source_namespace)
+            .is_none()
+    {
+        writer.sweep(crate::push::SWEEP_INLINE).await;
     }
     gate.prune(caches, writer);
     metrics.retry_queue.set(gate.retry.len() as i64);
@@ -588,8 +654,7 @@ async fn report_refusals(
         caches
             .of(k)
             .sources
-            .get(&name.to_string())
-            .is_some_and(|rec| plan::refusal(&rec).is_some())
+            .read(|sources| plan::refusal_among(sources, name).is_some())
     });
     for (source, refusal) in refused {
         let Some(rec) = caches.of(kind).sources.get(source) else {
@@ -708,12 +773,23 @@ mod tests {
                            "metadata": {"resourceVersion": "1"}, "items": []})
     }
 
-    /// The next LIST request (watch requests are parked in `watches`, never
-    /// answered, like watches with nothing to say).
+    /// What a LIST finds: nothing, but the source namespace `src` in a
+    /// LIST of namespaces (without it nothing may be deleted, and /readyz
+    /// says so).
+    fn listing(uri: &str) -> serde_json::Value {
+        let mut list = empty_list();
+        if uri.starts_with("/api/v1/namespaces?") {
+            list["items"] = serde_json::json!([{"metadata": {"name": "src", "uid": "src-uid"}}]);
+        }
+        list
+    }
+
+    /// The next LIST request and its URI (watch requests are parked in
+    /// `watches`, never answered, like watches with nothing to say).
     async fn next_list(
         h: &mut ApiHandle,
         watches: &mut Vec<SendResponse<Response<Body>>>,
-    ) -> SendResponse<Response<Body>> {
+    ) -> (String, SendResponse<Response<Body>>) {
         loop {
             let (req, send) = h.next_request().await.expect("a request");
             let uri = req.uri().to_string();
@@ -721,7 +797,7 @@ mod tests {
             if uri.contains("watch=true") {
                 watches.push(send);
             } else {
-                return send;
+                return (uri, send);
             }
         }
     }
@@ -751,12 +827,12 @@ mod tests {
         // Every watch lists (nothing there), then watches: the namespaces,
         // the sources and copies of each kind, and the cluster registrations.
         for _ in 0..2 + 2 * cfg.kinds().len() {
-            let send = next_list(&mut handle, &mut watches).await;
-            respond(send, StatusCode::OK, empty_list());
+            let (uri, send) = next_list(&mut handle, &mut watches).await;
+            respond(send, StatusCode::OK, listing(&uri));
         }
         // A minute later the resync lists, and its first LIST hangs.
         let t0 = Instant::now();
-        let hanging = next_list(&mut handle, &mut watches).await;
+        let (_, hanging) = next_list(&mut handle, &mut watches).await;
         assert!(
             t0.elapsed() >= Duration::from_secs(55),
             "{:?}",
@@ -781,7 +857,7 @@ mod tests {
         );
         let t1 = Instant::now();
         tokio::task::yield_now().await;
-        let retry = next_list(&mut handle, &mut watches).await;
+        let (uri, retry) = next_list(&mut handle, &mut watches).await;
         assert!(t1.elapsed() <= RESYNC_RETRY, "{:?}", t1.elapsed());
         let why = health.readiness().unwrap_err();
         assert!(
@@ -789,10 +865,10 @@ mod tests {
             "{why}"
         );
         // The retry succeeds: ready again.
-        respond(retry, StatusCode::OK, empty_list());
+        respond(retry, StatusCode::OK, listing(&uri));
         for _ in 0..2 * cfg.kinds().len() {
-            let send = next_list(&mut handle, &mut watches).await;
-            respond(send, StatusCode::OK, empty_list());
+            let (uri, send) = next_list(&mut handle, &mut watches).await;
+            respond(send, StatusCode::OK, listing(&uri));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(health.readiness(), Ok(()));

@@ -61,6 +61,9 @@ struct HealthState {
     /// Registered remote clusters that cannot be served now, and why (said
     /// in `/readyz`; like Vault, a remote cluster never makes it unready).
     clusters_degraded: BTreeMap<String, String>,
+    /// The source namespace is being deleted or is gone: nothing is deleted
+    /// meanwhile, and `/readyz` is unready with this reason.
+    source_namespace_lost: Option<String>,
 }
 
 #[derive(Default)]
@@ -146,6 +149,12 @@ impl Health {
             notes.push(format!("cluster {cluster} degraded: {why}"));
         }
         notes.join("; ")
+    }
+
+    /// The source namespace's state: `Some(why)` while it is being deleted or
+    /// gone (no copy is deleted meanwhile; `/readyz` says so).
+    pub fn set_source_namespace_lost(&self, why: Option<String>) {
+        self.state().source_namespace_lost = why;
     }
 
     /// The control loop is alive (monotonic clock).
@@ -244,6 +253,9 @@ impl Health {
                     w.error
                 ));
             }
+        }
+        if let Some(lost) = &state.source_namespace_lost {
+            why.push(lost.clone());
         }
         if let Some((at, e)) = &state.resync_failed {
             why.push(format!(

@@ -78,6 +78,10 @@ pub struct Metrics {
     pub conflict_lists: Family<ResultLabels, Counter>,
     pub fights: Counter,
     pub retry_queue: Gauge,
+    /// Objects that look like copies under a name no source asks (or asked
+    /// for during this run): deleted apart from propagation, a bounded
+    /// number at a time, at low priority.
+    pub stray_copies: Gauge,
     pub refused_types: Counter,
     pub leader: Gauge,
     pub vault_requests: Family<VaultLabels, Counter>,
@@ -178,6 +182,12 @@ impl Metrics {
             "retry_queue_copies",
             "Copies waiting out a backoff (a failed write, or a fought-over copy)",
             retry_queue.clone(),
+        );
+        let stray_copies = Gauge::default();
+        registry.register(
+            "stray_copies",
+            "Objects marked as copies under a name no source asks for (or asked for while this instance ran), waiting to be deleted in the low-priority lane",
+            stray_copies.clone(),
         );
         let refused_types = Counter::default();
         registry.register(
@@ -281,6 +291,7 @@ impl Metrics {
             conflict_lists,
             fights,
             retry_queue,
+            stray_copies,
             refused_types,
             leader,
             vault_requests,

@@ -255,6 +255,7 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
         .map(|(k, v)| (k.as_str(), v))
         .collect();
 
+    let holders = copy_name_holders(world.sources);
     let mut out = Plan::default();
     let empty = BTreeMap::new();
     for name in names {
@@ -281,14 +282,15 @@ pub fn plan(world: &World<'_>, scope: &Scope<'_>, dirty: &[DirtyKey]) -> Plan {
             continue;
         };
         let desired = &source.replica;
-        let rules = match rules(source) {
-            Ok(rules) => rules,
-            Err(refusal) => {
-                // Only this source is affected, and its copies stay as they are.
-                out.refused.push((name.to_string(), refusal));
-                continue;
-            }
-        };
+        let rules =
+            match rules(source).and_then(|r| holds_copy_name(&holders, name, source).map(|()| r)) {
+                Ok(rules) => rules,
+                Err(refusal) => {
+                    // Only this source is affected, and its copies stay as they are.
+                    out.refused.push((name.to_string(), refusal));
+                    continue;
+                }
+            };
         let copy_name = desired.name.as_str();
         let none = Vec::new();
         for (ns, info) in &namespaces {
@@ -375,6 +377,59 @@ pub fn rules(source: &SourceRecord) -> Result<TargetRules, Refusal> {
 /// Why `source` is not pushed at all, if it is not.
 pub fn refusal(source: &SourceRecord) -> Option<Refusal> {
     rules(source).err()
+}
+
+/// Why the source `name` of `sources` is not pushed at all, if it is not:
+/// [`refusal`], or another source keeps its copy name.
+pub fn refusal_among(sources: &HashMap<String, SourceRecord>, name: &str) -> Option<Refusal> {
+    let source = sources.get(name)?;
+    rules(source)
+        .and_then(|_| holds_copy_name(&copy_name_holders(sources), name, source))
+        .err()
+}
+
+/// Per copy name asked for by more than one source, the source that keeps
+/// it: the older (creationTimestamp), of two created in the same second the
+/// first by name. So a newcomer never takes a name from a source that is
+/// pushed, and every instance and restart decides the same. The others are
+/// refused ([`holds_copy_name`]). Names asked for once are not listed.
+pub fn copy_name_holders(sources: &HashMap<String, SourceRecord>) -> HashMap<&str, &str> {
+    let mut first: HashMap<&str, (&str, &str)> = HashMap::with_capacity(sources.len());
+    let mut shared: HashSet<&str> = HashSet::new();
+    for (name, s) in sources {
+        let copy = s.replica.name.as_str();
+        let candidate = (s.created.as_str(), name.as_str());
+        match first.get_mut(copy) {
+            None => {
+                first.insert(copy, candidate);
+            }
+            Some(held) => {
+                shared.insert(copy);
+                if candidate < *held {
+                    *held = candidate;
+                }
+            }
+        }
+    }
+    shared
+        .into_iter()
+        .map(|copy| (copy, first[copy].1))
+        .collect()
+}
+
+/// `Ok` unless another source keeps the copy name `source` asks for.
+fn holds_copy_name(
+    holders: &HashMap<&str, &str>,
+    name: &str,
+    source: &SourceRecord,
+) -> Result<(), Refusal> {
+    match holders.get(source.replica.name.as_str()) {
+        Some(by) if *by != name => Err(Refusal::Annotation(AnnotationError::CopyNameTaken {
+            value: source.replica.name.clone(),
+            by: by.to_string(),
+        })),
+        _ => Ok(()),
+    }
 }
 
 /// The namespaces that should hold a copy of the source `name` with these
@@ -1044,6 +1099,59 @@ mod tests {
                 ("delete", "Secret a/old-name".to_string())
             ]
         );
+    }
+
+    /// Issue 16, defect 11: two sources asking for one copy name were both
+    /// planned (each create then failed against the other's copy, at every
+    /// start and resync, and no one said why). The older keeps the name
+    /// (then the first by name); the other is refused, whichever way round.
+    #[test]
+    fn defect11_of_two_sources_asking_for_one_copy_name_the_older_keeps_it() {
+        let at = |name: &str, value: &str, ann: &[(&str, &str)], created: &str| {
+            let mut s = secret(name, value, ann);
+            s.metadata.creation_timestamp =
+                Some(serde_json::from_value(serde_json::json!(created)).unwrap());
+            SourceRecord::from_secret(&s, SRC).unwrap()
+        };
+        let ask = [(replica::COPY_NAME_ANNOTATION, "shared")];
+        for (older, newer) in [("zeta", "alpha"), ("alpha", "zeta")] {
+            let mut c = Case::new(&["a"]);
+            c.sources.extend([
+                at(older, "v1", &ask, "2026-01-01T00:00:00Z"),
+                at(newer, "v2", &ask, "2026-06-01T00:00:00Z"),
+            ]);
+            let p = c.plan(&[DirtyKey::All]);
+            assert_eq!(
+                p.actions,
+                vec![Action::Create {
+                    kind: Kind::Secret,
+                    namespace: "a".into(),
+                    source: older.into(),
+                    name: "shared".into(),
+                }],
+                "older {older}"
+            );
+            assert_eq!(p.refused.len(), 1, "{:?}", p.refused);
+            let (refused, why) = &p.refused[0];
+            assert_eq!(refused, newer);
+            assert_eq!(why.reason(), "InvalidAnnotation");
+            assert_eq!(why.metric_label(), "copy_name_taken");
+            assert!(why.to_string().contains(older), "{why}");
+            assert_eq!(refusal_among(&c.sources, newer), Some(why.clone()));
+            assert_eq!(refusal_among(&c.sources, older), None);
+        }
+        // A source's own name counts as asking for it; created in the same
+        // second, the first by name keeps it.
+        let mut c = Case::new(&["a"]);
+        let same = "2026-01-01T00:00:00Z";
+        c.sources.extend([
+            at("shared", "v1", &[], same),
+            at("a-rename", "v2", &ask, same),
+        ]);
+        let p = c.plan(&[DirtyKey::All]);
+        assert_eq!(p.actions.len(), 1, "{:?}", p.actions);
+        assert_eq!(p.actions[0].source(), "a-rename");
+        assert_eq!(p.refused[0].0, "shared");
     }
 
     #[test]

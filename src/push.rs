@@ -73,7 +73,19 @@ pub struct Writer {
     /// Writing into a remote cluster: its registration name (for Events and
     /// logs) and the source-cluster stamp our copies there carry.
     remote: Option<Remote>,
+    /// Every `(kind, source, copy name)` a source asked for while this
+    /// instance ran: a copy under such a name is collected on the
+    /// propagation path (see [`Writer::split_strays`]).
+    asked: Mutex<HashSet<(Kind, String, String)>>,
+    /// Deletes of strays, waiting for the low-priority lane ([`Writer::sweep`]).
+    strays: Mutex<BTreeMap<ObjectKey, Action>>,
+    /// The caller runs [`Writer::sweep`] beside its loop; otherwise each
+    /// flush sweeps at most [`SWEEP_INLINE`] strays after its writes.
+    sweeps_apart: bool,
 }
+
+/// Strays deleted by one flush of a writer whose caller does not sweep apart.
+pub const SWEEP_INLINE: usize = 8;
 
 /// A remote cluster a writer writes into.
 #[derive(Clone, Debug)]
@@ -117,7 +129,133 @@ impl Writer {
             allow_adoption: false,
             gate,
             remote: None,
+            asked: Mutex::default(),
+            strays: Mutex::default(),
+            sweeps_apart: false,
         }
+    }
+
+    /// The caller runs [`Writer::sweep`] beside its control loop (at low
+    /// priority): flushes only queue strays.
+    pub fn sweeping_apart(mut self) -> Writer {
+        self.sweeps_apart = true;
+        self
+    }
+
+    pub fn sweeps_apart(&self) -> bool {
+        self.sweeps_apart
+    }
+
+    /// Remember the copy names the `sources` of `kind` ask for now.
+    pub fn record_asked(
+        &self,
+        kind: Kind,
+        sources: &HashMap<String, crate::records::SourceRecord>,
+    ) {
+        let mut asked = self.asked.lock().expect("lock");
+        for (name, s) in sources {
+            let pair = (kind, name.clone(), s.replica.name.clone());
+            if !asked.contains(&pair) {
+                asked.insert(pair);
+            }
+        }
+    }
+
+    /// Of the planned `actions`, those for the propagation path; deletes of
+    /// *strays* are queued for [`Writer::sweep`] instead. A stray is an object
+    /// that passes the ownership rules under a name that no source asks for,
+    /// nor asked for while this instance ran: a copy of a source deleted (or
+    /// renamed) while we were down, or an object a tenant made to look like
+    /// a copy. Telling these apart would need a record the tenant cannot
+    /// forge; instead their cost is kept off the propagation path
+    /// (docs/architecture.md, "Strays").
+    pub fn split_strays(&self, actions: Vec<Action>) -> Vec<Action> {
+        let asked = self.asked.lock().expect("lock");
+        let (mut keep, mut strays) = (Vec::with_capacity(actions.len()), Vec::new());
+        for a in actions {
+            let stray = matches!(a, Action::Delete { .. }) && {
+                let key = a.key();
+                !asked.contains(&(a.kind(), a.source().to_string(), key.name))
+            };
+            if stray { strays.push(a) } else { keep.push(a) }
+        }
+        drop(asked);
+        if !strays.is_empty() {
+            let mut queued = self.strays.lock().expect("lock");
+            for a in strays {
+                queued.insert(a.key(), a);
+            }
+            self.metrics.stray_copies.set(queued.len() as i64);
+        }
+        keep
+    }
+
+    /// Strays waiting to be deleted.
+    pub fn strays_pending(&self) -> usize {
+        self.strays.lock().expect("lock").len()
+    }
+
+    /// Delete up to `max` queued strays, one request at a time (so at most
+    /// one limiter slot is ever reserved ahead of a flush that starts
+    /// meanwhile), each still a stray as the caches show it now (same uid,
+    /// still no source asking for its name). No Event: a tenant's forgeries
+    /// must not flood the source namespace. Returns how many were deleted.
+    pub async fn sweep(&self, max: usize) -> usize {
+        let batch: Vec<Action> = {
+            let mut queued = self.strays.lock().expect("lock");
+            let asked = self.asked.lock().expect("lock");
+            let mut batch = Vec::new();
+            while batch.len() < max {
+                let Some((key, action)) = queued.pop_first() else {
+                    break;
+                };
+                let Action::Delete { uid, source, .. } = &action else {
+                    continue;
+                };
+                let of = self.caches.of(key.kind);
+                let same = of
+                    .replicas
+                    .get(&key)
+                    .is_some_and(|r| r.uid.to_string() == *uid);
+                let now_asked = asked.contains(&(key.kind, source.clone(), key.name.clone()))
+                    || of
+                        .sources
+                        .get(source)
+                        .is_some_and(|s| s.replica.name == key.name);
+                if same && !now_asked {
+                    batch.push(action);
+                }
+            }
+            self.metrics.stray_copies.set(queued.len() as i64);
+            batch
+        };
+        let mut deleted = 0;
+        for action in &batch {
+            if !self.gate.open() {
+                break;
+            }
+            let outcome = self.run(action).await;
+            let result = match &outcome {
+                Outcome::Done => "ok",
+                Outcome::Skipped => "skipped",
+                Outcome::Abandoned => "abandoned",
+                _ => "error",
+            };
+            self.metrics.write(action.kind(), action.op(), result);
+            deleted += usize::from(outcome == Outcome::Done);
+        }
+        if !batch.is_empty() {
+            tracing::info!(
+                deleted,
+                swept = batch.len(),
+                left = self.strays_pending(),
+                "strays swept: objects marked as copies under a name no source asks for"
+            );
+        }
+        self.metrics
+            .managed_replicas
+            .set(self.caches.replica_count() as i64);
+        deleted
     }
 
     /// Writing into the remote cluster `remote.cluster`: every copy carries
@@ -535,6 +673,13 @@ impl Writer {
         if !self.admitted().await {
             return Outcome::Abandoned;
         }
+        // Losing the source namespace deletes nothing (its deletion deletes
+        // every source): the flush plans no delete then, and a delete planned
+        // before is not sent. Planned again once it is back.
+        if let Some(why) = self.caches.source_namespace_lost(&self.source_namespace) {
+            tracing::warn!(copy = %key, "delete not sent: {why}");
+            return Outcome::Abandoned;
+        }
         let dp = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: Some(uid.to_string()),
@@ -814,6 +959,10 @@ mod tests {
         };
         let (name, rec) = SourceRecord::from_secret(&source, SRC).unwrap();
         caches.of(Kind::Secret).sources.set(name, Some(rec));
+        // The source namespace is there (else nothing is deleted).
+        caches
+            .namespaces
+            .set(SRC.into(), Some(crate::targets::NamespaceInfo::default()));
         let reporter = Reporter {
             controller: "push-to-k8s".into(),
             instance: None,
@@ -1260,6 +1409,42 @@ mod tests {
             matches!(outcomes[0].1, Outcome::NotAdopted(_)),
             "{outcomes:?}"
         );
+    }
+
+    // Issue 16, defect 7: deletes under names no source asks for (nor asked
+    // for while we ran) leave the propagation path for the stray lane.
+    #[tokio::test]
+    async fn defect7_deletes_under_names_no_source_asks_for_wait_for_the_stray_lane() {
+        let (w, _handle, caches) = writer();
+        caches
+            .of(Kind::Secret)
+            .sources
+            .read(|s| w.record_asked(Kind::Secret, s));
+        let delete = |source: &str, name: &str| Action::Delete {
+            kind: Kind::Secret,
+            namespace: "tenant".into(),
+            source: source.into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            resource_version: "1".into(),
+        };
+        let create = Action::Create {
+            kind: Kind::Secret,
+            namespace: "a".into(),
+            source: "db".into(),
+            name: "db".into(),
+        };
+        let kept = w.split_strays(vec![
+            delete("db", "db"),
+            delete("db", "x-1"),
+            delete("gone", "gone"),
+            create.clone(),
+        ]);
+        assert_eq!(kept, vec![delete("db", "db"), create]);
+        assert_eq!(w.strays_pending(), 2);
+        // A name asked for once stays asked for after its source goes.
+        caches.of(Kind::Secret).sources.set("db".into(), None);
+        assert_eq!(w.split_strays(vec![delete("db", "db")]).len(), 1);
     }
 
     #[tokio::test]

@@ -42,6 +42,10 @@ impl std::fmt::Display for ObjectKey {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceRecord {
     pub uid: String,
+    /// Its creationTimestamp (RFC 3339, as the API server gives it; empty if
+    /// none): of two sources asking for one copy name, the older keeps it
+    /// ([`crate::plan::copy_name_holders`]).
+    pub created: String,
     pub annotations: BTreeMap<String, String>,
     pub replica: Replica,
 }
@@ -89,6 +93,12 @@ impl SourceRecord {
             name,
             SourceRecord {
                 uid: meta.uid.clone().unwrap_or_default(),
+                created: meta
+                    .creation_timestamp
+                    .as_ref()
+                    .and_then(|t| serde_json::to_value(t).ok())
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
                 annotations: control_annotations(meta.annotations.as_ref()),
                 replica: render(),
             },

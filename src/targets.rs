@@ -148,6 +148,13 @@ pub enum AnnotationError {
         crate::replica::COPY_NAME_ANNOTATION
     )]
     CopyName { value: String, reason: String },
+    /// Another source asks for the same copy name and keeps it (the older
+    /// one; of two created in the same second, the first by name).
+    #[error(
+        "copy name {value:?} (the source's name, or its {} annotation) is also asked for by source {by}, which keeps it (the older source keeps a copy name); this source is not pushed",
+        crate::replica::COPY_NAME_ANNOTATION
+    )]
+    CopyNameTaken { value: String, by: String },
     /// [`crate::adoption::ADOPT_ANNOTATION`] is neither `true` nor `false`.
     #[error(
         "annotation {}: {value:?} must be true or false",
@@ -212,6 +219,7 @@ impl AnnotationError {
             Self::KeyEntry { key, .. } if *key == EXCLUDE_KEYS_ANNOTATION => "exclude_keys",
             Self::KeyEntry { .. } => "include_keys",
             Self::CopyName { .. } => "copy_name",
+            Self::CopyNameTaken { .. } => "copy_name_taken",
             Self::Adopt { .. } => "adopt",
         }
     }

@@ -128,6 +128,7 @@ pub fn replicas(
 ) -> Replicas {
     let ns = source_namespace.to_string();
     let stamp = stamp.map(str::to_string);
+    let sources = caches.of(kind).sources.clone();
     Tracked {
         name: match kind {
             Kind::Secret => "replicas",
@@ -146,10 +147,20 @@ pub fn replicas(
                 o.metadata.name.as_deref()?,
             ))
         }),
+        // Only a copy under a name its source asks for now makes its source
+        // dirty. Anything else (a copy of a gone source, or under another
+        // name) needs at most a delete, which the next full plan finds and
+        // the stray lane makes (docs/architecture.md, "Strays"): so what a
+        // tenant creates or deletes in its own namespace never keeps the
+        // batcher from going quiet.
         dirty: Arc::new(
-            |k: &ObjectKey, old: Option<&ReplicaRecord>, new: Option<&ReplicaRecord>| {
-                new.or(old)
-                    .map(|r| DirtyKey::Source(k.kind, r.source.to_string()))
+            move |k: &ObjectKey, old: Option<&ReplicaRecord>, new: Option<&ReplicaRecord>| {
+                let r = new.or(old)?;
+                let asked = sources.read(|all| {
+                    all.get(&*r.source)
+                        .is_some_and(|s| s.replica.name == k.name)
+                });
+                asked.then(|| DirtyKey::Source(k.kind, r.source.to_string()))
             },
         ),
     }

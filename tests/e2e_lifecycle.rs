@@ -706,3 +706,70 @@ async fn copies_tampered_while_down_are_repaired_at_start() {
     stop_cleanly(&mut second);
     env.teardown().await;
 }
+
+/// Issue 16, defect 12: deleting the source namespace at runtime deleted every
+/// copy in the cluster (its deletion deletes every source, so every copy
+/// looked orphaned; the guard existed only at start). While the source
+/// namespace is being deleted or gone, nothing is deleted and `/readyz` is
+/// unready with the reason. The namespace deletion is the real one
+/// (kube-controller-manager's namespace controller deletes the sources).
+#[tokio::test]
+async fn defect12_deleting_the_source_namespace_deletes_no_copy_and_readyz_says_why() {
+    let _serial = serial();
+    let env = TestEnv::new("lc-srcdel", 3).await;
+    let _on_panic = env.cleanup_on_panic();
+    let name = format!("{}-s", env.id);
+    env.create_source(&name, &[("k", "v1")]).await;
+    let mut daemon = start(&env, &[]).await;
+    env.await_copies(&env.targets, &name, &[("k", "v1")]).await;
+    let mut before = Vec::new();
+    for ns in &env.targets {
+        before.push(identity(&env, ns, &name).await.expect("a copy"));
+    }
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(env.client.clone());
+    namespaces
+        .delete(&env.source_ns, &Default::default())
+        .await
+        .expect("delete the source namespace");
+    eventually(
+        "the source namespace to be gone (its sources deleted with it)",
+        Duration::from_secs(120),
+        || async {
+            namespaces
+                .get_opt(&env.source_ns)
+                .await
+                .expect("get namespace")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let why = format!("source namespace {} does not exist", env.source_ns);
+    let body = until(
+        "/readyz unready, naming the lost source namespace",
+        Duration::from_secs(30),
+        || async {
+            match daemon.readyz().await {
+                Some((503, body)) if body.contains(&why) => Ok(body),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!("/readyz: {body}");
+    // The sources went before the namespace did; give the (1 s) debounce and
+    // the writer time to act on it several times over.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (ns, was) in env.targets.iter().zip(&before) {
+        assert_eq!(
+            identity(&env, ns, &name).await.as_ref(),
+            Some(was),
+            "{ns}/{name} was deleted or changed after its source namespace went; log:\n{}",
+            tail(&daemon.logs())
+        );
+    }
+    assert!(daemon.running(), "the controller keeps running");
+    stop_cleanly(&mut daemon);
+    env.teardown().await;
+}
