@@ -116,7 +116,7 @@ pub async fn client(config: Kubeconfig) -> Result<kube::Client, Refused> {
         .map_err(|e| Refused::Unusable(kind_of(&e)))?;
     // An address that does not answer is found out in seconds, not minutes.
     cfg.connect_timeout = Some(std::time::Duration::from_secs(10));
-    kube::Client::try_from(cfg).map_err(|e| Refused::Unusable(crate::watch::describe_error(&e)))
+    crate::kube_client::build(cfg).map_err(|e| Refused::Unusable(crate::watch::describe_error(&e)))
 }
 
 /// A kubeconfig error in a few value-free words.
