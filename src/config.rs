@@ -158,10 +158,10 @@ pub struct LeaderElection {
     pub lease_name: String,
     /// `LEASE_NAMESPACE` (default: the pod's namespace, else `NAMESPACE`).
     pub lease_namespace: String,
-    /// `LEASE_DURATION_SECONDS` (default 15, 2–300): how long a standby waits
+    /// `LEASE_DURATION_SECONDS` (default 15, 3–300): how long a standby waits
     /// for a silent holder before taking over.
     pub duration: Duration,
-    /// `LEASE_RENEW_DEADLINE_SECONDS` (default 10, 1–299, less than the
+    /// `LEASE_RENEW_DEADLINE_SECONDS` (default 10, 2–299, less than the
     /// duration): a holder that has not renewed for this long stops writing.
     pub renew_deadline: Duration,
     /// `LEASE_RETRY_PERIOD_SECONDS` (default 2, 1–60, less than the renew

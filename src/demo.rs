@@ -70,13 +70,13 @@ pub async fn client(cfg: &Config) -> Result<kube::Client, Error> {
                 }
                 let path = start_control_plane().await?;
                 let c = from_file(&path).await?;
-                let client = kube::Client::try_from(c.clone())?;
+                let client = crate::kube_client::build(c.clone())?;
                 seed(&client, cfg).await?;
                 c
             }
         },
     };
-    Ok(kube::Client::try_from(kube_config)?)
+    Ok(crate::kube_client::build(kube_config)?)
 }
 
 /// A client for the configured cluster (KUBECONFIG, in-cluster, or
@@ -88,7 +88,7 @@ pub async fn configured_client(cfg: &Config) -> Result<kube::Client, Error> {
             .await
             .map_err(|e| Error::NotConfigured(one_line(&e.to_string())))?,
     };
-    Ok(kube::Client::try_from(kube_config)?)
+    Ok(crate::kube_client::build(kube_config)?)
 }
 
 fn one_line(text: &str) -> String {

@@ -8,7 +8,15 @@
 //!   locally* (so clock skew between nodes never matters).
 //! - The holder renews every retry period. If it has not renewed for the
 //!   renew deadline (shorter than the duration), it stops leading at once,
-//!   so it stops writing before any standby can see the Lease expire.
+//!   so it stops writing before any standby can see the Lease expire. The
+//!   deadline is kept on our own clock, not by a reply: a round may take
+//!   only the time left before it, and it cuts the pause between rounds
+//!   short, so a request that hangs cannot keep the gate open. A renewal
+//!   counts from when its write was sent, never from its answer.
+//! - The invariants that make this safe (checked by the configuration):
+//!   retry period < renew deadline < duration. The margin between the last
+//!   two is what the two clocks may drift apart and what a write already
+//!   sent may take to land.
 //! - On shutdown the holder releases the Lease (no holder, duration 1 s),
 //!   so a standby takes over at its next retry, not a whole duration later.
 //!
@@ -57,6 +65,9 @@ pub struct Elector {
     api: Api<Lease>,
     settings: Settings,
     observed: Option<Observed>,
+    /// When the last create or replace of the Lease was sent: a renewal
+    /// counts from then (a standby can only see it after).
+    written: Instant,
 }
 
 impl Elector {
@@ -65,30 +76,49 @@ impl Elector {
             api: Api::namespaced(client, &settings.namespace),
             settings,
             observed: None,
+            written: Instant::now(),
         }
     }
 
     /// Run until `shutdown`: publish `true` on `leading` while we hold the
     /// Lease, `false` otherwise; release it at the end if we held it.
+    ///
+    /// The renew deadline is enforced on our own (monotonic) clock, whatever
+    /// a request does: while we lead, a round may take only the time left
+    /// before the deadline, and the pause between rounds is cut short by it
+    /// too. When it passes without a successful renew, `false` is published
+    /// at once (the write gate closes) although a request may still hang.
     pub async fn run(mut self, leading: watch::Sender<bool>, shutdown: CancellationToken) {
-        let mut last_renew: Option<Instant> = None;
+        // When the last successful renew began: `Some` only while leading.
+        let mut renewed: Option<Instant> = None;
         loop {
             let started = Instant::now();
+            // A leader's round ends by its renew deadline; a standby's round is
+            // bounded by the same length, so a hung request never stops it
+            // from trying again.
+            let limit = renewed.unwrap_or(started) + self.settings.renew_deadline;
             let round = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.round() => r,
+                r = tokio::time::timeout_at(limit, self.round()) => r.unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {}s",
+                        limit.saturating_duration_since(started).as_secs()
+                    ))
+                }),
             };
             match round {
                 Ok(Round::Leading) => {
-                    // Counted from when the request began: conservative.
-                    last_renew = Some(started);
-                    if !*leading.borrow() {
+                    // Counted from when the write was sent: conservative (a
+                    // standby sees the renewal only after it was written).
+                    renewed = Some(self.written);
+                    let in_time = Instant::now() < self.written + self.settings.renew_deadline;
+                    if !*leading.borrow() && in_time {
                         tracing::info!(lease = %self.settings.name, identity = %self.settings.identity, "leading: this instance holds the Lease and writes");
                         let _ = leading.send(true);
                     }
                 }
                 Ok(Round::Standby) => {
-                    last_renew = None;
+                    renewed = None;
                     if *leading.borrow() {
                         tracing::warn!(lease = %self.settings.name, "lost the Lease to another instance; standing by (no writes)");
                         let _ = leading.send(false);
@@ -100,26 +130,45 @@ impl Elector {
             }
             // A holder that could not renew in time stops before anyone else
             // can take over (renew deadline < duration).
-            if *leading.borrow()
-                && last_renew.is_none_or(|t| t.elapsed() >= self.settings.renew_deadline)
-            {
-                tracing::warn!(lease = %self.settings.name, "could not renew the Lease within the renew deadline; standing by (no writes)");
-                last_renew = None;
-                let _ = leading.send(false);
+            let deadline = renewed.map(|t| t + self.settings.renew_deadline);
+            if deadline.is_none_or(|d| Instant::now() >= d) {
+                renewed = None;
+                self.stand_down(&leading);
             }
+            let deadline = renewed.map(|t| t + self.settings.renew_deadline);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(self.settings.retry_period) => {}
+                // The deadline may fall in the pause (a slow round): stand
+                // down then, not at the next round.
+                _ = until(deadline) => {
+                    renewed = None;
+                    self.stand_down(&leading);
+                }
             }
         }
         if *leading.borrow() {
             let _ = leading.send(false);
-            match self.release().await {
+            // Bounded like a round: a hung API server must not hold up shutdown.
+            let release = tokio::time::timeout(self.settings.renew_deadline, self.release());
+            match release
+                .await
+                .unwrap_or_else(|_| Err("no answer in time".into()))
+            {
                 Ok(()) => tracing::info!(lease = %self.settings.name, "released the Lease"),
                 Err(reason) => {
                     tracing::warn!(lease = %self.settings.name, error = %reason, "could not release the Lease; a standby takes over when it expires")
                 }
             }
+        }
+    }
+
+    /// The renew deadline passed without a successful renew: stop leading
+    /// now (the write gate closes), if we were.
+    fn stand_down(&self, leading: &watch::Sender<bool>) {
+        if *leading.borrow() {
+            tracing::warn!(lease = %self.settings.name, renew_deadline_s = self.settings.renew_deadline.as_secs(), "could not renew the Lease within the renew deadline; standing by (no writes)");
+            let _ = leading.send(false);
         }
     }
 
@@ -140,6 +189,7 @@ impl Elector {
                 },
                 spec: Some(self.spec(Timestamp::now(), 0)),
             };
+            self.written = Instant::now();
             return match self.api.create(&PostParams::default(), &fresh).await {
                 Ok(_) => Ok(Round::Leading),
                 Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(Round::Standby),
@@ -186,6 +236,7 @@ impl Elector {
         let mut new_spec = self.spec(acquire, transitions);
         new_spec.renew_time = Some(MicroTime(Timestamp::now()));
         next.spec = Some(new_spec);
+        self.written = Instant::now();
         match self
             .api
             .replace(&self.settings.name, &PostParams::default(), &next)
@@ -227,6 +278,14 @@ impl Elector {
             .await
             .map(|_| ())
             .map_err(|e| describe_error(&e))
+    }
+}
+
+/// Sleep until `deadline`; never, without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -395,5 +454,106 @@ mod tests {
         shutdown.cancel();
         task.await.unwrap();
         fail.abort();
+    }
+
+    /// Leading after one GET and one PUT, both answered; returns when the
+    /// PUT was answered (the paused clock does not move meanwhile).
+    async fn lead(h: &mut ApiHandle, rx: &mut watch::Receiver<bool>) -> Instant {
+        let (m, _, send) = next(h).await;
+        assert_eq!(m, Method::GET);
+        reply(send, StatusCode::OK, lease(Some("me"), "1"));
+        let (m, body, send) = next(h).await;
+        assert_eq!(m, Method::PUT);
+        let renewed = Instant::now();
+        reply(send, StatusCode::OK, body);
+        rx.changed().await.unwrap();
+        assert!(*rx.borrow_and_update());
+        renewed
+    }
+
+    /// How long after `renewed` the elector stopped leading (at most 600 s of
+    /// the paused clock: it never did).
+    async fn stood_down(rx: &mut watch::Receiver<bool>, renewed: Instant) -> Duration {
+        tokio::time::timeout(Duration::from_secs(600), rx.changed())
+            .await
+            .expect("the leader never stood down while its Lease request hung")
+            .unwrap();
+        assert!(!*rx.borrow());
+        renewed.elapsed()
+    }
+
+    // Issue 16, item 1: a Lease request that never answers (the GET of the
+    // next round, or its PUT) must not keep the gate open. The leader stands
+    // down by its renew deadline (10 s), on its own clock, while the request
+    // still hangs, well before the Lease (15 s) can expire for a standby.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_lease_request_closes_the_gate_by_the_renew_deadline() {
+        for hang in [Method::GET, Method::PUT] {
+            let (e, mut h) = elector();
+            let (tx, mut rx) = watch::channel(false);
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(e.run(tx, shutdown.clone()));
+            let renewed = lead(&mut h, &mut rx).await;
+            // The next round: the request `hang` is never answered (its
+            // reply handle is kept, so it does not fail either).
+            let method = hang.clone();
+            let server = tokio::spawn(async move {
+                let mut held = Vec::new();
+                loop {
+                    let Some((req, send)) = h.next_request().await else {
+                        return held.len();
+                    };
+                    if *req.method() == method {
+                        held.push(send);
+                    } else {
+                        reply(send, StatusCode::OK, lease(Some("me"), "1"));
+                    }
+                }
+            });
+            let after = stood_down(&mut rx, renewed).await;
+            assert!(
+                after <= Duration::from_secs(10),
+                "{hang}: stood down {after:?} after the last renewal, renew deadline 10 s"
+            );
+            shutdown.cancel();
+            task.await.unwrap();
+            server.abort();
+        }
+    }
+
+    // A renewal counts from when it was sent, not from its answer: when an
+    // acquisition is answered late (9 s), the deadline falls in the pause
+    // after it, and the leader stands down then, not at its next round.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_in_the_pause_closes_the_gate_on_time() {
+        let (e, mut h) = elector();
+        let (tx, mut rx) = watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(e.run(tx, shutdown.clone()));
+        let (m, _, send) = next(&mut h).await;
+        assert_eq!(m, Method::GET);
+        reply(send, StatusCode::OK, lease(None, "1"));
+        let (m, body, send) = next(&mut h).await;
+        assert_eq!(m, Method::PUT);
+        let sent = Instant::now();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        reply(send, StatusCode::OK, body);
+        rx.changed().await.unwrap();
+        assert!(*rx.borrow_and_update());
+        // Then nothing answers.
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some((_, send)) = h.next_request().await {
+                held.push(send);
+            }
+        });
+        let after = stood_down(&mut rx, sent).await;
+        assert!(
+            after <= Duration::from_secs(10),
+            "stood down {after:?} after the renewal was sent, renew deadline 10 s"
+        );
+        shutdown.cancel();
+        task.await.unwrap();
+        server.abort();
     }
 }

@@ -21,6 +21,7 @@ pub mod gate;
 pub mod http;
 pub mod inspect;
 pub mod kinds;
+pub mod kube_client;
 pub mod lease;
 pub mod logging;
 pub mod metrics;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -120,19 +121,23 @@ impl Drop for DeleteRole {
 
 /// An instance as ServiceAccount `sa`, electing on this test's Lease.
 fn instance(env: &TestEnv, sa: &str, server: Option<&str>) -> Daemon {
+    instance_with(env, sa, server, &[])
+}
+
+/// [`instance`] with more (or overriding) settings.
+fn instance_with(env: &TestEnv, sa: &str, server: Option<&str>, more: &[(&str, &str)]) -> Daemon {
     let kubeconfig = service_account_kubeconfig_via(&env.source_ns, sa, server);
-    Daemon::start(
-        &env.source_ns,
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("POD_NAME", sa),
-            ("LEADER_ELECTION", "true"),
-            ("LEASE_NAMESPACE", &env.source_ns),
-            ("LEASE_DURATION_SECONDS", "6"),
-            ("LEASE_RENEW_DEADLINE_SECONDS", "4"),
-            ("LEASE_RETRY_PERIOD_SECONDS", "1"),
-        ],
-    )
+    let mut settings = vec![
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("POD_NAME", sa),
+        ("LEADER_ELECTION", "true"),
+        ("LEASE_NAMESPACE", &env.source_ns),
+        ("LEASE_DURATION_SECONDS", "6"),
+        ("LEASE_RENEW_DEADLINE_SECONDS", "4"),
+        ("LEASE_RETRY_PERIOD_SECONDS", "1"),
+    ];
+    settings.extend_from_slice(more);
+    Daemon::start(&env.source_ns, &settings)
 }
 
 /// Wait until `/readyz` is 200 and says `role`.
@@ -432,6 +437,282 @@ async fn a_leader_that_cannot_renew_stops_writing() {
     assert!(
         stale.is_empty(),
         "the old leader wrote after its deadline: {stale:?}"
+    );
+    a.stop();
+    b.stop();
+    drop(proxy);
+    env.teardown().await;
+}
+
+/// An HTTP proxy in front of the API server for one instance, which talks
+/// plain HTTP to it (loopback); the proxy forwards every request over TLS
+/// with the instance's own credentials (its `Authorization` header, no
+/// identity of the proxy's), so the audit log names the instance. Told to
+/// `hold`, it leaves every Lease request unanswered and passes everything
+/// else (watches stream through).
+struct LeaseHold {
+    port: u16,
+    shared: Arc<HoldState>,
+    serve: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct HoldState {
+    hold: AtomicBool,
+    held: std::sync::atomic::AtomicUsize,
+    /// When the last Lease write that succeeded reached the proxy: the
+    /// instance sent it before, and the Lease changed after.
+    last_renew: std::sync::Mutex<Option<(Instant, Timestamp)>>,
+}
+
+struct Upstream {
+    client: kube::Client,
+    state: Arc<HoldState>,
+}
+
+impl LeaseHold {
+    async fn start() -> LeaseHold {
+        let admin = kube::config::Kubeconfig::read_from(&control_plane().kubeconfig).unwrap();
+        let mut cfg = kube::Config::from_custom_kubeconfig(admin, &Default::default())
+            .await
+            .unwrap();
+        // The server and its CA only: no credentials of the proxy's own.
+        cfg.auth_info = Default::default();
+        cfg.default_retry = false;
+        let client = kube::Client::try_from(cfg).unwrap();
+        let state = Arc::new(HoldState::default());
+        let upstream = Arc::new(Upstream {
+            client,
+            state: state.clone(),
+        });
+        let app = axum::Router::new().fallback(forward).with_state(upstream);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let serve = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        LeaseHold {
+            port,
+            shared: state,
+            serve,
+        }
+    }
+
+    fn hold(&self) {
+        self.shared.hold.store(true, Ordering::SeqCst);
+    }
+
+    fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    fn last_renew(&self) -> Option<(Instant, Timestamp)> {
+        *self.shared.last_renew.lock().unwrap()
+    }
+}
+
+impl Drop for LeaseHold {
+    fn drop(&mut self) {
+        self.serve.abort();
+    }
+}
+
+async fn forward(
+    axum::extract::State(up): axum::extract::State<Arc<Upstream>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let lease = request.uri().path().contains("/leases");
+    if lease && up.state.hold.load(Ordering::SeqCst) {
+        up.state.held.fetch_add(1, Ordering::SeqCst);
+        // Never answered: the instance gives up on its own clock (and
+        // drops the connection, which drops this).
+        std::future::pending::<()>().await;
+    }
+    let arrived = (Instant::now(), Timestamp::now());
+    let renew = lease && matches!(request.method().as_str(), "PUT" | "POST");
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return axum::http::StatusCode::BAD_REQUEST.into_response();
+    };
+    let mut out = http::Request::builder()
+        .method(parts.method)
+        .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    for (name, value) in &parts.headers {
+        if !matches!(
+            name.as_str(),
+            "host" | "connection" | "content-length" | "transfer-encoding" | "keep-alive"
+        ) {
+            out = out.header(name, value);
+        }
+    }
+    let out = out.body(kube::client::Body::from(bytes.to_vec())).unwrap();
+    match up.client.send(out).await {
+        Ok(response) => {
+            if renew && response.status().is_success() {
+                *up.state.last_renew.lock().unwrap() = Some(arrived);
+            }
+            let (parts, body) = response.into_parts();
+            let mut answer = axum::response::Response::new(axum::body::Body::new(body));
+            *answer.status_mut() = parts.status;
+            for (name, value) in &parts.headers {
+                if !matches!(
+                    name.as_str(),
+                    "connection" | "content-length" | "transfer-encoding" | "keep-alive"
+                ) {
+                    answer.headers_mut().append(name, value.clone());
+                }
+            }
+            answer
+        }
+        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+/// Writes to Secrets in `namespaces` recorded after byte `from` of the audit
+/// log: `(user, verb, namespace, when the API server received it)`.
+fn audited_writes_at(from: u64, namespaces: &[String]) -> Vec<(String, String, String, Timestamp)> {
+    let text = std::fs::read(audit_log()).expect("the audit log");
+    let text = String::from_utf8_lossy(&text[from as usize..]).to_string();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| e["objectRef"]["resource"] == "secrets")
+        .filter_map(|e| {
+            let ns = e["objectRef"]["namespace"].as_str()?.to_string();
+            let at: Timestamp = e["requestReceivedTimestamp"].as_str()?.parse().ok()?;
+            namespaces.contains(&ns).then(|| {
+                (
+                    e["user"]["username"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    e["verb"].as_str().unwrap_or_default().to_string(),
+                    ns,
+                    at,
+                )
+            })
+        })
+        .collect()
+}
+
+/// 4. Issue 16, item 1: a leader whose Lease requests hang (a proxy holds
+/// them unanswered, everything else passes) stops writing by its renew
+/// deadline on its own clock, before its Lease can expire for the standby;
+/// the standby takes over; and a source changed after the old leader's
+/// deadline reaches the namespaces only through the new leader (the audit
+/// log: no write by the old leader's identity after its deadline).
+///
+/// Lease duration 10 s, renew deadline 4 s: the change is made 5 s after
+/// the last renewal, when the old leader must already have stopped and the
+/// standby may not yet take over.
+#[tokio::test]
+async fn a_leader_whose_lease_requests_hang_stops_writing_by_its_deadline() {
+    const HANG_DURATION: u64 = 10;
+    let _serial = serial();
+    assert!(
+        audit_log().exists(),
+        "the control plane has no audit log: cp.sh down && cp.sh up"
+    );
+    let env = TestEnv::new("lead-hang", 2).await;
+    let _on_panic = env.cleanup_on_panic();
+    let _role = DeleteRole(grant(&env, &["leader-a", "leader-b"]));
+    let name = format!("{}-db", env.id);
+    env.create_source(&name, &[("k", "v1")]).await;
+    let proxy = LeaseHold::start().await;
+    let via = format!("http://127.0.0.1:{}", proxy.port);
+    let settings = [("LEASE_DURATION_SECONDS", "10")];
+    let mut a = instance_with(&env, "leader-a", Some(&via), &settings);
+    a.await_ready().await;
+    await_role(&a, "leader", WAIT).await;
+    let mut b = instance_with(&env, "leader-b", None, &settings);
+    b.await_ready().await;
+    await_role(&b, "standby", WAIT).await;
+    env.await_copies(&env.targets, &name, &[("k", "v1")]).await;
+    assert!(
+        proxy.last_renew().is_some(),
+        "the leader renews through the proxy"
+    );
+
+    let from = audit_offset();
+    proxy.hold();
+    // The held request may be the next one: wait for the first renewal that
+    // does not come through.
+    eventually("a Lease request of the leader is held", WAIT, || async {
+        (proxy.held() > 0).then_some(())
+    })
+    .await;
+    let (renewed, renewed_at) = proxy.last_renew().expect("a renewal");
+    let change_at = renewed + Duration::from_secs(RENEW_DEADLINE + 1);
+    let give_up = renewed + Duration::from_secs(HANG_DURATION + 20);
+    // Poll the old leader's own word (its metric) while making the change
+    // once its deadline is past.
+    let mut stood_down: Option<Duration> = None;
+    let mut changed = false;
+    while Instant::now() < give_up && !(changed && stood_down.is_some()) {
+        let metrics = a.metrics().await;
+        if stood_down.is_none()
+            && !metrics.is_empty()
+            && sum_metric(&metrics, "push_to_k8s_leader", &[]) == 0.0
+        {
+            stood_down = Some(renewed.elapsed());
+        }
+        if !changed && Instant::now() >= change_at {
+            change(&env, &name, "v2").await;
+            changed = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(changed, "the source was changed");
+    // (b) The standby takes over, and the change reaches every namespace.
+    await_role(&b, "leader", WAIT).await;
+    env.await_copies(&env.targets, &name, &[("k", "v2")]).await;
+    tokio::time::sleep(Duration::from_secs(DEBOUNCE + 2)).await;
+
+    // (c) The API server's word: no write by the old leader after its
+    // deadline (half a second allowed for a write sent just before it to
+    // arrive), and the new leader's writes are there.
+    let deadline = renewed_at + Duration::from_millis(RENEW_DEADLINE * 1000 + 500);
+    let writes = audited_writes_at(from, &env.targets);
+    let stale: Vec<_> = writes
+        .iter()
+        .filter(|(u, _, _, at)| *u == user(&env, "leader-a") && *at > deadline)
+        .collect();
+    let by_new: Vec<_> = writes
+        .iter()
+        .filter(|(u, _, _, _)| *u == user(&env, "leader-b"))
+        .collect();
+    eprintln!(
+        "held leader stood down {stood_down:?} after its last renewal; {} writes audited since the hold, {} by the old leader after its deadline",
+        writes.len(),
+        stale.len()
+    );
+    // (a) The old leader stood down by its deadline, before the Lease's
+    // duration was over (the standby could not take over before).
+    let logs = a.logs();
+    assert!(
+        stood_down.is_some_and(|d| d < Duration::from_secs(HANG_DURATION)) && stale.is_empty(),
+        "the held leader stood down {stood_down:?} after its last renewal (renew deadline \
+         {RENEW_DEADLINE} s, Lease {HANG_DURATION} s) and wrote after its deadline: {stale:?}"
+    );
+    assert!(
+        logs.contains("could not renew the Lease within the renew deadline"),
+        "its log says why:\n{logs}"
+    );
+    assert!(
+        by_new.len() >= env.targets.len(),
+        "the new leader wrote the change: {writes:?}"
+    );
+    assert_eq!(
+        a.metric_sum("push_to_k8s_leader", &[]).await,
+        0.0,
+        "still standing by while its Lease requests hang"
     );
     a.stop();
     b.stop();

@@ -125,7 +125,9 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub const WATCH_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(330);
 
 /// The two clients of one remote cluster: one for requests (every read and
-/// write but watches) with [`REQUEST_TIMEOUT`], one for its watches.
+/// write but watches) with [`REQUEST_TIMEOUT`], one for its watches. Both
+/// also carry the deadline every client of ours has (`kube_client`: a
+/// non-watch request's whole answer, a watch's headers).
 pub struct Clients {
     pub requests: kube::Client,
     pub watches: kube::Client,
@@ -140,7 +142,8 @@ pub async fn clients(config: Kubeconfig) -> Result<Clients, Refused> {
         cfg.connect_timeout = Some(std::time::Duration::from_secs(10));
         cfg.read_timeout = Some(read);
         cfg.write_timeout = Some(REQUEST_TIMEOUT);
-        kube::Client::try_from(cfg).map_err(|e| Refused::Unusable(crate::watch::describe_error(&e)))
+        crate::kube_client::build(cfg)
+            .map_err(|e| Refused::Unusable(crate::watch::describe_error(&e)))
     };
     Ok(Clients {
         requests: build(REQUEST_TIMEOUT)?,
