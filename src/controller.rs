@@ -233,6 +233,7 @@ async fn control(
         crate::vault::spawn(
             vault_cfg,
             cfg,
+            &stamp,
             caches.clone(),
             gate.clone(),
             events.clone(),

@@ -144,10 +144,10 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
             |world, plan| report.add(world, &scope, plan),
         );
     }
-    if let Some(vault) = &cfg.vault {
-        report.vault = look_at_vault(vault, cfg, &caches).await?;
-    }
     let stamp = cfg.cluster_name.clone().unwrap_or(namespace_uid);
+    if let Some(vault) = &cfg.vault {
+        report.vault = look_at_vault(vault, cfg, &caches, &stamp).await?;
+    }
     report.clusters = look_at_clusters(client, cfg, &caches, &stamp, &metrics).await?;
     Ok(report)
 }
@@ -272,8 +272,9 @@ async fn look_at_vault(
     vault: &crate::config::VaultConfig,
     cfg: &Config,
     caches: &Caches,
+    cluster: &str,
 ) -> Result<Vec<VaultStatus>, Error> {
-    use crate::vault::entry::{self, SourceId};
+    use crate::vault::entry::{self, SourceId, Us};
     let client = crate::vault::client_for(vault)
         .map_err(|e| Error::Start(controller::Error::Vault(e.to_string())))?;
     let mut out = Vec::new();
@@ -306,7 +307,11 @@ async fn look_at_vault(
                     Ok(meta) => {
                         let observed = meta.map(entry::Observed::from);
                         let id = SourceId { kind, name };
-                        let step = entry::step(&desired, observed.as_ref(), &cfg.namespace, &id);
+                        let us = Us {
+                            namespace: &cfg.namespace,
+                            cluster,
+                        };
+                        let step = entry::step(&desired, observed.as_ref(), us, &id);
                         (status.state, status.note) = VaultStatus::state_of(&step);
                     }
                 },

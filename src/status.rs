@@ -287,20 +287,17 @@ pub struct VaultStatus {
 impl VaultStatus {
     /// The state `step` stands for.
     pub fn state_of(step: &crate::vault::entry::Step) -> (&'static str, String) {
-        use crate::vault::entry::{Owner, Step};
+        use crate::vault::entry::Step;
         match step {
             Step::Nothing => ("in-sync", String::new()),
             Step::Create => ("missing", String::new()),
             Step::Write { .. } => ("stale", "changed, deleted or edited in Vault".into()),
             Step::Adopt { .. } => ("adopt", "not ours; the source asks for adoption".into()),
-            Step::Verify { .. } => ("unfinished", "our data without our metadata".into()),
-            Step::Conflict { owner } => (
-                "conflict",
-                match owner {
-                    Owner::OtherSource(o) => format!("written by push-to-k8s for {o}"),
-                    _ => "not written by push-to-k8s".into(),
-                },
+            Step::Verify { .. } => (
+                "unfinished",
+                "our create, cut short after its data write perhaps".into(),
             ),
+            Step::Conflict { owner } => ("conflict", owner.whose()),
         }
     }
 

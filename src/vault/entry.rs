@@ -5,11 +5,15 @@
 //! The ownership rules mirror those of a copy in a namespace
 //! (docs/architecture.md, "Ownership"; docs/vault.md):
 //! - an entry is ours only if its KV custom metadata says `managed-by:
-//!   push-to-k8s` and names this source (`source: <namespace>/<name>`,
-//!   `source-kind`);
+//!   push-to-k8s`, names this source (`source: <namespace>/<name>`,
+//!   `source-kind`) and this cluster (`source-cluster`: `CLUSTER_NAME`, or
+//!   the source namespace's uid, as on copies in remote clusters);
 //! - anything else at the path is a conflict: never written, never deleted,
-//!   unless the source asks for adoption and the controller allows it;
-//! - every data write is a check-and-set against the version we saw.
+//!   unless the source asks for adoption and the controller allows it (never
+//!   another source's or another cluster's);
+//! - every data write is a check-and-set against the version we saw;
+//! - a create marks the entry `pending` (its metadata, before any data), so a
+//!   create cut short is recognised as ours by that mark, never by its values.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,6 +39,13 @@ pub const META_SOURCE: &str = "source";
 pub const META_SOURCE_KIND: &str = "source-kind";
 pub const META_HASH: &str = "content-hash";
 pub const META_VERSION: &str = "version";
+/// The cluster that wrote the entry (the source-cluster stamp of copies in
+/// remote clusters: `CLUSTER_NAME`, or the source namespace's uid).
+pub const META_CLUSTER: &str = "source-cluster";
+/// On an entry we are creating: the content hash of the data about to be
+/// written (the metadata is written first, the data second, then the
+/// metadata again without it).
+pub const META_PENDING: &str = "pending";
 
 /// Longest path we accept (Vault has no small limit; this keeps Events short).
 const MAX_PATH_LEN: usize = 512;
@@ -210,23 +221,46 @@ pub fn content_hash(data: &BTreeMap<String, String>) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The custom metadata of an entry we wrote at `version`.
-pub fn custom_metadata(
-    source_namespace: &str,
-    source: &SourceId,
-    hash: &str,
-    version: u64,
-) -> BTreeMap<String, String> {
+/// Who we are, as entries name us: the source namespace and the cluster
+/// stamp.
+#[derive(Clone, Copy, Debug)]
+pub struct Us<'a> {
+    pub namespace: &'a str,
+    pub cluster: &'a str,
+}
+
+/// The custom metadata naming us and `source`, without content.
+fn ours(us: Us<'_>, source: &SourceId) -> BTreeMap<String, String> {
     BTreeMap::from([
         (META_MANAGED_BY.into(), replica::MANAGED_LABEL_VALUE.into()),
         (
             META_SOURCE.into(),
-            format!("{source_namespace}/{}", source.name),
+            format!("{}/{}", us.namespace, source.name),
         ),
         (META_SOURCE_KIND.into(), source.kind.name().into()),
-        (META_HASH.into(), hash.into()),
-        (META_VERSION.into(), version.to_string()),
+        (META_CLUSTER.into(), us.cluster.into()),
     ])
+}
+
+/// The custom metadata of an entry we wrote at `version`.
+pub fn custom_metadata(
+    us: Us<'_>,
+    source: &SourceId,
+    hash: &str,
+    version: u64,
+) -> BTreeMap<String, String> {
+    let mut custom = ours(us, source);
+    custom.insert(META_HASH.into(), hash.into());
+    custom.insert(META_VERSION.into(), version.to_string());
+    custom
+}
+
+/// The custom metadata written before a create's data: ours, and the hash of
+/// the data about to be written.
+pub fn pending_metadata(us: Us<'_>, source: &SourceId, hash: &str) -> BTreeMap<String, String> {
+    let mut custom = ours(us, source);
+    custom.insert(META_PENDING.into(), hash.into());
+    custom
 }
 
 /// An entry as its metadata shows it.
@@ -245,24 +279,58 @@ pub enum Owner {
     Ours,
     /// push-to-k8s's, for another source (or another source namespace).
     OtherSource(String),
+    /// push-to-k8s's, stamped by another cluster (named).
+    OtherCluster(String),
+    /// push-to-k8s's metadata for this source but no cluster stamp: written
+    /// by a version before the stamp, or by anyone who copied our metadata.
+    /// Whose it is cannot be told: only an explicit adoption takes it.
+    Unstamped,
+    /// Our create that did not finish (our `pending` mark), but the data
+    /// there is not what we were about to write, or was written over since.
+    Unfinished,
     /// Not written by push-to-k8s (no custom metadata saying so).
     Foreign,
 }
 
-pub fn owner(
-    custom: &BTreeMap<String, String>,
-    source_namespace: &str,
-    source: &SourceId,
-) -> Owner {
+impl Owner {
+    /// For a `VaultConflict` Event and `status`: "... was {whose}".
+    pub fn whose(&self) -> String {
+        match self {
+            Owner::Ours => "written by us".into(),
+            Owner::OtherSource(other) => format!("written by push-to-k8s for {other}"),
+            Owner::OtherCluster(cluster) => {
+                format!("written by push-to-k8s of another cluster ({cluster})")
+            }
+            Owner::Unstamped => {
+                "written by push-to-k8s for this source but without a cluster stamp (an earlier version, or another cluster)".into()
+            }
+            Owner::Unfinished => {
+                "marked as our create in progress, but holds data we did not write".into()
+            }
+            Owner::Foreign => "not written by push-to-k8s".into(),
+        }
+    }
+}
+
+pub fn owner(custom: &BTreeMap<String, String>, us: Us<'_>, source: &SourceId) -> Owner {
     if custom.get(META_MANAGED_BY).map(String::as_str) != Some(replica::MANAGED_LABEL_VALUE) {
         return Owner::Foreign;
     }
+    let stamp = custom.get(META_CLUSTER);
+    if let Some(cluster) = stamp
+        && cluster != us.cluster
+    {
+        return Owner::OtherCluster(cluster.clone());
+    }
     let named = custom.get(META_SOURCE).cloned().unwrap_or_default();
     let kind = custom.get(META_SOURCE_KIND).map(String::as_str);
-    if named == format!("{source_namespace}/{}", source.name) && kind == Some(source.kind.name()) {
-        Owner::Ours
+    if named != format!("{}/{}", us.namespace, source.name) || kind != Some(source.kind.name()) {
+        return Owner::OtherSource(format!("{} {named}", kind.unwrap_or("?")));
+    }
+    if stamp.is_none() {
+        Owner::Unstamped
     } else {
-        Owner::OtherSource(format!("{} {named}", kind.unwrap_or("?")))
+        Owner::Ours
     }
 }
 
@@ -271,67 +339,96 @@ pub fn owner(
 pub enum Step {
     /// In sync.
     Nothing,
-    /// No entry: write it (`cas` 0: only if still none).
+    /// No data of ours yet (no entry, or our `pending` mark without data):
+    /// mark it pending, write the data (`cas` 0: only if still none), then
+    /// our metadata.
     Create,
     /// Ours and out of date, edited or deleted in Vault: write it again,
     /// check-and-set against the version seen.
     Write { cas: u64 },
-    /// Not ours, and the source asks for adoption (allowed): write it and
-    /// mark it ours, check-and-set against the version seen.
+    /// Not ours (someone's, or unstamped), and the source asks for adoption
+    /// (allowed): write it and mark it ours, check-and-set against the
+    /// version seen.
     Adopt { cas: u64 },
     /// Not ours: leave it byte-identical and report.
     Conflict { owner: Owner },
-    /// Not ours, without our metadata, but holding exactly what we would
-    /// write: most likely our own create whose metadata write did not
-    /// happen (a crash between the two). Read the data to be sure.
-    Verify { cas: u64 },
+    /// Our create cut short after its data write perhaps (our `pending` mark,
+    /// version 1): read the data; only if it is what the mark says we were
+    /// about to write is it ours.
+    Verify { cas: u64, pending: String },
+}
+
+/// The `pending` mark of an entry of ours, if it has one.
+pub fn pending(obs: &Observed) -> Option<&str> {
+    obs.custom.get(META_PENDING).map(String::as_str)
 }
 
 /// The step for `desired` given the entry as observed (`None`: no entry).
-pub fn step(
-    desired: &Desired,
-    observed: Option<&Observed>,
-    source_namespace: &str,
-    source: &SourceId,
-) -> Step {
+pub fn step(desired: &Desired, observed: Option<&Observed>, us: Us<'_>, source: &SourceId) -> Step {
     let Some(obs) = observed else {
         return Step::Create;
     };
-    match owner(&obs.custom, source_namespace, source) {
-        Owner::Ours => {
-            let in_sync = !obs.current_deleted
-                && obs.custom.get(META_VERSION) == Some(&obs.current_version.to_string())
-                && obs.custom.get(META_HASH) == Some(&desired.hash);
-            if in_sync {
-                Step::Nothing
-            } else {
-                Step::Write {
-                    cas: obs.current_version,
+    match owner(&obs.custom, us, source) {
+        Owner::Ours => match pending(obs) {
+            // Marked, no data written yet (by anyone).
+            Some(_) if obs.current_version == 0 => Step::Create,
+            // Our data write may have happened: version 1 is the one it made.
+            Some(hash) if obs.current_version == 1 && !obs.current_deleted => Step::Verify {
+                cas: 1,
+                pending: hash.to_owned(),
+            },
+            Some(_) if desired.adopt => Step::Adopt {
+                cas: obs.current_version,
+            },
+            Some(_) => Step::Conflict {
+                owner: Owner::Unfinished,
+            },
+            None => {
+                let in_sync = !obs.current_deleted
+                    && obs.custom.get(META_VERSION) == Some(&obs.current_version.to_string())
+                    && obs.custom.get(META_HASH) == Some(&desired.hash);
+                if in_sync {
+                    Step::Nothing
+                } else {
+                    Step::Write {
+                        cas: obs.current_version,
+                    }
                 }
             }
-        }
-        // Never another source's (two owners would fight over it).
-        Owner::Foreign if desired.adopt => Step::Adopt {
+        },
+        // Never another source's or another cluster's (two owners would
+        // fight over it). Equal values prove nothing: an entry without our
+        // metadata is someone's, whatever it holds.
+        Owner::Foreign | Owner::Unstamped if desired.adopt => Step::Adopt {
             cas: obs.current_version,
         },
-        Owner::Foreign
-            if obs.custom.is_empty() && obs.current_version > 0 && !obs.current_deleted =>
-        {
-            Step::Verify {
-                cas: obs.current_version,
-            }
-        }
         owner => Step::Conflict { owner },
     }
 }
 
-/// May the entry observed as `custom` be deleted for `source`? Only ours.
-pub fn deletable(
-    custom: &BTreeMap<String, String>,
-    source_namespace: &str,
-    source: &SourceId,
-) -> bool {
-    owner(custom, source_namespace, source) == Owner::Ours
+/// May the entry observed be deleted for `source`? Only ours, and of a
+/// create cut short only what holds no data yet (with data, the caller
+/// reads it: [`Deletable::IfData`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deletable {
+    Yes,
+    No,
+    /// Ours if its data (version 1) hashes to this (our `pending` mark).
+    IfData(String),
+}
+
+pub fn deletable(obs: &Observed, us: Us<'_>, source: &SourceId) -> Deletable {
+    if owner(&obs.custom, us, source) != Owner::Ours {
+        return Deletable::No;
+    }
+    match pending(obs) {
+        None => Deletable::Yes,
+        Some(_) if obs.current_version == 0 => Deletable::Yes,
+        Some(hash) if obs.current_version == 1 && !obs.current_deleted => {
+            Deletable::IfData(hash.to_owned())
+        }
+        Some(_) => Deletable::No,
+    }
 }
 
 #[cfg(test)]
@@ -458,30 +555,35 @@ pub(crate) mod tests {
         }
     }
 
+    pub(crate) const US: Us<'static> = Us {
+        namespace: "src",
+        cluster: "east",
+    };
+
     #[test]
     fn steps_follow_ownership_and_versions() {
         let ours = |hash: &str, version: u64, current: u64, deleted: bool| Observed {
             current_version: current,
-            custom: custom_metadata("src", &id(), hash, version),
+            custom: custom_metadata(US, &id(), hash, version),
             current_deleted: deleted,
         };
         let d = want("h1", false);
-        assert_eq!(step(&d, None, "src", &id()), Step::Create);
+        assert_eq!(step(&d, None, US, &id()), Step::Create);
         assert_eq!(
-            step(&d, Some(&ours("h1", 3, 3, false)), "src", &id()),
+            step(&d, Some(&ours("h1", 3, 3, false)), US, &id()),
             Step::Nothing
         );
         // Edited in Vault (a newer version), deleted in Vault, or a new source value.
         assert_eq!(
-            step(&d, Some(&ours("h1", 3, 4, false)), "src", &id()),
+            step(&d, Some(&ours("h1", 3, 4, false)), US, &id()),
             Step::Write { cas: 4 }
         );
         assert_eq!(
-            step(&d, Some(&ours("h1", 3, 3, true)), "src", &id()),
+            step(&d, Some(&ours("h1", 3, 3, true)), US, &id()),
             Step::Write { cas: 3 }
         );
         assert_eq!(
-            step(&d, Some(&ours("h0", 3, 3, false)), "src", &id()),
+            step(&d, Some(&ours("h0", 3, 3, false)), US, &id()),
             Step::Write { cas: 3 }
         );
         // Someone else's entry.
@@ -491,13 +593,13 @@ pub(crate) mod tests {
             current_deleted: false,
         };
         assert_eq!(
-            step(&d, Some(&foreign), "src", &id()),
+            step(&d, Some(&foreign), US, &id()),
             Step::Conflict {
                 owner: Owner::Foreign
             }
         );
         assert_eq!(
-            step(&want("h1", true), Some(&foreign), "src", &id()),
+            step(&want("h1", true), Some(&foreign), US, &id()),
             Step::Adopt { cas: 2 }
         );
         // Another source's, or the same name in another source namespace.
@@ -507,32 +609,136 @@ pub(crate) mod tests {
         };
         let theirs = ours("h1", 3, 3, false);
         assert!(matches!(
-            step(&d, Some(&theirs), "src", &other),
+            step(&d, Some(&theirs), US, &other),
             Step::Conflict {
                 owner: Owner::OtherSource(_)
             }
         ));
         assert!(matches!(
-            step(&want("h1", true), Some(&theirs), "src", &other),
+            step(&want("h1", true), Some(&theirs), US, &other),
             Step::Conflict {
                 owner: Owner::OtherSource(_)
             }
         ));
+        let elsewhere = Us {
+            namespace: "elsewhere",
+            ..US
+        };
         assert!(matches!(
-            step(&d, Some(&theirs), "elsewhere", &id()),
+            step(&d, Some(&theirs), elsewhere, &id()),
             Step::Conflict {
                 owner: Owner::OtherSource(_)
             }
         ));
-        assert!(!deletable(&theirs.custom, "elsewhere", &id()));
-        assert!(deletable(&theirs.custom, "src", &id()));
-        assert!(!deletable(&foreign.custom, "src", &id()));
-        // No custom metadata at all: perhaps our own create, half done.
+        assert_eq!(deletable(&theirs, elsewhere, &id()), Deletable::No);
+        assert_eq!(deletable(&theirs, US, &id()), Deletable::Yes);
+        assert_eq!(deletable(&foreign, US, &id()), Deletable::No);
+    }
+
+    // Issue 16, item 2: two clusters with the same source namespace and
+    // Vault path overwrote each other's entry at every check (ownership
+    // named no cluster); an unstamped entry (an earlier version's) was ours.
+    #[test]
+    fn another_clusters_entry_or_an_unstamped_one_is_a_conflict() {
+        let d = want("h1", false);
+        let west = Us {
+            cluster: "west",
+            ..US
+        };
+        let theirs = Observed {
+            current_version: 3,
+            custom: custom_metadata(west, &id(), "h0", 3),
+            current_deleted: false,
+        };
+        for adopt in [false, true] {
+            assert_eq!(
+                step(&want("h1", adopt), Some(&theirs), US, &id()),
+                Step::Conflict {
+                    owner: Owner::OtherCluster("west".into())
+                },
+                "adopt: {adopt}"
+            );
+        }
+        assert_eq!(deletable(&theirs, US, &id()), Deletable::No);
+        assert_eq!(deletable(&theirs, west, &id()), Deletable::Yes);
+        // Written before the stamp: ours in every other way, still not ours.
+        let mut unstamped = theirs.clone();
+        unstamped.custom.remove(META_CLUSTER);
+        assert_eq!(
+            step(&d, Some(&unstamped), US, &id()),
+            Step::Conflict {
+                owner: Owner::Unstamped
+            }
+        );
+        assert_eq!(deletable(&unstamped, US, &id()), Deletable::No);
+        // ... unless adoption is asked and allowed.
+        assert_eq!(
+            step(&want("h1", true), Some(&unstamped), US, &id()),
+            Step::Adopt { cas: 3 }
+        );
+    }
+
+    // Issue 16, item 3: an entry without our metadata holding exactly the
+    // data we would write was claimed ("verify") and later deleted with all
+    // its versions, without ALLOW_ADOPTION.
+    #[test]
+    fn only_our_own_pending_create_is_finished_never_equal_values() {
+        let d = want("h1", false);
         let bare = Observed {
             current_version: 1,
             ..Default::default()
         };
-        assert_eq!(step(&d, Some(&bare), "src", &id()), Step::Verify { cas: 1 });
+        assert_eq!(
+            step(&d, Some(&bare), US, &id()),
+            Step::Conflict {
+                owner: Owner::Foreign
+            }
+        );
+        assert_eq!(deletable(&bare, US, &id()), Deletable::No);
+        let marked = |current_version: u64, current_deleted: bool| Observed {
+            current_version,
+            custom: pending_metadata(US, &id(), "h0"),
+            current_deleted,
+        };
+        // Marked, no data yet: create (again); deletable.
+        assert_eq!(step(&d, Some(&marked(0, true)), US, &id()), Step::Create);
+        assert_eq!(deletable(&marked(0, true), US, &id()), Deletable::Yes);
+        // Marked, one version: ours only if it holds what the mark says.
+        assert_eq!(
+            step(&d, Some(&marked(1, false)), US, &id()),
+            Step::Verify {
+                cas: 1,
+                pending: "h0".into()
+            }
+        );
+        assert_eq!(
+            deletable(&marked(1, false), US, &id()),
+            Deletable::IfData("h0".into())
+        );
+        // More versions since: whose they are cannot be told.
+        assert_eq!(
+            step(&d, Some(&marked(2, false)), US, &id()),
+            Step::Conflict {
+                owner: Owner::Unfinished
+            }
+        );
+        assert_eq!(deletable(&marked(2, false), US, &id()), Deletable::No);
+        // Another cluster's mark is another cluster's.
+        let west = Us {
+            cluster: "west",
+            ..US
+        };
+        let theirs = Observed {
+            current_version: 0,
+            custom: pending_metadata(west, &id(), "h0"),
+            current_deleted: true,
+        };
+        assert!(matches!(
+            step(&d, Some(&theirs), US, &id()),
+            Step::Conflict {
+                owner: Owner::OtherCluster(_)
+            }
+        ));
     }
 
     #[test]

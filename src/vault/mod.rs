@@ -50,12 +50,15 @@ impl Handle {
     }
 }
 
-/// Start the Vault worker. It logs in lazily: a Vault that is down at start
+/// Start the Vault worker, stamping its entries with `cluster` (the
+/// source-cluster stamp: `CLUSTER_NAME`, or the source namespace's uid).
+/// It logs in lazily: a Vault that is down at start
 /// delays nothing else.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn(
     vault: &VaultConfig,
     cfg: &Config,
+    cluster: &str,
     caches: Arc<Caches>,
     gate: Arc<WriteGate>,
     events: Arc<Events>,
@@ -68,6 +71,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let settings = target::Settings {
         source_namespace: cfg.namespace.clone(),
+        cluster: cluster.to_owned(),
         kv_mount: vault.kv_mount.clone(),
         allow_adoption: cfg.allow_adoption,
         kinds: cfg.source_kinds(),
@@ -155,6 +159,10 @@ impl target::Store for client::VaultClient {
 
     async fn delete_all(&self, path: &str) -> Result<(), client::Error> {
         client::VaultClient::delete_all(self, path).await
+    }
+
+    async fn ensure_login(&self) -> Result<(), client::Error> {
+        client::VaultClient::ensure_login(self).await
     }
 
     fn classify(error: &client::Error) -> target::Failure {

@@ -4,9 +4,12 @@
 //! It is told which sources changed (the control loop forwards each flushed
 //! batch's source keys, so Vault writes follow the same debounce) and checks
 //! every entry every `VAULT_CHECK_INTERVAL_SECONDS`. Per source it decides
-//! with [`entry::step`] and writes through its own limiter, behind the same
-//! write gate as every other write (only the leader writes). A failure holds
-//! that source with exponential backoff; the others go on.
+//! with [`entry::step`] and writes through its own limiter. Every write
+//! request (data, metadata, delete) asks the write gate right before it is
+//! sent, as every Kubernetes write does (only the leader writes): a gate
+//! that closes in the middle of one source's requests stops them there, and
+//! whoever leads next looks at that source again. A failure holds that
+//! source with exponential backoff; the others go on.
 //!
 //! Every look at an entry reads its metadata first (one request), so an
 //! entry someone took over since (their custom metadata, which does not bump
@@ -32,7 +35,7 @@ use crate::kinds::Kind;
 use crate::metrics::{AnnotationLabels, Metrics, VaultLabels};
 use crate::pace::Pacer;
 use crate::retry::RetryQueue;
-use crate::vault::entry::{self, Desired, Observed, Owner, SourceId, Step};
+use crate::vault::entry::{self, Deletable, Desired, Observed, Owner, SourceId, Step, Us};
 
 /// What a failed Vault request was, in the few ways the worker tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,11 +76,23 @@ pub trait Store: Send + Sync + 'static {
         path: &str,
     ) -> impl Future<Output = Result<Option<BTreeMap<String, String>>, Self::Error>> + Send;
     fn delete_all(&self, path: &str) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Log in now if there is no valid token (no request otherwise), so a
+    /// write's gate check is not followed by a login round trip.
+    fn ensure_login(&self) -> impl Future<Output = Result<(), Self::Error>> + Send;
     fn classify(error: &Self::Error) -> Failure;
     /// Short, bounded reason for metrics.
     fn reason(error: &Self::Error) -> &'static str;
     /// Logins so far (for the metric).
     fn logins(&self) -> u64;
+}
+
+/// Why a source's requests stopped.
+#[derive(Debug)]
+enum Halt<E> {
+    /// The write gate closed before a write request: nothing was sent.
+    Gate,
+    /// Vault (or the way to it) failed the request.
+    Store(E),
 }
 
 /// What the control loop tells the worker.
@@ -112,6 +127,9 @@ pub enum Standing {
 
 pub struct Settings {
     pub source_namespace: String,
+    /// The cluster stamp our entries carry (`CLUSTER_NAME`, or the source
+    /// namespace's uid): [`entry::META_CLUSTER`].
+    pub cluster: String,
     pub kv_mount: String,
     pub allow_adoption: bool,
     pub kinds: Vec<Kind>,
@@ -270,7 +288,13 @@ impl<S: Store> Target<S> {
                     tracing::info!(source = %id, "Vault entry written again after failures");
                 }
             }
-            Err((path, e)) => {
+            Err((_, Halt::Gate)) => {
+                // Not sent: whoever leads next (this instance too) looks again.
+                tracing::debug!(source = %id, "write gate closed; Vault requests stopped");
+                self.looks.insert(id.clone());
+                self.pending.insert(id.clone());
+            }
+            Err((path, Halt::Store(e))) => {
                 let failure = S::classify(&e);
                 let delay = if failure == Failure::CasMismatch {
                     // Someone wrote in between: look again soon.
@@ -309,7 +333,7 @@ impl<S: Store> Target<S> {
         &mut self,
         id: &SourceId,
         look: bool,
-    ) -> Result<(), (String, S::Error)> {
+    ) -> Result<(), (String, Halt<S::Error>)> {
         let source = self
             .settings
             .kinds
@@ -384,32 +408,55 @@ impl<S: Store> Target<S> {
         self.converge(id, &desired).await.map_err(|e| (path, e))
     }
 
-    async fn converge(&mut self, id: &SourceId, desired: &Desired) -> Result<(), S::Error> {
-        let ns = self.settings.source_namespace.clone();
+    fn us(&self) -> Us<'_> {
+        Us {
+            namespace: &self.settings.source_namespace,
+            cluster: &self.settings.cluster,
+        }
+    }
+
+    async fn converge(&mut self, id: &SourceId, desired: &Desired) -> Result<(), Halt<S::Error>> {
         let observed = self
-            .call("read", |s| s.read_metadata(&desired.path))
+            .call("read", false, |s| s.read_metadata(&desired.path))
             .await?;
-        match entry::step(desired, observed.as_ref(), &ns, id) {
+        match entry::step(desired, observed.as_ref(), self.us(), id) {
             Step::Nothing => {
                 self.remember(id, desired);
                 self.conflicts.remove(id);
                 Ok(())
             }
-            Step::Create => self.write(id, desired, 0, "VaultWritten").await,
+            Step::Create => {
+                // The mark first: a create cut short (a crash, a lost
+                // answer, the gate) is then recognisably ours.
+                let mark = entry::pending_metadata(self.us(), id, &desired.hash);
+                self.call("metadata", true, |s| s.write_metadata(&desired.path, &mark))
+                    .await?;
+                self.write(id, desired, 0, "VaultWritten").await
+            }
             Step::Write { cas } => self.write(id, desired, cas, "VaultWritten").await,
             Step::Adopt { cas } => self.write(id, desired, cas, "VaultAdopted").await,
-            Step::Verify { cas } => {
-                let data = self.call("read", |s| s.read_data(&desired.path)).await?;
-                if data.as_ref() == Some(&desired.data) {
-                    // Our own create, its metadata write lost: finish it.
-                    let custom = entry::custom_metadata(&ns, id, &desired.hash, cas);
-                    self.call("metadata", |s| s.write_metadata(&desired.path, &custom))
-                        .await?;
-                    self.remember(id, desired);
-                    self.conflicts.remove(id);
-                    Ok(())
+            Step::Verify { cas, pending } => {
+                let data = self
+                    .call("read", false, |s| s.read_data(&desired.path))
+                    .await?;
+                if data.as_ref().map(entry::content_hash).as_deref() == Some(pending.as_str()) {
+                    // Our own create, its last metadata write lost: finish
+                    // it (with what was written; a newer value follows).
+                    let custom = entry::custom_metadata(self.us(), id, &pending, cas);
+                    self.call("metadata", true, |s| {
+                        s.write_metadata(&desired.path, &custom)
+                    })
+                    .await?;
+                    tracing::info!(source = %id, path = %desired.path, "unfinished Vault create finished");
+                    if pending == desired.hash {
+                        self.remember(id, desired);
+                        self.conflicts.remove(id);
+                        Ok(())
+                    } else {
+                        self.write(id, desired, cas, "VaultWritten").await
+                    }
                 } else {
-                    self.conflict(id, desired, Owner::Foreign).await;
+                    self.conflict(id, desired, Owner::Unfinished).await;
                     Ok(())
                 }
             }
@@ -429,14 +476,17 @@ impl<S: Store> Target<S> {
         desired: &Desired,
         cas: u64,
         reason: &str,
-    ) -> Result<(), S::Error> {
+    ) -> Result<(), Halt<S::Error>> {
         let version = self
-            .call("write", |s| s.write_data(&desired.path, &desired.data, cas))
+            .call("write", true, |s| {
+                s.write_data(&desired.path, &desired.data, cas)
+            })
             .await?;
-        let custom =
-            entry::custom_metadata(&self.settings.source_namespace, id, &desired.hash, version);
-        self.call("metadata", |s| s.write_metadata(&desired.path, &custom))
-            .await?;
+        let custom = entry::custom_metadata(self.us(), id, &desired.hash, version);
+        self.call("metadata", true, |s| {
+            s.write_metadata(&desired.path, &custom)
+        })
+        .await?;
         self.remember(id, desired);
         self.conflicts.remove(id);
         let what = if reason == "VaultAdopted" {
@@ -461,16 +511,24 @@ impl<S: Store> Target<S> {
     }
 
     /// Delete every version and the metadata at `path`, if it is still ours.
-    async fn delete(&mut self, id: &SourceId, path: &str) -> Result<(), S::Error> {
-        let observed = self.call("read", |s| s.read_metadata(path)).await?;
+    async fn delete(&mut self, id: &SourceId, path: &str) -> Result<(), Halt<S::Error>> {
+        let observed = self.call("read", false, |s| s.read_metadata(path)).await?;
         let Some(observed) = observed else {
             return Ok(());
         };
-        if !entry::deletable(&observed.custom, &self.settings.source_namespace, id) {
+        let ours = match entry::deletable(&observed, self.us(), id) {
+            Deletable::Yes => true,
+            Deletable::No => false,
+            Deletable::IfData(pending) => {
+                let data = self.call("read", false, |s| s.read_data(path)).await?;
+                data.as_ref().map(entry::content_hash).as_deref() == Some(pending.as_str())
+            }
+        };
+        if !ours {
             tracing::info!(source = %id, path, "Vault entry no longer ours; left as it is");
             return Ok(());
         }
-        self.call("delete", |s| s.delete_all(path)).await?;
+        self.call("delete", true, |s| s.delete_all(path)).await?;
         tracing::info!(source = %id, path, "Vault entry deleted");
         self.event(
             id,
@@ -484,11 +542,7 @@ impl<S: Store> Target<S> {
 
     async fn conflict(&mut self, id: &SourceId, desired: &Desired, owner: Owner) {
         self.known.remove(id);
-        let whose = match &owner {
-            Owner::Foreign => "not written by push-to-k8s".to_string(),
-            Owner::OtherSource(other) => format!("written by push-to-k8s for {other}"),
-            Owner::Ours => unreachable!("ours is never a conflict"),
-        };
+        let whose = owner.whose();
         let now = (desired.path.clone(), whose.clone());
         if self.conflicts.get(id) == Some(&now) {
             return;
@@ -514,14 +568,30 @@ impl<S: Store> Target<S> {
         );
     }
 
-    /// One paced request, counted by operation and result.
-    async fn call<'a, T, F, Fut>(&'a self, op: &'static str, request: F) -> Result<T, S::Error>
+    /// One paced request, counted by operation and result. A `write` asks
+    /// the write gate right before it is sent (after the limiter and the
+    /// login, so nothing but this check stands between the two) and is not
+    /// sent when it is closed.
+    async fn call<'a, T, F, Fut>(
+        &'a self,
+        op: &'static str,
+        write: bool,
+        request: F,
+    ) -> Result<T, Halt<S::Error>>
     where
         F: FnOnce(&'a S) -> Fut,
         Fut: Future<Output = Result<T, S::Error>> + 'a,
     {
         self.pacer.ready().await;
-        let result = request(&self.store).await;
+        let result = if write {
+            match self.store.ensure_login().await {
+                Err(e) => Err(e),
+                Ok(()) if !self.gate.open() => return Err(Halt::Gate),
+                Ok(()) => request(&self.store).await,
+            }
+        } else {
+            request(&self.store).await
+        };
         let label = match &result {
             Ok(_) => "ok",
             Err(e) => S::reason(e),
@@ -544,7 +614,7 @@ impl<S: Store> Target<S> {
                 self.health.set_vault_degraded(None);
             }
         }
-        result
+        result.map_err(Halt::Store)
     }
 
     /// An Event on the source, if it (still) exists.
@@ -594,6 +664,10 @@ mod tests {
         entries: Mutex<BTreeMap<String, FakeEntry>>,
         down: std::sync::atomic::AtomicBool,
         requests: Mutex<Vec<String>>,
+        /// The worker's write gate: open until a request starting with
+        /// `close_on` is made.
+        leading: Mutex<Option<tokio::sync::watch::Sender<bool>>>,
+        close_on: Mutex<Option<String>>,
     }
 
     #[derive(Clone, Default)]
@@ -616,6 +690,15 @@ mod tests {
 
     impl Fake {
         fn log(&self, what: String) -> Result<(), FakeError> {
+            let close = self
+                .close_on
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|c| what.starts_with(c.as_str()));
+            if close && let Some(leading) = self.leading.lock().unwrap().as_ref() {
+                leading.send_replace(false);
+            }
             self.requests.lock().unwrap().push(what);
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err(FakeError::Down);
@@ -682,6 +765,9 @@ mod tests {
             self.entries.lock().unwrap().remove(path);
             Ok(())
         }
+        async fn ensure_login(&self) -> Result<(), FakeError> {
+            Ok(())
+        }
         fn classify(e: &FakeError) -> Failure {
             match e {
                 FakeError::Down => Failure::Unreachable,
@@ -707,10 +793,9 @@ mod tests {
             http::Request<kube::client::Body>,
             http::Response<kube::client::Body>,
         >();
-        // Events go nowhere: their gate is closed (the worker's own
-        // requests do not ask it; `run` does).
+        // Events go nowhere: their gate is closed. The worker's is open
+        // until the fake closes it.
         let (_tx, closed) = tokio::sync::watch::channel(false);
-        let gate = Arc::new(WriteGate::new(closed, CancellationToken::new()));
         let events = Arc::new(Events::new(
             kube::Client::new(service, "default"),
             kube::runtime::events::Reporter {
@@ -718,12 +803,16 @@ mod tests {
                 instance: None,
             },
             "src".into(),
-            gate.clone(),
+            Arc::new(WriteGate::new(closed, CancellationToken::new())),
         ));
+        let (leading, open) = tokio::sync::watch::channel(true);
+        *fake.leading.lock().unwrap() = Some(leading);
+        let gate = Arc::new(WriteGate::new(open, CancellationToken::new()));
         Target::new(
             fake.clone(),
             Settings {
                 source_namespace: "src".into(),
+                cluster: "east".into(),
                 kv_mount: "secret".into(),
                 allow_adoption,
                 kinds: vec![Kind::Secret],
@@ -764,11 +853,15 @@ mod tests {
             fake.take_requests(),
             [
                 "read_metadata team/db",
+                "write_metadata team/db",
                 "write_data team/db cas=0",
                 "write_metadata team/db"
             ]
         );
         assert_eq!(fake.data("team/db").unwrap()["password"], "s3cret");
+        let custom = fake.entries.lock().unwrap()["team/db"].custom.clone();
+        assert_eq!(custom[entry::META_CLUSTER], "east");
+        assert!(!custom.contains_key(entry::META_PENDING), "{custom:?}");
         // In sync: a check reads, writes nothing; an event that leaves the
         // entry as it is (a copy of the source changed) costs nothing.
         t.take(Work::All);
@@ -853,7 +946,7 @@ mod tests {
         assert_eq!(
             entry::owner(
                 &fake.entries.lock().unwrap()["team/db"].custom,
-                "src",
+                entry::tests::US,
                 &id()
             ),
             Owner::Ours
@@ -918,26 +1011,137 @@ mod tests {
         assert_eq!(t.metrics.vault_up.get(), 1);
     }
 
+    // Issue 16, item 3: an entry without our metadata holding exactly what
+    // we would write was claimed (its data read and found equal), and
+    // deleted with all its versions when the source went.
     #[tokio::test]
-    async fn a_half_done_create_is_finished_not_taken_for_a_conflict() {
+    async fn equal_values_are_not_ours_only_our_pending_create_is() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        let path = [(entry::PATH_ANNOTATION, "p")];
+        set(&caches, Some(&secret(&path, "x")));
+        // Someone wrote exactly our values, without our metadata.
+        let data = BTreeMap::from([("password".to_string(), "x".to_string())]);
+        fake.write_data("p", &data, 0).await.unwrap();
+        fake.take_requests();
+        look(&mut t).await;
+        set(&caches, None);
+        look(&mut t).await;
+        assert_eq!(fake.take_requests(), ["read_metadata p"]);
+        let left = fake.entries.lock().unwrap()["p"].clone();
+        assert!(left.custom.is_empty() && left.versions.len() == 1);
+
+        // Our create cut short after its data write: our mark, our data.
+        fake.entries.lock().unwrap().clear();
+        set(&caches, Some(&secret(&path, "x")));
+        let us = entry::tests::US;
+        let mark = entry::pending_metadata(us, &id(), &entry::content_hash(&data));
+        fake.write_metadata("p", &mark).await.unwrap();
+        fake.write_data("p", &data, 0).await.unwrap();
+        fake.take_requests();
+        look(&mut t).await;
+        assert_eq!(t.standings()[&id()], Standing::InSync);
+        assert_eq!(
+            fake.take_requests(),
+            ["read_metadata p", "read_data p", "write_metadata p"]
+        );
+        assert_eq!(
+            entry::step(
+                &entry::desired(
+                    &caches
+                        .of(Kind::Secret)
+                        .sources
+                        .get(&"db".to_string())
+                        .unwrap(),
+                    false
+                )
+                .unwrap()
+                .unwrap(),
+                fake.read_metadata("p").await.unwrap().as_ref(),
+                us,
+                &id()
+            ),
+            Step::Nothing
+        );
+        // Our mark, but someone else's data: theirs, never deleted.
+        fake.entries.lock().unwrap().clear();
+        fake.write_metadata("p", &mark).await.unwrap();
+        let other = BTreeMap::from([("password".to_string(), "y".to_string())]);
+        fake.write_data("p", &other, 0).await.unwrap();
+        look(&mut t).await;
+        assert!(matches!(t.standings()[&id()], Standing::Conflict(_)));
+        t.known.insert(
+            id(),
+            Known {
+                path: "p".into(),
+                preserve: false,
+                hash: String::new(),
+            },
+        );
+        set(&caches, None);
+        fake.take_requests();
+        look(&mut t).await;
+        assert_eq!(fake.take_requests(), ["read_metadata p", "read_data p"]);
+        assert_eq!(fake.data("p").unwrap(), other);
+    }
+
+    // Issue 16, item 4: the worker asked the write gate once per source, so
+    // a standby-to-be sent the rest of that source's requests after the
+    // gate had closed.
+    #[tokio::test]
+    async fn every_write_request_asks_the_gate_right_before_it_is_sent() {
         let (fake, caches) = (Arc::new(Fake::default()), caches());
         let mut t = target(&fake, &caches, false);
         set(
             &caches,
             Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "x")),
         );
-        // Our data write happened, our metadata write did not.
-        let data = BTreeMap::from([("password".to_string(), "x".to_string())]);
-        fake.write_data("p", &data, 0).await.unwrap();
+        // The Lease is lost while the data write is under way.
+        *fake.close_on.lock().unwrap() = Some("write_data".into());
         look(&mut t).await;
+        assert_eq!(
+            fake.take_requests(),
+            ["read_metadata p", "write_metadata p", "write_data p cas=0"],
+            "the metadata write went after the gate closed"
+        );
+        // Not a failure: looked at again when the gate opens.
+        assert!(t.pending.contains(&id()) && t.looks.contains(&id()));
+        assert!(!t.retry.holds(&id()));
+        // Leading again: the create is finished.
+        *fake.close_on.lock().unwrap() = None;
+        fake.leading
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .send_replace(true);
+        let next = t.pending.pop_first().unwrap();
+        t.reconcile(&next).await;
         assert_eq!(t.standings()[&id()], Standing::InSync);
-        // The same shape with other values is someone else's.
-        fake.entries.lock().unwrap().clear();
-        let other = BTreeMap::from([("password".to_string(), "y".to_string())]);
-        fake.write_data("p", &other, 0).await.unwrap();
+        fake.take_requests();
+        // The gate closes while the delete's metadata is read.
+        set(&caches, None);
+        *fake.close_on.lock().unwrap() = Some("read_metadata".into());
         look(&mut t).await;
-        assert!(matches!(t.standings()[&id()], Standing::Conflict(_)));
-        assert_eq!(fake.data("p").unwrap(), other);
+        assert_eq!(fake.take_requests(), ["read_metadata p"]);
+        assert!(fake.data("p").is_some());
+        // And while the entry is rewritten: no metadata write after the data.
+        fake.leading
+            .lock()
+            .unwrap()
+            .as_ref()
+            .unwrap()
+            .send_replace(true);
+        set(
+            &caches,
+            Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "y")),
+        );
+        *fake.close_on.lock().unwrap() = Some("write_data".into());
+        look(&mut t).await;
+        assert_eq!(
+            fake.take_requests(),
+            ["read_metadata p", "write_data p cas=1"]
+        );
     }
 
     // Found by tests/e2e_vault.rs: an entry whose custom metadata someone
