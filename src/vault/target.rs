@@ -387,6 +387,16 @@ impl<S: Store> Target<S> {
                     ),
                 )
                 .await;
+            } else if let Some(why) = self
+                .caches
+                .source_namespace_lost(&self.settings.source_namespace)
+            {
+                // Deleting the source namespace deletes every source: no
+                // entry goes for that (docs/architecture.md, "Losing the
+                // source namespace"). Still known, so a later look deletes
+                // it if its source does not come back.
+                tracing::warn!(source = %id, path = %known.path, "Vault entry not deleted: {why}");
+                return Ok(());
             } else {
                 self.delete(id, &known.path)
                     .await
@@ -655,6 +665,7 @@ impl<S: Store> Target<S> {
 mod tests {
     use super::*;
     use crate::records::SourceRecord;
+    use crate::targets::NamespaceInfo;
     use k8s_openapi::api::core::v1::Secret;
     use std::sync::Mutex;
 
@@ -838,8 +849,51 @@ mod tests {
         t.reconcile(&id()).await;
     }
 
+    /// Caches holding the source namespace `src` (as the namespace watch
+    /// would), so deletes are allowed.
     fn caches() -> Arc<Caches> {
-        Arc::new(Caches::for_kinds(&[Kind::Secret], &[Kind::Secret]))
+        let caches = Arc::new(Caches::for_kinds(&[Kind::Secret], &[Kind::Secret]));
+        caches
+            .namespaces
+            .set("src".into(), Some(NamespaceInfo::default()));
+        caches
+    }
+
+    /// Issue 16 item 12, in Vault: while the source namespace is being
+    /// deleted (every source goes with it) or is absent, no entry is deleted;
+    /// once it is back without the source, the entry goes.
+    #[tokio::test]
+    async fn no_entry_is_deleted_while_the_source_namespace_is_lost() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        let path = [(entry::PATH_ANNOTATION, "team/db")];
+        set(&caches, Some(&secret(&path, "s3cret")));
+        look(&mut t).await;
+        assert!(fake.data("team/db").is_some());
+        fake.take_requests();
+        let terminating = NamespaceInfo {
+            terminating: true,
+            ..Default::default()
+        };
+        caches.namespaces.set("src".into(), Some(terminating));
+        set(&caches, None);
+        look(&mut t).await;
+        assert!(
+            fake.take_requests().is_empty(),
+            "no request while terminating"
+        );
+        caches.namespaces.set("src".into(), None);
+        look(&mut t).await;
+        assert!(fake.take_requests().is_empty(), "no request while absent");
+        assert!(fake.data("team/db").is_some(), "the entry stays");
+        caches
+            .namespaces
+            .set("src".into(), Some(NamespaceInfo::default()));
+        look(&mut t).await;
+        assert!(
+            fake.data("team/db").is_none(),
+            "back without its source: deleted"
+        );
     }
 
     #[tokio::test]
