@@ -338,6 +338,51 @@ async fn revoked_tokens_are_replaced_by_a_fresh_login() {
     client_for(&f, ROLE).delete_all(&path).await.unwrap();
 }
 
+/// Issue 16 item 4, inside the client: a write answered 403 is sent again
+/// after a fresh login only while the writer's gate is open; with the gate
+/// closed in between, nothing more reaches Vault (the worker asked the gate
+/// before the first send; a login round trip lies between it and the second).
+#[tokio::test]
+async fn a_write_is_not_sent_again_after_a_fresh_login_once_the_gate_closed() {
+    let _s = serial();
+    let f = fixture(&["--role", ROLE, "--prefix", ROLE]).await;
+    let path = format!("{ROLE}/{}/gated", f.ns);
+    let vault = client_for(&f, ROLE);
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let gate = open.clone();
+    vault.resend_only_while(move || gate.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(
+        vault
+            .write_data(&path, &map(&[("a", "1")]), 0)
+            .await
+            .unwrap(),
+        1
+    );
+    cp(&["vault", "token", "revoke", "-mode=path", "auth/kubernetes/"]);
+    open.store(false, std::sync::atomic::Ordering::SeqCst);
+    let e = vault
+        .write_data(&path, &map(&[("a", "2")]), 1)
+        .await
+        .expect_err("not sent again with the gate closed");
+    assert!(matches!(e, Error::GateClosed), "{e}");
+    assert_eq!(vault.logins(), 2, "the fresh login happened");
+    let meta = vault
+        .read_metadata(&path)
+        .await
+        .unwrap()
+        .expect("the entry");
+    assert_eq!(meta.current_version, 1, "the write was not sent again");
+    // Open again: the same write goes through.
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        vault
+            .write_data(&path, &map(&[("a", "2")]), 1)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
 #[tokio::test]
 async fn refusals_show_no_value_token_or_jwt() {
     let _s = serial();

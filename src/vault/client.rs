@@ -138,6 +138,10 @@ pub enum Error {
     /// A 2xx answer that is not what Vault sends (says which part, never the body).
     #[error("unexpected answer from Vault: {0}")]
     BadResponse(&'static str),
+    /// A write answered 403 was not sent again after the fresh login: the
+    /// write gate closed meanwhile (see [`VaultClient::resend_only_while`]).
+    #[error("not sent again after a fresh login: the write gate closed")]
+    GateClosed,
 }
 
 /// Why a login failed (Vault unreachable or unavailable during a login is
@@ -191,6 +195,7 @@ impl Error {
             Error::Status(_) => "status",
             Error::Login(_) => "login",
             Error::BadResponse(_) => "bad_response",
+            Error::GateClosed => "gate_closed",
         }
     }
 }
@@ -230,7 +235,13 @@ pub struct VaultClient {
     inner: Arc<Inner>,
 }
 
+/// See [`VaultClient::resend_only_while`].
+type ResendGate = Box<dyn Fn() -> bool + Send + Sync>;
+
 struct Inner {
+    /// Asked before a write answered 403 is sent again after a fresh login
+    /// (unset: always sent again).
+    resend_while: std::sync::OnceLock<ResendGate>,
     http: HyperClient<Https, Full<Bytes>>,
     /// The address without a trailing slash.
     base: String,
@@ -485,6 +496,7 @@ impl VaultClient {
 
         Ok(VaultClient {
             inner: Arc::new(Inner {
+                resend_while: std::sync::OnceLock::new(),
                 http,
                 base,
                 auth,
@@ -502,6 +514,14 @@ impl VaultClient {
     ///
     /// With a token (fixed or from a file) this looks the token up
     /// (`auth/token/lookup-self`, allowed by Vault's `default` policy).
+    /// A write answered 403 (the token revoked or expired early) is sent
+    /// again after a fresh login only while `open` says so: the writer's
+    /// gate, asked before the first send, is asked again before the second
+    /// ([`Error::GateClosed`] otherwise). Set once; later calls are ignored.
+    pub fn resend_only_while(&self, open: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.inner.resend_while.set(Box::new(open));
+    }
+
     pub async fn ensure_login(&self) -> Result<(), Error> {
         self.token().await.map(|_| ())
     }
@@ -640,6 +660,11 @@ impl VaultClient {
         }
         self.forget(generation).await;
         let (token, _) = self.token().await?;
+        // The write's gate check came before the first send; a login round
+        // trip lies between it and this one.
+        if method != Method::GET && self.inner.resend_while.get().is_some_and(|open| !open()) {
+            return Err(Error::GateClosed);
+        }
         let answer = self.send(method, api, Some(&token), body).await?;
         if answer.status == StatusCode::FORBIDDEN {
             return Err(Error::PermissionDenied);

@@ -68,6 +68,8 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> Result<Handle, client::Error> {
     let store = client_for(vault)?;
+    let resend_gate = gate.clone();
+    store.resend_only_while(move || resend_gate.open());
     let (tx, rx) = mpsc::unbounded_channel();
     let settings = target::Settings {
         source_namespace: cfg.namespace.clone(),
@@ -169,6 +171,7 @@ impl target::Store for client::VaultClient {
         match error {
             client::Error::CasMismatch => target::Failure::CasMismatch,
             client::Error::Login(_) => target::Failure::Login,
+            client::Error::GateClosed => target::Failure::Gate,
             e if e.is_retryable() => target::Failure::Unreachable,
             _ => target::Failure::Refused,
         }

@@ -49,6 +49,9 @@ pub enum Failure {
     Login,
     /// Vault answered with a refusal of this request (permission, a bad request).
     Refused,
+    /// The write gate closed inside the request (before a resend after a
+    /// fresh login): nothing more was sent, as with a gate closed before it.
+    Gate,
 }
 
 /// The requests the worker makes: implemented by
@@ -624,7 +627,10 @@ impl<S: Store> Target<S> {
                 self.health.set_vault_degraded(None);
             }
         }
-        result.map_err(Halt::Store)
+        match result {
+            Err(e) if S::classify(&e) == Failure::Gate => Err(Halt::Gate),
+            other => other.map_err(Halt::Store),
+        }
     }
 
     /// An Event on the source, if it (still) exists.
