@@ -118,7 +118,7 @@ def main():
 
     raw = layer(a.binary, shared_libraries(a.binary))
     gz = io.BytesIO()
-    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, compresslevel=9) as g:
+    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0, compresslevel=6) as g:
         g.write(raw)
 
     oci = os.path.join(a.out, "oci")

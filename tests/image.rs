@@ -82,7 +82,7 @@ fn two_builds_of_the_same_binary_have_the_same_digest_and_the_documented_layout(
     let listing = String::from_utf8(o.stdout).unwrap();
     let names: Vec<&str> = listing
         .lines()
-        .map(|l| l.split_whitespace().last().unwrap())
+        .map(|l| l.split_whitespace().last().unwrap().trim_end_matches('/'))
         .collect();
     for want in [
         "usr/local/bin/push-to-k8s",
