@@ -293,6 +293,24 @@ struct Release {
     ns: String,
     name: String,
     targets: Vec<String>,
+    /// Removed by `finish` (else `Drop` removes it: a failed test leaves no controller
+    /// running that would copy into the next tests' namespaces).
+    done: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut h = node().cp.command(&["helm"]);
+        h.arg("--kubeconfig").arg(&node().cp.kubeconfig).args(["uninstall", &self.name, "-n", &self.ns, "--wait"]);
+        let _ = h.output();
+        let mut k = Command::new("kubectl");
+        k.arg("--kubeconfig").arg(&node().cp.kubeconfig).args(["delete", "namespace", "--wait=false", &self.ns]);
+        k.args(&self.targets);
+        let _ = k.output();
+    }
 }
 
 impl Release {
@@ -318,6 +336,7 @@ impl Release {
             ns,
             name,
             targets: t,
+            done: false,
         }
     }
 
@@ -340,12 +359,13 @@ impl Release {
         .await
     }
 
-    async fn finish(self) {
+    async fn finish(mut self) {
         helm(&["uninstall", &self.name, "-n", &self.ns, "--wait"]);
         delete_namespace(&self.c, &self.ns).await;
         for t in &self.targets {
             delete_namespace(&self.c, t).await;
         }
+        self.done = true;
     }
 }
 
@@ -602,6 +622,8 @@ async fn helm_uninstall_leaves_the_copies_and_only_what_the_docs_say() {
     })
     .await;
     helm(&["uninstall", &r.name, "-n", &r.ns, "--wait"]);
+    let mut r = r;
+    r.done = true;
     until("the release's Pods gone", WAIT, || async {
         let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={}", r.name));
         let n = Api::<Pod>::namespaced(r.c.clone(), &r.ns).list(&lp).await.map(|l| l.items.len());
@@ -612,7 +634,10 @@ async fn helm_uninstall_leaves_the_copies_and_only_what_the_docs_say() {
     // What is left in the release namespace, by kind (the source is the user's).
     let left = kubectl(&[
         "get",
-        "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,leases,configmaps",
+        "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,leases,configmaps,secrets",
+        // Not copies other releases made here.
+        "-l",
+        "!push-to-k8s.io/managed-by",
         "-n",
         &r.ns,
         "-o",
@@ -625,6 +650,8 @@ async fn helm_uninstall_leaves_the_copies_and_only_what_the_docs_say() {
                 *l,
                 "serviceaccount/default" | "configmap/kube-root-ca.crt"
             ) && *l != format!("lease.coordination.k8s.io/{}", r.name)
+                // The user's source.
+                && *l != format!("secret/{name}")
         })
         .collect();
     assert!(unexpected.is_empty(), "left behind in {}: {unexpected:?}", r.ns);
