@@ -87,7 +87,8 @@ fn with_user_agent(mut c: kube::Config) -> kube::Config {
         _ => format!("push-to-k8s/{}", env!("CARGO_PKG_VERSION")),
     };
     if let Ok(v) = http::HeaderValue::from_str(&agent) {
-        c.headers.retain(|(name, _)| name != http::header::USER_AGENT);
+        c.headers
+            .retain(|(name, _)| name != http::header::USER_AGENT);
         c.headers.push((http::header::USER_AGENT, v));
     }
     c

@@ -14,7 +14,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -46,9 +46,6 @@ struct Node {
     cp: ControlPlane,
 }
 
-/// One test at a time on the one node.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
 fn node() -> &'static Node {
     static NODE: OnceLock<Node> = OnceLock::new();
     NODE.get_or_init(|| {
@@ -61,13 +58,25 @@ fn node() -> &'static Node {
         let mut build = Command::new("python3");
         build
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/image/build-image.py"))
-            .args(["--binary", env!("CARGO_BIN_EXE_push-to-k8s"), "--name", IMAGE, "--out"])
+            .args([
+                "--binary",
+                env!("CARGO_BIN_EXE_push-to-k8s"),
+                "--name",
+                IMAGE,
+                "--out",
+            ])
             .arg(&out);
         run(build);
         import(&dir, &out.join("push-to-k8s.oci.tar"));
         // The same image under the tag `helm upgrade` moves to (test 4).
         let mut tag = ctr(&dir);
-        tag.args(["images", "tag", "--force", &format!("docker.io/library/{IMAGE}"), &format!("docker.io/library/{NEXT_IMAGE}")]);
+        tag.args([
+            "images",
+            "tag",
+            "--force",
+            &format!("docker.io/library/{IMAGE}"),
+            &format!("docker.io/library/{NEXT_IMAGE}"),
+        ]);
         run(tag);
         Node { cp }
     })
@@ -100,7 +109,11 @@ fn helm(args: &[&str]) -> String {
 }
 
 async fn client() -> kube::Client {
-    node().cp.client().await.expect("client for the node's control plane")
+    node()
+        .cp
+        .client()
+        .await
+        .expect("client for the node's control plane")
 }
 
 /// A namespace enforcing the restricted Pod Security profile, for a release.
@@ -247,7 +260,10 @@ fn labelled_config_map(name: &str, value: &str) -> ConfigMap {
 }
 
 async fn secret_value(c: &kube::Client, ns: &str, name: &str) -> Option<String> {
-    let s = Api::<Secret>::namespaced(c.clone(), ns).get_opt(name).await.ok()??;
+    let s = Api::<Secret>::namespaced(c.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()??;
     let v = s.data?.get("value")?.0.clone();
     String::from_utf8(v).ok()
 }
@@ -271,9 +287,21 @@ fn writes_by(pod: &str, since: &str) -> Vec<serde_json::Value> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| e["userAgent"].as_str().is_some_and(|ua| ua.contains(&format!("({pod})"))))
-        .filter(|e| e["responseStatus"]["code"].as_i64().is_some_and(|c| c < 300))
-        .filter(|e| e["requestReceivedTimestamp"].as_str().is_some_and(|t| t >= since))
+        .filter(|e| {
+            e["userAgent"]
+                .as_str()
+                .is_some_and(|ua| ua.contains(&format!("({pod})")))
+        })
+        .filter(|e| {
+            e["responseStatus"]["code"]
+                .as_i64()
+                .is_some_and(|c| c < 300)
+        })
+        .filter(|e| {
+            e["requestReceivedTimestamp"]
+                .as_str()
+                .is_some_and(|t| t >= since)
+        })
         .collect()
 }
 
@@ -304,10 +332,21 @@ impl Drop for Release {
             return;
         }
         let mut h = node().cp.command(&["helm"]);
-        h.arg("--kubeconfig").arg(&node().cp.kubeconfig).args(["uninstall", &self.name, "-n", &self.ns, "--wait"]);
+        h.arg("--kubeconfig").arg(&node().cp.kubeconfig).args([
+            "uninstall",
+            &self.name,
+            "-n",
+            &self.ns,
+            "--wait",
+        ]);
         let _ = h.output();
         let mut k = Command::new("kubectl");
-        k.arg("--kubeconfig").arg(&node().cp.kubeconfig).args(["delete", "namespace", "--wait=false", &self.ns]);
+        k.arg("--kubeconfig").arg(&node().cp.kubeconfig).args([
+            "delete",
+            "namespace",
+            "--wait=false",
+            &self.ns,
+        ]);
         k.args(&self.targets);
         let _ = k.output();
     }
@@ -341,21 +380,26 @@ impl Release {
     }
 
     async fn leader(&self) -> (Pod, Pod) {
-        until("a Lease held by one of the two Ready Pods", WAIT, || async {
-            let pods = ready_pods(&self.c, &self.ns, &self.name).await;
-            let h = holder(&self.c, &self.ns, &self.name).await;
-            match (pods.len(), h) {
-                (2, Some(h)) => {
-                    let (l, s): (Vec<Pod>, Vec<Pod>) = pods.into_iter().partition(|p| pod_name(p) == h);
-                    if l.len() == 1 {
-                        Ok((l[0].clone(), s[0].clone()))
-                    } else {
-                        Err(format!("holder {h} is not a Ready Pod"))
+        until(
+            "a Lease held by one of the two Ready Pods",
+            WAIT,
+            || async {
+                let pods = ready_pods(&self.c, &self.ns, &self.name).await;
+                let h = holder(&self.c, &self.ns, &self.name).await;
+                match (pods.len(), h) {
+                    (2, Some(h)) => {
+                        let (l, s): (Vec<Pod>, Vec<Pod>) =
+                            pods.into_iter().partition(|p| pod_name(p) == h);
+                        if l.len() == 1 {
+                            Ok((l[0].clone(), s[0].clone()))
+                        } else {
+                            Err(format!("holder {h} is not a Ready Pod"))
+                        }
                     }
+                    (n, h) => Err(format!("{n} Ready Pods, holder {h:?}")),
                 }
-                (n, h) => Err(format!("{n} Ready Pods, holder {h:?}")),
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -369,8 +413,18 @@ impl Release {
     }
 }
 
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+/// One test at a time on the one node (a file lock: across threads and processes).
+fn one_at_a_time() -> std::fs::File {
+    let mut path = node_dir().into_os_string();
+    path.push(".tests.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .expect("open the node tests' lock file");
+    f.lock().expect("lock the node tests' lock file");
+    f
 }
 
 /// 1. `helm install` with default values: two Ready replicas, exactly one leader (its
@@ -381,19 +435,23 @@ async fn helm_install_runs_two_pods_one_leader_that_copies() {
     let _one = one_at_a_time();
     let r = Release::install("install", 1, &[]).await;
     let (leader, standby) = r.leader().await;
-    until("/readyz and push_to_k8s_leader agree with the Lease", WAIT, || async {
-        let lr = pod_get(&leader, "/readyz").await;
-        let sr = pod_get(&standby, "/readyz").await;
-        let (lg, sg) = (leader_gauge(&leader).await, leader_gauge(&standby).await);
-        match (&lr, &sr, lg, sg) {
-            (Some((200, lb)), Some((200, sb)), Some(1.0), Some(0.0))
-                if lb.contains("leader") && sb.contains("standby") =>
-            {
-                Ok(())
+    until(
+        "/readyz and push_to_k8s_leader agree with the Lease",
+        WAIT,
+        || async {
+            let lr = pod_get(&leader, "/readyz").await;
+            let sr = pod_get(&standby, "/readyz").await;
+            let (lg, sg) = (leader_gauge(&leader).await, leader_gauge(&standby).await);
+            match (&lr, &sr, lg, sg) {
+                (Some((200, lb)), Some((200, sb)), Some(1.0), Some(0.0))
+                    if lb.contains("leader") && sb.contains("standby") =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("leader {lr:?} {lg:?}, standby {sr:?} {sg:?}")),
             }
-            _ => Err(format!("leader {lr:?} {lg:?}, standby {sr:?} {sg:?}")),
-        }
-    })
+        },
+    )
     .await;
 
     let secret = unique("s");
@@ -409,14 +467,18 @@ async fn helm_install_runs_two_pods_one_leader_that_copies() {
     let t = r.targets[0].clone();
     eventually("the Secret and the ConfigMap copied", WAIT, || async {
         let s = secret_value(&r.c, &t, &secret).await?;
-        let m = Api::<ConfigMap>::namespaced(r.c.clone(), &t).get_opt(&cm).await.ok()??;
+        let m = Api::<ConfigMap>::namespaced(r.c.clone(), &t)
+            .get_opt(&cm)
+            .await
+            .ok()??;
         (s == "one" && m.data?.get("value")? == "two").then_some(())
     })
     .await;
     // Only the leader wrote them (audit log, user agent carries the Pod name).
     let all = writes_by(&pod_name(&leader), "");
     assert!(
-        all.iter().any(|e| e["objectRef"]["name"] == secret.as_str()),
+        all.iter()
+            .any(|e| e["objectRef"]["name"] == secret.as_str()),
         "no audited write of the copy by the leader {}",
         pod_name(&leader)
     );
@@ -442,10 +504,15 @@ async fn helm_install_runs_two_pods_one_leader_that_copies() {
             .find(|l| l.split_whitespace().nth(4) == Some("/"))
             .unwrap();
         let opts = root.split_whitespace().nth(5).unwrap();
-        assert!(opts.split(',').any(|o| o == "ro"), "root mount of {}: {root}", pod_name(p));
+        assert!(
+            opts.split(',').any(|o| o == "ro"),
+            "root mount of {}: {root}",
+            pod_name(p)
+        );
         // Nothing leaves the machine: no name server, no default route in the Pod (its
         // network namespace's table), and the host does not forward.
-        let resolv = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf")).unwrap_or_default();
+        let resolv = std::fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf"))
+            .unwrap_or_default();
         // (The kubelet with no cluster DNS writes `nameserver 127.0.0.1`: the Pod's own
         // loopback, where nothing answers; a query never reaches the host's resolver.)
         let servers: Vec<&str> = resolv
@@ -454,19 +521,36 @@ async fn helm_install_runs_two_pods_one_leader_that_copies() {
             .map(str::trim)
             .filter(|a| !a.starts_with("127."))
             .collect();
-        assert!(servers.is_empty(), "{}: name servers {servers:?}", pod_name(p));
+        assert!(
+            servers.is_empty(),
+            "{}: name servers {servers:?}",
+            pod_name(p)
+        );
         let routes = std::fs::read_to_string(format!("/proc/{pid}/net/route")).unwrap();
-        let default: Vec<_> = routes.lines().skip(1).filter(|l| l.split_whitespace().nth(1) == Some("00000000")).collect();
-        assert!(default.is_empty(), "{}: a default route {default:?}", pod_name(p));
+        let default: Vec<_> = routes
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(1) == Some("00000000"))
+            .collect();
+        assert!(
+            default.is_empty(),
+            "{}: a default route {default:?}",
+            pod_name(p)
+        );
     }
-    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap().trim(), "0");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "0"
+    );
     r.finish().await;
 }
 
-/// 3. The leader's Pod deleted: the standby holds the Lease within debounce + 5 s and
+/// 3. The leader's Pod deleted: another Pod holds the Lease within debounce + 5 s and
 ///    converges a change.
 #[tokio::test]
-async fn leader_pod_deleted_standby_takes_over() {
+async fn leader_pod_deleted_another_pod_takes_over() {
     let _one = one_at_a_time();
     let r = Release::install("delete", 1, &[]).await;
     let name = unique("s");
@@ -486,13 +570,17 @@ async fn leader_pod_deleted_standby_takes_over() {
         .await
         .unwrap();
     set_source(&r.c, &r.ns, &name, "v2").await;
-    let took = until("the standby holds the Lease", WAIT, || async {
+    // The deleted leader releases the Lease on SIGTERM; the standby or the Pod that replaces
+    // the deleted one (it may start in time to win the race) takes it.
+    let gone = pod_name(&leader);
+    let (took, new) = until("another Pod holds the Lease", WAIT, || async {
         match holder(&r.c, &r.ns, &r.name).await {
-            Some(h) if h == pod_name(&standby) => Ok(start.elapsed()),
+            Some(h) if h != gone => Ok((start.elapsed(), h)),
             h => Err(format!("holder {h:?}")),
         }
     })
     .await;
+    eprintln!("new holder {new} (the standby was {})", pod_name(&standby));
     eprintln!("takeover after the leader's Pod was deleted: {took:?}");
     assert!(
         took <= Duration::from_secs(DEBOUNCE + 5),
@@ -549,7 +637,10 @@ async fn frozen_leader_is_replaced_and_writes_nothing_once_thawed() {
     resume.args(["tasks", "resume", &id]);
     run(resume);
     until("the thawed Pod says standby", WAIT, || async {
-        match (pod_get(&leader, "/readyz").await, leader_gauge(&leader).await) {
+        match (
+            pod_get(&leader, "/readyz").await,
+            leader_gauge(&leader).await,
+        ) {
             (Some((_, b)), Some(0.0)) if b.contains("standby") => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -595,12 +686,17 @@ async fn deploy_yaml_runs_and_copies() {
         .create(&PostParams::default(), &labelled_secret(&name, "shipped"))
         .await
         .unwrap();
-    eventually("deploy.yaml's controller copied the source", WAIT, || async {
-        (secret_value(&c, &target, &name).await? == "shipped").then_some(())
-    })
+    eventually(
+        "deploy.yaml's controller copied the source",
+        WAIT,
+        || async { (secret_value(&c, &target, &name).await? == "shipped").then_some(()) },
+    )
     .await;
     let h = holder(&c, ns, "push-to-k8s").await.expect("a Lease holder");
-    assert!(pods.iter().any(|p| pod_name(p) == h), "holder {h} is not one of the Pods");
+    assert!(
+        pods.iter().any(|p| pod_name(p) == h),
+        "holder {h} is not one of the Pods"
+    );
     kubectl(&["delete", "-f", manifest, "--wait=true"]);
     delete_namespace(&c, &target).await;
 }
@@ -626,11 +722,22 @@ async fn helm_uninstall_leaves_the_copies_and_only_what_the_docs_say() {
     r.done = true;
     until("the release's Pods gone", WAIT, || async {
         let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={}", r.name));
-        let n = Api::<Pod>::namespaced(r.c.clone(), &r.ns).list(&lp).await.map(|l| l.items.len());
-        if matches!(n, Ok(0)) { Ok(()) } else { Err(format!("{n:?} Pods")) }
+        let n = Api::<Pod>::namespaced(r.c.clone(), &r.ns)
+            .list(&lp)
+            .await
+            .map(|l| l.items.len());
+        if matches!(n, Ok(0)) {
+            Ok(())
+        } else {
+            Err(format!("{n:?} Pods"))
+        }
     })
     .await;
-    assert_eq!(secret_value(&r.c, &t, &name).await.as_deref(), Some("kept"), "the copy went with the release");
+    assert_eq!(
+        secret_value(&r.c, &t, &name).await.as_deref(),
+        Some("kept"),
+        "the copy went with the release"
+    );
     // What is left in the release namespace, by kind (the source is the user's).
     let left = kubectl(&[
         "get",
@@ -654,9 +761,16 @@ async fn helm_uninstall_leaves_the_copies_and_only_what_the_docs_say() {
                 && *l != format!("secret/{name}")
         })
         .collect();
-    assert!(unexpected.is_empty(), "left behind in {}: {unexpected:?}", r.ns);
+    assert!(
+        unexpected.is_empty(),
+        "left behind in {}: {unexpected:?}",
+        r.ns
+    );
     let cluster = kubectl(&["get", "clusterroles,clusterrolebindings", "-o", "name"]);
-    let ours: Vec<&str> = cluster.lines().filter(|l| l.contains(&r.ns) || l.ends_with(&format!("/{}", r.name))).collect();
+    let ours: Vec<&str> = cluster
+        .lines()
+        .filter(|l| l.contains(&r.ns) || l.ends_with(&format!("/{}", r.name)))
+        .collect();
     assert!(ours.is_empty(), "cluster-wide objects left: {ours:?}");
     delete_namespace(&r.c, &r.ns).await;
     delete_namespace(&r.c, &t).await;
@@ -668,15 +782,25 @@ fn release_writes(release: &str) -> Vec<(String, String, String, String)> {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| e["responseStatus"]["code"].as_i64().is_some_and(|c| c < 300))
+        .filter(|e| {
+            e["responseStatus"]["code"]
+                .as_i64()
+                .is_some_and(|c| c < 300)
+        })
         .filter_map(|e| {
             let ua = e["userAgent"].as_str()?;
             let pod = ua.split_once(" (")?.1.strip_suffix(')')?;
             pod.starts_with(release).then(|| {
                 (
-                    e["requestReceivedTimestamp"].as_str().unwrap_or("").to_string(),
+                    e["requestReceivedTimestamp"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
                     pod.to_string(),
-                    e["objectRef"]["resource"].as_str().unwrap_or("").to_string(),
+                    e["objectRef"]["resource"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
                     e["objectRef"]["name"].as_str().unwrap_or("").to_string(),
                 )
             })
@@ -708,7 +832,13 @@ async fn helm_upgrade_rolls_out_with_no_missed_update_and_one_writer() {
     let stop = Arc::new(AtomicBool::new(false));
     let last = Arc::new(AtomicU64::new(0));
     let writer = {
-        let (c, ns, name, stop, last) = (r.c.clone(), r.ns.clone(), name.clone(), stop.clone(), last.clone());
+        let (c, ns, name, stop, last) = (
+            r.c.clone(),
+            r.ns.clone(),
+            name.clone(),
+            stop.clone(),
+            last.clone(),
+        );
         tokio::spawn(async move {
             let mut i = 0u64;
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -740,17 +870,38 @@ async fn helm_upgrade_rolls_out_with_no_missed_update_and_one_writer() {
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let started = Instant::now();
-    helm(&["upgrade", &r.name, CHART, "-n", &r.ns, "--set", "image.tag=0.1.1-next"]);
-    kubectl(&["rollout", "status", &format!("deployment/{}", r.name), "-n", &r.ns, "--timeout=300s"]);
+    helm(&[
+        "upgrade",
+        &r.name,
+        CHART,
+        "-n",
+        &r.ns,
+        "--set",
+        "image.tag=0.1.1-next",
+    ]);
+    kubectl(&[
+        "rollout",
+        "status",
+        &format!("deployment/{}", r.name),
+        "-n",
+        &r.ns,
+        "--timeout=300s",
+    ]);
     until("two Ready Pods of the new image", WAIT, || async {
         let pods = ready_pods(&r.c, &r.ns, &r.name).await;
         let new = pods
             .iter()
             .filter(|p| {
-                p.spec.as_ref().is_some_and(|s| s.containers[0].image.as_deref() == Some(NEXT_IMAGE))
+                p.spec
+                    .as_ref()
+                    .is_some_and(|s| s.containers[0].image.as_deref() == Some(NEXT_IMAGE))
             })
             .count();
-        if new == 2 && pods.len() == 2 { Ok(()) } else { Err(format!("{new} new of {} Ready", pods.len())) }
+        if new == 2 && pods.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{new} new of {} Ready", pods.len()))
+        }
     })
     .await;
     let rollout = started.elapsed();
@@ -761,12 +912,17 @@ async fn helm_upgrade_rolls_out_with_no_missed_update_and_one_writer() {
     let (polls, missing) = poller.await.unwrap();
     let want = last.load(Ordering::SeqCst).to_string();
     for t in &r.targets {
-        eventually(&format!("{t} holds the last value {want}"), WAIT, || async {
-            (secret_value(&r.c, t, &name).await? == want).then_some(())
-        })
+        eventually(
+            &format!("{t} holds the last value {want}"),
+            WAIT,
+            || async { (secret_value(&r.c, t, &name).await? == want).then_some(()) },
+        )
         .await;
     }
-    eprintln!("rollout took {rollout:?}; {polls} polls of {} copies; last value {want}", r.targets.len());
+    eprintln!(
+        "rollout took {rollout:?}; {polls} polls of {} copies; last value {want}",
+        r.targets.len()
+    );
     assert!(missing.is_empty(), "copies missing at a poll: {missing:?}");
     assert!(polls > 10, "too few polls ({polls}) to say anything");
 
@@ -780,10 +936,15 @@ async fn helm_upgrade_rolls_out_with_no_missed_update_and_one_writer() {
         if resource == "leases" {
             holder = Some(pod.clone());
         } else if holder.as_deref() != Some(pod) {
-            bad.push(format!("{at} {pod} wrote {resource}/{object} while the last Lease write was {holder:?}'s"));
+            bad.push(format!(
+                "{at} {pod} wrote {resource}/{object} while the last Lease write was {holder:?}'s"
+            ));
         }
     }
-    assert!(pods.len() >= 2, "the audit log saw writes of only {pods:?}: the Lease never moved");
+    assert!(
+        pods.len() >= 2,
+        "the audit log saw writes of only {pods:?}: the Lease never moved"
+    );
     assert!(bad.is_empty(), "writes outside the Lease: {bad:#?}");
     r.finish().await;
 }
@@ -797,9 +958,12 @@ async fn five_thousand_copies_within_the_memory_limit() {
     let api = Api::<Secret>::namespaced(r.c.clone(), &r.ns);
     let value = "x".repeat(512);
     for i in 0..50 {
-        api.create(&PostParams::default(), &labelled_secret(&format!("mem-{i}"), &value))
-            .await
-            .unwrap();
+        api.create(
+            &PostParams::default(),
+            &labelled_secret(&format!("mem-{i}"), &value),
+        )
+        .await
+        .unwrap();
     }
     let copies = until("5,000 copies", Duration::from_secs(600), || async {
         let lp = ListParams::default().labels(MANAGED_SELECTOR);
@@ -809,11 +973,20 @@ async fn five_thousand_copies_within_the_memory_limit() {
             .map(|l| {
                 l.items
                     .iter()
-                    .filter(|s| s.metadata.namespace.as_deref().is_some_and(|ns| r.targets.iter().any(|t| t == ns)))
+                    .filter(|s| {
+                        s.metadata
+                            .namespace
+                            .as_deref()
+                            .is_some_and(|ns| r.targets.iter().any(|t| t == ns))
+                    })
                     .count()
             })
             .unwrap_or(0);
-        if n >= 5000 { Ok(n) } else { Err(format!("{n} copies")) }
+        if n >= 5000 {
+            Ok(n)
+        } else {
+            Err(format!("{n} copies"))
+        }
     })
     .await;
     let pods = ready_pods(&r.c, &r.ns, &r.name).await;
@@ -828,11 +1001,28 @@ async fn five_thousand_copies_within_the_memory_limit() {
         assert_eq!(restarts, 0, "{} restarted", pod_name(p));
         let pid = container_pid(p);
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
-        let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?");
-        eprintln!("{} with {copies} copies: {rss}, peak {hwm} (limit 256Mi)", pod_name(p));
-        let kb: u64 = hwm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
-        assert!(kb < 256 * 1024, "{}: peak RSS {kb} kB over the limit", pod_name(p));
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap_or("VmRSS: ?");
+        let hwm = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap_or("VmHWM: ?");
+        eprintln!(
+            "{} with {copies} copies: {rss}, peak {hwm} (limit 256Mi)",
+            pod_name(p)
+        );
+        let kb: u64 = hwm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(
+            kb < 256 * 1024,
+            "{}: peak RSS {kb} kB over the limit",
+            pod_name(p)
+        );
     }
     r.finish().await;
 }
@@ -863,18 +1053,35 @@ async fn bench_failover_frozen_leader_1000_namespaces() {
         let (c, name, targets) = (c.clone(), name.clone(), targets.clone());
         async move {
             let lp = ListParams::default().fields(&format!("metadata.name={name}"));
-            let list = Api::<Secret>::all(c).list(&lp).await.map(|l| l.items).unwrap_or_default();
+            let list = Api::<Secret>::all(c)
+                .list(&lp)
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
             list.iter()
-                .filter(|s| s.metadata.namespace.as_deref().is_some_and(|ns| targets.iter().any(|t| t == ns)))
                 .filter(|s| {
-                    s.data.as_ref().and_then(|d| d.get("value")).map(|v| v.0.as_slice()) == Some(want.as_bytes())
+                    s.metadata
+                        .namespace
+                        .as_deref()
+                        .is_some_and(|ns| targets.iter().any(|t| t == ns))
+                })
+                .filter(|s| {
+                    s.data
+                        .as_ref()
+                        .and_then(|d| d.get("value"))
+                        .map(|v| v.0.as_slice())
+                        == Some(want.as_bytes())
                 })
                 .count()
         }
     };
     until("1,000 copies", Duration::from_secs(600), || async {
         let n = count("before").await;
-        if n == 1000 { Ok(()) } else { Err(format!("{n}")) }
+        if n == 1000 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
     let (leader, _standby) = r.leader().await;
@@ -884,16 +1091,30 @@ async fn bench_failover_frozen_leader_1000_namespaces() {
     run(pause);
     let start = Instant::now();
     set_source(&c, &r.ns, &name, "after").await;
-    let first = until("the new leader's first write", Duration::from_secs(300), || async {
-        if count("after").await > 0 { Ok(start.elapsed()) } else { Err("none".into()) }
-    })
+    let first = until(
+        "the new leader's first write",
+        Duration::from_secs(300),
+        || async {
+            if count("after").await > 0 {
+                Ok(start.elapsed())
+            } else {
+                Err("none".into())
+            }
+        },
+    )
     .await;
     let all = until("1,000 converged", Duration::from_secs(600), || async {
         let n = count("after").await;
-        if n == 1000 { Ok(start.elapsed()) } else { Err(format!("{n}")) }
+        if n == 1000 {
+            Ok(start.elapsed())
+        } else {
+            Err(format!("{n}"))
+        }
     })
     .await;
-    eprintln!("BENCH failover (frozen leader, 1,000 namespaces): first write {first:?}, all converged {all:?}");
+    eprintln!(
+        "BENCH failover (frozen leader, 1,000 namespaces): first write {first:?}, all converged {all:?}"
+    );
     let mut resume = ctr(&node_dir());
     resume.args(["tasks", "resume", &id]);
     run(resume);

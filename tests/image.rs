@@ -31,7 +31,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn blob(oci: &Path, digest: &str) -> Vec<u8> {
-    std::fs::read(oci.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap()
+    std::fs::read(
+        oci.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -39,7 +43,10 @@ fn two_builds_of_the_same_binary_have_the_same_digest_and_the_documented_layout(
     let (a, b) = (scratch("a"), scratch("b"));
     let da = build(&a);
     let db = build(&b);
-    assert!(da.starts_with("sha256:") && da.len() == 71, "digest printed: {da}");
+    assert!(
+        da.starts_with("sha256:") && da.len() == 71,
+        "digest printed: {da}"
+    );
     assert_eq!(da, db, "two builds of one binary differ");
     assert_eq!(
         std::fs::read(a.join("push-to-k8s.oci.tar")).unwrap(),
@@ -57,11 +64,9 @@ fn two_builds_of_the_same_binary_have_the_same_digest_and_the_documented_layout(
         "docker.io/library/push-to-k8s:test"
     );
     let manifest: serde_json::Value = serde_json::from_slice(&blob(&oci, &da)).unwrap();
-    let config: serde_json::Value = serde_json::from_slice(&blob(
-        &oci,
-        manifest["config"]["digest"].as_str().unwrap(),
-    ))
-    .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&blob(&oci, manifest["config"]["digest"].as_str().unwrap()))
+            .unwrap();
     assert_eq!(config["config"]["User"], "65532:65532");
     assert_eq!(
         config["config"]["Entrypoint"],
@@ -73,11 +78,7 @@ fn two_builds_of_the_same_binary_have_the_same_digest_and_the_documented_layout(
     let path = oci
         .join("blobs/sha256")
         .join(layer.trim_start_matches("sha256:"));
-    let o = Command::new("tar")
-        .arg("tzvf")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let o = Command::new("tar").arg("tzvf").arg(&path).output().unwrap();
     assert!(o.status.success());
     let listing = String::from_utf8(o.stdout).unwrap();
     let names: Vec<&str> = listing
@@ -91,7 +92,10 @@ fn two_builds_of_the_same_binary_have_the_same_digest_and_the_documented_layout(
         "etc/group",
         "tmp",
     ] {
-        assert!(names.contains(&want), "{want} missing from the layer: {names:?}");
+        assert!(
+            names.contains(&want),
+            "{want} missing from the layer: {names:?}"
+        );
     }
     // Every library the binary loads is in it, and no shell is.
     let ldd = Command::new("ldd")
@@ -107,7 +111,9 @@ fn two_builds_of_the_same_binary_have_the_same_digest_and_the_documented_layout(
         }
     }
     assert!(
-        !names.iter().any(|n| n.ends_with("bin/sh") || n.ends_with("bin/bash")),
+        !names
+            .iter()
+            .any(|n| n.ends_with("bin/sh") || n.ends_with("bin/bash")),
         "a shell in the image: {names:?}"
     );
     let _ = std::fs::remove_dir_all(&a);
