@@ -219,7 +219,14 @@ down() {
     # Shims that outlived containerd (their command line names our socket).
     for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $N/containerd.sock" || true); do kill -KILL "$p" 2>/dev/null || true; done
     kubectl_ delete node "$NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
-    ip link show "$BRIDGE" >/dev/null 2>&1 && ip link delete "$BRIDGE"
+    # The Pods' veth pairs: a sandbox network namespace may outlive its Pod (seen: one veth
+    # left after a full test run, caught by run-pods.sh's host comparison).
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then
+        for v in $(ip -o link show master "$BRIDGE" | awk -F': ' '{print $2}' | cut -d@ -f1); do
+            ip link delete "$v" 2>/dev/null || true
+        done
+        ip link delete "$BRIDGE"
+    fi
     # Network namespaces and mounts under our state dir.
     grep -F " $N/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     # The Pods' cgroups (kubepods tree), deepest first.
