@@ -76,7 +76,22 @@ pub async fn client(cfg: &Config) -> Result<kube::Client, Error> {
             }
         },
     };
-    Ok(crate::kube_client::build(kube_config)?)
+    Ok(crate::kube_client::build(with_user_agent(kube_config))?)
+}
+
+/// Every request says which replica sent it (the API server's audit log records the user
+/// agent): `push-to-k8s/VERSION (POD_NAME)`, the chart setting POD_NAME (downward API).
+fn with_user_agent(mut c: kube::Config) -> kube::Config {
+    let agent = match std::env::var("POD_NAME") {
+        Ok(pod) if !pod.is_empty() => format!("push-to-k8s/{} ({pod})", env!("CARGO_PKG_VERSION")),
+        _ => format!("push-to-k8s/{}", env!("CARGO_PKG_VERSION")),
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&agent) {
+        c.headers
+            .retain(|(name, _)| name != http::header::USER_AGENT);
+        c.headers.push((http::header::USER_AGENT, v));
+    }
+    c
 }
 
 /// A client for the configured cluster (KUBECONFIG, in-cluster, or

@@ -6,7 +6,11 @@
 #      against the real kube-apiserver + etcd + kube-controller-manager),
 #   3. stops it (and the two remote control planes of the remote-cluster tests)
 #      again, also when a step fails.
-# If the control plane cannot be built or started this fails loudly; no test
+#   4. runs the chart's Pods on a real kubelet node (issue 18, tests/node/run-pods.sh:
+#      a control plane of its own, containerd/runc/CNI from Debian packages, kubelet and
+#      kube-scheduler built and cached like the rest; as root) and checks that the host's
+#      network and kernel settings are as before (ip_forward 0).
+# If the control plane or the node cannot be built or started this fails loudly; no test
 # is skipped.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,6 +28,7 @@ remotes_down() {
 
 step "control plane: build (first run on a machine: 10-20 minutes) and self-test"
 bash "$CP" build
+bash "$CP" node-build
 bash tests/control-plane/selftest.sh
 
 step "control plane: up"
@@ -35,6 +40,7 @@ cargo fmt --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --test e2e_pods --quiet -- -D warnings
 
 step "cargo test"
 # Library, binary and integration tests (there are no doc tests to run).
@@ -45,6 +51,8 @@ cargo test --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
 step "control plane: down"
 bash "$CP" down
 remotes_down
+
+bash tests/node/run-pods.sh 2>&1 | tee -a "$log" || status=$?
 
 # One closing line for the whole suite (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "\nsuite: %d passed, %d failed\n", p, f }' "$log"

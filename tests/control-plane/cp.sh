@@ -13,6 +13,10 @@
 #                          `up` (same ports, same data); no NAME: every stopped one. Waits
 #                          until it is ready (etcd /health, kube-apiserver /readyz)
 #   cp.sh restart NAME...  kill, then start
+#   cp.sh node-build    build (or reuse) kubelet and kube-scheduler (cached by version)
+#   cp.sh node-up       join one kubelet node to this control plane (root; one per
+#                       machine): tests/node/node.sh says what it starts and changes
+#   cp.sh node-down     stop exactly what node-up started, restore the host's settings
 #   cp.sh helm ARGS...  run helm (built the same way, cached by its own version)
 #                       against the chart under helm/; used by the chart's tests
 #
@@ -117,6 +121,24 @@ cmd_build() {
     say "built: $(ls "$BIN" | tr '\n' ' ')"
 }
 
+# kubelet and kube-scheduler for `node-up` (issue 18): same pins, own cache directory so the
+# control plane's cache stays valid.
+NODE_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/node-kube-${KUBE_VERSION}"
+NODE_BIN="$NODE_CACHE/bin"
+cmd_build_node() {
+    [[ -x "$NODE_BIN/kubelet" && -x "$NODE_BIN/kube-scheduler" ]] && return 0
+    mkdir -p "$NODE_CACHE"
+    exec 8>"$NODE_CACHE/.build.lock"
+    flock 8
+    [[ -x "$NODE_BIN/kubelet" && -x "$NODE_BIN/kube-scheduler" ]] && return 0
+    say "building kubelet and kube-scheduler $KUBE_VERSION into $NODE_CACHE (once per machine)"
+    local tmp="$NODE_CACHE/bin.partial"
+    rm -rf "$tmp"; mkdir -p "$tmp"
+    go_build "$NODE_CACHE" "$HERE/kubernetes" "$tmp" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler
+    [[ -x "$tmp/kubelet" && -x "$tmp/kube-scheduler" ]] || die "node build produced no binary in $tmp"
+    rm -rf "$NODE_BIN"; mv "$tmp" "$NODE_BIN"
+}
+
 cmd_build_helm() {
     [[ -x "$HELM_CACHE/bin/helm" ]] && return 0
     mkdir -p "$HELM_CACHE"
@@ -210,7 +232,9 @@ make_pki() {
         openssl x509 -req -in "$d/$name.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
             -days 30 -extfile "$d/$name.ext" -out "$d/$name.crt" 2>/dev/null
     }
-    issue apiserver "/CN=kube-apiserver" "IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
+    # IP:10.0.0.1 is the `kubernetes` Service address, which Pods of the test node dial
+    # (cp.sh node-up forwards it to this loopback server; rustls checks IP SANs).
+    issue apiserver "/CN=kube-apiserver" "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes.default.svc"
     issue admin "/O=system:masters/CN=admin"
     openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
     openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
@@ -430,6 +454,7 @@ launch() {
         --service-account-key-file "$STATE/pki/sa.pub" \
         --service-account-signing-key-file "$STATE/pki/sa.key" \
         --service-cluster-ip-range 10.0.0.0/24 \
+        --kubelet-preferred-address-types InternalIP \
         --max-requests-inflight 1000 --max-mutating-requests-inflight 500 \
         --audit-policy-file "$STATE/audit-policy.yaml" --audit-log-path "$STATE/audit.log" \
         --audit-log-maxsize 200 --audit-log-maxbackup 1
@@ -666,6 +691,11 @@ cmd_vault_k8s_auth() {
 
 case "${1:-}" in
     build) cmd_build; cmd_build_helm ;;
+    node-build) cmd_build_node ;;
+    node-up|node-down|node-status)
+        [[ $1 == node-up ]] && cmd_build_node
+        export STATE BIN NODE_BIN
+        exec bash "$HERE/../node/node.sh" "${1#node-}" ;;
     helm)
         cmd_build_helm
         shift
