@@ -1547,7 +1547,10 @@ async fn no_value_token_or_kubeconfig_reaches_the_log_or_an_event_at_trace_level
     .await;
     let fake = format!("f4ke-{}-token", env.id);
     let refused_name = format!("{}-refused", env.id);
-    let refused_kubeconfig = a.remote.kubeconfig_text(&fake);
+    // Another API server than `a`'s: one API server has one owner (issue 16
+    // item 5), so a second registration of `a`'s would be refused before its
+    // token is ever tried.
+    let refused_kubeconfig = remote(2).kubeconfig_text(&fake);
     register(
         &env.client,
         &env.source_ns,
