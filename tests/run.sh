@@ -43,10 +43,11 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --test e2e_pods --quiet -- -D warnings
 
 step "cargo test"
-# Library, binary and integration tests (there are no doc tests to run).
+# Library, binary and integration tests (there are no doc tests to run); every
+# test binary runs even after one fails, so one failure hides no other.
 log="$(mktemp)"
 status=0
-cargo test --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
+cargo test --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
 
 step "control plane: down"
 bash "$CP" down
