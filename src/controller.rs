@@ -16,26 +16,26 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batcher, DirtyKey};
-use crate::cache::Caches;
-use crate::config::Config;
-use crate::conflicts;
-use crate::events::Events;
-use crate::fights::Fights;
-use crate::gate::Gate;
-use crate::gate::WriteGate;
-use crate::http::{self, Health};
-use crate::kinds::Kind;
-use crate::lease;
-use crate::metrics::{AnnotationLabels, Metrics};
-use crate::pace::Pacer;
-use crate::plan::{self, Action, Refusal, World};
-use crate::push::Writer;
-use crate::records::ObjectKey;
-use crate::resync;
-use crate::retry::RetryQueue;
-use crate::targets::Scope;
-use crate::watch;
+use crate::decide::plan::{self, Action, Refusal, World};
+use crate::model::kinds::Kind;
+use crate::model::records::ObjectKey;
+use crate::model::rules::Scope;
+use crate::observe::batch::{Batcher, DirtyKey};
+use crate::observe::cache::Caches;
+use crate::observe::resync;
+use crate::observe::watch;
+use crate::operate::config::Config;
+use crate::operate::http::{self, Health};
+use crate::operate::lease;
+use crate::operate::metrics::{AnnotationLabels, Metrics};
+use crate::targets::cluster::conflicts;
+use crate::targets::cluster::fights::Fights;
+use crate::targets::cluster::writer::Writer;
+use crate::write::events::Events;
+use crate::write::gate::Gate;
+use crate::write::gate::WriteGate;
+use crate::write::pace::Pacer;
+use crate::write::retry::RetryQueue;
 
 const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
 
@@ -230,7 +230,7 @@ async fn control(
     ));
     // The Vault target runs beside the loop, told of every flushed source.
     let vault = match cfg.vault.as_ref().map(|vault_cfg| {
-        crate::vault::spawn(
+        crate::targets::vault::spawn(
             vault_cfg,
             cfg,
             &stamp,
@@ -249,8 +249,8 @@ async fn control(
         Some(Err(e)) => return Err(Error::Vault(e.to_string())),
     };
     // Registered remote clusters, each served by its own task beside the loop.
-    let remote = crate::remote::spawn(
-        crate::remote::Shared {
+    let remote = crate::targets::remote::spawn(
+        crate::targets::remote::Shared {
             cfg: cfg.clone(),
             caches: caches.clone(),
             gate: gate.clone(),
@@ -635,7 +635,9 @@ pub(crate) async fn flush(
             .source_namespace_lost(scope.source_namespace)
             .is_none()
     {
-        writer.sweep(crate::push::SWEEP_INLINE).await;
+        writer
+            .sweep(crate::targets::cluster::writer::SWEEP_INLINE)
+            .await;
     }
     gate.prune(caches, writer);
     metrics.retry_queue.set(gate.retry.len() as i64);
@@ -709,7 +711,7 @@ fn identity() -> String {
 }
 
 /// Say who leads: an Event on the Lease (and the log line the elector wrote).
-async fn announce_leader(writer: &Writer, le: &crate::config::LeaderElection) {
+async fn announce_leader(writer: &Writer, le: &crate::operate::config::LeaderElection) {
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("coordination.k8s.io/v1".into()),
         kind: Some("Lease".into()),

@@ -1,41 +1,26 @@
-//! push-to-k8s: keeps labelled Secrets from one source namespace present and
-//! identical in every namespace that should have them.
+//! push-to-k8s: keeps labelled Secrets and ConfigMaps present and identical in
+//! every namespace that should have them, in registered clusters and in Vault.
 //!
-//! Data flow (one module, one job):
-//! `watch` (caches + dirty keys) → `batch` (quiet window, max wait) →
-//! `plan` (desired vs observed, pure) → `push` (paced writes) → API server,
-//! with `resync` re-listing periodically as the fallback. `controller` wires
-//! them together; `targets` and `replica` hold the pure decisions.
+//! The tree is the flow; dependencies run one way, top to bottom
+//! (`tests/layering.rs` fails on a cycle or an upward import):
+//!
+//! - [`inspect`]: `status` and `plan`, the I/O part and the pure report.
+//! - [`controller`]: wiring only: preflight, lease, write gate, targets, fan-out, shutdown.
+//! - [`targets`]: where copies go: this cluster's namespaces and each registered
+//!   cluster ([`targets::cluster`], [`targets::remote`]), and Vault ([`targets::vault`]).
+//! - [`decide`]: the pure planner and adoption: desired against observed.
+//! - [`write`]: what every target writes through: the leader/shutdown gate,
+//!   pacing, retries, Events.
+//! - [`observe`]: watches, caches, the periodic resync, batching of dirty keys.
+//! - [`operate`]: configuration, CLI, lease, health, metrics, logging, API clients.
+//! - [`model`]: the vocabulary (every label and annotation), kinds, names, the
+//!   annotation rules, replica rendering and records.
 
-pub mod adoption;
-pub mod batch;
-pub mod cache;
-pub mod cli;
-pub mod config;
-pub mod conflicts;
 pub mod controller;
-pub mod demo;
-pub mod events;
-pub mod fights;
-pub mod gate;
-pub mod http;
+pub mod decide;
 pub mod inspect;
-pub mod kinds;
-pub mod kube_client;
-pub mod lease;
-pub mod logging;
-pub mod metrics;
-pub mod names;
-pub mod pace;
-pub mod plan;
-pub mod push;
-pub mod records;
-pub mod remote;
-pub mod replica;
-pub mod resync;
-pub mod retry;
-pub mod status;
+pub mod model;
+pub mod observe;
+pub mod operate;
 pub mod targets;
-pub mod tracked;
-pub mod vault;
-pub mod watch;
+pub mod write;

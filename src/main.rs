@@ -5,16 +5,17 @@
 //! Exit status of the controller: 0 after a clean shutdown (SIGTERM/SIGINT),
 //! 2 for bad usage, a bad setting or a source namespace that does not exist
 //! (nothing is written first), 1 for anything else. `status` and `plan`: see
-//! [`push_to_k8s::cli::USAGE`].
+//! [`push_to_k8s::operate::cli::USAGE`].
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use push_to_k8s::cli::{self, Command};
-use push_to_k8s::config::{Config, LogFormat};
-use push_to_k8s::logging;
-use push_to_k8s::{controller, demo, inspect};
+use push_to_k8s::operate::cli::{self, Command};
+use push_to_k8s::operate::config::{Config, LogFormat};
+use push_to_k8s::operate::demo;
+use push_to_k8s::operate::logging;
+use push_to_k8s::{controller, inspect};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::util::SubscriberInitExt;
 

@@ -1,5 +1,5 @@
 //! The Helm chart, ready for production (issue 9):
-//! - `values.schema.json` cannot drift from `src/config.rs`: its `env` part
+//! - `values.schema.json` cannot drift from `src/operate/config.rs`: its `env` part
 //!   and `metricsPort` are generated from [`ENV_VARS`] (regenerate with
 //!   `UPDATE_VALUES_SCHEMA=1 cargo test --test chart values_schema_env`), the
 //!   file is compared with what the table gives, and helm itself must reject
@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, PostParams};
-use push_to_k8s::config::{Config, ENV_VARS, EnvDefault, EnvVar, ValueKind};
+use push_to_k8s::operate::config::{Config, ENV_VARS, EnvDefault, EnvVar, ValueKind};
 use serde_json::{Value, json};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/push-to-k8s");
@@ -227,7 +227,7 @@ fn env_schema() -> Value {
     }
     json!({
         "type": "object",
-        "description": "Environment of the controller (README, Configuration); generated from src/config.rs. Unset variables take the controller's defaults.",
+        "description": "Environment of the controller (README, Configuration); generated from src/operate/config.rs. Unset variables take the controller's defaults.",
         "additionalProperties": false,
         "properties": properties,
     })
@@ -260,17 +260,17 @@ fn compare_properties(got: &Value, want: &Value, problems: &mut Vec<String>) {
     for (name, want) in want {
         match got.get(name) {
             None => problems.push(format!(
-                "env.{name}: read by src/config.rs but missing from values.schema.json"
+                "env.{name}: read by src/operate/config.rs but missing from values.schema.json"
             )),
             Some(got) if got != want => problems.push(format!(
-                "env.{name}: values.schema.json has {got}, src/config.rs gives {want}"
+                "env.{name}: values.schema.json has {got}, src/operate/config.rs gives {want}"
             )),
             Some(_) => {}
         }
     }
     for name in got.keys().filter(|n| !want.contains_key(*n)) {
         problems.push(format!(
-            "env.{name}: in values.schema.json but src/config.rs does not read it"
+            "env.{name}: in values.schema.json but src/operate/config.rs does not read it"
         ));
     }
 }
@@ -307,12 +307,12 @@ fn values_schema_env_is_generated_from_config_rs() {
     let (got, want) = (&schema["properties"]["metricsPort"], metrics_port_schema());
     if *got != want {
         problems.push(format!(
-            "metricsPort: values.schema.json has {got}, src/config.rs gives {want}"
+            "metricsPort: values.schema.json has {got}, src/operate/config.rs gives {want}"
         ));
     }
     assert!(
         problems.is_empty(),
-        "values.schema.json disagrees with src/config.rs (config::ENV_VARS):\n  {}\nregenerate it: {REGENERATE}",
+        "values.schema.json disagrees with src/operate/config.rs (config::ENV_VARS):\n  {}\nregenerate it: {REGENERATE}",
         problems.join("\n  ")
     );
 }
@@ -862,10 +862,10 @@ fn alerts_use_metrics_the_controller_exports() {
         "templates/prometheusrule.yaml",
     ])
     .unwrap();
-    let metrics = push_to_k8s::metrics::Metrics::new();
+    let metrics = push_to_k8s::operate::metrics::Metrics::new();
     // A family shows only once it has a series.
-    metrics.write(push_to_k8s::kinds::Kind::Secret, "apply", "error");
-    let east = push_to_k8s::metrics::ClusterLabels {
+    metrics.write(push_to_k8s::model::kinds::Kind::Secret, "apply", "error");
+    let east = push_to_k8s::operate::metrics::ClusterLabels {
         cluster: "east".into(),
     };
     metrics.cluster_up.get_or_create(&east).set(0);

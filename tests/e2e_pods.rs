@@ -26,7 +26,7 @@ use serde_json::json;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/push-to-k8s");
 const IMAGE: &str = "push-to-k8s:0.1.0";
 const NEXT_IMAGE: &str = "push-to-k8s:0.1.1-next";
-/// The chart's defaults (src/config.rs): Lease duration and debounce.
+/// The chart's defaults (src/operate/config.rs): Lease duration and debounce.
 const LEASE_DURATION: u64 = 15;
 const DEBOUNCE: u64 = 5;
 const WAIT: Duration = Duration::from_secs(120);

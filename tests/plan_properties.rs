@@ -39,12 +39,12 @@ use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use proptest::test_runner::{Config, RngSeed};
 
-use push_to_k8s::batch::DirtyKey;
-use push_to_k8s::kinds::Kind;
-use push_to_k8s::plan::{Action, Plan, World, in_sync, plan};
-use push_to_k8s::records::{ObjectKey, ReplicaRecord, SourceRecord};
-use push_to_k8s::replica::{self, Replica};
-use push_to_k8s::targets::{NamespaceInfo, Scope, TargetRules};
+use push_to_k8s::decide::plan::{Action, Plan, World, in_sync, plan};
+use push_to_k8s::model::kinds::Kind;
+use push_to_k8s::model::records::{ObjectKey, ReplicaRecord, SourceRecord};
+use push_to_k8s::model::replica::{self, Replica};
+use push_to_k8s::model::rules::{NamespaceInfo, Scope, TargetRules};
+use push_to_k8s::observe::batch::DirtyKey;
 
 /// Cases per property: all eight properties together take about 4 s of one
 /// core in a debug build.

@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
-use push_to_k8s::kinds::Kind;
-use push_to_k8s::records::{ObjectKey, ReplicaRecord};
-use push_to_k8s::replica::{self, Replica};
+use push_to_k8s::model::kinds::Kind;
+use push_to_k8s::model::records::{ObjectKey, ReplicaRecord};
+use push_to_k8s::model::replica::{self, Replica};
 
 struct Counting;
 

@@ -19,7 +19,7 @@ use common::*;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
-use push_to_k8s::vault::client::{Auth, Error, LoginError, Settings, VaultClient};
+use push_to_k8s::targets::vault::client::{Auth, Error, LoginError, Settings, VaultClient};
 
 /// The ServiceAccount every test logs in as (in its own namespace).
 const SA: &str = "vault-client";

@@ -82,11 +82,11 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use push_to_k8s::kinds::Kind;
-use push_to_k8s::remote::{CLUSTER_LABEL, KUBECONFIG_KEY};
-use push_to_k8s::replica::{self, Replica};
-use push_to_k8s::targets::CLUSTERS_ANNOTATION;
-use push_to_k8s::vault::entry::PATH_ANNOTATION;
+use push_to_k8s::model::kinds::Kind;
+use push_to_k8s::model::replica::{self, Replica};
+use push_to_k8s::model::rules::CLUSTERS_ANNOTATION;
+use push_to_k8s::targets::remote::{CLUSTER_LABEL, KUBECONFIG_KEY};
+use push_to_k8s::targets::vault::entry::PATH_ANNOTATION;
 use serde::Serialize;
 use serde_json::json;
 
@@ -1451,7 +1451,8 @@ impl Bench<'_> {
             &remote_token,
         )?;
         let parsed = kube::config::Kubeconfig::from_yaml(&registration_kc)?;
-        push_to_k8s::remote::kubeconfig::check(&parsed).map_err(|e| anyhow::anyhow!("{e}"))?;
+        push_to_k8s::targets::remote::kubeconfig::check(&parsed)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let home_ca = std::fs::read(home_dir.join("pki/ca.crt"))?;
         let mut identities = Vec::new();
         for sa in INSTANCES {

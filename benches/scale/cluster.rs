@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use push_to_k8s::kinds::Kind;
-use push_to_k8s::replica::{self, Replica};
+use push_to_k8s::model::kinds::Kind;
+use push_to_k8s::model::replica::{self, Replica};
 use serde::de::DeserializeOwned;
 
 use crate::copies::{self, CopyWatch};

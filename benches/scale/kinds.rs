@@ -7,7 +7,7 @@
 //! must not make a running or a freshly started controller grow.
 
 use anyhow::Result;
-use push_to_k8s::kinds::Kind;
+use push_to_k8s::model::kinds::Kind;
 
 use crate::Bench;
 use crate::controller::Settings;

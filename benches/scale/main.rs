@@ -85,8 +85,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
-use push_to_k8s::kinds::Kind;
-use push_to_k8s::replica::Replica;
+use push_to_k8s::model::kinds::Kind;
+use push_to_k8s::model::replica::Replica;
 
 use cluster::Cluster;
 use control_plane::ControlPlane;
@@ -114,7 +114,7 @@ const DEBOUNCE: Duration = Duration::from_secs(1);
 const RATE: u32 = 100;
 /// Concurrency of the bench's own (unthrottled) seeding client.
 const SEED_CONCURRENCY: usize = 48;
-/// Page size of the controller's lists (`src/resync.rs`, kube's watcher).
+/// Page size of the controller's lists (`src/observe/resync.rs`, kube's watcher).
 const LIST_PAGE: usize = 500;
 
 /// What every scenario works with; each scenario is an `impl Bench` in its

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use push_to_k8s::kinds::Kind;
+use push_to_k8s::model::kinds::Kind;
 
 use crate::controller::{READY_POLL, STOP_TIMEOUT, Settings};
 use crate::daemon::Daemon;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use push_to_k8s::kinds::Kind;
+use push_to_k8s::model::kinds::Kind;
 
 use crate::Bench;
 use crate::controller::{READY_POLL, Settings};

@@ -11,7 +11,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use push_to_k8s::kinds::Kind;
+use push_to_k8s::model::kinds::Kind;
 
 use crate::Bench;
 use crate::controller::{STOP_TIMEOUT, Settings};

@@ -4,7 +4,7 @@
 //! scale scenario (each size).
 
 use anyhow::Result;
-use push_to_k8s::kinds::Kind;
+use push_to_k8s::model::kinds::Kind;
 
 use crate::daemon::Daemon;
 use crate::metrics::Counts;

@@ -36,8 +36,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
-use push_to_k8s::replica::{self, Replica};
-use push_to_k8s::vault::entry::PATH_ANNOTATION;
+use push_to_k8s::model::replica::{self, Replica};
+use push_to_k8s::targets::vault::entry::PATH_ANNOTATION;
 use serde_json::json;
 
 use crate::controller::READY_POLL;

@@ -1,0 +1,7 @@
+//! The model: what a source, a copy and a rule are, independent of any I/O.
+
+pub mod kinds;
+pub mod names;
+pub mod records;
+pub mod replica;
+pub mod rules;

@@ -1,0 +1,377 @@
+//! Prometheus metrics. Labels are bounded: operation, result and watch names
+//! only, never a namespace or object name chosen by a user (DESIGN §5). The
+//! one exception is `cluster`, the name of a registered remote cluster: there
+//! is one value per registration Secret the operator made (a removed
+//! registration's series are removed with it), so its cardinality is bounded
+//! by the number of registrations, not by anything a source author chooses.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub kind: &'static str,
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WatchLabels {
+    pub watch: &'static str,
+}
+
+/// Why a cluster registration is refused (bounded: a fixed set of reasons).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistrationLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnnotationLabels {
+    pub annotation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultLabels {
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabels {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterWriteLabels {
+    pub cluster: String,
+    pub kind: &'static str,
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub writes: Family<WriteLabels, Counter>,
+    pub watch_events: Family<WatchLabels, Counter>,
+    pub watch_errors: Family<WatchLabels, Counter>,
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+    pub propagation: Histogram,
+    pub managed_replicas: Gauge,
+    pub conflicts: Counter,
+    pub adoptions: Counter,
+    pub invalid_annotations: Family<AnnotationLabels, Counter>,
+    pub resyncs: Family<ResultLabels, Counter>,
+    pub resync_stale: Counter<u64, AtomicU64>,
+    pub conflict_lists: Family<ResultLabels, Counter>,
+    pub fights: Counter,
+    pub retry_queue: Gauge,
+    /// Objects that look like copies under a name no source asks (or asked
+    /// for during this run): deleted apart from propagation, a bounded
+    /// number at a time, at low priority.
+    pub stray_copies: Gauge,
+    pub refused_types: Counter,
+    pub leader: Gauge,
+    pub vault_requests: Family<VaultLabels, Counter>,
+    pub vault_entries: Gauge,
+    pub vault_conflicts: Gauge,
+    pub vault_pending: Gauge,
+    pub vault_up: Gauge,
+    pub vault_logins: Counter,
+    pub clusters: Gauge,
+    pub cluster_up: Family<ClusterLabels, Gauge>,
+    pub cluster_writes: Family<ClusterWriteLabels, Counter>,
+    pub cluster_replicas: Family<ClusterLabels, Gauge>,
+    pub registrations_refused: Family<RegistrationLabels, Counter>,
+    /// In a remote cluster's own (unexported) metrics: where its writes are
+    /// counted as well, in the exported `cluster_writes`.
+    forward: Option<(String, Family<ClusterWriteLabels, Counter>)>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("push_to_k8s");
+        let writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "writes",
+            "Write requests to the API server by kind, operation and result",
+            writes.clone(),
+        );
+        let watch_events = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "watch_events",
+            "Watch events received",
+            watch_events.clone(),
+        );
+        let watch_errors = Family::<WatchLabels, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Watch stream errors (each is retried with backoff)",
+            watch_errors.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Dirty keys waiting for the next batch",
+            queue_depth.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "batch_size",
+            "Dirty keys per flushed batch",
+            batch_size.clone(),
+        );
+        let propagation = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        registry.register(
+            "propagation_seconds",
+            "Time from the first change of a batch to each of its writes completing",
+            propagation.clone(),
+        );
+        let managed_replicas = Gauge::default();
+        registry.register(
+            "managed_replicas",
+            "Replicas currently managed (from the cache)",
+            managed_replicas.clone(),
+        );
+        let conflicts = Counter::default();
+        registry.register(
+            "conflicts",
+            "Copies skipped because an unmanaged object of the same name exists",
+            conflicts.clone(),
+        );
+        let adoptions = Counter::default();
+        registry.register(
+            "adoptions",
+            "Unmanaged objects taken over as copies, as their source asked (push-to-k8s.io/adopt) and ALLOW_ADOPTION allows",
+            adoptions.clone(),
+        );
+        let invalid_annotations = Family::<AnnotationLabels, Counter>::default();
+        registry.register(
+            "invalid_annotations",
+            "Sources skipped because a targeting annotation does not parse",
+            invalid_annotations.clone(),
+        );
+        let resyncs = Family::<ResultLabels, Counter>::default();
+        registry.register("resyncs", "Periodic full resyncs", resyncs.clone());
+        let resync_stale = Counter::default();
+        registry.register(
+            "resync_cache_corrections",
+            "Cache entries a resync found different from the API server",
+            resync_stale.clone(),
+        );
+        let fights = Counter::default();
+        registry.register(
+            "copy_fights",
+            "Copies found being changed back by another actor; their repairs are now held with exponential backoff",
+            fights.clone(),
+        );
+        let retry_queue = Gauge::default();
+        registry.register(
+            "retry_queue_copies",
+            "Copies waiting out a backoff (a failed write, or a fought-over copy)",
+            retry_queue.clone(),
+        );
+        let stray_copies = Gauge::default();
+        registry.register(
+            "stray_copies",
+            "Objects marked as copies under a name no source asks for (or asked for while this instance ran), waiting to be deleted in the low-priority lane",
+            stray_copies.clone(),
+        );
+        let refused_types = Counter::default();
+        registry.register(
+            "refused_types",
+            "Sources refused because their type grants an identity (service-account or bootstrap token); counted once per change",
+            refused_types.clone(),
+        );
+        let conflict_lists = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "conflict_lists",
+            "Metadata LISTs of same-named Secrets (one per name) that find or recheck conflicts",
+            conflict_lists.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance holds the Lease and writes (always 1 without leader election), 0 on standby",
+            leader.clone(),
+        );
+        leader.set(1);
+        let vault_requests = Family::<VaultLabels, Counter>::default();
+        registry.register(
+            "vault_requests",
+            "Requests to Vault by operation (read, write, metadata, delete) and result (ok, or a bounded reason)",
+            vault_requests.clone(),
+        );
+        let vault_entries = Gauge::default();
+        registry.register(
+            "vault_entries",
+            "Vault KV entries managed (written, or found in sync, by this instance)",
+            vault_entries.clone(),
+        );
+        let vault_conflicts = Gauge::default();
+        registry.register(
+            "vault_conflicts",
+            "Sources whose Vault path holds an entry push-to-k8s did not write for them (left as it is)",
+            vault_conflicts.clone(),
+        );
+        let vault_pending = Gauge::default();
+        registry.register(
+            "vault_pending",
+            "Sources waiting for a Vault write, delete or check, a retry backoff included",
+            vault_pending.clone(),
+        );
+        let vault_up = Gauge::default();
+        registry.register(
+            "vault_up",
+            "1 while the last Vault request was answered and the login holds, 0 otherwise (without a Vault target: 0)",
+            vault_up.clone(),
+        );
+        let vault_logins = Counter::default();
+        registry.register(
+            "vault_logins",
+            "Logins to Vault (the first, and each before a token expires)",
+            vault_logins.clone(),
+        );
+        let clusters = Gauge::default();
+        registry.register(
+            "clusters",
+            "Remote clusters registered (Secrets labelled push-to-k8s.io/cluster in the source namespace)",
+            clusters.clone(),
+        );
+        let cluster_up = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_up",
+            "Per registered remote cluster: 1 while its watches are listed and running, 0 while it is unreachable, unauthorised or its kubeconfig is refused",
+            cluster_up.clone(),
+        );
+        let cluster_writes = Family::<ClusterWriteLabels, Counter>::default();
+        registry.register(
+            "cluster_writes",
+            "Write requests to a remote cluster's API server by cluster, kind, operation and result",
+            cluster_writes.clone(),
+        );
+        let cluster_replicas = Family::<ClusterLabels, Gauge>::default();
+        registry.register(
+            "cluster_replicas",
+            "Copies managed in each remote cluster (from its cache)",
+            cluster_replicas.clone(),
+        );
+        let registrations_refused = Family::<RegistrationLabels, Counter>::default();
+        registry.register(
+            "registrations_refused",
+            "Cluster registrations refused, by reason (name, server, label, kubeconfig, source), counted once per change",
+            registrations_refused.clone(),
+        );
+        Metrics {
+            registry,
+            writes,
+            watch_events,
+            watch_errors,
+            queue_depth,
+            batch_size,
+            propagation,
+            managed_replicas,
+            conflicts,
+            adoptions,
+            invalid_annotations,
+            resyncs,
+            resync_stale,
+            conflict_lists,
+            fights,
+            retry_queue,
+            stray_copies,
+            refused_types,
+            leader,
+            vault_requests,
+            vault_entries,
+            vault_conflicts,
+            vault_pending,
+            vault_up,
+            vault_logins,
+            clusters,
+            cluster_up,
+            cluster_writes,
+            cluster_replicas,
+            registrations_refused,
+            forward: None,
+        }
+    }
+
+    /// The metrics of the remote cluster `cluster`'s own pieces (its watches,
+    /// writer, resync): not exported themselves, but every write they count
+    /// is also counted in `global`'s `cluster_writes` with the cluster's name.
+    pub fn for_cluster(cluster: &str, global: &Metrics) -> Metrics {
+        Metrics {
+            forward: Some((cluster.to_string(), global.cluster_writes.clone())),
+            ..Metrics::new()
+        }
+    }
+
+    /// Forget everything labelled with the remote cluster `cluster` (its
+    /// registration was removed), so the series are bounded by registrations.
+    pub fn forget_cluster(&self, cluster: &str) {
+        let labels = ClusterLabels {
+            cluster: cluster.to_string(),
+        };
+        self.cluster_up.remove(&labels);
+        self.cluster_replicas.remove(&labels);
+        // The write counters of a cluster are few (kind x op x result).
+        for kind in crate::model::kinds::Kind::ALL {
+            for op in ["create", "apply", "replace", "delete"] {
+                for result in ["ok", "skipped", "conflict", "adopted", "error", "abandoned"] {
+                    self.cluster_writes.remove(&ClusterWriteLabels {
+                        cluster: cluster.to_string(),
+                        kind: kind.label(),
+                        op,
+                        result,
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn write(&self, kind: crate::model::kinds::Kind, op: &'static str, result: &'static str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.label(),
+                op,
+                result,
+            })
+            .inc();
+        if let Some((cluster, writes)) = &self.forward {
+            writes
+                .get_or_create(&ClusterWriteLabels {
+                    cluster: cluster.clone(),
+                    kind: kind.label(),
+                    op,
+                    result,
+                })
+                .inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,5 @@
+//! One Kubernetes cluster's namespaces: writing copies, fights, conflicts.
+
+pub mod conflicts;
+pub mod fights;
+pub mod writer;
