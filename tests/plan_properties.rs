@@ -42,7 +42,7 @@ use proptest::test_runner::{Config, RngSeed};
 use push_to_k8s::decide::plan::{Action, Plan, World, in_sync, plan};
 use push_to_k8s::model::kinds::Kind;
 use push_to_k8s::model::records::{ObjectKey, ReplicaRecord, SourceRecord};
-use push_to_k8s::model::replica::{self, Replica};
+use push_to_k8s::model::replica::Replica;
 use push_to_k8s::model::rules::{NamespaceInfo, Scope, TargetRules};
 use push_to_k8s::observe::batch::DirtyKey;
 
@@ -402,7 +402,10 @@ fn strings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 /// A source Secret with `content`, as an operator writes it.
 fn source_secret(name: &str, c: &Content) -> Secret {
-    let mut labels = vec![(replica::SOURCE_LABEL_KEY, replica::SOURCE_LABEL_VALUE)];
+    let mut labels = vec![(
+        push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY,
+        push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE,
+    )];
     if c.team_label {
         labels.push(("team", "a"));
     }
@@ -466,7 +469,7 @@ fn written(r: &Replica, namespace: &str) -> Secret {
     let mut s = r.to_secret(namespace);
     let keys: Vec<&str> = r.data.keys().map(String::as_str).collect();
     s.metadata.managed_fields = Some(vec![managed_entry(
-        replica::FIELD_MANAGER,
+        push_to_k8s::model::vocabulary::FIELD_MANAGER,
         &keys,
         r.immutable,
     )]);
@@ -485,7 +488,11 @@ fn tampered(mut s: Secret, t: Tamper) -> Secret {
             .map(String::as_str)
             .filter(|k| Some(*k) != without)
             .collect();
-        managed_entry(replica::FIELD_MANAGER, &kept, s.immutable == Some(true))
+        managed_entry(
+            push_to_k8s::model::vocabulary::FIELD_MANAGER,
+            &kept,
+            s.immutable == Some(true),
+        )
     };
     let first = keys.first().map(String::as_str);
     let m = &mut s.metadata;
@@ -522,12 +529,13 @@ fn tampered(mut s: Secret, t: Tamper) -> Secret {
         Tamper::HashRemoved => {
             m.annotations
                 .get_or_insert_default()
-                .remove(replica::HASH_ANNOTATION);
+                .remove(push_to_k8s::model::vocabulary::HASH_ANNOTATION);
         }
         Tamper::HashChanged => {
-            m.annotations
-                .get_or_insert_default()
-                .insert(replica::HASH_ANNOTATION.into(), "0123abcd".into());
+            m.annotations.get_or_insert_default().insert(
+                push_to_k8s::model::vocabulary::HASH_ANNOTATION.into(),
+                "0123abcd".into(),
+            );
         }
         Tamper::LabelAdded => {
             m.labels
@@ -547,13 +555,19 @@ fn tampered(mut s: Secret, t: Tamper) -> Secret {
 }
 
 fn unmanaged(namespace: &str, name: &str, marks: Marks) -> Secret {
-    let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
+    let managed = (
+        push_to_k8s::model::vocabulary::MANAGED_LABEL_KEY,
+        push_to_k8s::model::vocabulary::MANAGED_LABEL_VALUE,
+    );
     let origin = format!("{SRC}/{name}");
     let (labels, annotation): (Vec<(&str, &str)>, Option<String>) = match marks {
         Marks::None => (vec![], None),
         Marks::LabelOnly => (vec![managed], None),
         Marks::AnnotationOnly => (vec![], Some(origin)),
-        Marks::OtherManager => (vec![(replica::MANAGED_LABEL_KEY, "helm")], Some(origin)),
+        Marks::OtherManager => (
+            vec![(push_to_k8s::model::vocabulary::MANAGED_LABEL_KEY, "helm")],
+            Some(origin),
+        ),
         Marks::ForeignOrigin => (vec![managed], Some(format!("elsewhere/{name}"))),
         Marks::LookalikeOrigin => (vec![managed], Some(format!("{SRC}-2/{name}"))),
         Marks::NoName => (vec![managed], Some(format!("{SRC}/"))),
@@ -563,8 +577,12 @@ fn unmanaged(namespace: &str, name: &str, marks: Marks) -> Secret {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
             labels: Some(strings(&labels)),
-            annotations: annotation
-                .map(|a| BTreeMap::from([(replica::SOURCE_ANNOTATION.to_string(), a)])),
+            annotations: annotation.map(|a| {
+                BTreeMap::from([(
+                    push_to_k8s::model::vocabulary::SOURCE_ANNOTATION.to_string(),
+                    a,
+                )])
+            }),
             managed_fields: Some(vec![managed_entry("someone", &["theirs"], false)]),
             ..Default::default()
         },
@@ -640,8 +658,8 @@ impl Cluster {
                     let c = old.clone().or_else(|| current(name)).unwrap_or_default();
                     let mut s = copy_of(name, &c, ns);
                     s.metadata.labels.get_or_insert_default().insert(
-                        replica::SOURCE_LABEL_KEY.into(),
-                        replica::SOURCE_LABEL_VALUE.into(),
+                        push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY.into(),
+                        push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE.into(),
                     );
                     s
                 }
@@ -698,8 +716,8 @@ impl Cluster {
                 s.metadata
                     .labels
                     .as_ref()
-                    .and_then(|l| l.get(replica::MANAGED_LABEL_KEY))
-                    .is_some_and(|v| v == replica::MANAGED_LABEL_VALUE)
+                    .and_then(|l| l.get(push_to_k8s::model::vocabulary::MANAGED_LABEL_KEY))
+                    .is_some_and(|v| v == push_to_k8s::model::vocabulary::MANAGED_LABEL_VALUE)
             })
             .filter_map(|s| ReplicaRecord::from_meta(Kind::Secret, &s.metadata, SRC))
             .collect();
@@ -910,12 +928,14 @@ fn is_copy(k: &ObjectKey, s: &Secret) -> bool {
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(replica::SOURCE_ANNOTATION))
+        .and_then(|a| a.get(push_to_k8s::model::vocabulary::SOURCE_ANNOTATION))
         .and_then(|o| o.split_once('/'));
-    label(replica::MANAGED_LABEL_KEY).map(String::as_str) == Some(replica::MANAGED_LABEL_VALUE)
+    label(push_to_k8s::model::vocabulary::MANAGED_LABEL_KEY).map(String::as_str)
+        == Some(push_to_k8s::model::vocabulary::MANAGED_LABEL_VALUE)
         && origin == Some((SRC, k.name.as_str()))
         && k.namespace != SRC
-        && label(replica::SOURCE_LABEL_KEY).map(String::as_str) != Some(replica::SOURCE_LABEL_VALUE)
+        && label(push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY).map(String::as_str)
+            != Some(push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE)
 }
 
 /// Does `have` hold the copy `want` as we write it? Stated on the object,
@@ -937,7 +957,10 @@ fn holds(have: &Secret, want: &Secret) -> bool {
             .managed_fields
             .iter()
             .flatten()
-            .filter(|e| (e.manager.as_deref() == Some(replica::FIELD_MANAGER)) == ours)
+            .filter(|e| {
+                (e.manager.as_deref() == Some(push_to_k8s::model::vocabulary::FIELD_MANAGER))
+                    == ours
+            })
             .filter_map(|e| e.fields_v1.as_ref()?.0.get("f:data")?.as_object())
             .flat_map(|d| d.keys().cloned())
             .collect::<BTreeSet<String>>()
@@ -958,7 +981,7 @@ fn describe(s: &Secret) -> String {
     let pairs = |map: &Option<BTreeMap<String, String>>| {
         map.iter()
             .flatten()
-            .filter(|(k, _)| k.as_str() != replica::HASH_ANNOTATION)
+            .filter(|(k, _)| k.as_str() != push_to_k8s::model::vocabulary::HASH_ANNOTATION)
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join(",")

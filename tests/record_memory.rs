@@ -32,7 +32,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
 use push_to_k8s::model::kinds::Kind;
 use push_to_k8s::model::records::{ObjectKey, ReplicaRecord};
-use push_to_k8s::model::replica::{self, Replica};
+use push_to_k8s::model::replica::Replica;
 
 struct Counting;
 
@@ -92,8 +92,8 @@ fn copy_meta(i: usize) -> ObjectMeta {
             name: Some(name),
             namespace: Some(SRC.into()),
             labels: Some(BTreeMap::from([(
-                replica::SOURCE_LABEL_KEY.to_string(),
-                replica::SOURCE_LABEL_VALUE.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
             )])),
             ..Default::default()
         },
@@ -114,7 +114,7 @@ fn copy_meta(i: usize) -> ObjectMeta {
         .map(|k| (format!("f:{k}"), serde_json::json!({})))
         .collect();
     meta.managed_fields = Some(vec![ManagedFieldsEntry {
-        manager: Some(replica::FIELD_MANAGER.into()),
+        manager: Some(push_to_k8s::model::vocabulary::FIELD_MANAGER.into()),
         operation: Some("Apply".into()),
         api_version: Some("v1".into()),
         fields_type: Some("FieldsV1".into()),

@@ -83,10 +83,10 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use push_to_k8s::model::kinds::Kind;
-use push_to_k8s::model::replica::{self, Replica};
-use push_to_k8s::model::rules::CLUSTERS_ANNOTATION;
-use push_to_k8s::targets::remote::{CLUSTER_LABEL, KUBECONFIG_KEY};
-use push_to_k8s::targets::vault::entry::PATH_ANNOTATION;
+use push_to_k8s::model::replica::Replica;
+use push_to_k8s::model::vocabulary::CLUSTERS_ANNOTATION;
+use push_to_k8s::model::vocabulary::PATH_ANNOTATION;
+use push_to_k8s::model::vocabulary::{CLUSTER_LABEL, KUBECONFIG_KEY};
 use serde::Serialize;
 use serde_json::json;
 
@@ -462,8 +462,8 @@ struct SourceSpec {
 
 fn labels() -> Option<BTreeMap<String, String>> {
     Some(BTreeMap::from([(
-        replica::SOURCE_LABEL_KEY.to_string(),
-        replica::SOURCE_LABEL_VALUE.to_string(),
+        push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+        push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
     )]))
 }
 
@@ -608,7 +608,7 @@ async fn check_cluster(
 ) -> Result<()> {
     let namespaces = eligible_namespaces(client).await?;
     let mut checked = 0;
-    let selector = ListParams::default().labels(replica::MANAGED_SELECTOR);
+    let selector = ListParams::default().labels(push_to_k8s::model::vocabulary::MANAGED_SELECTOR);
     let copies: HashMap<(String, String), Secret> = Api::<Secret>::all(client.clone())
         .list(&selector)
         .await?
@@ -642,7 +642,9 @@ async fn check_cluster(
     let wanted_here = |m: &ObjectMeta| !remote || annotation(m, CLUSTERS_ANNOTATION).is_some();
     let mut expected: HashSet<(String, String)> = HashSet::new();
     let stamp_ok = |m: &ObjectMeta| {
-        !remote || annotation(m, replica::SOURCE_CLUSTER_ANNOTATION) == Some(CLUSTER_NAME)
+        !remote
+            || annotation(m, push_to_k8s::model::vocabulary::SOURCE_CLUSTER_ANNOTATION)
+                == Some(CLUSTER_NAME)
     };
     for s in secrets.iter().filter(|s| wanted_here(&s.metadata)) {
         let name = s.metadata.name.clone().unwrap_or_default();
@@ -662,7 +664,10 @@ async fn check_cluster(
                 Some(copy) => {
                     let same = copy.data == s.data
                         && copy.type_ == s.type_
-                        && annotation(&copy.metadata, replica::HASH_ANNOTATION) == Some(&hash)
+                        && annotation(
+                            &copy.metadata,
+                            push_to_k8s::model::vocabulary::HASH_ANNOTATION,
+                        ) == Some(&hash)
                         && stamp_ok(&copy.metadata);
                     if !same {
                         c.stale += 1;
@@ -690,7 +695,10 @@ async fn check_cluster(
                 Some(copy) => {
                     let same = copy.data == s.data
                         && copy.binary_data == s.binary_data
-                        && annotation(&copy.metadata, replica::HASH_ANNOTATION) == Some(&hash)
+                        && annotation(
+                            &copy.metadata,
+                            push_to_k8s::model::vocabulary::HASH_ANNOTATION,
+                        ) == Some(&hash)
                         && stamp_ok(&copy.metadata);
                     if !same {
                         c.stale += 1;
@@ -705,7 +713,7 @@ async fn check_cluster(
     c.copies_checked[usize::from(remote)] += checked;
     // Ours (our marks, naming our source namespace, our stamp there) but not wanted.
     let ours = |m: &ObjectMeta| {
-        annotation(m, replica::SOURCE_ANNOTATION)
+        annotation(m, push_to_k8s::model::vocabulary::SOURCE_ANNOTATION)
             .is_some_and(|s| s.starts_with(&format!("{SOURCE_NS}/")))
             && stamp_ok(m)
     };
@@ -979,7 +987,7 @@ struct World<'a> {
 
 impl World<'_> {
     async fn sources(&self) -> Result<(Vec<Secret>, Vec<ConfigMap>)> {
-        let lp = ListParams::default().labels(replica::SOURCE_SELECTOR);
+        let lp = ListParams::default().labels(push_to_k8s::model::vocabulary::SOURCE_SELECTOR);
         let secrets = self.home.secrets(SOURCE_NS).list(&lp).await?.items;
         let cms = self.home.config_maps(SOURCE_NS).list(&lp).await?.items;
         Ok((secrets, cms))
@@ -1112,12 +1120,18 @@ impl World<'_> {
                 };
                 let name = format!("forged-{k}");
                 let mut annotations = BTreeMap::from([
-                    (replica::SOURCE_ANNOTATION.to_string(), source),
-                    (replica::HASH_ANNOTATION.to_string(), format!("forged-{k}")),
+                    (
+                        push_to_k8s::model::vocabulary::SOURCE_ANNOTATION.to_string(),
+                        source,
+                    ),
+                    (
+                        push_to_k8s::model::vocabulary::HASH_ANNOTATION.to_string(),
+                        format!("forged-{k}"),
+                    ),
                 ]);
                 if remote {
                     annotations.insert(
-                        replica::SOURCE_CLUSTER_ANNOTATION.to_string(),
+                        push_to_k8s::model::vocabulary::SOURCE_CLUSTER_ANNOTATION.to_string(),
                         CLUSTER_NAME.to_string(),
                     );
                 }
@@ -1125,8 +1139,8 @@ impl World<'_> {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
                         labels: Some(BTreeMap::from([(
-                            replica::MANAGED_LABEL_KEY.to_string(),
-                            replica::MANAGED_LABEL_VALUE.to_string(),
+                            push_to_k8s::model::vocabulary::MANAGED_LABEL_KEY.to_string(),
+                            push_to_k8s::model::vocabulary::MANAGED_LABEL_VALUE.to_string(),
                         )])),
                         annotations: Some(annotations),
                         ..Default::default()

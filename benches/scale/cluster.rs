@@ -16,7 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{ByteString, NamespaceResourceScope};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use push_to_k8s::model::kinds::Kind;
-use push_to_k8s::model::replica::{self, Replica};
+use push_to_k8s::model::replica::Replica;
 use serde::de::DeserializeOwned;
 
 use crate::copies::{self, CopyWatch};
@@ -68,8 +68,8 @@ pub fn source_secret(name: &str, version: u64) -> Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(BTreeMap::from([(
-                replica::SOURCE_LABEL_KEY.to_string(),
-                replica::SOURCE_LABEL_VALUE.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
             )])),
             ..Default::default()
         },
@@ -86,8 +86,8 @@ fn source_config_map(name: &str) -> ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(BTreeMap::from([(
-                replica::SOURCE_LABEL_KEY.to_string(),
-                replica::SOURCE_LABEL_VALUE.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
             )])),
             ..Default::default()
         },
@@ -383,7 +383,7 @@ impl Cluster {
             .collect();
         let count = jobs.len();
         let pp = PostParams {
-            field_manager: Some(replica::FIELD_MANAGER.into()),
+            field_manager: Some(push_to_k8s::model::vocabulary::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
         futures::stream::iter(jobs)
@@ -483,7 +483,7 @@ impl Cluster {
     /// kinds (no controller may run).
     pub async fn reset(&self, watch: &CopyWatch) -> Result<()> {
         let start = Instant::now();
-        let sources = ListParams::default().labels(replica::SOURCE_SELECTOR);
+        let sources = ListParams::default().labels(push_to_k8s::model::vocabulary::SOURCE_SELECTOR);
         let dp = DeleteParams::default();
         self.secrets(SOURCE_NS)
             .delete_collection(&dp, &sources)

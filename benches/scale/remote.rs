@@ -33,8 +33,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, PostParams};
-use push_to_k8s::model::rules::CLUSTERS_ANNOTATION;
-use push_to_k8s::targets::remote::{CLUSTER_LABEL, KUBECONFIG_KEY};
+use push_to_k8s::model::vocabulary::CLUSTERS_ANNOTATION;
+use push_to_k8s::model::vocabulary::{CLUSTER_LABEL, KUBECONFIG_KEY};
 
 use crate::cluster::{Cluster, copy_hash, source_secret};
 use crate::controller::{READY_POLL, STOP_TIMEOUT, Settings, machine_cpu_s, process_cpu_s};

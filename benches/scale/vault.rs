@@ -36,8 +36,8 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Patch, PatchParams, PostParams};
-use push_to_k8s::model::replica::{self, Replica};
-use push_to_k8s::targets::vault::entry::PATH_ANNOTATION;
+use push_to_k8s::model::replica::Replica;
+use push_to_k8s::model::vocabulary::PATH_ANNOTATION;
 use serde_json::json;
 
 use crate::controller::READY_POLL;
@@ -89,8 +89,8 @@ fn vault_source(name: &str) -> Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             labels: Some(BTreeMap::from([(
-                replica::SOURCE_LABEL_KEY.to_string(),
-                replica::SOURCE_LABEL_VALUE.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                push_to_k8s::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
             )])),
             annotations: Some(BTreeMap::from([(
                 PATH_ANNOTATION.to_string(),

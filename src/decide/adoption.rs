@@ -14,14 +14,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::records::{SourceRecord, owned_source};
-use crate::model::replica;
 use crate::model::rules::AnnotationError;
-
-/// On a source: `"true"` asks that an unmanaged object in the way of one of
-/// its copies be taken over (if the controller allows adoption); `"false"`
-/// or absent: never. Any other value refuses the source like any bad
-/// annotation.
-pub const ADOPT_ANNOTATION: &str = "push-to-k8s.io/adopt";
+use crate::model::vocabulary::ADOPT_ANNOTATION;
 
 /// Does a source with these (control) `annotations` ask for adoption?
 pub fn asked(annotations: &BTreeMap<String, String>) -> Result<bool, AnnotationError> {
@@ -59,7 +53,7 @@ pub fn refusal(
     let stamped = meta
         .annotations
         .as_ref()
-        .and_then(|a| a.get(replica::SOURCE_CLUSTER_ANNOTATION))
+        .and_then(|a| a.get(crate::model::vocabulary::SOURCE_CLUSTER_ANNOTATION))
         .map(String::as_str);
     if stamped != stamp {
         return Some(
@@ -67,19 +61,19 @@ pub fn refusal(
         );
     }
     let labels = meta.labels.as_ref();
-    if labels.is_some_and(|l| l.contains_key(replica::SOURCE_LABEL_KEY)) {
+    if labels.is_some_and(|l| l.contains_key(crate::model::vocabulary::SOURCE_LABEL_KEY)) {
         return Some("it carries the source label push-to-k8s, so it is a source itself");
     }
     if owned_source(meta, source_namespace).is_some() {
         return Some("it is the copy of another source");
     }
     let marked = labels
-        .and_then(|l| l.get(replica::MANAGED_LABEL_KEY))
-        .is_some_and(|v| v == replica::MANAGED_LABEL_VALUE);
+        .and_then(|l| l.get(crate::model::vocabulary::MANAGED_LABEL_KEY))
+        .is_some_and(|v| v == crate::model::vocabulary::MANAGED_LABEL_VALUE);
     let elsewhere = meta
         .annotations
         .as_ref()
-        .and_then(|a| a.get(replica::SOURCE_ANNOTATION))
+        .and_then(|a| a.get(crate::model::vocabulary::SOURCE_ANNOTATION))
         .is_some_and(|origin| {
             origin
                 .split_once('/')
@@ -140,7 +134,7 @@ mod tests {
 
     #[test]
     fn ownership_rules_say_what_is_never_adopted() {
-        use replica::{
+        use crate::model::vocabulary::{
             MANAGED_LABEL_KEY as M, SOURCE_ANNOTATION as S, SOURCE_CLUSTER_ANNOTATION as C,
             SOURCE_LABEL_KEY as L,
         };

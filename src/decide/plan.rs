@@ -478,8 +478,8 @@ mod tests {
                 namespace: Some(SRC.into()),
                 uid: Some(format!("uid-{name}")),
                 labels: Some(BTreeMap::from([(
-                    replica::SOURCE_LABEL_KEY.to_string(),
-                    replica::SOURCE_LABEL_VALUE.to_string(),
+                    crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                    crate::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
                 )])),
                 annotations: Some(
                     annotations
@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn a_remote_cluster_gets_only_the_sources_that_select_it() {
-        let clusters = crate::model::rules::CLUSTERS_ANNOTATION;
+        let clusters = crate::model::vocabulary::CLUSTERS_ANNOTATION;
         let mut c = Case::new(&["a"]);
         c.sources.extend([
             source("local-only", "v1", &[]),
@@ -914,8 +914,8 @@ mod tests {
         let mut parked = restored.clone();
         parked.metadata.name = Some("db-backup".into());
         parked.metadata.labels = Some(BTreeMap::from([(
-            replica::MANAGED_LABEL_KEY.to_string(),
-            replica::MANAGED_LABEL_VALUE.to_string(),
+            crate::model::vocabulary::MANAGED_LABEL_KEY.to_string(),
+            crate::model::vocabulary::MANAGED_LABEL_VALUE.to_string(),
         )]));
         for s in [&restored, &parked] {
             assert_eq!(
@@ -929,7 +929,7 @@ mod tests {
                 .labels
                 .as_mut()
                 .unwrap()
-                .remove(replica::SOURCE_LABEL_KEY);
+                .remove(crate::model::vocabulary::SOURCE_LABEL_KEY);
             assert_eq!(
                 ReplicaRecord::from_meta(Kind::Secret, &unlabelled, SRC),
                 None
@@ -1002,7 +1002,11 @@ mod tests {
         let mut c = Case::new(&["a"]);
         let (k, mut r) = copy("a", &secret("db", "v1", &[]));
         r.content = crate::model::records::Content::from_managed_fields(Some(&vec![
-            crate::model::records::managed_entry(replica::FIELD_MANAGER, &["k"], false),
+            crate::model::records::managed_entry(
+                crate::model::vocabulary::FIELD_MANAGER,
+                &["k"],
+                false,
+            ),
             crate::model::records::managed_entry("kubectl", &[], true),
         ]));
         c.replicas.insert(k, r);
@@ -1030,7 +1034,11 @@ mod tests {
     }
 
     fn renamed(name: &str, value: &str, copy_name: &str) -> Secret {
-        secret(name, value, &[(replica::COPY_NAME_ANNOTATION, copy_name)])
+        secret(
+            name,
+            value,
+            &[(crate::model::vocabulary::COPY_NAME_ANNOTATION, copy_name)],
+        )
     }
 
     // Issue 8: renamed copies. The copy has the name the source asks for,
@@ -1113,7 +1121,7 @@ mod tests {
                 Some(serde_json::from_value(serde_json::json!(created)).unwrap());
             SourceRecord::from_secret(&s, SRC).unwrap()
         };
-        let ask = [(replica::COPY_NAME_ANNOTATION, "shared")];
+        let ask = [(crate::model::vocabulary::COPY_NAME_ANNOTATION, "shared")];
         for (older, newer) in [("zeta", "alpha"), ("alpha", "zeta")] {
             let mut c = Case::new(&["a"]);
             c.sources.extend([

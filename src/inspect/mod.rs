@@ -167,7 +167,8 @@ async fn look_at_clusters(
     stamp: &str,
     metrics: &Metrics,
 ) -> Result<Vec<ClusterStatus>, Error> {
-    use crate::targets::remote::{self, CLUSTER_LABEL, Registration};
+    use crate::model::vocabulary::CLUSTER_LABEL;
+    use crate::targets::remote::{self, Registration};
     let api: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
     let listed = api
         .list(&ListParams::default().labels(CLUSTER_LABEL))
@@ -288,12 +289,15 @@ async fn look_at_vault(
         let sources: Vec<(String, crate::model::records::SourceRecord)> =
             caches.of(kind).sources.read(|s| {
                 s.iter()
-                    .filter(|(_, r)| r.annotations.contains_key(entry::PATH_ANNOTATION))
+                    .filter(|(_, r)| {
+                        r.annotations
+                            .contains_key(crate::model::vocabulary::PATH_ANNOTATION)
+                    })
                     .map(|(n, r)| (n.clone(), r.clone()))
                     .collect()
             });
         for (name, rec) in sources {
-            let annotated = &rec.annotations[entry::PATH_ANNOTATION];
+            let annotated = &rec.annotations[crate::model::vocabulary::PATH_ANNOTATION];
             let mut status = VaultStatus {
                 kind: kind.name(),
                 source: name.clone(),

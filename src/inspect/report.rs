@@ -816,7 +816,7 @@ fn table(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use crate::model::records::{ReplicaRecord, SourceRecord};
-    use crate::model::replica::{self, Replica};
+    use crate::model::replica::Replica;
     use crate::model::rules::NamespaceInfo;
     use crate::observe::batch::DirtyKey;
     use k8s_openapi::ByteString;
@@ -833,8 +833,8 @@ mod tests {
                 namespace: Some(SRC.into()),
                 uid: Some(format!("uid-{name}")),
                 labels: Some(BTreeMap::from([(
-                    replica::SOURCE_LABEL_KEY.to_string(),
-                    replica::SOURCE_LABEL_VALUE.to_string(),
+                    crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                    crate::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
                 )])),
                 annotations: Some(
                     annotations
@@ -1063,7 +1063,11 @@ mod tests {
         let mut v1 = secret("db", "v1", &[]);
         v1.immutable = Some(true);
         c.replicas.extend([copy("a", &v1)]);
-        let renamed = secret("db", "v2", &[(replica::COPY_NAME_ANNOTATION, "db-copy")]);
+        let renamed = secret(
+            "db",
+            "v2",
+            &[(crate::model::vocabulary::COPY_NAME_ANNOTATION, "db-copy")],
+        );
         c.source(&renamed);
         let (p, report) = c.report();
         let ops: Vec<_> = p

@@ -5,3 +5,4 @@ pub mod names;
 pub mod records;
 pub mod replica;
 pub mod rules;
+pub mod vocabulary;

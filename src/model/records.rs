@@ -52,7 +52,7 @@ pub struct SourceRecord {
 
 impl SourceRecord {
     /// A Secret that registers a remote cluster (it carries
-    /// [`crate::targets::remote::CLUSTER_LABEL`]) is never a source, even with the
+    /// [`crate::model::vocabulary::CLUSTER_LABEL`]) is never a source, even with the
     /// source label: its kubeconfig must not be copied anywhere (the
     /// registrations watch says so with a Warning Event). Copies an older
     /// version made of it are collected like those of a deleted source.
@@ -60,7 +60,7 @@ impl SourceRecord {
         if s.metadata
             .labels
             .as_ref()
-            .is_some_and(|l| l.contains_key(crate::targets::remote::CLUSTER_LABEL))
+            .is_some_and(|l| l.contains_key(crate::model::vocabulary::CLUSTER_LABEL))
         {
             return None;
         }
@@ -110,8 +110,8 @@ impl SourceRecord {
 pub fn is_labelled_source(meta: &ObjectMeta) -> bool {
     meta.labels
         .as_ref()
-        .and_then(|l| l.get(replica::SOURCE_LABEL_KEY))
-        .is_some_and(|v| v == replica::SOURCE_LABEL_VALUE)
+        .and_then(|l| l.get(crate::model::vocabulary::SOURCE_LABEL_KEY))
+        .is_some_and(|v| v == crate::model::vocabulary::SOURCE_LABEL_VALUE)
 }
 
 /// Only our own control annotations (`push-to-k8s.io/...`) of a source: the
@@ -122,7 +122,7 @@ pub fn is_labelled_source(meta: &ObjectMeta) -> bool {
 pub fn control_annotations(all: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
     all.into_iter()
         .flatten()
-        .filter(|(k, _)| k.starts_with(replica::CONTROL_PREFIX))
+        .filter(|(k, _)| k.starts_with(crate::model::vocabulary::CONTROL_PREFIX))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -323,17 +323,17 @@ impl std::fmt::Debug for ResourceVersion {
 
 /// Labels every copy carries whose values follow from its source alone.
 pub const MARKER_LABELS: [&str; 3] = [
-    replica::MANAGED_LABEL_KEY,
-    replica::SOURCE_NAME_LABEL,
-    replica::SOURCE_NAMESPACE_LABEL,
+    crate::model::vocabulary::MANAGED_LABEL_KEY,
+    crate::model::vocabulary::SOURCE_NAME_LABEL,
+    crate::model::vocabulary::SOURCE_NAMESPACE_LABEL,
 ];
 /// Annotations every copy carries whose values are kept elsewhere in the
 /// record (its key, `source`, `hash`).
 pub const MARKER_ANNOTATIONS: [&str; 4] = [
-    replica::SOURCE_ANNOTATION,
-    replica::HASH_ANNOTATION,
-    replica::COPY_NAME_ANNOTATION,
-    replica::SOURCE_CLUSTER_ANNOTATION,
+    crate::model::vocabulary::SOURCE_ANNOTATION,
+    crate::model::vocabulary::HASH_ANNOTATION,
+    crate::model::vocabulary::COPY_NAME_ANNOTATION,
+    crate::model::vocabulary::SOURCE_CLUSTER_ANNOTATION,
 ];
 
 /// What a copy's managed fields say about its content (type, data,
@@ -368,7 +368,7 @@ impl Content {
             let keys =
                 field_names(fields.get("f:data")).chain(field_names(fields.get("f:binaryData")));
             let immutable = fields.get("f:immutable").is_some();
-            if entry.manager.as_deref() == Some(replica::FIELD_MANAGER) {
+            if entry.manager.as_deref() == Some(crate::model::vocabulary::FIELD_MANAGER) {
                 ours.extend(keys);
                 our_immutable |= immutable;
             } else {
@@ -426,14 +426,14 @@ impl ReplicaRecord {
         let mut annotations = meta.annotations.clone().unwrap_or_default();
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
         let hash = annotations
-            .get(replica::HASH_ANNOTATION)
+            .get(crate::model::vocabulary::HASH_ANNOTATION)
             .and_then(|h| ShortHash::parse(h));
         annotations.retain(|k, _| !MARKER_ANNOTATIONS.contains(&k.as_str()));
         let mut labels = meta.labels.clone().unwrap_or_default();
         let label = |k: &str| labels.get(k).map(String::as_str);
-        let markers = label(replica::SOURCE_NAME_LABEL)
+        let markers = label(crate::model::vocabulary::SOURCE_NAME_LABEL)
             == Some(replica::discovery_value(&source).as_str())
-            && label(replica::SOURCE_NAMESPACE_LABEL)
+            && label(crate::model::vocabulary::SOURCE_NAMESPACE_LABEL)
                 == Some(replica::discovery_value(source_namespace).as_str());
         labels.retain(|k, _| !MARKER_LABELS.contains(&k.as_str()));
         Some((
@@ -472,7 +472,7 @@ pub fn owned_source(meta: &ObjectMeta, source_namespace: &str) -> Option<String>
 }
 
 /// [`owned_source`] with one more rule, for copies that cross clusters: the
-/// copy's [`replica::SOURCE_CLUSTER_ANNOTATION`] must be exactly `stamp`.
+/// copy's [`crate::model::vocabulary::SOURCE_CLUSTER_ANNOTATION`] must be exactly `stamp`.
 /// With `None` (this cluster) a copy must not carry it at all: a copy stamped
 /// with any source cluster was pushed here by another cluster's controller,
 /// even if its source namespace has the same name as ours.
@@ -483,24 +483,24 @@ pub fn owned_source_in(
 ) -> Option<String> {
     let labels = meta.labels.as_ref()?;
     let managed = labels
-        .get(replica::MANAGED_LABEL_KEY)
-        .is_some_and(|v| v == replica::MANAGED_LABEL_VALUE);
-    if !managed || labels.contains_key(replica::SOURCE_LABEL_KEY) {
+        .get(crate::model::vocabulary::MANAGED_LABEL_KEY)
+        .is_some_and(|v| v == crate::model::vocabulary::MANAGED_LABEL_VALUE);
+    if !managed || labels.contains_key(crate::model::vocabulary::SOURCE_LABEL_KEY) {
         return None;
     }
     if meta.namespace.as_deref() == Some(source_namespace) {
         return None;
     }
     let annotations = meta.annotations.as_ref()?;
-    let cluster = annotations.get(replica::SOURCE_CLUSTER_ANNOTATION);
+    let cluster = annotations.get(crate::model::vocabulary::SOURCE_CLUSTER_ANNOTATION);
     if cluster.map(String::as_str) != stamp {
         return None;
     }
-    let origin = annotations.get(replica::SOURCE_ANNOTATION)?;
+    let origin = annotations.get(crate::model::vocabulary::SOURCE_ANNOTATION)?;
     let (ns, name) = origin.split_once('/')?;
     // The name its source asks for, as our write recorded it on the copy.
     let asked = annotations
-        .get(replica::COPY_NAME_ANNOTATION)
+        .get(crate::model::vocabulary::COPY_NAME_ANNOTATION)
         .map_or(name, String::as_str);
     let named_as_asked = meta.name.as_deref() == Some(asked);
     (ns == source_namespace && !name.is_empty() && named_as_asked).then(|| name.to_string())
@@ -546,7 +546,11 @@ pub fn managed_entry(manager: &str, data_keys: &[&str], immutable: bool) -> Mana
 #[cfg(test)]
 pub fn as_written_by_us(mut s: Secret) -> Secret {
     let keys: Vec<&str> = s.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
-    let entry = managed_entry(replica::FIELD_MANAGER, &keys, s.immutable == Some(true));
+    let entry = managed_entry(
+        crate::model::vocabulary::FIELD_MANAGER,
+        &keys,
+        s.immutable == Some(true),
+    );
     s.metadata.managed_fields = Some(vec![entry]);
     s
 }
@@ -574,9 +578,12 @@ mod tests {
 
     #[test]
     fn a_copy_is_ours_only_from_the_source_cluster_it_names() {
-        let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
-        let source = (replica::SOURCE_ANNOTATION, "src/db");
-        let from = |c: &'static str| (replica::SOURCE_CLUSTER_ANNOTATION, c);
+        let managed = (
+            crate::model::vocabulary::MANAGED_LABEL_KEY,
+            crate::model::vocabulary::MANAGED_LABEL_VALUE,
+        );
+        let source = (crate::model::vocabulary::SOURCE_ANNOTATION, "src/db");
+        let from = |c: &'static str| (crate::model::vocabulary::SOURCE_CLUSTER_ANNOTATION, c);
         let local = meta(&[managed], &[source]);
         let from_home = meta(&[managed], &[source, from("home")]);
         let from_other = meta(&[managed], &[source, from("other")]);
@@ -597,44 +604,68 @@ mod tests {
         let (_, r) = ReplicaRecord::from_meta_in(Kind::Secret, &from_home, "src", home).unwrap();
         assert!(
             r.annotations
-                .get(replica::SOURCE_CLUSTER_ANNOTATION)
+                .get(crate::model::vocabulary::SOURCE_CLUSTER_ANNOTATION)
                 .is_none()
         );
     }
 
     #[test]
     fn ours_needs_the_label_and_a_source_in_our_namespace() {
-        let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
+        let managed = (
+            crate::model::vocabulary::MANAGED_LABEL_KEY,
+            crate::model::vocabulary::MANAGED_LABEL_VALUE,
+        );
         let cases: &[(ObjectMeta, Option<&str>)] = &[
             (
-                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src/db")]),
+                meta(
+                    &[managed],
+                    &[(crate::model::vocabulary::SOURCE_ANNOTATION, "src/db")],
+                ),
                 Some("db"),
             ),
             // No label: somebody else's, whatever the annotation says.
-            (meta(&[], &[(replica::SOURCE_ANNOTATION, "src/db")]), None),
+            (
+                meta(
+                    &[],
+                    &[(crate::model::vocabulary::SOURCE_ANNOTATION, "src/db")],
+                ),
+                None,
+            ),
             // Another controller's source namespace, or one that merely starts like ours.
             (
-                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "other/db")]),
+                meta(
+                    &[managed],
+                    &[(crate::model::vocabulary::SOURCE_ANNOTATION, "other/db")],
+                ),
                 None,
             ),
             (
-                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src-2/db")]),
+                meta(
+                    &[managed],
+                    &[(crate::model::vocabulary::SOURCE_ANNOTATION, "src-2/db")],
+                ),
                 None,
             ),
             // Label without (or with a malformed) source annotation.
             (meta(&[managed], &[]), None),
             (
-                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src/")]),
-                None,
-            ),
-            (
-                meta(&[managed], &[(replica::SOURCE_ANNOTATION, "src")]),
+                meta(
+                    &[managed],
+                    &[(crate::model::vocabulary::SOURCE_ANNOTATION, "src/")],
+                ),
                 None,
             ),
             (
                 meta(
-                    &[(replica::MANAGED_LABEL_KEY, "helm")],
-                    &[(replica::SOURCE_ANNOTATION, "src/db")],
+                    &[managed],
+                    &[(crate::model::vocabulary::SOURCE_ANNOTATION, "src")],
+                ),
+                None,
+            ),
+            (
+                meta(
+                    &[(crate::model::vocabulary::MANAGED_LABEL_KEY, "helm")],
+                    &[(crate::model::vocabulary::SOURCE_ANNOTATION, "src/db")],
                 ),
                 None,
             ),
@@ -654,8 +685,8 @@ mod tests {
                 name: Some("db".into()),
                 namespace: Some("src".into()),
                 labels: Some(BTreeMap::from([(
-                    replica::SOURCE_LABEL_KEY.to_string(),
-                    replica::SOURCE_LABEL_VALUE.to_string(),
+                    crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                    crate::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
                 )])),
                 annotations: Some(BTreeMap::from([
                     (
@@ -684,8 +715,8 @@ mod tests {
     fn a_secret_registering_a_cluster_is_never_a_source() {
         let labelled = |extra: &[(&str, &str)]| {
             let mut labels = BTreeMap::from([(
-                replica::SOURCE_LABEL_KEY.to_string(),
-                replica::SOURCE_LABEL_VALUE.to_string(),
+                crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                crate::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
             )]);
             labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             Secret {
@@ -700,7 +731,7 @@ mod tests {
         };
         assert!(SourceRecord::from_secret(&labelled(&[]), "src").is_some());
         for value in ["east", "", "Not A Label"] {
-            let s = labelled(&[(crate::targets::remote::CLUSTER_LABEL, value)]);
+            let s = labelled(&[(crate::model::vocabulary::CLUSTER_LABEL, value)]);
             assert!(SourceRecord::from_secret(&s, "src").is_none(), "{value:?}");
         }
     }
@@ -782,9 +813,12 @@ mod tests {
     #[test]
     fn a_hash_annotation_not_as_we_write_it_matches_nothing() {
         let copy = |hash: Option<&str>| {
-            let mut annotations = vec![(replica::SOURCE_ANNOTATION, "src/db")];
-            annotations.extend(hash.map(|h| (replica::HASH_ANNOTATION, h)));
-            let managed = (replica::MANAGED_LABEL_KEY, replica::MANAGED_LABEL_VALUE);
+            let mut annotations = vec![(crate::model::vocabulary::SOURCE_ANNOTATION, "src/db")];
+            annotations.extend(hash.map(|h| (crate::model::vocabulary::HASH_ANNOTATION, h)));
+            let managed = (
+                crate::model::vocabulary::MANAGED_LABEL_KEY,
+                crate::model::vocabulary::MANAGED_LABEL_VALUE,
+            );
             ReplicaRecord::from_meta(Kind::Secret, &meta(&[managed], &annotations), "src")
                 .unwrap()
                 .1
@@ -837,7 +871,7 @@ mod tests {
 
     #[test]
     fn content_tells_from_managed_fields_whether_anyone_changed_the_data() {
-        use replica::FIELD_MANAGER as US;
+        use crate::model::vocabulary::FIELD_MANAGER as US;
         let keys = |k: &[&str]| replica::keys_hash(k.iter().copied());
         let content =
             |entries: Vec<ManagedFieldsEntry>| Content::from_managed_fields(Some(&entries));

@@ -11,39 +11,10 @@ use sha2::{Digest, Sha256};
 
 use crate::model::kinds::Kind;
 use crate::model::rules::KeyFilter;
-
-/// Label selecting sources in the source namespace.
-pub const SOURCE_LABEL_KEY: &str = "push-to-k8s";
-pub const SOURCE_LABEL_VALUE: &str = "source";
-pub const SOURCE_SELECTOR: &str = "push-to-k8s=source";
-
-/// Label that lets us list our replicas with a selector.
-pub const MANAGED_LABEL_KEY: &str = "push-to-k8s.io/managed-by";
-pub const MANAGED_LABEL_VALUE: &str = "push-to-k8s";
-pub const MANAGED_SELECTOR: &str = "push-to-k8s.io/managed-by=push-to-k8s";
-/// `namespace/name` of the source (annotation: object names may exceed 63 chars).
-pub const SOURCE_ANNOTATION: &str = "push-to-k8s.io/source";
-/// On a copy in a remote cluster: the source cluster it comes from
-/// (`CLUSTER_NAME`), so two controllers in two source clusters never take each
-/// other's copies. Copies in this cluster do not carry it; a copy here that
-/// does belongs to another cluster's controller.
-pub const SOURCE_CLUSTER_ANNOTATION: &str = "push-to-k8s.io/source-cluster";
-/// Discovery labels: the source's name and namespace, so `kubectl get
-/// secrets,configmaps -A -l push-to-k8s.io/source-namespace=NS,push-to-k8s.io/source-name=NAME`
-/// lists every copy of one source. A name that is not a valid label value is
-/// replaced by its [`discovery_value`].
-pub const SOURCE_NAME_LABEL: &str = "push-to-k8s.io/source-name";
-pub const SOURCE_NAMESPACE_LABEL: &str = "push-to-k8s.io/source-namespace";
-/// On a source: the name its copies get (default: the source's own name).
-/// On a renamed copy: the name it was given, so a copy saved under yet
-/// another name is never taken for ours (docs/architecture.md, "Ownership").
-pub const COPY_NAME_ANNOTATION: &str = "push-to-k8s.io/copy-name";
-/// Hash of everything we set, so an unchanged source never becomes a write.
-pub const HASH_ANNOTATION: &str = "push-to-k8s.io/content-hash";
-/// Prefix of every annotation that steers push-to-k8s (never copied).
-pub const CONTROL_PREFIX: &str = "push-to-k8s.io/";
-/// Our field manager for server-side apply.
-pub const FIELD_MANAGER: &str = "push-to-k8s";
+use crate::model::vocabulary::{
+    COPY_NAME_ANNOTATION, HASH_ANNOTATION, MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE,
+    SOURCE_ANNOTATION, SOURCE_LABEL_KEY, SOURCE_NAME_LABEL, SOURCE_NAMESPACE_LABEL,
+};
 
 /// Secret types that grant an identity wherever they land, so they are never
 /// copied, whatever the annotations say: kube-controller-manager fills a
@@ -471,6 +442,7 @@ pub fn lower_hex<const N: usize>(digits: &[u8]) -> Option<[u8; N]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::vocabulary::SOURCE_LABEL_VALUE;
 
     fn source(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Secret {
         let map = |kv: &[(&str, &str)]| {
@@ -641,7 +613,9 @@ mod tests {
 
     #[test]
     fn key_filter_selects_secret_keys() {
-        use crate::model::rules::{EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN};
+        use crate::model::vocabulary::{
+            EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN,
+        };
         type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
         let cases: &[Case] = &[
             ("no filter", &[], ALL_KEYS),
@@ -680,7 +654,9 @@ mod tests {
 
     #[test]
     fn key_filter_selects_config_map_data_and_binary_data() {
-        use crate::model::rules::{EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN};
+        use crate::model::vocabulary::{
+            EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN,
+        };
         let config_map = |annotations: &[(&str, &str)]| ConfigMap {
             metadata: source(&[], annotations).metadata,
             data: Some(BTreeMap::from([
@@ -749,7 +725,9 @@ mod tests {
 
     #[test]
     fn changing_the_key_filter_changes_the_copy_and_its_hash() {
-        use crate::model::rules::{EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN};
+        use crate::model::vocabulary::{
+            EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN,
+        };
         let render = |annotations: &[(&str, &str)]| {
             Replica::render(&with_data(source(&[], annotations), ALL_KEYS), "src")
         };
@@ -767,9 +745,9 @@ mod tests {
     fn a_key_glob_that_does_not_parse_refuses_the_source() {
         use crate::decide::plan::{Refusal, refusal};
         use crate::model::records::SourceRecord;
-        use crate::model::rules::{
-            AnnotationError, EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN,
-            KeyEntryProblem,
+        use crate::model::rules::{AnnotationError, KeyEntryProblem};
+        use crate::model::vocabulary::{
+            EXCLUDE_KEYS_ANNOTATION as EX, INCLUDE_KEYS_ANNOTATION as IN,
         };
         for (key, label) in [(IN, "include_keys"), (EX, "exclude_keys")] {
             let mut s = with_data(source(&[], &[(key, "tls.*, tls.[ck]ey")]), ALL_KEYS);

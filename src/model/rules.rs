@@ -10,41 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use crate::model::names;
-
-/// Comma-separated namespace names and globs (`team-*`, `?` = one character).
-/// Absent or empty means all namespaces.
-pub const NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/namespaces";
-/// Comma-separated namespace names and globs that never get a copy; exclusions always win.
-pub const EXCLUDE_NAMESPACES_ANNOTATION: &str = "push-to-k8s.io/exclude-namespaces";
-/// A Kubernetes label selector (kubectl syntax) the namespace's labels must match.
-pub const NAMESPACE_SELECTOR_ANNOTATION: &str = "push-to-k8s.io/namespace-selector";
-/// Comma-separated names and globs of registered remote clusters (`*`: every
-/// one) that also get the source's copies (docs/remote-clusters.md). Absent
-/// or empty means none: only this cluster, as always.
-pub const CLUSTERS_ANNOTATION: &str = "push-to-k8s.io/clusters";
-/// Comma-separated data keys and globs (`tls.*`, `*.crt`) a copy holds.
-/// Absent or empty means every key.
-pub const INCLUDE_KEYS_ANNOTATION: &str = "push-to-k8s.io/include-keys";
-/// Comma-separated data keys and globs a copy never holds; exclusions always win.
-pub const EXCLUDE_KEYS_ANNOTATION: &str = "push-to-k8s.io/exclude-keys";
-
-/// Namespace label: with the value `all`, the namespace accepts copies of every
-/// source. Only consulted in consent mode (`REQUIRE_NAMESPACE_CONSENT`).
-pub const ACCEPT_LABEL: &str = "push-to-k8s.io/accept";
-/// The value of [`ACCEPT_LABEL`] that accepts every source.
-pub const ACCEPT_ALL: &str = "all";
-/// Namespace label prefix: `accept.push-to-k8s.io/<source name>: "true"` accepts
-/// copies of that one source (a Secret or a ConfigMap of that name). One label per
-/// source, because a label value cannot hold a list of names that may contain dots.
-pub const ACCEPT_SOURCE_PREFIX: &str = "accept.push-to-k8s.io/";
-/// The value of an [`ACCEPT_SOURCE_PREFIX`] label that accepts its source.
-pub const ACCEPT_SOURCE_VALUE: &str = "true";
-/// Namespace label, any value: the namespace gets no copy of any source, whatever
-/// a source or the configuration asks for. Honoured with consent mode on or off.
-pub const OPT_OUT_LABEL: &str = "push-to-k8s.io/opt-out";
-/// Namespace label prefix, any value: `opt-out.push-to-k8s.io/<source name>`
-/// refuses copies of that one source.
-pub const OPT_OUT_SOURCE_PREFIX: &str = "opt-out.push-to-k8s.io/";
+use crate::model::vocabulary::{
+    ACCEPT_ALL, ACCEPT_LABEL, ACCEPT_SOURCE_PREFIX, ACCEPT_SOURCE_VALUE, CLUSTERS_ANNOTATION,
+    EXCLUDE_KEYS_ANNOTATION, EXCLUDE_NAMESPACES_ANNOTATION, INCLUDE_KEYS_ANNOTATION,
+    NAMESPACE_SELECTOR_ANNOTATION, NAMESPACES_ANNOTATION, OPT_OUT_LABEL, OPT_OUT_SOURCE_PREFIX,
+};
 
 /// Longest namespace name, hence the longest useful entry.
 const MAX_ENTRY_LEN: usize = names::DNS1123_LABEL_MAX_LEN;
@@ -142,23 +112,23 @@ pub enum AnnotationError {
         entry: String,
         problem: KeyEntryProblem,
     },
-    /// [`crate::model::replica::COPY_NAME_ANNOTATION`] is not a valid object name.
+    /// [`crate::model::vocabulary::COPY_NAME_ANNOTATION`] is not a valid object name.
     #[error(
         "annotation {}: {value:?} is not a valid object name ({reason})",
-        crate::model::replica::COPY_NAME_ANNOTATION
+        crate::model::vocabulary::COPY_NAME_ANNOTATION
     )]
     CopyName { value: String, reason: String },
     /// Another source asks for the same copy name and keeps it (the older
     /// one; of two created in the same second, the first by name).
     #[error(
         "copy name {value:?} (the source's name, or its {} annotation) is also asked for by source {by}, which keeps it (the older source keeps a copy name); this source is not pushed",
-        crate::model::replica::COPY_NAME_ANNOTATION
+        crate::model::vocabulary::COPY_NAME_ANNOTATION
     )]
     CopyNameTaken { value: String, by: String },
-    /// [`crate::decide::adoption::ADOPT_ANNOTATION`] is neither `true` nor `false`.
+    /// [`crate::model::vocabulary::ADOPT_ANNOTATION`] is neither `true` nor `false`.
     #[error(
         "annotation {}: {value:?} must be true or false",
-        crate::decide::adoption::ADOPT_ANNOTATION
+        crate::model::vocabulary::ADOPT_ANNOTATION
     )]
     Adopt { value: String },
 }

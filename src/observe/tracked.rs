@@ -17,7 +17,6 @@ use kube::api::{Api, DynamicObject, PartialObjectMeta};
 
 use crate::model::kinds::Kind;
 use crate::model::records::{ObjectKey, ReplicaRecord, SourceRecord, namespace_info};
-use crate::model::replica;
 use crate::model::rules::NamespaceInfo;
 use crate::observe::batch::DirtyKey;
 use crate::observe::cache::{Cache, Caches};
@@ -91,7 +90,7 @@ pub fn sources(
             Kind::ConfigMap => "configmap-sources",
         },
         api: Api::namespaced_with(client.clone(), source_namespace, &kind.api_resource()),
-        selector: Some(replica::SOURCE_SELECTOR),
+        selector: Some(crate::model::vocabulary::SOURCE_SELECTOR),
         cache: caches.of(kind).sources.clone(),
         record: Arc::new(move |o: &DynamicObject| source_record(kind, o, &ns)),
         key: Arc::new(|o: &DynamicObject| o.metadata.name.clone()),
@@ -135,7 +134,7 @@ pub fn replicas(
             Kind::ConfigMap => "configmap-replicas",
         },
         api: Api::all_with(client.clone(), &kind.api_resource()),
-        selector: Some(replica::MANAGED_SELECTOR),
+        selector: Some(crate::model::vocabulary::MANAGED_SELECTOR),
         cache: caches.of(kind).replicas.clone(),
         record: Arc::new(move |o: &PartialObjectMeta<DynamicObject>| {
             ReplicaRecord::from_meta_in(kind, &o.metadata, &ns, stamp.as_deref())

@@ -12,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::model::replica;
 use crate::operate::config::Config;
 
 /// The control-plane script of the checkout this binary was built from.
@@ -160,8 +159,8 @@ async fn seed(client: &kube::Client, cfg: &Config) -> Result<(), Error> {
         metadata: ObjectMeta {
             name: Some("demo-credentials".into()),
             labels: Some(BTreeMap::from([(
-                replica::SOURCE_LABEL_KEY.to_string(),
-                replica::SOURCE_LABEL_VALUE.to_string(),
+                crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
+                crate::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
             )])),
             ..ObjectMeta::default()
         },
@@ -179,7 +178,7 @@ async fn seed(client: &kube::Client, cfg: &Config) -> Result<(), Error> {
         "demo: Secret {}/demo-credentials is labelled push-to-k8s=source; watch the copies with \
          `eval $(tests/control-plane/cp.sh env); kubectl get secrets -A -l {}`",
         cfg.namespace,
-        replica::MANAGED_SELECTOR
+        crate::model::vocabulary::MANAGED_SELECTOR
     );
     Ok(())
 }

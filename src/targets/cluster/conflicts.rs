@@ -312,7 +312,7 @@ pub async fn recheck(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::replica::{MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, SOURCE_ANNOTATION};
+    use crate::model::vocabulary::{MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, SOURCE_ANNOTATION};
     use crate::observe::cache::Caches;
     use http::{Request, Response, StatusCode};
     use k8s_openapi::api::core::v1::Secret;
@@ -454,7 +454,7 @@ mod tests {
                 uid: Some(format!("{name}-uid")),
                 labels: Some(
                     [(
-                        crate::model::replica::SOURCE_LABEL_KEY.to_string(),
+                        crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
                         "source".to_string(),
                     )]
                     .into(),
@@ -577,7 +577,7 @@ mod tests {
         caches
     }
 
-    const ADOPTS: &[(&str, &str)] = &[(crate::decide::adoption::ADOPT_ANNOTATION, "true")];
+    const ADOPTS: &[(&str, &str)] = &[(crate::model::vocabulary::ADOPT_ANNOTATION, "true")];
 
     // Issue 8, adoption: a source that may adopt has no conflicts at start
     // (no LIST), so the first plan creates its copies and the writer adopts.
@@ -630,7 +630,7 @@ mod tests {
             ("takes", ADOPTS),
             (
                 "declines",
-                &[(crate::decide::adoption::ADOPT_ANNOTATION, "false")],
+                &[(crate::model::vocabulary::ADOPT_ANNOTATION, "false")],
             ),
         ]);
         let of = caches.of(Kind::Secret);

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use crate::decide::plan::Action;
 use crate::model::kinds::Kind;
 use crate::model::records::{ObjectKey, ReplicaRecord, field_names, owned_source_in};
-use crate::model::replica::{FIELD_MANAGER, Replica};
+use crate::model::replica::Replica;
+use crate::model::vocabulary::FIELD_MANAGER;
 use crate::observe::cache::Caches;
 use crate::operate::http::Health;
 use crate::operate::metrics::Metrics;
@@ -403,7 +404,7 @@ impl Writer {
                 .map(|mut r| {
                     if let Some(stamp) = self.stamp() {
                         r.annotations.insert(
-                            crate::model::replica::SOURCE_CLUSTER_ANNOTATION.into(),
+                            crate::model::vocabulary::SOURCE_CLUSTER_ANNOTATION.into(),
                             stamp.into(),
                         );
                     }
@@ -765,7 +766,7 @@ impl Writer {
                 "Push",
                 format!(
                     "namespace {ns} had a {kind} named {name} that push-to-k8s did not manage; as the source asks ({}), it was adopted and is now an exact copy",
-                    crate::decide::adoption::ADOPT_ANNOTATION
+                    crate::model::vocabulary::ADOPT_ANNOTATION
                 ),
             )
             .await;
@@ -829,7 +830,7 @@ fn foreign_metadata(obj: &ObjectMeta, desired: &Replica) -> bool {
         .into_iter()
         .any(|(k, _)| !desired.labels.contains_key(k))
         || annotations.into_iter().any(|(k, _)| {
-            k != crate::model::replica::HASH_ANNOTATION && !desired.annotations.contains_key(k)
+            k != crate::model::vocabulary::HASH_ANNOTATION && !desired.annotations.contains_key(k)
         })
 }
 
@@ -855,7 +856,9 @@ pub fn stale_keys(obj: &ObjectMeta, desired: &Replica) -> Vec<String> {
             }
         }
         for k in field_names(meta.and_then(|m| m.get("f:annotations"))) {
-            if k != crate::model::replica::HASH_ANNOTATION && !desired.annotations.contains_key(k) {
+            if k != crate::model::vocabulary::HASH_ANNOTATION
+                && !desired.annotations.contains_key(k)
+            {
                 stale.push(format!("annotation {k}"));
             }
         }
@@ -927,7 +930,7 @@ fn classify(e: &kube::Error) -> Outcome {
 mod tests {
     use super::*;
     use crate::model::records::SourceRecord;
-    use crate::model::replica::{MANAGED_LABEL_KEY, SOURCE_LABEL_KEY};
+    use crate::model::vocabulary::{MANAGED_LABEL_KEY, SOURCE_LABEL_KEY};
     use crate::write::events::Events;
     use http::{Method, Request, Response, StatusCode};
     use k8s_openapi::ByteString;
@@ -1165,7 +1168,7 @@ mod tests {
         let mut rec = sources.get(&"db".to_string()).unwrap();
         if let Some(v) = asks {
             rec.annotations
-                .insert(crate::decide::adoption::ADOPT_ANNOTATION.into(), v.into());
+                .insert(crate::model::vocabulary::ADOPT_ANNOTATION.into(), v.into());
         }
         sources.set("db".into(), Some(rec));
         (w.allowing_adoption(allowed), handle, caches)

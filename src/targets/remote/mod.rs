@@ -27,13 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::model::kinds::Kind;
+use crate::model::vocabulary::{CLUSTER_LABEL, KUBECONFIG_KEY};
 use crate::observe::batch::DirtyKey;
 pub use site::Shared;
 
-/// The label that registers a cluster; its value is the cluster's name.
-pub const CLUSTER_LABEL: &str = "push-to-k8s.io/cluster";
-/// The data key of a registration Secret that holds the kubeconfig.
-pub const KUBECONFIG_KEY: &str = "kubeconfig";
 /// The `/readyz` and metrics name of the registrations watch.
 const WATCH_NAME: &str = "cluster-registrations";
 
@@ -543,8 +540,8 @@ impl Manager {
             "Secret {} registers cluster {} and also carries the source label {}={}: a registration is never a source, it is not copied anywhere (remove the source label)",
             r.secret,
             r.cluster,
-            crate::model::replica::SOURCE_LABEL_KEY,
-            crate::model::replica::SOURCE_LABEL_VALUE
+            crate::model::vocabulary::SOURCE_LABEL_KEY,
+            crate::model::vocabulary::SOURCE_LABEL_VALUE
         );
         if self.said.get(&key) == Some(&note) {
             return;

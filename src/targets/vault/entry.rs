@@ -23,29 +23,10 @@ use sha2::{Digest, Sha256};
 use crate::decide::adoption;
 use crate::model::kinds::Kind;
 use crate::model::records::SourceRecord;
-use crate::model::replica;
-
-/// The KV v2 path (inside `VAULT_KV_MOUNT`) a source is written to.
-pub const PATH_ANNOTATION: &str = "push-to-k8s.io/vault-path";
-/// Prepended to every key of the entry (`app_` turns `user` into `app_user`).
-pub const KEY_PREFIX_ANNOTATION: &str = "push-to-k8s.io/vault-key-prefix";
-/// `"true"`: the entry stays in Vault when the source, its label or its
-/// Vault path goes.
-pub const PRESERVE_ANNOTATION: &str = "push-to-k8s.io/vault-preserve-on-delete";
-
-/// Custom metadata keys on entries we wrote.
-pub const META_MANAGED_BY: &str = "managed-by";
-pub const META_SOURCE: &str = "source";
-pub const META_SOURCE_KIND: &str = "source-kind";
-pub const META_HASH: &str = "content-hash";
-pub const META_VERSION: &str = "version";
-/// The cluster that wrote the entry (the source-cluster stamp of copies in
-/// remote clusters: `CLUSTER_NAME`, or the source namespace's uid).
-pub const META_CLUSTER: &str = "source-cluster";
-/// On an entry we are creating: the content hash of the data about to be
-/// written (the metadata is written first, the data second, then the
-/// metadata again without it).
-pub const META_PENDING: &str = "pending";
+use crate::model::vocabulary::{
+    KEY_PREFIX_ANNOTATION, META_CLUSTER, META_HASH, META_MANAGED_BY, META_PENDING, META_SOURCE,
+    META_SOURCE_KIND, META_VERSION, PATH_ANNOTATION, PRESERVE_ANNOTATION,
+};
 
 /// Longest path we accept (Vault has no small limit; this keeps Events short).
 const MAX_PATH_LEN: usize = 512;
@@ -232,7 +213,10 @@ pub struct Us<'a> {
 /// The custom metadata naming us and `source`, without content.
 fn ours(us: Us<'_>, source: &SourceId) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (META_MANAGED_BY.into(), replica::MANAGED_LABEL_VALUE.into()),
+        (
+            META_MANAGED_BY.into(),
+            crate::model::vocabulary::MANAGED_LABEL_VALUE.into(),
+        ),
         (
             META_SOURCE.into(),
             format!("{}/{}", us.namespace, source.name),
@@ -313,7 +297,9 @@ impl Owner {
 }
 
 pub fn owner(custom: &BTreeMap<String, String>, us: Us<'_>, source: &SourceId) -> Owner {
-    if custom.get(META_MANAGED_BY).map(String::as_str) != Some(replica::MANAGED_LABEL_VALUE) {
+    if custom.get(META_MANAGED_BY).map(String::as_str)
+        != Some(crate::model::vocabulary::MANAGED_LABEL_VALUE)
+    {
         return Owner::Foreign;
     }
     let stamp = custom.get(META_CLUSTER);

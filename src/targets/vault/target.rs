@@ -131,7 +131,7 @@ pub enum Standing {
 pub struct Settings {
     pub source_namespace: String,
     /// The cluster stamp our entries carry (`CLUSTER_NAME`, or the source
-    /// namespace's uid): [`entry::META_CLUSTER`].
+    /// namespace's uid): [`crate::model::vocabulary::META_CLUSTER`].
     pub cluster: String,
     pub kv_mount: String,
     pub allow_adoption: bool,
@@ -263,7 +263,10 @@ impl<S: Store> Target<S> {
                 for &kind in &self.settings.kinds {
                     self.caches.of(kind).sources.read(|sources| {
                         for (name, rec) in sources {
-                            if rec.annotations.contains_key(entry::PATH_ANNOTATION) {
+                            if rec
+                                .annotations
+                                .contains_key(crate::model::vocabulary::PATH_ANNOTATION)
+                            {
                                 ids.insert(SourceId {
                                     kind,
                                     name: name.clone(),
@@ -872,7 +875,7 @@ mod tests {
     async fn no_entry_is_deleted_while_the_source_namespace_is_lost() {
         let (fake, caches) = (Arc::new(Fake::default()), caches());
         let mut t = target(&fake, &caches, false);
-        let path = [(entry::PATH_ANNOTATION, "team/db")];
+        let path = [(crate::model::vocabulary::PATH_ANNOTATION, "team/db")];
         set(&caches, Some(&secret(&path, "s3cret")));
         look(&mut t).await;
         assert!(fake.data("team/db").is_some());
@@ -906,7 +909,7 @@ mod tests {
     async fn create_update_and_delete_cost_what_they_must() {
         let (fake, caches) = (Arc::new(Fake::default()), caches());
         let mut t = target(&fake, &caches, false);
-        let path = [(entry::PATH_ANNOTATION, "team/db")];
+        let path = [(crate::model::vocabulary::PATH_ANNOTATION, "team/db")];
         set(&caches, Some(&secret(&path, "s3cret")));
         look(&mut t).await;
         assert_eq!(
@@ -920,8 +923,11 @@ mod tests {
         );
         assert_eq!(fake.data("team/db").unwrap()["password"], "s3cret");
         let custom = fake.entries.lock().unwrap()["team/db"].custom.clone();
-        assert_eq!(custom[entry::META_CLUSTER], "east");
-        assert!(!custom.contains_key(entry::META_PENDING), "{custom:?}");
+        assert_eq!(custom[crate::model::vocabulary::META_CLUSTER], "east");
+        assert!(
+            !custom.contains_key(crate::model::vocabulary::META_PENDING),
+            "{custom:?}"
+        );
         // In sync: a check reads, writes nothing; an event that leaves the
         // entry as it is (a copy of the source changed) costs nothing.
         t.take(Work::All);
@@ -979,7 +985,10 @@ mod tests {
         let mut t = target(&fake, &caches, true);
         set(
             &caches,
-            Some(&secret(&[(entry::PATH_ANNOTATION, "team/db")], "x")),
+            Some(&secret(
+                &[(crate::model::vocabulary::PATH_ANNOTATION, "team/db")],
+                "x",
+            )),
         );
         look(&mut t).await;
         set(&caches, None);
@@ -995,7 +1004,7 @@ mod tests {
             &caches,
             Some(&secret(
                 &[
-                    (entry::PATH_ANNOTATION, "team/db"),
+                    (crate::model::vocabulary::PATH_ANNOTATION, "team/db"),
                     ("push-to-k8s.io/adopt", "true"),
                 ],
                 "x",
@@ -1019,13 +1028,19 @@ mod tests {
         let mut t = target(&fake, &caches, false);
         set(
             &caches,
-            Some(&secret(&[(entry::PATH_ANNOTATION, "a")], "x")),
+            Some(&secret(
+                &[(crate::model::vocabulary::PATH_ANNOTATION, "a")],
+                "x",
+            )),
         );
         look(&mut t).await;
         // Moved: the new one written, the old one deleted.
         set(
             &caches,
-            Some(&secret(&[(entry::PATH_ANNOTATION, "b")], "x")),
+            Some(&secret(
+                &[(crate::model::vocabulary::PATH_ANNOTATION, "b")],
+                "x",
+            )),
         );
         look(&mut t).await;
         assert!(fake.data("a").is_none() && fake.data("b").is_some());
@@ -1033,8 +1048,8 @@ mod tests {
             &caches,
             Some(&secret(
                 &[
-                    (entry::PATH_ANNOTATION, "b"),
-                    (entry::PRESERVE_ANNOTATION, "true"),
+                    (crate::model::vocabulary::PATH_ANNOTATION, "b"),
+                    (crate::model::vocabulary::PRESERVE_ANNOTATION, "true"),
                 ],
                 "x",
             )),
@@ -1053,7 +1068,10 @@ mod tests {
         let mut t = target(&fake, &caches, false);
         set(
             &caches,
-            Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "x")),
+            Some(&secret(
+                &[(crate::model::vocabulary::PATH_ANNOTATION, "p")],
+                "x",
+            )),
         );
         fake.down.store(true, std::sync::atomic::Ordering::SeqCst);
         look(&mut t).await;
@@ -1078,7 +1096,7 @@ mod tests {
     async fn equal_values_are_not_ours_only_our_pending_create_is() {
         let (fake, caches) = (Arc::new(Fake::default()), caches());
         let mut t = target(&fake, &caches, false);
-        let path = [(entry::PATH_ANNOTATION, "p")];
+        let path = [(crate::model::vocabulary::PATH_ANNOTATION, "p")];
         set(&caches, Some(&secret(&path, "x")));
         // Someone wrote exactly our values, without our metadata.
         let data = BTreeMap::from([("password".to_string(), "x".to_string())]);
@@ -1154,7 +1172,10 @@ mod tests {
         let mut t = target(&fake, &caches, false);
         set(
             &caches,
-            Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "x")),
+            Some(&secret(
+                &[(crate::model::vocabulary::PATH_ANNOTATION, "p")],
+                "x",
+            )),
         );
         // The Lease is lost while the data write is under way.
         *fake.close_on.lock().unwrap() = Some("write_data".into());
@@ -1194,7 +1215,10 @@ mod tests {
             .send_replace(true);
         set(
             &caches,
-            Some(&secret(&[(entry::PATH_ANNOTATION, "p")], "y")),
+            Some(&secret(
+                &[(crate::model::vocabulary::PATH_ANNOTATION, "p")],
+                "y",
+            )),
         );
         *fake.close_on.lock().unwrap() = Some("write_data".into());
         look(&mut t).await;
@@ -1212,7 +1236,7 @@ mod tests {
     async fn an_entry_taken_over_in_vault_is_not_overwritten_by_the_next_change() {
         let (fake, caches) = (Arc::new(Fake::default()), caches());
         let mut t = target(&fake, &caches, false);
-        let path = [(entry::PATH_ANNOTATION, "p")];
+        let path = [(crate::model::vocabulary::PATH_ANNOTATION, "p")];
         set(&caches, Some(&secret(&path, "x")));
         look(&mut t).await;
         let theirs = BTreeMap::from([("owner".to_string(), "team-b".to_string())]);
