@@ -28,11 +28,11 @@ use crate::operate::config::Config;
 use crate::operate::http::{self, Health};
 use crate::operate::lease;
 use crate::operate::metrics::{AnnotationLabels, Metrics};
+use crate::targets::cluster::admit::Admission;
 use crate::targets::cluster::conflicts;
 use crate::targets::cluster::fights::Fights;
 use crate::targets::cluster::writer::Writer;
 use crate::write::events::Events;
-use crate::write::gate::Gate;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
 use crate::write::retry::RetryQueue;
@@ -399,7 +399,7 @@ async fn control(
                     }
                     remote.tell(&keys);
                     metrics.batch_size.observe(keys.len() as f64);
-                    let mut gate = Gate { retry: &mut retry, fights: &mut fights };
+                    let mut gate = Admission { retry: &mut retry, fights: &mut fights };
                     flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate, true).await;
                 } else {
                     // A standby keeps track of the copy names sources ask
@@ -564,7 +564,7 @@ pub(crate) async fn flush(
     keys: &[DirtyKey],
     since: Instant,
     health: &Health,
-    gate: &mut Gate<'_>,
+    gate: &mut Admission<'_>,
     refusals: bool,
 ) {
     // A source that asks for adoption (and may) tries again what was in its way.

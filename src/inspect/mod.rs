@@ -31,7 +31,7 @@ use crate::model::rules::Scope;
 use crate::observe::batch::DirtyKey;
 use crate::observe::cache::{Caches, KindCaches};
 use crate::observe::resync;
-use crate::observe::watch::describe_error;
+use crate::operate::api_errors::describe as describe_error;
 use crate::operate::cli::{Command, Output};
 use crate::operate::config::Config;
 use crate::operate::demo;

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::model::kinds::Kind;
 use crate::observe::cache::{Cache, Caches};
 use crate::observe::tracked::{self, Tracked};
-use crate::observe::watch::describe_error;
+use crate::operate::api_errors::describe as describe_error;
 use crate::operate::metrics::{Metrics, ResultLabels};
 
 const PAGE: u32 = 500;

@@ -74,7 +74,7 @@ pub async fn run<K, Key, V, S>(
                 };
                 let next = match next {
                     Some(Ok(event)) => event,
-                    Some(Err(e)) => break describe_watch_error(&e),
+                    Some(Err(e)) => break crate::operate::api_errors::describe_watch(&e),
                     None => break "watch stream ended".to_string(),
                 };
                 match next {
@@ -279,37 +279,4 @@ impl Drop for WatchStopped<'_> {
     fn drop(&mut self) {
         self.0.watch_stopped(self.1);
     }
-}
-
-/// A watch error in a few words, for the log and `/readyz`: the API's code
-/// and reason, never its message (which may quote an object).
-pub fn describe_watch_error(e: &watcher::Error) -> String {
-    match e {
-        watcher::Error::InitialListFailed(e) => format!("list failed: {}", describe_error(e)),
-        watcher::Error::WatchStartFailed(e) => {
-            format!("watch failed to start: {}", describe_error(e))
-        }
-        watcher::Error::WatchError(s) => format!("watch error: {} {}", s.code, s.reason),
-        watcher::Error::WatchFailed(e) => format!("watch stream failed: {}", describe_error(e)),
-        watcher::Error::NoResourceVersion => "no resourceVersion in the watch result".into(),
-    }
-}
-
-/// A request error in a few words: for an API error its code and reason
-/// only (a server message may quote the object it rejects); for a transport
-/// error its cause chain, which carries no object content.
-pub fn describe_error(e: &kube::Error) -> String {
-    if let kube::Error::Api(s) = e {
-        return format!("{} {}", s.code, s.reason);
-    }
-    let mut text = e.to_string();
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text = format!("{text}: {c_text}");
-        }
-        cause = c.source();
-    }
-    text.replace(['\n', '\r'], " ")
 }

@@ -584,12 +584,12 @@ mod tests {
         .with_code(422);
         let e = W::WatchStartFailed(kube::Error::Api(Box::new(status.clone())));
         assert_eq!(
-            crate::observe::watch::describe_watch_error(&e),
+            crate::operate::api_errors::describe_watch(&e),
             "watch failed to start: 422 Invalid"
         );
         let e = W::WatchError(Box::new(status));
         assert_eq!(
-            crate::observe::watch::describe_watch_error(&e),
+            crate::operate::api_errors::describe_watch(&e),
             "watch error: 422 Invalid"
         );
     }

@@ -167,7 +167,7 @@ mod tests {
             let started = tokio::time::Instant::now();
             let e = api.get("s").await.expect_err(what);
             assert!(
-                crate::observe::watch::describe_error(&e).contains("did not answer within 30s"),
+                crate::operate::api_errors::describe(&e).contains("did not answer within 30s"),
                 "{what}: {e}"
             );
             assert_eq!(started.elapsed(), Duration::from_secs(30), "{what}");

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::observe::watch::describe_error;
+use crate::operate::api_errors::describe as describe_error;
 
 /// Where the Lease is and how it is held.
 #[derive(Clone, Debug, PartialEq)]

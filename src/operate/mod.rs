@@ -1,6 +1,7 @@
 //! Operating the controller: configuration, CLI, API clients, lease, health,
 //! metrics, logging.
 
+pub mod api_errors;
 pub mod cli;
 pub mod config;
 pub mod demo;

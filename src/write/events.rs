@@ -98,7 +98,7 @@ impl Events {
         // the second conflicting namespace and every later count.
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         if let Err(e) = recorder.publish(&ev, reference).await {
-            tracing::warn!(reason, error = %crate::targets::cluster::writer::describe(&e), "could not publish Event");
+            tracing::warn!(reason, error = %crate::operate::api_errors::describe(&e), "could not publish Event");
         }
     }
 }

@@ -36,7 +36,7 @@ use crate::model::records::{ObjectKey, owned_source_in};
 use crate::model::rules::{NamespaceInfo, Scope};
 use crate::observe::batch::DirtyKey;
 use crate::observe::cache::{Cache, KindCaches};
-use crate::observe::watch::describe_error;
+use crate::operate::api_errors::describe as describe_error;
 use crate::operate::metrics::{Metrics, ResultLabels};
 use crate::write::events::Events;
 

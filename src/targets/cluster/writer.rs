@@ -22,6 +22,7 @@ use crate::model::records::{ObjectKey, ReplicaRecord, field_names, owned_source_
 use crate::model::replica::Replica;
 use crate::model::vocabulary::FIELD_MANAGER;
 use crate::observe::cache::Caches;
+use crate::operate::api_errors;
 use crate::operate::http::Health;
 use crate::operate::metrics::Metrics;
 use crate::write::events::Events;
@@ -96,7 +97,16 @@ pub struct Remote {
     /// The cluster's own gate, asked with the write gate before each
     /// request: closed once its registration is removed, while its API
     /// server does not answer, and while another registration owns it.
-    pub pass: Arc<crate::targets::remote::site::Pass>,
+    pub pass: Arc<dyn ClusterPass>,
+}
+
+/// The gate of one remote cluster (its registration's), asked with the
+/// write gate before each request there. Implemented by
+/// `targets::remote::site::Pass`; a trait so the writer needs nothing of the
+/// remote module.
+pub trait ClusterPass: std::fmt::Debug + Send + Sync {
+    /// Whether a write request may go to the cluster now.
+    fn open(&self) -> bool;
 }
 
 #[derive(Default)]
@@ -508,7 +518,7 @@ impl Writer {
                         }
                     }
                     Ok(None) => Outcome::Failed("copy vanished during create".into()),
-                    Err(e) => Outcome::Failed(describe(&e)),
+                    Err(e) => Outcome::Failed(api_errors::describe(&e)),
                 }
             }
             Err(e) => classify(&e),
@@ -885,16 +895,6 @@ fn body(desired: &Replica, namespace: &str, resource_version: Option<&str>) -> D
     obj
 }
 
-/// A short, value-free description of an API error: code and reason only,
-/// since a server message may quote the object it rejects.
-pub fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} {}", s.code, s.reason),
-        // Transport errors carry no object content.
-        other => other.to_string(),
-    }
-}
-
 /// Whether a 422 is the server's refusal to change a field that cannot
 /// change in place: a Secret's `type`, or `data`/`immutable` of an immutable
 /// Secret. Only then is a delete and create the answer; any other 422 (a bad
@@ -920,7 +920,7 @@ fn classify(e: &kube::Error) -> Outcome {
         kube::Error::Api(s) if s.is_forbidden() && s.message.contains("being terminated") => {
             Outcome::Skipped
         }
-        other => Outcome::Failed(describe(other)),
+        other => Outcome::Failed(api_errors::describe(other)),
     }
 }
 

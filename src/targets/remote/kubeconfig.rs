@@ -143,7 +143,7 @@ pub async fn clients(config: Kubeconfig) -> Result<Clients, Refused> {
         cfg.read_timeout = Some(read);
         cfg.write_timeout = Some(REQUEST_TIMEOUT);
         crate::operate::kube_client::build(cfg)
-            .map_err(|e| Refused::Unusable(crate::observe::watch::describe_error(&e)))
+            .map_err(|e| Refused::Unusable(crate::operate::api_errors::describe(&e)))
     };
     Ok(Clients {
         requests: build(REQUEST_TIMEOUT)?,

@@ -339,7 +339,7 @@ impl Manager {
                     self.reconcile(&listed).await;
                 }
                 Err(e) => {
-                    let error = crate::observe::watch::describe_watch_error(&e);
+                    let error = crate::operate::api_errors::describe_watch(&e);
                     health.watch_failed(WATCH_NAME, error.clone());
                     self.shared
                         .metrics

@@ -50,11 +50,12 @@ use crate::observe::watch;
 use crate::operate::config::Config;
 use crate::operate::http::Health;
 use crate::operate::metrics::{ClusterLabels, Metrics, RegistrationLabels};
+use crate::targets::cluster::admit::Admission;
 use crate::targets::cluster::conflicts;
 use crate::targets::cluster::fights::Fights;
 use crate::targets::cluster::writer::{Remote, Writer};
 use crate::write::events::Events;
-use crate::write::gate::{Gate, WriteGate};
+use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
 use crate::write::retry::RetryQueue;
 
@@ -206,6 +207,12 @@ impl Pass {
     }
 }
 
+impl crate::targets::cluster::writer::ClusterPass for Pass {
+    fn open(&self) -> bool {
+        Pass::open(self)
+    }
+}
+
 /// Ends what belongs to one cluster's task however it ends (returned,
 /// or aborted when its registration goes): the probe, the watches, its
 /// claim on the API server.
@@ -351,7 +358,7 @@ pub async fn run(
                 // Not served now (down, or another registration owns the
                 // server): nothing is planned; "back" plans everything.
                 if shared.gate.leading() && pass.open() {
-                    let mut gate = Gate { retry: &mut retry, fights: &mut fights };
+                    let mut gate = Admission { retry: &mut retry, fights: &mut fights };
                     flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &own_health, &mut gate, false).await;
                 }
             }
@@ -380,7 +387,7 @@ pub async fn run(
             () = told.wait() => {
                 let keys = told.take();
                 if shared.gate.leading() && pass.open() {
-                    let mut gate = Gate { retry: &mut retry, fights: &mut fights };
+                    let mut gate = Admission { retry: &mut retry, fights: &mut fights };
                     flush(&kinds, &caches, &scope, &writer, &metrics, &keys, Instant::now(), &own_health, &mut gate, false).await;
                 }
             }
@@ -458,7 +465,7 @@ async fn probe(
             )),
             Ok(Err(e)) => Err(format!(
                 "its API server cannot be asked: {}",
-                watch::describe_error(&e)
+                crate::operate::api_errors::describe(&e)
             )),
             Ok(Ok(ns)) => ns
                 .metadata
