@@ -234,11 +234,13 @@ async fn control(
             vault_cfg,
             cfg,
             &stamp,
-            caches.clone(),
-            gate.clone(),
-            events.clone(),
-            metrics.clone(),
-            health.clone(),
+            &crate::write::Context {
+                caches: caches.clone(),
+                gate: gate.clone(),
+                events: events.clone(),
+                metrics: metrics.clone(),
+                health: health.clone(),
+            },
             leading_rx.clone(),
             shutdown.clone(),
         )

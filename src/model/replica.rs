@@ -96,6 +96,20 @@ impl std::fmt::Debug for Replica {
     }
 }
 
+/// What a copy holds, by kind, before the markers are added.
+struct Body {
+    kind: Kind,
+    /// A Secret's `type` (empty for a ConfigMap).
+    type_: String,
+    /// A Secret's `data`, a ConfigMap's `binaryData`.
+    data: BTreeMap<String, ByteString>,
+    /// A ConfigMap's `data`.
+    text: BTreeMap<String, String>,
+    immutable: bool,
+    /// The hashed form of the content ([`secret_content`], [`config_map_content`]).
+    content: String,
+}
+
 impl Replica {
     /// Render the copy of the Secret `source`, which lives in `source_namespace`.
     /// Only the data keys its key filter keeps are copied.
@@ -105,14 +119,16 @@ impl Replica {
         let immutable = source.immutable.unwrap_or(false);
         let content = secret_content(&secret_type(source), &data, immutable);
         Replica::build(
-            Kind::Secret,
             &source.metadata,
             source_namespace,
-            secret_type(source),
-            data,
-            BTreeMap::new(),
-            immutable,
-            content,
+            Body {
+                kind: Kind::Secret,
+                type_: secret_type(source),
+                data,
+                text: BTreeMap::new(),
+                immutable,
+                content,
+            },
         )
     }
 
@@ -125,28 +141,28 @@ impl Replica {
         let immutable = source.immutable.unwrap_or(false);
         let content = config_map_content(&text, &binary, immutable);
         Replica::build(
-            Kind::ConfigMap,
             &source.metadata,
             source_namespace,
-            String::new(),
-            binary,
-            text,
-            immutable,
-            content,
+            Body {
+                kind: Kind::ConfigMap,
+                type_: String::new(),
+                data: binary,
+                text,
+                immutable,
+                content,
+            },
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn build(
-        kind: Kind,
-        meta: &ObjectMeta,
-        source_namespace: &str,
-        type_: String,
-        data: BTreeMap<String, ByteString>,
-        text: BTreeMap<String, String>,
-        immutable: bool,
-        content: String,
-    ) -> Replica {
+    fn build(meta: &ObjectMeta, source_namespace: &str, body: Body) -> Replica {
+        let Body {
+            kind,
+            type_,
+            data,
+            text,
+            immutable,
+            content,
+        } = body;
         let source = meta.name.clone().unwrap_or_default();
         let name = copy_name(meta);
         let mut labels = copied(meta.labels.as_ref());

@@ -7,18 +7,12 @@ pub mod client;
 pub mod entry;
 pub mod target;
 
-use std::sync::Arc;
-
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::batch::DirtyKey;
-use crate::observe::cache::Caches;
 use crate::operate::config::{Config, VaultAuth, VaultConfig};
-use crate::operate::http::Health;
-use crate::operate::metrics::Metrics;
-use crate::write::events::Events;
-use crate::write::gate::WriteGate;
+use crate::write::Context;
 use entry::SourceId;
 use target::{Target, Work};
 
@@ -54,21 +48,16 @@ impl Handle {
 /// source-cluster stamp: `CLUSTER_NAME`, or the source namespace's uid).
 /// It logs in lazily: a Vault that is down at start
 /// delays nothing else.
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     vault: &VaultConfig,
     cfg: &Config,
     cluster: &str,
-    caches: Arc<Caches>,
-    gate: Arc<WriteGate>,
-    events: Arc<Events>,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    ctx: &Context,
     leading: watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) -> Result<Handle, client::Error> {
     let store = client_for(vault)?;
-    let resend_gate = gate.clone();
+    let resend_gate = ctx.gate.clone();
     store.resend_only_while(move || resend_gate.open());
     let (tx, rx) = mpsc::unbounded_channel();
     let settings = target::Settings {
@@ -81,7 +70,7 @@ pub fn spawn(
         check_interval: vault.check_interval,
     };
     tracing::info!(addr = %vault.addr, mount = %vault.kv_mount, "Vault target on");
-    let worker = Target::new(store, settings, caches, gate, events, metrics, health);
+    let worker = Target::new(store, settings, ctx.clone());
     tokio::spawn(worker.run(rx, leading, shutdown));
     Ok(Handle { work: tx })
 }

@@ -32,6 +32,7 @@ use crate::observe::cache::Caches;
 use crate::operate::http::Health;
 use crate::operate::metrics::{AnnotationLabels, Metrics, VaultLabels};
 use crate::targets::vault::entry::{self, Deletable, Desired, Observed, Owner, SourceId, Step, Us};
+use crate::write::Context;
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
@@ -167,16 +168,14 @@ pub struct Target<S: Store> {
 }
 
 impl<S: Store> Target<S> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: S,
-        settings: Settings,
-        caches: Arc<Caches>,
-        gate: Arc<WriteGate>,
-        events: Arc<Events>,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-    ) -> Target<S> {
+    pub fn new(store: S, settings: Settings, ctx: Context) -> Target<S> {
+        let Context {
+            caches,
+            gate,
+            events,
+            metrics,
+            health,
+        } = ctx;
         let one = std::num::NonZeroU32::new(1).expect("1");
         Target {
             pacer: Pacer::new(settings.rate, one),
@@ -839,11 +838,13 @@ mod tests {
                 rate: std::num::NonZeroU32::new(100).unwrap(),
                 check_interval: Duration::from_secs(60),
             },
-            caches.clone(),
-            gate,
-            events,
-            Arc::new(Metrics::new()),
-            Arc::new(Health::default()),
+            Context {
+                caches: caches.clone(),
+                gate,
+                events,
+                metrics: Arc::new(Metrics::new()),
+                health: Arc::new(Health::default()),
+            },
         )
     }
 
