@@ -18,6 +18,8 @@
 
 pub mod controller;
 pub mod decide;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod inspect;
 pub mod model;
 pub mod observe;

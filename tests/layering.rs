@@ -34,6 +34,8 @@ const STAGES: &[&str] = &[
     "inspect",
     "lib",
     "main",
+    // Test builds only (`#[cfg(test)]` in lib.rs): the mock API server.
+    "fixtures",
 ];
 
 /// Module path (`targets::remote::site`) → product source text.

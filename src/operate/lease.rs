@@ -292,15 +292,13 @@ async fn until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{Method, Request, Response, StatusCode};
-    use kube::client::Body;
-    use serde_json::{Value, json};
-    use tower_test::mock::{Handle, SendResponse};
+    use http::{Method, StatusCode};
 
-    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+    use crate::fixtures::{self, ApiServer as ApiHandle, Reply, reply};
+    use serde_json::{Value, json};
 
     fn elector() -> (Elector, ApiHandle) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (client, handle) = fixtures::client();
         let settings = Settings {
             name: "lease".into(),
             namespace: "ns".into(),
@@ -309,19 +307,7 @@ mod tests {
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
         };
-        (
-            Elector::new(kube::Client::new(service, "default"), settings),
-            handle,
-        )
-    }
-
-    fn reply(send: SendResponse<Response<Body>>, code: StatusCode, body: Value) {
-        send.send_response(
-            Response::builder()
-                .status(code)
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap(),
-        );
+        (Elector::new(client, settings), handle)
     }
 
     fn lease(holder: Option<&str>, rv: &str) -> Value {
@@ -330,11 +316,8 @@ mod tests {
                "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15}})
     }
 
-    async fn next(h: &mut ApiHandle) -> (Method, Value, SendResponse<Response<Body>>) {
-        let (req, send) = h.next_request().await.expect("a request");
-        let method = req.method().clone();
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    async fn next(h: &mut ApiHandle) -> (Method, Value, Reply) {
+        let (method, _, body, send) = fixtures::next(h).await;
         (method, body, send)
     }
 
@@ -347,7 +330,7 @@ mod tests {
             reply(
                 send,
                 StatusCode::NOT_FOUND,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+                fixtures::failure(404, "NotFound"),
             );
             let (m, body, send) = next(&mut h).await;
             assert_eq!(m, Method::POST);
@@ -409,7 +392,7 @@ mod tests {
             reply(
                 send,
                 StatusCode::CONFLICT,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"}),
+                fixtures::failure(409, "Conflict"),
             );
         };
         let (r, ()) = tokio::join!(e.round(), server);
@@ -439,7 +422,7 @@ mod tests {
                 reply(
                     send,
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable", "code": 503, "message": "unavailable"}),
+                    fixtures::failure(503, "ServiceUnavailable"),
                 );
             }
         });

@@ -110,12 +110,9 @@ mod tests {
     // Issue 7, defect 7: an invalid annotation is reported once per change.
     #[tokio::test]
     async fn invalid_annotation_warning_is_one_event_per_change() {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
+        let (client, _server) = crate::fixtures::client();
         let events = Events::new(
-            kube::Client::new(service, "default"),
+            client,
             Reporter {
                 controller: "t".into(),
                 instance: None,

@@ -314,17 +314,14 @@ mod tests {
     use super::*;
     use crate::model::vocabulary::{MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, SOURCE_ANNOTATION};
     use crate::observe::cache::Caches;
-    use http::{Request, Response, StatusCode};
+    use http::StatusCode;
     use k8s_openapi::api::core::v1::Secret;
-    use kube::client::Body;
-    use serde_json::{Value, json};
-    use tower_test::mock::Handle;
 
-    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+    use crate::fixtures::{self, ApiServer as ApiHandle};
+    use serde_json::{Value, json};
 
     fn mock() -> (kube::Client, ApiHandle) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        (kube::Client::new(service, "default"), handle)
+        fixtures::client()
     }
 
     fn item(ns: &str, name: &str, ours_for: Option<&str>) -> Value {
@@ -336,32 +333,10 @@ mod tests {
         json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta})
     }
 
-    fn list(items: Vec<Value>) -> Value {
-        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-               "metadata": {"resourceVersion": "7"}, "items": items})
-    }
-
     /// Answer the next request, which must be the metadata LIST of every
     /// Secret named `name`, with `items`.
     async fn expect_list(h: &mut ApiHandle, name: &str, items: Vec<Value>) {
-        let (req, send) = h.next_request().await.expect("a LIST");
-        assert_eq!(req.method(), http::Method::GET);
-        assert_eq!(
-            req.uri().to_string(),
-            format!("/api/v1/secrets?&fieldSelector=metadata.name%3D{name}&limit=500")
-        );
-        let accept = req.headers()["accept"].to_str().unwrap();
-        assert!(
-            accept.contains("PartialObjectMetadataList"),
-            "metadata only: {accept}"
-        );
-        let bytes = serde_json::to_vec(&list(items)).unwrap();
-        send.send_response(
-            Response::builder()
-                .status(StatusCode::OK)
-                .body(Body::from(bytes))
-                .unwrap(),
-        );
+        fixtures::expect_secrets_named(h, name, items).await;
     }
 
     fn key(ns: &str, name: &str) -> ObjectKey {
@@ -412,10 +387,7 @@ mod tests {
             .await
             .expect("recheck finished")
             .unwrap();
-        assert!(
-            handle.next_request().await.is_none(),
-            "an unexpected extra request"
-        );
+        fixtures::done(handle).await;
         assert_eq!(gone, vec![key("c", "db"), key("d", "db")]);
         assert!(
             text.contains("push_to_k8s_conflict_lists_total{result=\"ok\"} 2"),
@@ -431,13 +403,10 @@ mod tests {
             recheck(&client, ("src", None), vec![key("a", "db")], &metrics).await
         });
         let (_, send) = handle.next_request().await.unwrap();
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                            "reason": "Forbidden", "code": 403, "message": "forbidden"});
-        send.send_response(
-            Response::builder()
-                .status(StatusCode::FORBIDDEN)
-                .body(Body::from(serde_json::to_vec(&status).unwrap()))
-                .unwrap(),
+        fixtures::reply(
+            send,
+            StatusCode::FORBIDDEN,
+            fixtures::failure(403, "Forbidden"),
         );
         assert_eq!(task.await.unwrap(), vec![]);
     }
@@ -548,10 +517,7 @@ mod tests {
             .await
             .expect("scan finished")
             .unwrap();
-        assert!(
-            handle.next_request().await.is_none(),
-            "an unexpected extra request"
-        );
+        fixtures::done(handle).await;
         assert_eq!(
             found,
             BTreeMap::from([

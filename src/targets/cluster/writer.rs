@@ -932,24 +932,21 @@ mod tests {
     use crate::model::records::SourceRecord;
     use crate::model::vocabulary::{MANAGED_LABEL_KEY, SOURCE_LABEL_KEY};
     use crate::write::events::Events;
-    use http::{Method, Request, Response, StatusCode};
+    use http::{Method, StatusCode};
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
-    use kube::client::Body;
+
+    use crate::fixtures::{self, ApiServer as ApiHandle, Reply, next, reply, success};
     use kube::runtime::events::Reporter;
     use serde_json::{Value, json};
     use std::collections::BTreeMap;
     use std::num::NonZeroU32;
     use tokio_util::sync::CancellationToken;
-    use tower_test::mock::{Handle, SendResponse};
-
-    type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
     const SRC: &str = "src";
 
     fn writer() -> (Writer, ApiHandle, Arc<Caches>) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "default");
+        let (client, handle) = fixtures::client();
         let caches = Arc::new(Caches::new());
         let source = Secret {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -991,33 +988,6 @@ mod tests {
         (w, handle, caches)
     }
 
-    async fn next(handle: &mut ApiHandle) -> (Method, String, Value, SendResponse<Response<Body>>) {
-        let (req, send) = handle.next_request().await.expect("another request");
-        let (method, uri) = (req.method().clone(), req.uri().to_string());
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (method, uri, body, send)
-    }
-
-    fn reply(send: SendResponse<Response<Body>>, code: StatusCode, body: Value) {
-        let bytes = serde_json::to_vec(&body).unwrap();
-        send.send_response(
-            Response::builder()
-                .status(code)
-                .body(Body::from(bytes))
-                .unwrap(),
-        );
-    }
-
-    /// The API server's answer to a successful DELETE.
-    fn success() -> Value {
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})
-    }
-
     /// `body` as the API server returns it after our write: with a UID, the
     /// new resourceVersion and our managed fields.
     fn stored(mut body: Value, rv: &str) -> Value {
@@ -1033,18 +1003,7 @@ mod tests {
     }
 
     async fn expect_event(handle: &mut ApiHandle, reason: &str) {
-        let (method, uri, body, send) = next(handle).await;
-        assert_eq!(method, Method::POST);
-        assert!(
-            uri.starts_with("/apis/events.k8s.io/v1/namespaces/src/events"),
-            "{uri}"
-        );
-        assert_eq!(body["reason"], reason);
-        assert!(
-            !body.to_string().contains("\"v\""),
-            "no value in Events: {body}"
-        );
-        reply(send, StatusCode::CREATED, body);
+        fixtures::expect_event(handle, SRC, reason, "\"v\"").await;
     }
 
     /// Returns how each action ended and the copies accepted as written.
@@ -1063,10 +1022,7 @@ mod tests {
         };
         let server = async move {
             server(&mut handle).await;
-            assert!(
-                handle.next_request().await.is_none(),
-                "an unexpected extra request"
-            );
+            fixtures::done(handle).await;
         };
         tokio::time::timeout(
             std::time::Duration::from_secs(10),
@@ -1233,7 +1189,7 @@ mod tests {
 
     /// The forced apply of an adoption: guarded by the uid and the
     /// resourceVersion read, carrying our markers and the source's data.
-    async fn expect_adopting_apply(h: &mut ApiHandle) -> (Value, SendResponse<Response<Body>>) {
+    async fn expect_adopting_apply(h: &mut ApiHandle) -> (Value, Reply) {
         let (method, uri, body, send) = next(h).await;
         assert_eq!(method, Method::PATCH);
         assert_eq!(

@@ -808,15 +808,12 @@ mod tests {
     use crate::targets::vault::entry::tests::id;
 
     fn target(fake: &Arc<Fake>, caches: &Arc<Caches>, allow_adoption: bool) -> Target<Arc<Fake>> {
-        let (service, _handle) = tower_test::mock::pair::<
-            http::Request<kube::client::Body>,
-            http::Response<kube::client::Body>,
-        >();
+        let (client, _server) = crate::fixtures::client();
         // Events go nowhere: their gate is closed. The worker's is open
         // until the fake closes it.
         let (_tx, closed) = tokio::sync::watch::channel(false);
         let events = Arc::new(Events::new(
-            kube::Client::new(service, "default"),
+            client,
             kube::runtime::events::Reporter {
                 controller: "t".into(),
                 instance: None,
