@@ -2,4 +2,5 @@
 
 pub mod conflicts;
 pub mod fights;
+pub mod lane;
 pub mod writer;
