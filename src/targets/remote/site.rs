@@ -711,11 +711,9 @@ mod lane_tests {
 
         // A minute on, the resync's first LIST hangs.
         let hung = tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                match asked.recv().await.expect("serving") {
-                    Asked::ResyncList => return,
-                    Asked::Write(m, uri) => panic!("nothing to write yet: {m} {uri}"),
-                }
+            match asked.recv().await.expect("serving") {
+                Asked::ResyncList => {}
+                Asked::Write(m, uri) => panic!("nothing to write yet: {m} {uri}"),
             }
         })
         .await;
@@ -744,6 +742,142 @@ mod lane_tests {
             uri.starts_with("/api/v1/namespaces/team-a/secrets"),
             "{uri}"
         );
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+
+    // Issue 17, item 4: a batch told to a remote cluster was flushed with
+    // the time it was taken, so its propagation latency left out the quiet
+    // window (and any wait) at home. The lane flushes it with the batch's
+    // start: latency counts from the source's event for every cluster.
+    #[tokio::test(start_paused = true)]
+    async fn a_told_batch_is_timed_from_its_first_event_in_a_remote_cluster() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let cfg = Config::from_vars([
+            ("NAMESPACE".to_string(), "src".to_string()),
+            ("CLUSTER_NAME".to_string(), "home".to_string()),
+        ])
+        .unwrap();
+        let kinds = cfg.kinds();
+        let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(serve(handle, usize::MAX, tx));
+        let stop = CancellationToken::new();
+        let home = Arc::new(Caches::for_kinds(&kinds, &cfg.source_kinds()));
+        for kind in crate::model::kinds::Kind::ALL {
+            home.of(kind).sources.replace(Default::default());
+        }
+        home.namespaces.replace(
+            [(
+                "src".to_string(),
+                crate::model::records::namespace_info(&Default::default()),
+            )]
+            .into(),
+        );
+        // The remote cluster, listed: the namespace team-a, no copies.
+        let caches = Arc::new(home.sharing_sources(&kinds));
+        caches.namespaces.replace(
+            [(
+                "team-a".to_string(),
+                crate::model::records::namespace_info(&Default::default()),
+            )]
+            .into(),
+        );
+        for &kind in &kinds {
+            caches.of(kind).replicas.replace(Default::default());
+        }
+        let gate = Arc::new(WriteGate::single(stop.clone()));
+        let reporter = kube::runtime::events::Reporter {
+            controller: "push-to-k8s".into(),
+            instance: None,
+        };
+        let events = Arc::new(Events::new(
+            client.clone(),
+            reporter,
+            "src".into(),
+            gate.clone(),
+        ));
+        let owners = Arc::new(Owners::default());
+        let pass = Arc::new(Pass::new("east", owners.clone(), stop.clone()));
+        owners
+            .claim("remote-server", "east", &(1, "east".into()))
+            .unwrap();
+        *pass.identity.lock().unwrap() = Some("remote-server".into());
+        pass.up.store(true, Ordering::SeqCst);
+        let metrics = Arc::new(Metrics::new());
+        let writer = Writer::new(
+            client.clone(),
+            "src".into(),
+            Pacer::new(cfg.rate_limit, cfg.rate_burst),
+            events,
+            metrics.clone(),
+            caches.clone(),
+            gate.clone(),
+        )
+        .into_remote(Remote {
+            cluster: "east".into(),
+            stamp: "home".into(),
+            pass: pass.clone(),
+        });
+        let lane = Lane {
+            cfg: cfg.clone(),
+            kinds,
+            source_kinds: Vec::new(),
+            remote: Some(("east".into(), "home".into())),
+            client,
+            caches,
+            writer,
+            metrics: metrics.clone(),
+            health: Arc::new(Health::new(cfg.ready_watch_failure)),
+            gate,
+            pass: Some(Arc::new(move || pass.open())),
+            upstream: None,
+        };
+        let told = Arc::new(Told::default());
+        let (_keys, dirty) = tokio::sync::mpsc::unbounded_channel();
+        let (_leading_tx, leading) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(lane.run(Inputs {
+            dirty,
+            told: told.clone(),
+            leading,
+            back: None,
+            stop: stop.clone(),
+        }));
+        // The lane's first plan (everything) finds nothing to write.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // A source changed at home 7 s ago (its quiet window and more); the
+        // batch is told now.
+        let since = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let (name, record) =
+            crate::model::records::SourceRecord::from_secret(&source("db"), "src").unwrap();
+        home.of(crate::model::kinds::Kind::Secret)
+            .sources
+            .set(name.clone(), Some(record));
+        told.add(&crate::targets::Batch {
+            keys: vec![DirtyKey::Source(crate::model::kinds::Kind::Secret, name)],
+            since,
+        });
+        let written = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Asked::Write(m, uri) = asked.recv().await.expect("serving") {
+                    return (m, uri);
+                }
+            }
+        })
+        .await
+        .expect("the told source is written");
+        assert_eq!(written.0, Method::POST, "{written:?}");
+        // The write is counted once it has completed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = metrics.encode();
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("push_to_k8s_propagation_seconds_sum "))
+            .expect("the latency histogram")
+            .parse()
+            .unwrap();
+        assert!(sum >= 7.0, "latency counted from the event: {sum}s\n{text}");
         stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
