@@ -1,10 +1,8 @@
-//! Wiring: watchers → dirty keys → batcher → planner → writer, plus the
-//! periodic resync, the conflict rechecks, the HTTP endpoints and a clean
-//! shutdown.
-//!
-//! The control loop only moves keys and plans and writes: the periodic
-//! resync and the conflict rechecks are spawned tasks that report back on a
-//! channel, so neither can hold up propagation or the loop's heartbeat.
+//! Wiring only: preflight, the HTTP endpoints, this cluster's watches, the
+//! lease and the write gate, Events, the targets (this cluster's lane,
+//! registered clusters, Vault) behind one fan-out fed by the source batch,
+//! and a clean shutdown. The loop that serves a cluster is
+//! [`crate::targets::cluster::lane`], one for every cluster.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,88 +11,21 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
 use kube::runtime::events::{EventType, Reporter};
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::decide::plan::{self, Action, Refusal, World};
-use crate::model::kinds::Kind;
-use crate::model::records::ObjectKey;
-use crate::model::rules::Scope;
 use crate::observe::batch::{Batcher, DirtyKey};
 use crate::observe::cache::Caches;
-use crate::observe::resync;
 use crate::observe::watch;
 use crate::operate::config::Config;
 use crate::operate::http::{self, Health};
 use crate::operate::lease;
-use crate::operate::metrics::{AnnotationLabels, Metrics};
-use crate::targets::cluster::admit::Admission;
-use crate::targets::cluster::conflicts;
-use crate::targets::cluster::fights::Fights;
+use crate::operate::metrics::Metrics;
+use crate::targets::FanOut;
+use crate::targets::cluster::lane::{Inbox, Inputs, Lane, Told};
 use crate::targets::cluster::writer::Writer;
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
-use crate::write::retry::RetryQueue;
-
-const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
-
-/// Strays deleted per turn of the stray lane, and how often it looks for
-/// work when idle.
-const SWEEP_BATCH: usize = 32;
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// A turn of the stray lane: how many strays it deleted.
-type Sweep<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>>;
-
-/// The loop beats at least this often (`/healthz`).
-const HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// A failed resync is tried again this soon (at most `SYNC_INTERVAL`), so
-/// `/readyz` does not stay unready for a whole interval after a blip.
-const RESYNC_RETRY: Duration = Duration::from_secs(30);
-
-/// What a spawned task reports back to the control loop.
-/// The one answer of a background task to the loop. If the task ends
-/// without sending one (it panicked), the drop sends `fallback`, so the loop
-/// never waits forever for a resync or recheck that will not come.
-struct Reply {
-    to: Option<mpsc::UnboundedSender<Finished>>,
-    fallback: Option<Finished>,
-}
-
-impl Reply {
-    fn new(to: mpsc::UnboundedSender<Finished>, fallback: Finished) -> Reply {
-        Reply {
-            to: Some(to),
-            fallback: Some(fallback),
-        }
-    }
-    fn send(&mut self, answer: Finished) {
-        if let Some(to) = self.to.take() {
-            let _ = to.send(answer);
-        }
-    }
-    /// Shutting down: no answer is needed.
-    fn cancel(&mut self) {
-        self.to = None;
-    }
-}
-
-impl Drop for Reply {
-    fn drop(&mut self) {
-        if let (Some(to), Some(answer)) = (self.to.take(), self.fallback.take()) {
-            let _ = to.send(answer);
-        }
-    }
-}
-
-enum Finished {
-    /// A periodic resync: `Err` carries a short reason.
-    Resync(Result<(), String>),
-    /// A conflict recheck: the conflicts that are gone.
-    Recheck(Vec<ObjectKey>),
-}
 
 /// Errors that stop the controller.
 #[derive(Debug, thiserror::Error)]
@@ -176,7 +107,7 @@ pub async fn run(
     result
 }
 
-/// Watchers, writer and the control loop, until `shutdown` fires.
+/// Watchers, targets and the fan-out, until `shutdown` fires.
 async fn control(
     cfg: &Config,
     client: kube::Client,
@@ -187,7 +118,8 @@ async fn control(
 ) -> Result<(), Error> {
     let (kinds, source_kinds) = (cfg.kinds(), cfg.source_kinds());
     let caches = Arc::new(Caches::for_kinds(&kinds, &source_kinds));
-    let (dirty_tx, mut dirty_rx) = mpsc::unbounded_channel::<DirtyKey>();
+    // This cluster's dirty keys, its lane's own among them: one source batch.
+    let (dirty_tx, dirty_rx) = mpsc::unbounded_channel::<DirtyKey>();
     let watchers = watch::spawn_all(
         client.clone(),
         (&cfg.namespace, None),
@@ -228,9 +160,13 @@ async fn control(
         cfg.namespace.clone(),
         gate.clone(),
     ));
-    // The Vault target runs beside the loop, told of every flushed source.
-    let vault = match cfg.vault.as_ref().map(|vault_cfg| {
-        crate::targets::vault::spawn(
+
+    // The targets, each told every batch: this cluster's lane, ...
+    let told = Arc::new(Told::default());
+    let mut fan_out = FanOut::default().with(Inbox(told.clone()));
+    // ... Vault (before anything is written: the caches have not synced yet), ...
+    if let Some(vault_cfg) = &cfg.vault {
+        let vault = crate::targets::vault::spawn(
             vault_cfg,
             cfg,
             &stamp,
@@ -244,14 +180,11 @@ async fn control(
             leading_rx.clone(),
             shutdown.clone(),
         )
-    }) {
-        None => None,
-        Some(Ok(handle)) => Some(handle),
-        // Before anything is written (the caches have not synced yet).
-        Some(Err(e)) => return Err(Error::Vault(e.to_string())),
-    };
-    // Registered remote clusters, each served by its own task beside the loop.
-    let remote = crate::targets::remote::spawn(
+        .map_err(|e| Error::Vault(e.to_string()))?;
+        fan_out = fan_out.with(vault);
+    }
+    // ... and the registered clusters, each served by its own lane.
+    fan_out = fan_out.with(crate::targets::remote::spawn(
         crate::targets::remote::Shared {
             cfg: cfg.clone(),
             caches: caches.clone(),
@@ -264,167 +197,63 @@ async fn control(
         },
         client.clone(),
         shutdown.clone(),
-    );
+    ));
+    let batching = tokio::spawn(crate::targets::batches(
+        dirty_rx,
+        Batcher::new(cfg.debounce, cfg.max_wait),
+        fan_out,
+        gate.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
     let writer = Writer::new(
         client.clone(),
         cfg.namespace.clone(),
         Pacer::new(cfg.rate_limit, cfg.rate_burst),
-        events,
+        events.clone(),
         metrics.clone(),
         caches.clone(),
         gate.clone(),
     )
     .allowing_adoption(cfg.allow_adoption)
     .sweeping_apart();
-    let mut retry = RetryQueue::new();
-    let mut fights = Fights::new();
-
-    // Without a source watch, the sources come from the list at start and each resync.
-    if !cfg.enable_secret_watcher {
-        loop {
-            let listed = resync::once(
-                &client,
-                (&cfg.namespace, None),
-                &kinds,
-                &source_kinds,
-                &caches,
-                &metrics,
-            );
-            let Some(result) = beating(&health, &shutdown, listed).await else {
-                return Ok(());
-            };
-            let ok = result.is_ok();
-            health.resync_result(result);
-            if ok {
-                break;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-            }
-        }
-    }
-
-    // Wait for the first full list of every cache before planning anything:
-    // planning from a half-filled replica cache would create what exists.
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    while !caches.synced() {
-        health.beat();
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
-        }
-    }
-    health.set_synced(true);
-    for &kind in &kinds {
-        tracing::info!(
-            namespace = %cfg.namespace,
-            kind = kind.label(),
-            sources = caches.of(kind).sources.len(),
-            replicas = caches.of(kind).replicas.len(),
-            "caches synced"
-        );
-    }
-    tracing::info!(namespaces = caches.namespaces.len(), "ready");
-
-    let protected = cfg.protected_namespaces.clone();
-    let scope = Scope {
-        source_namespace: &cfg.namespace,
-        exclude_label: cfg.exclude_namespace_label.as_deref(),
-        protected: &protected,
-        require_consent: cfg.require_namespace_consent,
-        cluster: None,
-        stamp: None,
+    let lane = Lane {
+        cfg: cfg.clone(),
+        kinds,
+        source_kinds,
+        remote: None,
+        client: client.clone(),
+        caches,
+        writer,
+        metrics: metrics.clone(),
+        health: health.clone(),
+        gate,
+        pass: None,
+        // Its own keys join the source batch, which it is told.
+        upstream: Some(dirty_tx),
     };
-    // Unmanaged same-named Secrets already in the cluster: known from one
-    // LIST per source before the first plan, so it makes no POST (and no GET
-    // and Event per namespace) to find them.
-    for &kind in &kinds {
-        let of = caches.of(kind);
-        let scan = conflicts::at_start(
-            &client,
-            of,
-            &caches.namespaces,
-            &scope,
-            cfg.allow_adoption,
-            &metrics,
-        );
-        let Some(found) = beating(&health, &shutdown, scan).await else {
-            return Ok(());
-        };
-        conflicts::report_at_start(
-            &found,
-            &writer.conflicts,
-            of,
-            &writer.events,
-            &metrics,
-            None,
-        )
-        .await;
-    }
+    let (_, no_keys) = mpsc::unbounded_channel();
+    let lane = lane.run(Inputs {
+        dirty: no_keys,
+        told,
+        leading: leading_rx.clone(),
+        back: None,
+        stop: shutdown.clone(),
+    });
+    let mut lane = std::pin::pin!(lane);
 
-    let mut batcher = Batcher::new(cfg.debounce, cfg.max_wait);
-    let mut since = Instant::now();
-    // The first plan covers everything, which also collects copies orphaned
-    // while we were down (only those naming our source namespace).
-    batcher.add(DirtyKey::All);
-    let mut resync_timer = every(cfg.sync_interval);
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    // Unmanaged objects that block a copy are invisible to our label-selected
-    // watch; look at them again (one LIST per name) once a minute.
-    let mut conflict_timer = every(CONFLICT_RECHECK);
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Finished>();
-    let (mut resyncing, mut rechecking) = (false, false);
-    // The stray lane: deletes of strays (see `Writer::split_strays`), a
-    // bounded number at a time, polled only while the loop has nothing
-    // else to do, so a flush always goes first.
-    let mut sweeping: Option<Sweep<'_>> = None;
-    let mut sweep_timer = every(SWEEP_EVERY);
-
+    // Until the lane ends (shutdown): say who leads, and stop if the
+    // election ends while running.
     loop {
-        health.beat();
-        // While the source namespace is being deleted or gone, nothing is
-        // deleted (flush, writer) and /readyz says why.
-        health.set_source_namespace_lost(caches.source_namespace_lost(&cfg.namespace));
         tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            // A due batch goes before new keys, so a flood of events cannot
-            // push a batch past its maximum wait.
-            keys = batcher.ready() => {
-                metrics.queue_depth.set(0);
-                // A standby plans nothing: whoever leads does, and a new
-                // leader starts with everything (below).
-                if gate.leading() {
-                    if let Some(vault) = &vault {
-                        vault.tell(&keys);
-                    }
-                    remote.tell(&keys);
-                    metrics.batch_size.observe(keys.len() as f64);
-                    let mut gate = Admission { retry: &mut retry, fights: &mut fights };
-                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate, true).await;
-                } else {
-                    // A standby keeps track of the copy names sources ask
-                    // for, so a source deleted before it leads is collected
-                    // on the propagation path, not in the stray lane.
-                    for &kind in &kinds {
-                        caches.of(kind).sources.read(|sources| writer.record_asked(kind, sources));
-                    }
-                }
-            }
+            () = &mut lane => break,
             Ok(()) = leading_rx.changed(), if lease_task.is_some() => {
                 let leading = *leading_rx.borrow_and_update();
                 metrics.leader.set(i64::from(leading));
                 health.set_role(if leading { "leader" } else { "standby" });
-                if leading {
-                    // Plan everything: the last leader may have left anything.
-                    if batcher.pending() == 0 {
-                        since = Instant::now();
-                    }
-                    batcher.add(DirtyKey::All);
-                    if let Some(le) = &cfg.leader_election {
-                        announce_leader(&writer, le).await;
-                    }
+                if leading && let Some(le) = &cfg.leader_election {
+                    announce_leader(&events, le).await;
                 }
             }
             ended = async { lease_task.as_mut().expect("guarded").await }, if lease_task.is_some() => {
@@ -436,113 +265,11 @@ async fn control(
                     return Err(Error::LeaseTaskEnded);
                 }
             }
-            // A copy's backoff is over: re-plan that copy only.
-            key = retry.next() => {
-                if batcher.pending() == 0 {
-                    since = Instant::now();
-                }
-                // Planned per source: the copy's source (gone: all of them).
-                match caches.of(key.kind).source_of(&key) {
-                    Some(source) => batcher.add(DirtyKey::Copy(ObjectKey::new(key.kind, &key.namespace, &source))),
-                    None => batcher.add(DirtyKey::Namespace(key.namespace)),
-                }
-            }
-            Some(key) = dirty_rx.recv() => {
-                if batcher.pending() == 0 {
-                    since = Instant::now();
-                }
-                batcher.add(key);
-                metrics.queue_depth.set(batcher.pending() as i64);
-            }
-            _ = resync_timer.tick(), if !resyncing => {
-                tracing::info!("periodic resync: re-listing from the API server");
-                resyncing = true;
-                let (client, ns, caches, metrics) =
-                    (client.clone(), cfg.namespace.clone(), caches.clone(), metrics.clone());
-                let (kinds, source_kinds) = (kinds.clone(), source_kinds.clone());
-                let (done, stop) = (done_tx.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    // Reports a failure if the task ends any other way (a panic).
-                    let mut guard = Reply::new(done, Finished::Resync(Err("resync task failed".into())));
-                    tokio::select! {
-                        _ = stop.cancelled() => guard.cancel(),
-                        r = resync::once(&client, (&ns, None), &kinds, &source_kinds, &caches, &metrics) => guard.send(Finished::Resync(r)),
-                    }
-                });
-            }
-            _ = conflict_timer.tick(), if !rechecking => {
-                let known: Vec<ObjectKey> =
-                    writer.conflicts.lock().expect("lock").iter().cloned().collect();
-                if !known.is_empty() {
-                    rechecking = true;
-                    let (client, ns, metrics) =
-                        (client.clone(), cfg.namespace.clone(), metrics.clone());
-                    let (done, stop) = (done_tx.clone(), shutdown.clone());
-                    tokio::spawn(async move {
-                        let mut guard = Reply::new(done, Finished::Recheck(Vec::new()));
-                        tokio::select! {
-                            _ = stop.cancelled() => guard.cancel(),
-                            gone = conflicts::recheck(&client, (&ns, None), known, &metrics) => guard.send(Finished::Recheck(gone)),
-                        }
-                    });
-                }
-            }
-            Some(finished) = done_rx.recv() => match finished {
-                Finished::Resync(result) => {
-                    resyncing = false;
-                    if result.is_ok() {
-                        // Look at the known conflicts again too.
-                        conflict_timer.reset_immediately();
-                    } else {
-                        resync_timer.reset_after(RESYNC_RETRY.min(cfg.sync_interval));
-                    }
-                    health.resync_result(result);
-                    if batcher.pending() == 0 {
-                        since = Instant::now();
-                    }
-                    batcher.add(DirtyKey::All);
-                }
-                Finished::Recheck(gone) => {
-                    rechecking = false;
-                    if !gone.is_empty() {
-                        tracing::info!(copies = gone.len(), "conflicts resolved; their copies are planned again");
-                    }
-                    let mut known = writer.conflicts.lock().expect("lock");
-                    for key in gone {
-                        known.remove(&key);
-                        if batcher.pending() == 0 {
-                            since = Instant::now();
-                        }
-                        // A conflict is keyed by the copy's name: re-plan the
-                        // sources that ask for that name (a renamed copy's
-                        // source has another name).
-                        for source in caches.of(key.kind).sources_asking(&key.name) {
-                            batcher.add(DirtyKey::Source(key.kind, source));
-                        }
-                    }
-                }
-            },
-            _ = async { sweeping.as_mut().expect("guarded").await }, if sweeping.is_some() => {
-                sweeping = None;
-                sweep_timer.reset_immediately();
-            }
-            _ = sweep_timer.tick(), if sweeping.is_none() => {
-                if gate.leading()
-                    && writer.strays_pending() > 0
-                    && caches.source_namespace_lost(&cfg.namespace).is_none()
-                {
-                    sweeping = Some(Box::pin(writer.sweep(SWEEP_BATCH)));
-                }
-            }
-            _ = heartbeat.tick() => {}
         }
     }
 
-    tracing::info!(
-        pending = batcher.pending(),
-        "shutting down; pending keys are re-planned at the next start"
-    );
     health.set_synced(false);
+    let _ = batching.await;
     for w in watchers {
         w.abort();
     }
@@ -552,151 +279,6 @@ async fn control(
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
     Ok(())
-}
-
-/// Plan `keys` against one cluster's caches and write what is needed;
-/// `refusals`: report refused sources (this cluster does, once for all).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn flush(
-    kinds: &[Kind],
-    caches: &Caches,
-    scope: &Scope<'_>,
-    writer: &Writer,
-    metrics: &Metrics,
-    keys: &[DirtyKey],
-    since: Instant,
-    health: &Health,
-    gate: &mut Admission<'_>,
-    refusals: bool,
-) {
-    // A source that asks for adoption (and may) tries again what was in its way.
-    for &kind in kinds {
-        let allowed = writer.adoption_allowed();
-        conflicts::release_for_adoption(&writer.conflicts, caches.of(kind), keys, allowed);
-    }
-    let conflicts = writer.conflicts.lock().expect("lock").clone();
-    let accepted = writer.accepted.lock().expect("lock").clone();
-    let mut planned = Vec::new();
-    for &kind in kinds {
-        let of = caches.of(kind);
-        of.sources
-            .read(|sources| writer.record_asked(kind, sources));
-        let plan = of.sources.read(|sources| {
-            caches.namespaces.read(|namespaces| {
-                of.replicas.read(|replicas| {
-                    plan::plan(
-                        &World {
-                            kind,
-                            sources,
-                            namespaces,
-                            replicas,
-                            conflicts: &conflicts,
-                            accepted: &accepted,
-                        },
-                        scope,
-                        keys,
-                    )
-                })
-            })
-        });
-        {
-            let mut conflicts = writer.conflicts.lock().expect("lock");
-            for k in &plan.resolved_conflicts {
-                conflicts.remove(k);
-            }
-        }
-        if refusals {
-            report_refusals(kind, caches, writer, metrics, &plan.refused).await;
-        }
-        planned.extend(plan.actions);
-    }
-    // Losing the source namespace deletes nothing: its deletion deletes
-    // every source, which would make every copy look orphaned.
-    if let Some(why) = caches.source_namespace_lost(scope.source_namespace) {
-        let before = planned.len();
-        planned.retain(|a| !matches!(a, Action::Delete { .. } | Action::Replace { .. }));
-        if planned.len() < before {
-            tracing::warn!(
-                deletes = before - planned.len(),
-                "deletes not planned: {why}"
-            );
-        }
-    }
-    // Deletes under names no source asks for (or asked for while we ran)
-    // wait for the low-priority lane: what a tenant makes to look like our
-    // copies never holds up propagation.
-    let planned = writer.split_strays(planned);
-    tracing::debug!(keys = keys.len(), actions = planned.len(), "flush");
-    let actions = gate.admit(caches, writer, planned).await;
-    if !actions.is_empty() {
-        let outcomes = writer.execute(actions, since, health).await;
-        gate.record(outcomes);
-    }
-    if !writer.sweeps_apart()
-        && caches
-            .source_namespace_lost(scope.source_namespace)
-            .is_none()
-    {
-        writer
-            .sweep(crate::targets::cluster::writer::SWEEP_INLINE)
-            .await;
-    }
-    gate.prune(caches, writer);
-    metrics.retry_queue.set(gate.retry.len() as i64);
-}
-
-/// One Warning Event (and one count) per refused source and change of its
-/// reason, not one per flush.
-async fn report_refusals(
-    kind: Kind,
-    caches: &Caches,
-    writer: &Writer,
-    metrics: &Metrics,
-    refused: &[(String, Refusal)],
-) {
-    let events = &writer.events;
-    events.retain_refusals(|k, name| {
-        caches
-            .of(k)
-            .sources
-            .read(|sources| plan::refusal_among(sources, name).is_some())
-    });
-    for (source, refusal) in refused {
-        let Some(rec) = caches.of(kind).sources.get(source) else {
-            continue;
-        };
-        let note = refusal.to_string();
-        if !events.first_refusal(kind, source, &rec.uid, &note) {
-            continue;
-        }
-        match refusal {
-            Refusal::Annotation(_) => metrics
-                .invalid_annotations
-                .get_or_create(&AnnotationLabels {
-                    annotation: refusal.metric_label(),
-                })
-                .inc(),
-            Refusal::IdentityType(_) => metrics.refused_types.inc(),
-        };
-        tracing::warn!(kind = kind.label(), source = %source, reason = refusal.reason(), "source refused: {note}");
-        events
-            .publish(
-                &events.source_ref(kind, source, &rec.uid),
-                EventType::Warning,
-                refusal.reason(),
-                "Plan",
-                note,
-            )
-            .await;
-    }
-}
-
-/// A timer that first fires one `period` from now, then every `period`; a
-/// late tick delays the next rather than bunching them.
-pub(crate) fn every(period: Duration) -> tokio::time::Interval {
-    let mut timer = tokio::time::interval_at(Instant::now() + period, period);
-    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    timer
 }
 
 /// Who we are in the Lease: the pod's name, else host name and process id.
@@ -713,7 +295,7 @@ fn identity() -> String {
 }
 
 /// Say who leads: an Event on the Lease (and the log line the elector wrote).
-async fn announce_leader(writer: &Writer, le: &crate::operate::config::LeaderElection) {
+async fn announce_leader(events: &Events, le: &crate::operate::config::LeaderElection) {
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("coordination.k8s.io/v1".into()),
         kind: Some("Lease".into()),
@@ -721,8 +303,7 @@ async fn announce_leader(writer: &Writer, le: &crate::operate::config::LeaderEle
         name: Some(le.lease_name.clone()),
         ..Default::default()
     };
-    writer
-        .events
+    events
         .publish(
             &reference,
             EventType::Normal,
@@ -736,29 +317,13 @@ async fn announce_leader(writer: &Writer, le: &crate::operate::config::LeaderEle
         .await;
 }
 
-/// Await `work` before the loop starts while keeping the heartbeat:
-/// `None` if `shutdown` fires first.
-async fn beating<T>(
-    health: &Health,
-    shutdown: &CancellationToken,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    let mut work = std::pin::pin!(work);
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            out = &mut work => return Some(out),
-            _ = beat.tick() => health.beat(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::targets::cluster::lane::RESYNC_RETRY;
     use ::http::{Method, Request, Response, StatusCode};
     use kube::client::Body;
+    use tokio::time::Instant;
     use tower_test::mock::{Handle, SendResponse};
 
     type ApiHandle = Handle<Request<Body>, Response<Body>>;

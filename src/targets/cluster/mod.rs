@@ -3,4 +3,5 @@
 pub mod admit;
 pub mod conflicts;
 pub mod fights;
+pub mod lane;
 pub mod writer;

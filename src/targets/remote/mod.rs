@@ -28,7 +28,9 @@ use tracing::Instrument;
 
 use crate::model::kinds::Kind;
 use crate::model::vocabulary::{CLUSTER_LABEL, KUBECONFIG_KEY};
-use crate::observe::batch::DirtyKey;
+pub use crate::targets::cluster::lane::Told;
+use crate::targets::{Batch, Target};
+use crate::write::gate::WriteGate;
 pub use site::Shared;
 
 /// The `/readyz` and metrics name of the registrations watch.
@@ -36,82 +38,28 @@ const WATCH_NAME: &str = "cluster-registrations";
 
 type Senders = Arc<Mutex<BTreeMap<String, Arc<Told>>>>;
 
-/// The sources the control loop told one cluster about and that its task
-/// has not taken yet: a set, not a queue, so a cluster that is slow or hung
-/// holds at most one entry per source (or "everything"), however many
-/// batches are flushed meanwhile.
-#[derive(Default)]
-pub struct Told {
-    keys: Mutex<BTreeSet<DirtyKey>>,
-    more: tokio::sync::Notify,
-}
-
-impl Told {
-    /// Add `keys` (coalesced: a key already pending is not added twice,
-    /// and "everything" makes every other key redundant).
-    pub fn add(&self, keys: &[DirtyKey]) {
-        {
-            let mut pending = self.keys.lock().expect("lock");
-            if pending.contains(&DirtyKey::All) {
-                // Already everything.
-            } else if keys.contains(&DirtyKey::All) {
-                pending.clear();
-                pending.insert(DirtyKey::All);
-            } else {
-                pending.extend(keys.iter().cloned());
-            }
-        }
-        self.more.notify_one();
-    }
-
-    /// Everything pending, taken (empty if nothing is).
-    pub fn take(&self) -> Vec<DirtyKey> {
-        std::mem::take(&mut *self.keys.lock().expect("lock"))
-            .into_iter()
-            .collect()
-    }
-
-    /// How many keys are pending.
-    pub fn len(&self) -> usize {
-        self.keys.lock().expect("lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Wait until keys are pending (returns at once if some already are).
-    pub async fn wait(&self) {
-        loop {
-            let notified = self.more.notified();
-            if !self.is_empty() {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// The control loop's handle: forwards each flushed batch to every cluster.
+/// The fan-out's handle on every registered cluster: tells each cluster's
+/// lane each batch.
 pub struct Handle {
     clusters: Senders,
+    gate: Arc<WriteGate>,
 }
 
-impl Handle {
-    /// The sources of a flushed batch (and "everything") concern every
-    /// cluster; namespace and copy keys belong to this cluster's own.
-    /// Never waits, and never grows beyond one key per source per cluster.
-    pub fn tell(&self, keys: &[DirtyKey]) {
-        let keys: Vec<DirtyKey> = keys
-            .iter()
-            .filter(|k| matches!(k, DirtyKey::All | DirtyKey::Source(..)))
-            .cloned()
-            .collect();
-        if keys.is_empty() {
+impl Target for Handle {
+    /// The sources of a batch (and "everything") concern every cluster;
+    /// namespace and copy keys belong to this cluster's own. A standby tells
+    /// nothing. Never waits, and never grows beyond one key per source per
+    /// cluster.
+    fn tell(&self, batch: &Batch) {
+        if !self.gate.leading() {
+            return;
+        }
+        let batch = batch.sources();
+        if batch.keys.is_empty() {
             return;
         }
         for told in self.clusters.lock().expect("lock").values() {
-            told.add(&keys);
+            told.add(&batch);
         }
     }
 }
@@ -119,6 +67,7 @@ impl Handle {
 /// Start watching the registrations.
 pub fn spawn(shared: Shared, client: kube::Client, shutdown: CancellationToken) -> Handle {
     let clusters = Senders::default();
+    let gate = shared.gate.clone();
     let manager = Manager {
         shared: Arc::new(shared),
         senders: clusters.clone(),
@@ -128,7 +77,7 @@ pub fn spawn(shared: Shared, client: kube::Client, shutdown: CancellationToken) 
         owners: Arc::new(site::Owners::default()),
     };
     tokio::spawn(manager.run(client, shutdown));
-    Handle { clusters }
+    Handle { clusters, gate }
 }
 
 /// One registration Secret as read.
@@ -587,6 +536,7 @@ impl Manager {
 mod tests {
     use super::*;
     use crate::model::kinds::Kind;
+    use crate::observe::batch::DirtyKey;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn kubeconfig(server: &str) -> String {
@@ -717,6 +667,17 @@ mod tests {
         assert!(r.source_labelled);
     }
 
+    fn batch(keys: Vec<DirtyKey>) -> Batch {
+        Batch {
+            keys,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn keys(told: &Told) -> Vec<DirtyKey> {
+        told.take().map(|b| b.keys).unwrap_or_default()
+    }
+
     // Issue 16, item 10: told batches coalesce: bounded by the sources,
     // however many batches arrive before the task takes them.
     #[tokio::test]
@@ -724,11 +685,11 @@ mod tests {
         let told = Told::default();
         for round in 0..10_000 {
             let name = format!("s{}", round % 3);
-            told.add(&[DirtyKey::Source(Kind::Secret, name)]);
+            told.add(&batch(vec![DirtyKey::Source(Kind::Secret, name)]));
         }
         assert_eq!(told.len(), 3);
         told.wait().await;
-        let mut taken = told.take();
+        let mut taken = keys(&told);
         taken.sort();
         assert_eq!(
             taken,
@@ -738,23 +699,26 @@ mod tests {
         );
         assert!(told.is_empty());
         // "Everything" swallows the rest, before and after.
-        told.add(&[DirtyKey::Source(Kind::Secret, "x".into())]);
-        told.add(&[DirtyKey::All]);
-        told.add(&[DirtyKey::Source(Kind::Secret, "y".into())]);
-        assert_eq!(told.take(), [DirtyKey::All]);
+        told.add(&batch(vec![DirtyKey::Source(Kind::Secret, "x".into())]));
+        told.add(&batch(vec![DirtyKey::All]));
+        told.add(&batch(vec![DirtyKey::Source(Kind::Secret, "y".into())]));
+        assert_eq!(keys(&told), [DirtyKey::All]);
         // A handle tells every cluster, and only sources and "everything".
         let senders = Senders::default();
         let (one, two) = (Arc::new(Told::default()), Arc::new(Told::default()));
         senders.lock().unwrap().insert("one".into(), one.clone());
         senders.lock().unwrap().insert("two".into(), two.clone());
-        let handle = Handle { clusters: senders };
+        let handle = Handle {
+            clusters: senders,
+            gate: Arc::new(WriteGate::single(CancellationToken::new())),
+        };
         for _ in 0..100 {
-            handle.tell(&[
+            handle.tell(&batch(vec![
                 DirtyKey::Source(Kind::Secret, "db".into()),
                 DirtyKey::Namespace("team-a".into()),
-            ]);
+            ]));
         }
-        assert_eq!(one.take(), [DirtyKey::Source(Kind::Secret, "db".into())]);
+        assert_eq!(keys(&one), [DirtyKey::Source(Kind::Secret, "db".into())]);
         assert_eq!(two.len(), 1);
     }
 }

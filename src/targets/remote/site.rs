@@ -12,7 +12,7 @@
 //! write gate.
 //!
 //! A cluster that cannot be reached, hangs or refuses us holds up nothing
-//! else: the control loop only adds keys to a set ([`super::Told`]: told
+//! else: the control loop only adds keys to a set ([`Told`]: told
 //! batches coalesce, bounded by the sources), every request has a timeout
 //! ([`super::kubeconfig::REQUEST_TIMEOUT`]), and this task's watches and
 //! writes fail, back off and retry on their own. A probe beside the task
@@ -36,28 +36,20 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::api::Api;
 use kube::runtime::events::EventType;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Told;
-use crate::controller::{every, flush};
-use crate::model::records::ObjectKey;
-use crate::model::rules::Scope;
-use crate::observe::batch::{Batcher, DirtyKey};
+use crate::observe::batch::DirtyKey;
 use crate::observe::cache::Caches;
-use crate::observe::resync;
 use crate::observe::watch;
 use crate::operate::config::Config;
 use crate::operate::http::Health;
 use crate::operate::metrics::{ClusterLabels, Metrics, RegistrationLabels};
-use crate::targets::cluster::admit::Admission;
-use crate::targets::cluster::conflicts;
-use crate::targets::cluster::fights::Fights;
+use crate::targets::cluster::lane::Told;
+use crate::targets::cluster::lane::{Inputs, Lane};
 use crate::targets::cluster::writer::{Remote, Writer};
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
-use crate::write::retry::RetryQueue;
 
 /// How often the cluster's API server is asked and its state reported.
 pub const REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -68,8 +60,6 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The namespace whose uid identifies an API server (every cluster has it;
 /// the remote identity may `get` namespaces).
 const IDENTITY_NAMESPACE: &str = "kube-system";
-const CONFLICT_RECHECK: Duration = Duration::from_secs(60);
-const RESYNC_RETRY: Duration = Duration::from_secs(30);
 
 /// What every remote cluster shares with the control loop.
 pub struct Shared {
@@ -231,8 +221,9 @@ impl Drop for Guard {
     }
 }
 
-/// Serve `site` until `stop` fires; `told` holds the sources the control
-/// loop told it about (coalesced).
+/// Serve `site` until `stop` fires: a lane with another client ([`Lane`]),
+/// beside a probe of its API server; `told` holds the batches the fan-out
+/// told it (coalesced).
 pub async fn run(
     shared: Arc<Shared>,
     owners: Arc<Owners>,
@@ -248,7 +239,7 @@ pub async fn run(
     own_health.beat();
     let metrics = Arc::new(Metrics::for_cluster(cluster, &shared.metrics));
     let caches = Arc::new(shared.caches.sharing_sources(&kinds));
-    let (dirty_tx, mut dirty_rx) = tokio::sync::mpsc::unbounded_channel::<DirtyKey>();
+    let (dirty_tx, dirty) = tokio::sync::mpsc::unbounded_channel::<DirtyKey>();
     let pass = Arc::new(Pass::new(cluster, owners.clone(), stop.clone()));
     let back = Arc::new(Notify::new());
     let mut guard = Guard {
@@ -290,146 +281,32 @@ pub async fn run(
         stamp: stamp.to_string(),
         pass: pass.clone(),
     });
-    let scope = Scope {
-        source_namespace: &cfg.namespace,
-        exclude_label: cfg.exclude_namespace_label.as_deref(),
-        protected: &cfg.protected_namespaces,
-        require_consent: cfg.require_namespace_consent,
-        cluster: Some(cluster),
-        stamp: Some(stamp),
-    };
     tracing::info!("remote cluster registered; listing its namespaces and our copies");
-
-    // Plan nothing before both lists are in (a half-filled cache would
-    // create what exists); the batches told meanwhile are covered by "All".
-    let mut wait = tokio::time::interval(Duration::from_millis(250));
-    while !caches.synced() {
-        own_health.beat();
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = wait.tick() => {}
-        }
-    }
-    own_health.set_synced(true);
-    tracing::info!(
-        namespaces = caches.namespaces.len(),
-        copies = caches.replica_count(),
-        "remote cluster listed"
-    );
-    for &kind in &kinds {
-        let of = caches.of(kind);
-        let scan = conflicts::at_start(
-            &site.client,
-            of,
-            &caches.namespaces,
-            &scope,
-            false,
-            &metrics,
-        );
-        let found = tokio::select! {
-            _ = stop.cancelled() => return,
-            found = scan => found,
-        };
-        conflicts::report_at_start(
-            &found,
-            &writer.conflicts,
-            of,
-            &writer.events,
-            &metrics,
-            Some(cluster),
-        )
-        .await;
-    }
-
-    let mut leading = shared.leading.clone();
-    let mut retry = RetryQueue::new();
-    let mut fights = Fights::new();
-    let mut batcher = Batcher::new(cfg.debounce, cfg.max_wait);
-    let mut since = Instant::now();
-    batcher.add(DirtyKey::All);
-    let mut resync_timer = every(cfg.sync_interval);
-    let mut conflict_timer = every(CONFLICT_RECHECK);
-    loop {
-        own_health.beat();
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            keys = batcher.ready() => {
-                // Not served now (down, or another registration owns the
-                // server): nothing is planned; "back" plans everything.
-                if shared.gate.leading() && pass.open() {
-                    let mut gate = Admission { retry: &mut retry, fights: &mut fights };
-                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &own_health, &mut gate, false).await;
-                }
-            }
-            Ok(()) = leading.changed() => {
-                if *leading.borrow_and_update() {
-                    add(&mut batcher, &mut since, DirtyKey::All);
-                }
-            }
-            () = back.notified() => {
-                // Back after an outage (or it owns its server now): what
-                // failed meanwhile waits out no backoff; everything is
-                // planned again now.
-                retry = RetryQueue::new();
-                add(&mut batcher, &mut since, DirtyKey::All);
-            }
-            key = retry.next() => {
-                let key = match caches.of(key.kind).source_of(&key) {
-                    Some(source) => DirtyKey::Copy(ObjectKey::new(key.kind, &key.namespace, &source)),
-                    None => DirtyKey::Namespace(key.namespace),
-                };
-                add(&mut batcher, &mut since, key);
-            }
-            Some(key) = dirty_rx.recv() => add(&mut batcher, &mut since, key),
-            // Already batched by the control loop (its quiet window is
-            // over): planned at once, not after a second window.
-            () = told.wait() => {
-                let keys = told.take();
-                if shared.gate.leading() && pass.open() {
-                    let mut gate = Admission { retry: &mut retry, fights: &mut fights };
-                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, Instant::now(), &own_health, &mut gate, false).await;
-                }
-            }
-            _ = resync_timer.tick() => {
-                // On this task: a slow remote list holds up only this cluster.
-                let relisted = resync::once(&site.client, (&cfg.namespace, Some(stamp)), &kinds, &[], &caches, &metrics);
-                let result = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = relisted => r,
-                };
-                if result.is_err() {
-                    resync_timer.reset_after(RESYNC_RETRY.min(cfg.sync_interval));
-                }
-                own_health.resync_result(result);
-                add(&mut batcher, &mut since, DirtyKey::All);
-            }
-            _ = conflict_timer.tick() => {
-                let known: Vec<ObjectKey> =
-                    writer.conflicts.lock().expect("lock").iter().cloned().collect();
-                if !known.is_empty() {
-                    let gone = conflicts::recheck(&site.client, (&cfg.namespace, Some(stamp)), known, &metrics);
-                    let gone = tokio::select! {
-                        _ = stop.cancelled() => break,
-                        gone = gone => gone,
-                    };
-                    for key in gone {
-                        writer.conflicts.lock().expect("lock").remove(&key);
-                        add(&mut batcher, &mut since, DirtyKey::Source(key.kind, key.name));
-                    }
-                }
-            }
-        }
-    }
+    let lane = Lane {
+        cfg: cfg.clone(),
+        kinds,
+        source_kinds: Vec::new(),
+        remote: Some((cluster.to_string(), stamp.to_string())),
+        client: site.client,
+        caches,
+        writer,
+        metrics,
+        health: own_health,
+        gate: shared.gate.clone(),
+        // Not served now (down, or another registration owns the server):
+        // nothing is planned; "back" plans everything.
+        pass: Some(pass),
+        upstream: None,
+    };
+    lane.run(Inputs {
+        dirty,
+        told,
+        leading: shared.leading.clone(),
+        back: Some(back),
+        stop,
+    })
+    .await;
     drop(guard);
-}
-
-/// Add `key`, starting the batch's clock if it is the first.
-fn add(batcher: &mut Batcher, since: &mut Instant, key: DirtyKey) {
-    if batcher.pending() == 0 {
-        *since = Instant::now();
-    }
-    batcher.add(key);
 }
 
 /// Beside the cluster's task, whatever it is doing: every [`REPORT_EVERY`]
@@ -676,5 +553,338 @@ mod tests {
         assert!(pass.open());
         stop.cancel();
         assert!(!pass.open(), "removed");
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+    use ::http::{Method, Request, Response, StatusCode};
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::client::Body;
+    use tower_test::mock::{Handle, SendResponse};
+
+    type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+    fn respond(send: SendResponse<Response<Body>>, code: StatusCode, body: serde_json::Value) {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(bytes))
+                .unwrap(),
+        );
+    }
+
+    /// What a LIST finds in the remote cluster: the namespace `team-a`
+    /// (and nothing else: no copies).
+    fn listing(uri: &str) -> serde_json::Value {
+        let mut list = serde_json::json!({"apiVersion": "v1", "kind": "List",
+                           "metadata": {"resourceVersion": "1"}, "items": []});
+        if uri.starts_with("/api/v1/namespaces?") {
+            list["items"] = serde_json::json!([{"metadata": {"name": "team-a", "uid": "a-uid"}}]);
+        }
+        list
+    }
+
+    /// What the remote API server was asked, as the test sees it.
+    enum Asked {
+        /// A LIST after the first ones (the periodic resync's): left hanging.
+        ResyncList,
+        /// A write (method, URI).
+        Write(Method, String),
+    }
+
+    /// Answer the remote API server's side: the first LISTs (the watches'),
+    /// the probe, the watches (parked), Events; a later LIST (the resync)
+    /// hangs; a write is created as asked.
+    async fn serve(
+        mut h: ApiHandle,
+        first_lists: usize,
+        tx: tokio::sync::mpsc::UnboundedSender<Asked>,
+    ) {
+        let mut parked = Vec::new();
+        let mut lists = 0;
+        while let Some((req, send)) = h.next_request().await {
+            let (method, uri) = (req.method().clone(), req.uri().to_string());
+            if uri.contains("watch=true") {
+                parked.push(send);
+            } else if uri.starts_with("/api/v1/namespaces/kube-system") {
+                respond(
+                    send,
+                    StatusCode::OK,
+                    serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": "kube-system", "uid": "remote-server"}}),
+                );
+            } else if uri.contains("/events") {
+                respond(send, StatusCode::CREATED, serde_json::json!({}));
+            } else if method == Method::GET {
+                lists += 1;
+                if lists <= first_lists {
+                    respond(send, StatusCode::OK, listing(&uri));
+                } else {
+                    parked.push(send);
+                    let _ = tx.send(Asked::ResyncList);
+                }
+            } else {
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let mut obj: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                obj["metadata"]["uid"] = "copy-uid".into();
+                obj["metadata"]["resourceVersion"] = "2".into();
+                respond(send, StatusCode::CREATED, obj);
+                let _ = tx.send(Asked::Write(method, uri));
+            }
+        }
+    }
+
+    fn source(name: &str) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "src", "uid": format!("{name}-uid"),
+                         "resourceVersion": "1",
+                         "labels": {"push-to-k8s": "source"},
+                         "annotations": {"push-to-k8s.io/clusters": "*"}},
+            "data": {"k": "dg=="}
+        }))
+        .unwrap()
+    }
+
+    // Issue 17, item 4: a remote cluster's periodic resync ran inline on
+    // its loop, so a slow or hanging LIST there stopped that cluster's
+    // propagation. Now it runs beside the loop as at home: a source told
+    // while the resync hangs is written at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_remote_resync_does_not_hold_up_a_told_source() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let cfg = Config::from_vars([
+            ("NAMESPACE".to_string(), "src".to_string()),
+            ("SYNC_INTERVAL".to_string(), "1".to_string()),
+            ("CLUSTER_NAME".to_string(), "home".to_string()),
+        ])
+        .unwrap();
+        let kinds = cfg.kinds();
+        let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(serve(handle, 1 + kinds.len(), tx));
+        let stop = CancellationToken::new();
+        let home = Arc::new(Caches::for_kinds(&kinds, &cfg.source_kinds()));
+        for kind in crate::model::kinds::Kind::ALL {
+            home.of(kind).sources.replace(Default::default());
+        }
+        home.namespaces.replace(
+            [(
+                "src".to_string(),
+                crate::model::records::namespace_info(&Default::default()),
+            )]
+            .into(),
+        );
+        let gate = Arc::new(WriteGate::single(stop.clone()));
+        let (_leading_tx, leading) = tokio::sync::watch::channel(true);
+        let reporter = kube::runtime::events::Reporter {
+            controller: "push-to-k8s".into(),
+            instance: None,
+        };
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            caches: home.clone(),
+            gate: gate.clone(),
+            events: Arc::new(Events::new(
+                client.clone(),
+                reporter,
+                "src".into(),
+                gate.clone(),
+            )),
+            metrics: Arc::new(Metrics::new()),
+            health: Arc::new(Health::new(cfg.ready_watch_failure)),
+            leading,
+            stamp: "home".into(),
+        });
+        let site = Site {
+            cluster: "east".into(),
+            client: client.clone(),
+            watch_client: client,
+            registration: ObjectReference::default(),
+            rank: (1, "east".into()),
+        };
+        let told = Arc::new(Told::default());
+        let task = tokio::spawn(run(
+            shared,
+            Arc::new(Owners::default()),
+            site,
+            told.clone(),
+            stop.clone(),
+        ));
+
+        // A minute on, the resync's first LIST hangs.
+        let hung = tokio::time::timeout(Duration::from_secs(120), async {
+            match asked.recv().await.expect("serving") {
+                Asked::ResyncList => {}
+                Asked::Write(m, uri) => panic!("nothing to write yet: {m} {uri}"),
+            }
+        })
+        .await;
+        assert!(hung.is_ok(), "the resync listed");
+        // Meanwhile a source appears at home, and the control loop tells it.
+        let (name, record) =
+            crate::model::records::SourceRecord::from_secret(&source("db"), "src").unwrap();
+        home.of(crate::model::kinds::Kind::Secret)
+            .sources
+            .set(name.clone(), Some(record));
+        told.add(&crate::targets::Batch {
+            keys: vec![DirtyKey::Source(crate::model::kinds::Kind::Secret, name)],
+            since: tokio::time::Instant::now(),
+        });
+        let written = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Asked::Write(m, uri) = asked.recv().await.expect("serving") {
+                    return (m, uri);
+                }
+            }
+        })
+        .await;
+        let (method, uri) = written.expect("the told source is written while the resync hangs");
+        assert_eq!(method, Method::POST);
+        assert!(
+            uri.starts_with("/api/v1/namespaces/team-a/secrets"),
+            "{uri}"
+        );
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    }
+
+    // Issue 17, item 4: a batch told to a remote cluster was flushed with
+    // the time it was taken, so its propagation latency left out the quiet
+    // window (and any wait) at home. The lane flushes it with the batch's
+    // start: latency counts from the source's event for every cluster.
+    #[tokio::test(start_paused = true)]
+    async fn a_told_batch_is_timed_from_its_first_event_in_a_remote_cluster() {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let cfg = Config::from_vars([
+            ("NAMESPACE".to_string(), "src".to_string()),
+            ("CLUSTER_NAME".to_string(), "home".to_string()),
+        ])
+        .unwrap();
+        let kinds = cfg.kinds();
+        let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(serve(handle, usize::MAX, tx));
+        let stop = CancellationToken::new();
+        let home = Arc::new(Caches::for_kinds(&kinds, &cfg.source_kinds()));
+        for kind in crate::model::kinds::Kind::ALL {
+            home.of(kind).sources.replace(Default::default());
+        }
+        home.namespaces.replace(
+            [(
+                "src".to_string(),
+                crate::model::records::namespace_info(&Default::default()),
+            )]
+            .into(),
+        );
+        // The remote cluster, listed: the namespace team-a, no copies.
+        let caches = Arc::new(home.sharing_sources(&kinds));
+        caches.namespaces.replace(
+            [(
+                "team-a".to_string(),
+                crate::model::records::namespace_info(&Default::default()),
+            )]
+            .into(),
+        );
+        for &kind in &kinds {
+            caches.of(kind).replicas.replace(Default::default());
+        }
+        let gate = Arc::new(WriteGate::single(stop.clone()));
+        let reporter = kube::runtime::events::Reporter {
+            controller: "push-to-k8s".into(),
+            instance: None,
+        };
+        let events = Arc::new(Events::new(
+            client.clone(),
+            reporter,
+            "src".into(),
+            gate.clone(),
+        ));
+        let owners = Arc::new(Owners::default());
+        let pass = Arc::new(Pass::new("east", owners.clone(), stop.clone()));
+        owners
+            .claim("remote-server", "east", &(1, "east".into()))
+            .unwrap();
+        *pass.identity.lock().unwrap() = Some("remote-server".into());
+        pass.up.store(true, Ordering::SeqCst);
+        let metrics = Arc::new(Metrics::new());
+        let writer = Writer::new(
+            client.clone(),
+            "src".into(),
+            Pacer::new(cfg.rate_limit, cfg.rate_burst),
+            events,
+            metrics.clone(),
+            caches.clone(),
+            gate.clone(),
+        )
+        .into_remote(Remote {
+            cluster: "east".into(),
+            stamp: "home".into(),
+            pass: pass.clone(),
+        });
+        let lane = Lane {
+            cfg: cfg.clone(),
+            kinds,
+            source_kinds: Vec::new(),
+            remote: Some(("east".into(), "home".into())),
+            client,
+            caches,
+            writer,
+            metrics: metrics.clone(),
+            health: Arc::new(Health::new(cfg.ready_watch_failure)),
+            gate,
+            pass: Some(pass),
+            upstream: None,
+        };
+        let told = Arc::new(Told::default());
+        let (_keys, dirty) = tokio::sync::mpsc::unbounded_channel();
+        let (_leading_tx, leading) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(lane.run(Inputs {
+            dirty,
+            told: told.clone(),
+            leading,
+            back: None,
+            stop: stop.clone(),
+        }));
+        // The lane's first plan (everything) finds nothing to write.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // A source changed at home 7 s ago (its quiet window and more); the
+        // batch is told now.
+        let since = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let (name, record) =
+            crate::model::records::SourceRecord::from_secret(&source("db"), "src").unwrap();
+        home.of(crate::model::kinds::Kind::Secret)
+            .sources
+            .set(name.clone(), Some(record));
+        told.add(&crate::targets::Batch {
+            keys: vec![DirtyKey::Source(crate::model::kinds::Kind::Secret, name)],
+            since,
+        });
+        let written = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if let Asked::Write(m, uri) = asked.recv().await.expect("serving") {
+                    return (m, uri);
+                }
+            }
+        })
+        .await
+        .expect("the told source is written");
+        assert_eq!(written.0, Method::POST, "{written:?}");
+        // The write is counted once it has completed.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let text = metrics.encode();
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("push_to_k8s_propagation_seconds_sum "))
+            .expect("the latency histogram")
+            .parse()
+            .unwrap();
+        assert!(sum >= 7.0, "latency counted from the event: {sum}s\n{text}");
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
 }

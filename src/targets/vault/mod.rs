@@ -7,26 +7,34 @@ pub mod client;
 pub mod entry;
 pub mod target;
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::batch::DirtyKey;
 use crate::operate::config::{Config, VaultAuth, VaultConfig};
 use crate::write::Context;
+use crate::write::gate::WriteGate;
 use entry::SourceId;
 use target::{Target, Work};
 
-/// The control loop's handle on the Vault worker.
+/// The fan-out's handle on the Vault worker.
 pub struct Handle {
     work: mpsc::UnboundedSender<Work>,
+    gate: Arc<WriteGate>,
 }
 
-impl Handle {
-    /// Forward a flushed batch: its sources (and "everything") concern Vault;
-    /// namespace and copy keys do not.
-    pub fn tell(&self, keys: &[DirtyKey]) {
+impl crate::targets::Target for Handle {
+    /// Forward a batch: its sources (and "everything") concern Vault;
+    /// namespace and copy keys do not. A standby forwards nothing (the
+    /// worker plans everything when this instance leads).
+    fn tell(&self, batch: &crate::targets::Batch) {
+        if !self.gate.leading() {
+            return;
+        }
         let mut ids = Vec::new();
-        for key in keys {
+        for key in &batch.keys {
             match key {
                 DirtyKey::All => {
                     let _ = self.work.send(Work::All);
@@ -72,7 +80,10 @@ pub fn spawn(
     tracing::info!(addr = %vault.addr, mount = %vault.kv_mount, "Vault target on");
     let worker = Target::new(store, settings, ctx.clone());
     tokio::spawn(worker.run(rx, leading, shutdown));
-    Ok(Handle { work: tx })
+    Ok(Handle {
+        work: tx,
+        gate: ctx.gate.clone(),
+    })
 }
 
 /// The client for `vault`'s settings (no I/O; a CA file that does not parse
