@@ -14,6 +14,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -700,6 +701,96 @@ async fn s05_tampered_or_deleted_copies_are_repaired() {
     );
 
     finish(env, daemon, &[v, tampered, extra]).await;
+}
+
+/// 5b. Issue 17: drift is repaired without waiting for the quiet window,
+/// which exists to coalesce source changes (an edited or deleted copy has
+/// nothing to coalesce). With a 5 s window, an edited copy and a deleted copy
+/// are both repaired in well under 2 s (before: after the window, 5 s).
+#[tokio::test]
+async fn s05b_drift_is_repaired_without_waiting_for_the_quiet_window() {
+    let _serial = serial();
+    let env = TestEnv::new("e2e-drift-fast", 2).await;
+    let _on_panic = env.cleanup_on_panic();
+    let quiet = Duration::from_secs(5);
+    let daemon = start(
+        &env,
+        &[
+            ("SECRET_SYNC_DEBOUNCE_SECONDS", "5"),
+            ("SECRET_SYNC_MAX_WAIT_SECONDS", "30"),
+            ("SYNC_INTERVAL", "1440"),
+        ],
+    )
+    .await;
+    let name = format!("{}-key", env.id);
+    let (v, tampered) = (secret_value("orig"), secret_value("tampered"));
+    env.add_source(&secret(&name, &[("k", &v)], &[], &[], None))
+        .await;
+    await_exact(&env, &env.targets, &name, WAIT).await;
+    // The echo of our own creates was planned at once; a copy planned at once
+    // is planned at once again only a quiet window later (the fight bound).
+    tokio::time::sleep(quiet + Duration::from_secs(1)).await;
+    let api = |i: usize| env.secrets(&env.targets[i]);
+    let old = api(1).get(&name).await.unwrap();
+
+    // Both at once: one copy edited, the other deleted.
+    let t = Instant::now();
+    merge(&api(0), &name, json!({"data": {"k": b64(&tampered)}})).await;
+    api(1)
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete copy");
+    let (edited_in, deleted_in) = (Cell::new(None), Cell::new(None));
+    until(
+        "the edited and the deleted copy repaired",
+        REPAIR,
+        || async {
+            if edited_in.get().is_none()
+                && exact_copies(&env, &env.targets[0..1], &name).await.is_ok()
+            {
+                edited_in.set(Some(t.elapsed()));
+            }
+            if deleted_in.get().is_none()
+                && env
+                    .copy(&env.targets[1], &name)
+                    .await
+                    .is_some_and(|c| c.metadata.uid != old.metadata.uid)
+                && exact_copies(&env, &env.targets[1..2], &name).await.is_ok()
+            {
+                deleted_in.set(Some(t.elapsed()));
+            }
+            match (edited_in.get(), deleted_in.get()) {
+                (Some(_), Some(_)) => Ok(()),
+                (e, d) => Err(format!("edited: {e:?}, deleted: {d:?}")),
+            }
+        },
+    )
+    .await;
+    let (edited_in, deleted_in) = (edited_in.get().unwrap(), deleted_in.get().unwrap());
+    println!(
+        "s05b: edited copy repaired in {edited_in:?}, deleted copy in {deleted_in:?} (quiet window {quiet:?})"
+    );
+    let bound = Duration::from_secs(2);
+    assert!(
+        edited_in < bound && deleted_in < bound,
+        "drift waited for the quiet window ({quiet:?}): edited copy repaired in {edited_in:?}, deleted copy in {deleted_in:?}"
+    );
+
+    // A source change still waits for its quiet window (it is coalesced).
+    // (Once the echoes of the repairs, held for a window, are planned.)
+    tokio::time::sleep(quiet + Duration::from_secs(1)).await;
+    let v2 = secret_value("v2");
+    let t = Instant::now();
+    merge(&env.sources(), &name, json!({"data": {"k": b64(&v2)}})).await;
+    await_exact(&env, &env.targets, &name, WAIT).await;
+    let propagated = t.elapsed();
+    println!("s05b: source change propagated in {propagated:?}");
+    assert!(
+        propagated >= quiet - Duration::from_millis(500),
+        "a source change did not wait for its quiet window: {propagated:?}"
+    );
+
+    finish(env, daemon, &[v, tampered, v2]).await;
 }
 
 /// 6. A pre-existing unmanaged Secret of the same name is left byte-identical;

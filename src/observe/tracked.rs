@@ -146,12 +146,15 @@ pub fn replicas(
                 o.metadata.name.as_deref()?,
             ))
         }),
-        // Only a copy under a name its source asks for now makes its source
-        // dirty. Anything else (a copy of a gone source, or under another
-        // name) needs at most a delete, which the next full plan finds and
-        // the stray lane makes (docs/architecture.md, "Strays"): so what a
-        // tenant creates or deletes in its own namespace never keeps the
-        // batcher from going quiet.
+        // Only a copy under a name its source asks for now is re-planned:
+        // that copy alone ([`DirtyKey::Copy`]), at once, without waiting for
+        // the quiet window (an edited or deleted copy has nothing to
+        // coalesce; see [`crate::observe::batch`]). Anything else (a copy of
+        // a gone source, or under another name) needs at most a delete,
+        // which the next full plan finds and the stray lane makes
+        // (docs/architecture.md, "Strays"): so what a tenant creates or
+        // deletes in its own namespace never keeps the batcher from going
+        // quiet.
         dirty: Arc::new(
             move |k: &ObjectKey, old: Option<&ReplicaRecord>, new: Option<&ReplicaRecord>| {
                 let r = new.or(old)?;
@@ -159,7 +162,7 @@ pub fn replicas(
                     all.get(&*r.source)
                         .is_some_and(|s| s.replica.name == k.name)
                 });
-                asked.then(|| DirtyKey::Source(k.kind, r.source.to_string()))
+                asked.then(|| DirtyKey::Copy(ObjectKey::new(k.kind, &k.namespace, &r.source)))
             },
         ),
     }
