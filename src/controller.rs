@@ -120,17 +120,28 @@ async fn control(
     let caches = Arc::new(Caches::for_kinds(&kinds, &source_kinds));
     // This cluster's dirty keys, its lane's own among them: one source batch.
     let (dirty_tx, dirty_rx) = mpsc::unbounded_channel::<DirtyKey>();
+    let watched = watch::Watched {
+        source_namespace: &cfg.namespace,
+        stamp: None,
+        kinds: &kinds,
+        // Without the source watch, the sources come from the list at start
+        // and each resync.
+        sources: if cfg.enable_secret_watcher {
+            &source_kinds
+        } else {
+            &[]
+        },
+    };
     let watchers = watch::spawn_all(
         client.clone(),
-        (&cfg.namespace, None),
-        &kinds,
-        &source_kinds,
-        cfg.enable_secret_watcher,
+        &watched,
         caches.clone(),
-        dirty_tx.clone(),
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
+        &watch::Context {
+            dirty: dirty_tx.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            shutdown: shutdown.clone(),
+        },
     );
 
     let reporter = Reporter {

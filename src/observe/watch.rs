@@ -36,7 +36,6 @@ use crate::operate::metrics::Metrics;
 /// again: a resumed watch delivers nothing until something changes, so only
 /// a list can show that the watch works again (see [`crate::operate::http::Health`]).
 /// Every watch runs through this loop, so none can be left out of `/readyz`.
-#[allow(clippy::too_many_arguments)]
 pub async fn run<K, Key, V, S>(
     what: &'static str,
     watch: impl Fn() -> S,
@@ -44,16 +43,19 @@ pub async fn run<K, Key, V, S>(
     transform: impl Fn(&K) -> Option<(Key, V)>,
     key_of: impl Fn(&K) -> Option<Key>,
     dirty_of: impl Fn(&Key, Option<&V>, Option<&V>) -> Option<DirtyKey>,
-    dirty: UnboundedSender<DirtyKey>,
-    metrics: Arc<Metrics>,
-    health: Arc<crate::operate::http::Health>,
-    shutdown: CancellationToken,
+    ctx: Context,
 ) where
     K: Send,
     Key: Eq + Hash + Clone,
     V: Clone + PartialEq,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
+    let Context {
+        dirty,
+        metrics,
+        health,
+        shutdown,
+    } = ctx;
     // However this loop ends (shutdown, a panic), `/readyz` hears of it.
     let _stopped = WatchStopped(&health, what);
     let emit = |k: &Key, old: Option<&V>, new: Option<&V>| {
@@ -178,13 +180,8 @@ pub fn config(labels: Option<&str>) -> watcher::Config {
 }
 
 /// Watch one tracked thing ([`crate::observe::tracked`]) until shutdown.
-pub async fn watch<O, K, V>(
-    tracked: Tracked<O, K, V>,
-    dirty: UnboundedSender<DirtyKey>,
-    metrics: Arc<Metrics>,
-    health: Arc<crate::operate::http::Health>,
-    shutdown: CancellationToken,
-) where
+pub async fn watch<O, K, V>(tracked: Tracked<O, K, V>, ctx: Context)
+where
     O: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K: Eq + Hash + Clone,
     V: Clone + PartialEq,
@@ -199,64 +196,66 @@ pub async fn watch<O, K, V>(
         |o: &O| record(o),
         |o: &O| key(o),
         |k: &K, old: Option<&V>, new: Option<&V>| dirty_of(k, old, new),
-        dirty,
-        metrics,
-        health,
-        shutdown,
+        ctx,
     )
     .await
 }
 
-type WatchContext<'a> = (
-    &'a UnboundedSender<DirtyKey>,
-    &'a Arc<Metrics>,
-    &'a Arc<crate::operate::http::Health>,
-    &'a CancellationToken,
-);
+/// Where the watches of one cluster report: the dirty keys of real
+/// changes, their metrics, that cluster's health; and when they stop.
+#[derive(Clone)]
+pub struct Context {
+    pub dirty: UnboundedSender<DirtyKey>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<crate::operate::http::Health>,
+    pub shutdown: CancellationToken,
+}
 
-fn spawn_watch<O, K, V>(
-    tracked: Tracked<O, K, V>,
-    (dirty, metrics, health, shutdown): WatchContext<'_>,
-) -> tokio::task::JoinHandle<()>
+/// What one cluster's watches cover.
+pub struct Watched<'a> {
+    /// Copies name their source in this namespace.
+    pub source_namespace: &'a str,
+    /// A remote cluster's stamp: only copies carrying it are ours there.
+    pub stamp: Option<&'a str>,
+    /// The kinds whose copies are watched.
+    pub kinds: &'a [Kind],
+    /// The kinds whose sources are watched here: none in a remote cluster
+    /// (its sources are this cluster's), none without ENABLE_SECRET_WATCHER
+    /// (the sources are then left to the periodic resync).
+    pub sources: &'a [Kind],
+}
+
+fn spawn_watch<O, K, V>(tracked: Tracked<O, K, V>, ctx: &Context) -> tokio::task::JoinHandle<()>
 where
     O: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + PartialEq + Send + Sync + 'static,
 {
-    tokio::spawn(watch(
-        tracked,
-        dirty.clone(),
-        metrics.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ))
+    tokio::spawn(watch(tracked, ctx.clone()))
 }
 
-/// Spawn every watch: the namespaces, and per kind in `kinds` its copies and
-/// (unless `watch_sources` is false: ENABLE_SECRET_WATCHER, the sources are
-/// then left to the periodic resync) its sources.
-#[allow(clippy::too_many_arguments)]
+/// Spawn every watch: the namespaces, and per kind of `watched` its copies
+/// and its sources where they are watched.
 pub fn spawn_all(
     client: kube::Client,
-    (source_namespace, stamp): (&str, Option<&str>),
-    kinds: &[Kind],
-    source_kinds: &[Kind],
-    watch_sources: bool,
+    watched: &Watched<'_>,
     caches: Arc<Caches>,
-    dirty: UnboundedSender<DirtyKey>,
-    metrics: Arc<Metrics>,
-    health: Arc<crate::operate::http::Health>,
-    shutdown: CancellationToken,
+    ctx: &Context,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     // One task per tracked thing, all through the same loop.
-    let ctx = (&dirty, &metrics, &health, &shutdown);
     let mut tasks = vec![spawn_watch(tracked::namespaces(&client, &caches), ctx)];
-    for &kind in kinds {
-        if watch_sources && source_kinds.contains(&kind) {
-            let sources = tracked::sources(&client, &caches, kind, source_namespace);
+    for &kind in watched.kinds {
+        if watched.sources.contains(&kind) {
+            let sources = tracked::sources(&client, &caches, kind, watched.source_namespace);
             tasks.push(spawn_watch(sources, ctx));
         }
-        let replicas = tracked::replicas(&client, &caches, kind, source_namespace, stamp);
+        let replicas = tracked::replicas(
+            &client,
+            &caches,
+            kind,
+            watched.source_namespace,
+            watched.stamp,
+        );
         tasks.push(spawn_watch(replicas, ctx));
     }
     tasks

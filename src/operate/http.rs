@@ -534,10 +534,12 @@ mod tests {
             |s: &String| Some((s.clone(), ())),
             |s: &String| Some(s.clone()),
             |_: &String, _: Option<&()>, _: Option<&()>| None,
-            dirty,
-            metrics.clone(),
-            health.clone(),
-            shutdown.clone(),
+            watch::Context {
+                dirty,
+                metrics: metrics.clone(),
+                health: health.clone(),
+                shutdown: shutdown.clone(),
+            },
         ));
         // Listed at 0 s, then refused at 0, 1, 3 and 7 s (backoff 1, 2, 4 s);
         // the fifth start, at 15 s, lists again and is not contradicted.

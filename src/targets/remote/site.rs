@@ -245,15 +245,19 @@ pub async fn run(
     let mut guard = Guard {
         tasks: watch::spawn_all(
             site.watch_client.clone(),
-            (&cfg.namespace, Some(stamp)),
-            &kinds,
-            &[],
-            false,
+            &watch::Watched {
+                source_namespace: &cfg.namespace,
+                stamp: Some(stamp),
+                kinds: &kinds,
+                sources: &[],
+            },
             caches.clone(),
-            dirty_tx,
-            metrics.clone(),
-            own_health.clone(),
-            stop.clone(),
+            &watch::Context {
+                dirty: dirty_tx,
+                metrics: metrics.clone(),
+                health: own_health.clone(),
+                shutdown: stop.clone(),
+            },
         ),
         owners: owners.clone(),
         cluster: cluster.to_string(),
