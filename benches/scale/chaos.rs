@@ -594,18 +594,23 @@ fn annotation<'a>(m: &'a ObjectMeta, k: &str) -> Option<&'a str> {
     m.annotations.as_ref()?.get(k).map(String::as_str)
 }
 
-/// Compare one cluster's copies with the sources.
-#[allow(clippy::too_many_arguments)]
+/// Compare one cluster's copies with the sources; `foreign`: the objects
+/// that are not ours there (an unmanaged one in a copy's place is a conflict).
 async fn check_cluster(
     c: &mut Check,
     label: &str,
     client: &kube::Client,
-    secrets: &[Secret],
-    config_maps: &[ConfigMap],
-    conflicts: &HashSet<(String, String)>,
-    foreign: &HashSet<(String, String)>,
+    (secrets, config_maps): (&[Secret], &[ConfigMap]),
+    foreign: &[Foreign],
     remote: bool,
 ) -> Result<()> {
+    let conflicts: &HashSet<(String, String)> = &foreign
+        .iter()
+        .filter(|f| f.what == "unmanaged conflict")
+        .map(|f| key(&f.ns, &f.name))
+        .collect();
+    let foreign: &HashSet<(String, String)> =
+        &foreign.iter().map(|f| key(&f.ns, &f.name)).collect();
     let namespaces = eligible_namespaces(client).await?;
     let mut checked = 0;
     let selector = ListParams::default().labels(push_to_k8s::model::vocabulary::MANAGED_SELECTOR);
@@ -997,23 +1002,12 @@ impl World<'_> {
     async fn check(&self) -> Result<Check> {
         let mut c = Check::default();
         let (secrets, cms) = self.sources().await?;
-        let keys = |f: &[Foreign]| -> HashSet<(String, String)> {
-            f.iter().map(|f| key(&f.ns, &f.name)).collect()
-        };
-        let conflicts = |f: &[Foreign]| -> HashSet<(String, String)> {
-            f.iter()
-                .filter(|f| f.what == "unmanaged conflict")
-                .map(|f| key(&f.ns, &f.name))
-                .collect()
-        };
         check_cluster(
             &mut c,
             "home",
             &self.home.client,
-            &secrets,
-            &cms,
-            &conflicts(&self.foreign_home),
-            &keys(&self.foreign_home),
+            (&secrets, &cms),
+            &self.foreign_home,
             false,
         )
         .await?;
@@ -1021,10 +1015,8 @@ impl World<'_> {
             &mut c,
             REMOTE,
             &self.remote.cluster.client,
-            &secrets,
-            &cms,
-            &conflicts(&self.foreign_remote),
-            &keys(&self.foreign_remote),
+            (&secrets, &cms),
+            &self.foreign_remote,
             true,
         )
         .await?;

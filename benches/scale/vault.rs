@@ -899,7 +899,7 @@ impl Bench<'_> {
             .context("create the sources")?;
         let spread = t0.elapsed().as_secs_f64();
         let (took, cost) = self
-            .written_many(&c, v, &m, t0, created, "created", timeout)
+            .written_many((&c, v, &m, t0), created, "created", timeout)
             .await?;
         let what = format!("B S={s_count} create");
         self.report
@@ -926,7 +926,7 @@ impl Bench<'_> {
             .context("update the sources")?;
         let spread = t0.elapsed().as_secs_f64();
         let (took, cost) = self
-            .written_many(&c, v, &m, t0, updated, "updated", timeout)
+            .written_many((&c, v, &m, t0), updated, "updated", timeout)
             .await?;
         let what = format!("B S={s_count} update");
         self.report
@@ -943,13 +943,9 @@ impl Bench<'_> {
 
     /// After `objects` were created or changed (from `t0`): when every entry
     /// held its value, and what it cost once Vault settled.
-    #[allow(clippy::too_many_arguments)]
     async fn written_many(
         &self,
-        c: &Daemon,
-        v: &VaultServer,
-        m: &Mark,
-        t0: Instant,
+        (c, v, m, t0): (&Daemon, &VaultServer, &Mark, Instant),
         mut objects: Vec<Secret>,
         verb: &str,
         timeout: Duration,
