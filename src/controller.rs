@@ -331,56 +331,23 @@ async fn announce_leader(events: &Events, le: &crate::operate::config::LeaderEle
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{self, ApiServer, Reply};
     use crate::targets::cluster::lane::RESYNC_RETRY;
-    use ::http::{Method, Request, Response, StatusCode};
-    use kube::client::Body;
+    use ::http::{Method, StatusCode};
     use tokio::time::Instant;
-    use tower_test::mock::{Handle, SendResponse};
-
-    type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-    fn respond(send: SendResponse<Response<Body>>, code: StatusCode, body: serde_json::Value) {
-        let bytes = serde_json::to_vec(&body).unwrap();
-        send.send_response(
-            Response::builder()
-                .status(code)
-                .body(Body::from(bytes))
-                .unwrap(),
-        );
-    }
-
-    fn empty_list() -> serde_json::Value {
-        serde_json::json!({"apiVersion": "v1", "kind": "List",
-                           "metadata": {"resourceVersion": "1"}, "items": []})
-    }
 
     /// What a LIST finds: nothing, but the source namespace `src` in a
     /// LIST of namespaces (without it nothing may be deleted, and /readyz
     /// says so).
     fn listing(uri: &str) -> serde_json::Value {
-        let mut list = empty_list();
-        if uri.starts_with("/api/v1/namespaces?") {
-            list["items"] = serde_json::json!([{"metadata": {"name": "src", "uid": "src-uid"}}]);
-        }
-        list
+        fixtures::only_namespaces(uri, &[("src", "src-uid")])
     }
 
-    /// The next LIST request and its URI (watch requests are parked in
-    /// `watches`, never answered, like watches with nothing to say).
-    async fn next_list(
-        h: &mut ApiHandle,
-        watches: &mut Vec<SendResponse<Response<Body>>>,
-    ) -> (String, SendResponse<Response<Body>>) {
-        loop {
-            let (req, send) = h.next_request().await.expect("a request");
-            let uri = req.uri().to_string();
-            assert_eq!(req.method(), Method::GET, "no write expected: {uri}");
-            if uri.contains("watch=true") {
-                watches.push(send);
-            } else {
-                return (uri, send);
-            }
-        }
+    /// The next LIST request and its URI (watches are parked in `watches`).
+    async fn next_list(server: &mut ApiServer, watches: &mut Vec<Reply>) -> (String, Reply) {
+        let (method, uri, send) = fixtures::next_besides_watches(server, watches).await;
+        assert_eq!(method, Method::GET, "no write expected: {uri}");
+        (uri, send)
     }
 
     // Issue 7, defect 5: the periodic resync ran on the control loop, so a
@@ -388,8 +355,7 @@ mod tests {
     // task: the loop beats through it, and its result reaches /readyz.
     #[tokio::test(start_paused = true)]
     async fn defect5_a_long_resync_neither_blocks_the_loop_nor_trips_healthz() {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "default");
+        let (client, mut handle) = fixtures::client();
         let cfg = Config::from_vars([
             ("NAMESPACE".to_string(), "src".to_string()),
             ("SYNC_INTERVAL".to_string(), "1".to_string()),
@@ -409,7 +375,7 @@ mod tests {
         // the sources and copies of each kind, and the cluster registrations.
         for _ in 0..2 + 2 * cfg.kinds().len() {
             let (uri, send) = next_list(&mut handle, &mut watches).await;
-            respond(send, StatusCode::OK, listing(&uri));
+            fixtures::reply(send, StatusCode::OK, listing(&uri));
         }
         // A minute later the resync lists, and its first LIST hangs.
         let t0 = Instant::now();
@@ -430,11 +396,10 @@ mod tests {
         assert_eq!(health.liveness(), Ok(()), "the loop beat all along");
         assert_eq!(health.readiness(), Ok(()));
         // It fails: /readyz says so, and it is tried again within 30 s.
-        respond(
+        fixtures::reply(
             hanging,
             StatusCode::FORBIDDEN,
-            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "reason": "Forbidden", "code": 403, "message": "forbidden"}),
+            fixtures::failure(403, "Forbidden"),
         );
         let t1 = Instant::now();
         tokio::task::yield_now().await;
@@ -446,10 +411,10 @@ mod tests {
             "{why}"
         );
         // The retry succeeds: ready again.
-        respond(retry, StatusCode::OK, listing(&uri));
+        fixtures::reply(retry, StatusCode::OK, listing(&uri));
         for _ in 0..2 * cfg.kinds().len() {
             let (uri, send) = next_list(&mut handle, &mut watches).await;
-            respond(send, StatusCode::OK, listing(&uri));
+            fixtures::reply(send, StatusCode::OK, listing(&uri));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(health.readiness(), Ok(()));

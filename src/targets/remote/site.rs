@@ -563,32 +563,14 @@ mod tests {
 #[cfg(test)]
 mod lane_tests {
     use super::*;
-    use ::http::{Method, Request, Response, StatusCode};
+    use crate::fixtures::{self, ApiServer};
+    use ::http::{Method, StatusCode};
     use k8s_openapi::api::core::v1::Secret;
-    use kube::client::Body;
-    use tower_test::mock::{Handle, SendResponse};
-
-    type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-    fn respond(send: SendResponse<Response<Body>>, code: StatusCode, body: serde_json::Value) {
-        let bytes = serde_json::to_vec(&body).unwrap();
-        send.send_response(
-            Response::builder()
-                .status(code)
-                .body(Body::from(bytes))
-                .unwrap(),
-        );
-    }
 
     /// What a LIST finds in the remote cluster: the namespace `team-a`
     /// (and nothing else: no copies).
     fn listing(uri: &str) -> serde_json::Value {
-        let mut list = serde_json::json!({"apiVersion": "v1", "kind": "List",
-                           "metadata": {"resourceVersion": "1"}, "items": []});
-        if uri.starts_with("/api/v1/namespaces?") {
-            list["items"] = serde_json::json!([{"metadata": {"name": "team-a", "uid": "a-uid"}}]);
-        }
-        list
+        fixtures::only_namespaces(uri, &[("team-a", "a-uid")])
     }
 
     /// What the remote API server was asked, as the test sees it.
@@ -603,7 +585,7 @@ mod lane_tests {
     /// the probe, the watches (parked), Events; a later LIST (the resync)
     /// hangs; a write is created as asked.
     async fn serve(
-        mut h: ApiHandle,
+        mut h: ApiServer,
         first_lists: usize,
         tx: tokio::sync::mpsc::UnboundedSender<Asked>,
     ) {
@@ -614,18 +596,18 @@ mod lane_tests {
             if uri.contains("watch=true") {
                 parked.push(send);
             } else if uri.starts_with("/api/v1/namespaces/kube-system") {
-                respond(
+                fixtures::reply(
                     send,
                     StatusCode::OK,
                     serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": "kube-system", "uid": "remote-server"}}),
                 );
             } else if uri.contains("/events") {
-                respond(send, StatusCode::CREATED, serde_json::json!({}));
+                fixtures::reply(send, StatusCode::CREATED, serde_json::json!({}));
             } else if method == Method::GET {
                 lists += 1;
                 if lists <= first_lists {
-                    respond(send, StatusCode::OK, listing(&uri));
+                    fixtures::reply(send, StatusCode::OK, listing(&uri));
                 } else {
                     parked.push(send);
                     let _ = tx.send(Asked::ResyncList);
@@ -635,7 +617,7 @@ mod lane_tests {
                 let mut obj: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 obj["metadata"]["uid"] = "copy-uid".into();
                 obj["metadata"]["resourceVersion"] = "2".into();
-                respond(send, StatusCode::CREATED, obj);
+                fixtures::reply(send, StatusCode::CREATED, obj);
                 let _ = tx.send(Asked::Write(method, uri));
             }
         }
@@ -659,8 +641,7 @@ mod lane_tests {
     // while the resync hangs is written at once.
     #[tokio::test(start_paused = true)]
     async fn a_hanging_remote_resync_does_not_hold_up_a_told_source() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "default");
+        let (client, handle) = fixtures::client();
         let cfg = Config::from_vars([
             ("NAMESPACE".to_string(), "src".to_string()),
             ("SYNC_INTERVAL".to_string(), "1".to_string()),
@@ -762,8 +743,7 @@ mod lane_tests {
     // start: latency counts from the source's event for every cluster.
     #[tokio::test(start_paused = true)]
     async fn a_told_batch_is_timed_from_its_first_event_in_a_remote_cluster() {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "default");
+        let (client, handle) = fixtures::client();
         let cfg = Config::from_vars([
             ("NAMESPACE".to_string(), "src".to_string()),
             ("CLUSTER_NAME".to_string(), "home".to_string()),
