@@ -106,3 +106,109 @@ pub async fn expect_secrets_named(server: &mut ApiServer, name: &str, items: Vec
                "metadata": {"resourceVersion": "7"}, "items": items}),
     );
 }
+
+/// The answer to a LIST at `uri` in a cluster that holds only the
+/// namespaces `namespaces` (name, uid): those for a LIST of namespaces, an
+/// empty list for anything else.
+pub fn only_namespaces(uri: &str, namespaces: &[(&str, &str)]) -> Value {
+    let items: Vec<Value> = if uri.starts_with("/api/v1/namespaces?") {
+        namespaces
+            .iter()
+            .map(|(name, uid)| json!({"metadata": {"name": name, "uid": uid}}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    json!({"apiVersion": "v1", "kind": "List",
+           "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// Scenario: the next request that is not a watch (its method, URI and the
+/// way to answer it); watches met on the way are parked in `parked`, never
+/// answered, like watches with nothing to say.
+pub async fn next_besides_watches(
+    server: &mut ApiServer,
+    parked: &mut Vec<Reply>,
+) -> (Method, String, Reply) {
+    loop {
+        let (req, send) = server.next_request().await.expect("another request");
+        let uri = req.uri().to_string();
+        if uri.contains("watch=true") {
+            parked.push(send);
+        } else {
+            return (req.method().clone(), uri, send);
+        }
+    }
+}
+
+/// What [`capture_logs`] captured.
+#[derive(Clone, Default)]
+pub struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("lock").clone()).expect("UTF-8 logs")
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every log line and span of this thread, at every level, until the guard
+/// is dropped.
+///
+/// `tracing` caches whether a log statement is wanted once per process,
+/// asking the subscriber of whichever thread reaches it first; a test on
+/// another thread without one would have it cached as never wanted, and
+/// the capture would miss it (this made a secrecy test fail now and then).
+/// So a global subscriber that wants nothing but asks every time is
+/// installed first, and the cache is rebuilt once the capture is on.
+pub fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    static ANCHOR: std::sync::Once = std::sync::Once::new();
+    ANCHOR.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(AskEveryTime);
+    });
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
+    (logs, guard)
+}
+
+/// The global subscriber of the test binary: records nothing, and has
+/// every log statement asked again each time (see [`capture_logs`]).
+struct AskEveryTime;
+
+impl tracing::Subscriber for AskEveryTime {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::sometimes()
+    }
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::TRACE)
+    }
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        false
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {}
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}

@@ -1689,24 +1689,7 @@ mod tests {
     /// writes, reads, a 403 and a CAS mismatch: no token, JWT or value.
     #[tokio::test]
     async fn logs_show_no_secret() {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = crate::fixtures::capture_logs();
 
         let vault = fake(Duration::ZERO, |s, _| match s.path.as_str() {
             "/v1/auth/kubernetes/login" => login_answer(TOKEN, 3600),
@@ -1729,7 +1712,7 @@ mod tests {
         client.write_data("cas", &data, 1).await.unwrap_err();
         std::fs::remove_file(jwt).unwrap();
 
-        let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let logs = logs.text();
         assert!(logs.contains("vault request"), "no log captured: {logs}");
         assert!(logs.contains("/v1/secret/data/denied"), "{logs}");
         assert_clean(&logs);
