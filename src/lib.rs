@@ -8,13 +8,14 @@
 //! - [`controller`]: wiring only: preflight, lease, write gate, targets, fan-out, shutdown.
 //! - [`targets`]: where copies go: this cluster's namespaces and each registered
 //!   cluster ([`targets::cluster`], [`targets::remote`]), and Vault ([`targets::vault`]).
-//! - [`decide`]: the pure planner and adoption: desired against observed.
 //! - [`write`]: what every target writes through: the leader/shutdown gate,
 //!   pacing, retries, Events.
+//! - [`decide`]: the pure planner and adoption: desired against observed.
 //! - [`observe`]: watches, caches, the periodic resync, batching of dirty keys.
 //! - [`operate`]: configuration, CLI, lease, health, metrics, logging, API clients.
 //! - [`model`]: the vocabulary (every label and annotation), kinds, names, the
 //!   annotation rules, replica rendering and records.
+//! - `fixtures` (test builds only): the mock API server of the unit tests.
 
 pub mod controller;
 pub mod decide;
