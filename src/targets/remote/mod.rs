@@ -12,6 +12,8 @@
 //! planner asks [`crate::model::rules::TargetRules::selects_cluster`].
 
 pub mod kubeconfig;
+pub mod owners;
+pub mod probe;
 pub mod site;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -74,7 +76,7 @@ pub fn spawn(shared: Shared, client: kube::Client, shutdown: CancellationToken) 
         running: BTreeMap::new(),
         said: HashMap::new(),
         labelled: BTreeSet::new(),
-        owners: Arc::new(site::Owners::default()),
+        owners: Arc::new(owners::Owners::default()),
     };
     tokio::spawn(manager.run(client, shutdown));
     Handle { clusters, gate }
@@ -103,7 +105,7 @@ pub struct Registration {
 /// - the label's value must be a DNS label;
 /// - one registration per cluster name, and one per API server (its
 ///   kubeconfig's server URL; the task also compares the server's own
-///   identity at connect, [`site::Owners`]);
+///   identity at connect, [`owners::Owners`]);
 /// - a registration already served (`running`: cluster name to Secret name)
 ///   keeps its name and its server: a newcomer is refused, whatever its
 ///   name; among the others the older Secret (creation time, then name)
@@ -243,7 +245,7 @@ struct Manager {
     /// Cluster names with metric series or `/readyz` notes.
     labelled: BTreeSet<String>,
     /// Which task serves which remote API server.
-    owners: Arc<site::Owners>,
+    owners: Arc<owners::Owners>,
 }
 
 impl Manager {

@@ -1,65 +1,46 @@
-//! One registered remote cluster, served beside the control loop.
-//!
-//! The same pieces as at home, on the remote cluster's API server: a watch of
-//! its namespaces and a metadata-only watch of our copies there
-//! ([`crate::observe::watch::spawn_all`] without sources), caches whose *sources* are
-//! this cluster's (shared, never copied), the same planner ([`flush`]), a
-//! writer with its own limiter (`SECRET_SYNC_RATE_LIMIT` per API server),
-//! its own retry queue, fights and conflicts, and its own resync. The control
-//! loop tells it each flushed batch's sources, which it plans at once (they
-//! waited out the quiet window there); its own watches tell it about its
-//! namespaces and copies, which it batches itself. Every write asks the one
-//! write gate.
+//! One registered remote cluster, served beside this cluster's lane: a thin
+//! constructor. [`run`] builds the cluster's watches (its namespaces and a
+//! metadata-only watch of our copies there: [`crate::observe::watch::spawn_all`]
+//! without sources), caches whose *sources* are this cluster's (shared,
+//! never copied), a writer with its own limiter (`SECRET_SYNC_RATE_LIMIT`
+//! per API server) and the cluster's [`Pass`], starts the [`probe`] beside
+//! it, and runs the one [`Lane`] every cluster runs with them (retries,
+//! fights, conflicts, resync beside the loop). The fan-out tells it each
+//! batch's sources (already through the quiet window at home, planned at
+//! once, timed from their first event); its own watches' keys it batches
+//! itself. Every write asks the one write gate and the cluster's [`Pass`].
 //!
 //! A cluster that cannot be reached, hangs or refuses us holds up nothing
-//! else: the control loop only adds keys to a set ([`Told`]: told
-//! batches coalesce, bounded by the sources), every request has a timeout
+//! else: the fan-out only adds keys to a set ([`Told`]: told batches
+//! coalesce, bounded by the sources), every request has a timeout
 //! ([`super::kubeconfig::REQUEST_TIMEOUT`]), and this task's watches and
-//! writes fail, back off and retry on their own. A probe beside the task
-//! asks the API server for its `kube-system` namespace every
-//! [`REPORT_EVERY`] (answer within [`PROBE_TIMEOUT`]): its uid is the
-//! server's identity ([`Owners`]: one API server, one owner), and a server
-//! that does not answer is reported down at once, whatever the task is
-//! doing. The cluster's state is reported in `/readyz` (a note; it never
-//! makes the controller unready), `push_to_k8s_cluster_up{cluster}` and an
-//! Event on the registration. The cluster's own gate ([`Pass`]) is asked
-//! before each write request: closed while the server does not answer,
-//! while another registration owns it, and from the moment the
-//! registration is removed (the task is aborted then as well).
+//! writes fail, back off and retry on their own. The probe
+//! ([`super::probe`]) asks the API server for its identity every few
+//! seconds ([`Owners`]: one API server, one owner) and reports the
+//! cluster's state (`/readyz` note, `push_to_k8s_cluster_up{cluster}`, an
+//! Event on the registration); the [`Pass`] is closed while the server
+//! does not answer, while another registration owns it, and from the moment
+//! the registration is removed (the task is aborted then as well).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
-use kube::api::Api;
-use kube::runtime::events::EventType;
+use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::owners::{Owners, Pass};
+use super::probe::{Report, probe};
 use crate::observe::batch::DirtyKey;
 use crate::observe::cache::Caches;
 use crate::observe::watch;
 use crate::operate::config::Config;
 use crate::operate::http::Health;
-use crate::operate::metrics::{ClusterLabels, Metrics, RegistrationLabels};
-use crate::targets::cluster::lane::Told;
-use crate::targets::cluster::lane::{Inputs, Lane};
+use crate::operate::metrics::Metrics;
+use crate::targets::cluster::lane::{Inputs, Lane, Told};
 use crate::targets::cluster::writer::{Remote, Writer};
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
-
-/// How often the cluster's API server is asked and its state reported.
-pub const REPORT_EVERY: Duration = Duration::from_secs(2);
-/// How long the probe waits for the API server's answer: a server that
-/// does not answer within this is reported down (so within about
-/// `REPORT_EVERY + PROBE_TIMEOUT` of hanging).
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The namespace whose uid identifies an API server (every cluster has it;
-/// the remote identity may `get` namespaces).
-const IDENTITY_NAMESPACE: &str = "kube-system";
 
 /// What every remote cluster shares with the control loop.
 pub struct Shared {
@@ -87,120 +68,6 @@ pub struct Site {
     /// The registration's age (creation, then Secret name): of two
     /// registrations of one API server starting together, the older owns it.
     pub rank: (i64, String),
-}
-
-/// Which registered cluster serves which remote API server, by the
-/// server's own identity: the uid of its `kube-system` namespace, read at
-/// connect. Two registrations of one server (two names, two URLs) would each
-/// take the other's copies for strays and delete them; so the first to own
-/// it keeps it and the other is refused (not served, said so). Of two that
-/// connect together, before either wrote, the older registration wins.
-#[derive(Default)]
-pub struct Owners {
-    claims: Mutex<HashMap<String, Claim>>,
-}
-
-struct Claim {
-    cluster: String,
-    rank: (i64, String),
-    /// It has been asked to write: it keeps the server from now on.
-    serving: bool,
-}
-
-impl Owners {
-    /// Claim the API server `identity` for `cluster`: `Ok`, or the name of
-    /// the cluster that owns it.
-    pub fn claim(&self, identity: &str, cluster: &str, rank: &(i64, String)) -> Result<(), String> {
-        let mut claims = self.claims.lock().expect("lock");
-        match claims.get(identity) {
-            Some(c) if c.cluster == cluster => Ok(()),
-            Some(c) if c.serving || c.rank <= *rank => Err(c.cluster.clone()),
-            _ => {
-                claims.insert(
-                    identity.to_string(),
-                    Claim {
-                        cluster: cluster.to_string(),
-                        rank: rank.clone(),
-                        serving: false,
-                    },
-                );
-                Ok(())
-            }
-        }
-    }
-
-    /// May `cluster` write to the API server `identity` now (it owns it)?
-    /// From the first yes on, it keeps it against any newcomer.
-    pub fn serve(&self, identity: &str, cluster: &str) -> bool {
-        match self.claims.lock().expect("lock").get_mut(identity) {
-            Some(c) if c.cluster == cluster => {
-                c.serving = true;
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// `cluster` no longer serves anything (its task ended).
-    pub fn release(&self, cluster: &str) {
-        self.claims
-            .lock()
-            .expect("lock")
-            .retain(|_, c| c.cluster != cluster);
-    }
-}
-
-/// A remote cluster's own gate, asked (with the write gate) before each
-/// write request there.
-pub struct Pass {
-    cluster: String,
-    owners: Arc<Owners>,
-    /// Fired when the registration is removed or changed.
-    stop: CancellationToken,
-    /// The API server answered the last probe.
-    up: AtomicBool,
-    /// The API server's identity, once read.
-    identity: Mutex<Option<String>>,
-}
-
-impl std::fmt::Debug for Pass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pass")
-            .field("cluster", &self.cluster)
-            .field("up", &self.up.load(Ordering::SeqCst))
-            .field("stopped", &self.stop.is_cancelled())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Pass {
-    fn new(cluster: &str, owners: Arc<Owners>, stop: CancellationToken) -> Pass {
-        Pass {
-            cluster: cluster.to_string(),
-            owners,
-            stop,
-            up: AtomicBool::new(false),
-            identity: Mutex::new(None),
-        }
-    }
-
-    /// Open: still registered, the server answers, and we own it.
-    pub fn open(&self) -> bool {
-        !self.stop.is_cancelled()
-            && self.up.load(Ordering::SeqCst)
-            && self
-                .identity
-                .lock()
-                .expect("lock")
-                .as_deref()
-                .is_some_and(|id| self.owners.serve(id, &self.cluster))
-    }
-}
-
-impl crate::targets::cluster::writer::ClusterPass for Pass {
-    fn open(&self) -> bool {
-        Pass::open(self)
-    }
 }
 
 /// Ends what belongs to one cluster's task however it ends (returned,
@@ -262,7 +129,15 @@ pub async fn run(
         owners: owners.clone(),
         cluster: cluster.to_string(),
     };
-    let report = Report::new(&shared, &site, own_health.clone(), caches.clone());
+    let report = Report::new(
+        (cluster, &site.registration),
+        (own_health.clone(), caches.clone()),
+        (
+            shared.metrics.clone(),
+            shared.health.clone(),
+            shared.events.clone(),
+        ),
+    );
     guard.tasks.push(tokio::spawn(probe(
         site.client.clone(),
         report,
@@ -313,259 +188,14 @@ pub async fn run(
     drop(guard);
 }
 
-/// Beside the cluster's task, whatever it is doing: every [`REPORT_EVERY`]
-/// ask the API server for its identity (answer within [`PROBE_TIMEOUT`]),
-/// claim it ([`Owners`]), open or close the [`Pass`], and report. Wakes the
-/// task (`back`) when the cluster may be served again after it could not.
-async fn probe(
-    client: kube::Client,
-    mut report: Report,
-    pass: Arc<Pass>,
-    rank: (i64, String),
-    back: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    let api: Api<Namespace> = Api::all(client);
-    let mut tick = tokio::time::interval(REPORT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut was_open = false;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let asked = tokio::time::timeout(PROBE_TIMEOUT, api.get_metadata(IDENTITY_NAMESPACE));
-        let answer = tokio::select! {
-            _ = stop.cancelled() => return,
-            answer = asked => answer,
-        };
-        let probed = match answer {
-            Err(_) => Err(format!(
-                "its API server did not answer within {}s",
-                PROBE_TIMEOUT.as_secs()
-            )),
-            Ok(Err(e)) => Err(format!(
-                "its API server cannot be asked: {}",
-                crate::operate::api_errors::describe(&e)
-            )),
-            Ok(Ok(ns)) => ns
-                .metadata
-                .uid
-                .ok_or_else(|| format!("its namespace {IDENTITY_NAMESPACE} has no uid")),
-        };
-        let state = match probed {
-            Err(why) => State::Down(why),
-            Ok(identity) => {
-                let owner = pass.owners.claim(&identity, &pass.cluster, &rank);
-                *pass.identity.lock().expect("lock") = Some(identity);
-                match owner {
-                    Ok(()) => State::Up,
-                    Err(other) => State::Refused(other),
-                }
-            }
-        };
-        pass.up
-            .store(!matches!(state, State::Down(_)), Ordering::SeqCst);
-        if stop.is_cancelled() {
-            return;
-        }
-        // Served again (or for the first time): what was not planned while
-        // the pass was closed is planned now.
-        let open = matches!(state, State::Up);
-        let opened = open && !was_open;
-        was_open = open;
-        if report.update(&state).await || opened {
-            back.notify_one();
-        }
-    }
-}
-
-/// What the last probe found.
-enum State {
-    Up,
-    /// Not answering (the reason).
-    Down(String),
-    /// Answering, but the API server is served as the cluster named.
-    Refused(String),
-}
-
-/// The cluster's state as the rest of the controller shows it: `/readyz`
-/// notes, `push_to_k8s_cluster_up` and `_replicas`, an Event on the
-/// registration when it goes down, is refused, or comes back.
-struct Report {
-    cluster: String,
-    labels: ClusterLabels,
-    shared: Arc<Shared>,
-    registration: ObjectReference,
-    own: Arc<Health>,
-    caches: Arc<Caches>,
-    /// What was last said: `None` up, `Some(why)` down or refused.
-    said: Option<Option<String>>,
-}
-
-impl Report {
-    fn new(shared: &Arc<Shared>, site: &Site, own: Arc<Health>, caches: Arc<Caches>) -> Report {
-        Report {
-            cluster: site.cluster.clone(),
-            labels: ClusterLabels {
-                cluster: site.cluster.clone(),
-            },
-            shared: shared.clone(),
-            registration: site.registration.clone(),
-            own,
-            caches,
-            said: None,
-        }
-    }
-
-    /// Look and report; `true` when the cluster may be served again after
-    /// it was reported down or refused.
-    async fn update(&mut self, state: &State) -> bool {
-        let refused = match state {
-            State::Refused(owner) => Some(format!(
-                "not served: its API server (the same kube-system namespace uid) is already served as cluster {owner}; one API server has one owner (to rename a cluster, see docs/remote-clusters.md)"
-            )),
-            _ => None,
-        };
-        let down = match (state, self.own.readiness()) {
-            (State::Refused(_), _) => refused.clone(),
-            (State::Down(why), _) => Some(why.clone()),
-            (State::Up, Ok(())) => None,
-            (State::Up, Err(why)) => Some(why.trim_start_matches("not ready: ").to_string()),
-        };
-        let (metrics, health) = (&self.shared.metrics, &self.shared.health);
-        metrics
-            .cluster_up
-            .get_or_create(&self.labels)
-            .set(i64::from(down.is_none()));
-        metrics
-            .cluster_replicas
-            .get_or_create(&self.labels)
-            .set(self.caches.replica_count() as i64);
-        health.set_cluster_degraded(&self.cluster, down.clone());
-        // Say it once per change, and "listing" only once it is really late.
-        let first_listing = self.said.is_none() && down.as_deref() == Some("caches not synced yet");
-        if self.said.as_ref() == Some(&down) || first_listing {
-            return false;
-        }
-        let previous = self.said.replace(down.clone());
-        let back = down.is_none() && matches!(previous, Some(Some(_)));
-        let (kind, reason, note) = match &down {
-            Some(why) if refused.is_some() => {
-                tracing::warn!(why = %why, "remote cluster registration refused");
-                metrics
-                    .registrations_refused
-                    .get_or_create(&RegistrationLabels { reason: "server" })
-                    .inc();
-                (
-                    EventType::Warning,
-                    "InvalidCluster",
-                    format!("cluster {} is {why}", self.cluster),
-                )
-            }
-            Some(why) => {
-                tracing::warn!(why = %why, "remote cluster cannot be served; retrying");
-                (
-                    EventType::Warning,
-                    "ClusterUnreachable",
-                    format!(
-                        "cluster {} cannot be served: {why}; its copies are retried with backoff, other clusters go on",
-                        self.cluster
-                    ),
-                )
-            }
-            None if matches!(previous, Some(Some(_))) => {
-                tracing::info!("remote cluster reachable again; converging");
-                (
-                    EventType::Normal,
-                    "ClusterReachable",
-                    format!(
-                        "cluster {} is reachable again; its copies converge",
-                        self.cluster
-                    ),
-                )
-            }
-            None => (
-                EventType::Normal,
-                "ClusterRegistered",
-                format!(
-                    "cluster {} is served: {} namespaces, {} copies of ours there",
-                    self.cluster,
-                    self.caches.namespaces.len(),
-                    self.caches.replica_count()
-                ),
-            ),
-        };
-        let events = &self.shared.events;
-        events
-            .publish(&self.registration, kind, reason, "Register", note)
-            .await;
-        back
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    // Issue 16, item 5: one API server (by its identity) has one owner; a
-    // serving owner is never displaced; of two claiming before either
-    // served, the older registration wins; a release frees it.
-    #[test]
-    fn one_api_server_has_one_owner() {
-        let owners = Owners::default();
-        let (old, new) = ((1, "cluster-a".to_string()), (2, "cluster-b".to_string()));
-        assert_eq!(owners.claim("uid-1", "a", &old), Ok(()));
-        assert_eq!(owners.claim("uid-1", "a", &old), Ok(()));
-        assert_eq!(owners.claim("uid-1", "b", &new), Err("a".into()));
-        assert!(!owners.serve("uid-1", "b"));
-        assert!(owners.serve("uid-1", "a"));
-        // Serving: even an older registration is refused now.
-        assert_eq!(
-            owners.claim("uid-1", "z", &(0, "x".into())),
-            Err("a".into())
-        );
-        // Another server is another claim.
-        assert_eq!(owners.claim("uid-2", "b", &new), Ok(()));
-        // Not serving yet: an older registration takes it over, and the
-        // younger may not write.
-        assert_eq!(owners.claim("uid-2", "c", &old), Ok(()));
-        assert!(!owners.serve("uid-2", "b"));
-        assert_eq!(owners.claim("uid-2", "b", &new), Err("c".into()));
-        owners.release("a");
-        assert_eq!(owners.claim("uid-1", "b", &new), Ok(()));
-        assert!(owners.serve("uid-1", "b"));
-    }
-
-    // Issue 16, item 10: the cluster's gate closes at once when the
-    // registration goes, while the server does not answer, and without
-    // ownership.
-    #[test]
-    fn the_pass_is_open_only_while_registered_answering_and_owner() {
-        let owners = Arc::new(Owners::default());
-        let stop = CancellationToken::new();
-        let pass = Pass::new("a", owners.clone(), stop.clone());
-        assert!(!pass.open(), "nothing known yet");
-        *pass.identity.lock().unwrap() = Some("uid".into());
-        pass.up.store(true, Ordering::SeqCst);
-        assert!(!pass.open(), "not claimed");
-        owners.claim("uid", "a", &(1, "s".into())).unwrap();
-        assert!(pass.open());
-        pass.up.store(false, Ordering::SeqCst);
-        assert!(!pass.open(), "down");
-        pass.up.store(true, Ordering::SeqCst);
-        assert!(pass.open());
-        stop.cancel();
-        assert!(!pass.open(), "removed");
-    }
-}
-
-#[cfg(test)]
-mod lane_tests {
     use super::*;
     use crate::fixtures::{self, ApiServer};
     use ::http::{Method, StatusCode};
     use k8s_openapi::api::core::v1::Secret;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     /// What a LIST finds in the remote cluster: the namespace `team-a`
     /// (and nothing else: no copies).
