@@ -176,18 +176,19 @@ async fn control(
     let told = Arc::new(Told::default());
     let mut fan_out = FanOut::default().with(Inbox(told.clone()));
     // ... Vault (before anything is written: the caches have not synced yet), ...
+    let ctx = crate::write::Context {
+        caches: caches.clone(),
+        gate: gate.clone(),
+        events: events.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
     if let Some(vault_cfg) = &cfg.vault {
         let vault = crate::targets::vault::spawn(
             vault_cfg,
             cfg,
             &stamp,
-            &crate::write::Context {
-                caches: caches.clone(),
-                gate: gate.clone(),
-                events: events.clone(),
-                metrics: metrics.clone(),
-                health: health.clone(),
-            },
+            &ctx,
             leading_rx.clone(),
             shutdown.clone(),
         )
@@ -198,11 +199,7 @@ async fn control(
     fan_out = fan_out.with(crate::targets::remote::spawn(
         crate::targets::remote::Shared {
             cfg: cfg.clone(),
-            caches: caches.clone(),
-            gate: gate.clone(),
-            events: events.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
+            ctx,
             leading: leading_rx.clone(),
             stamp,
         },

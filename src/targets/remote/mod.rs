@@ -69,7 +69,7 @@ impl Target for Handle {
 /// Start watching the registrations.
 pub fn spawn(shared: Shared, client: kube::Client, shutdown: CancellationToken) -> Handle {
     let clusters = Senders::default();
-    let gate = shared.gate.clone();
+    let gate = shared.ctx.gate.clone();
     let manager = Manager {
         shared: Arc::new(shared),
         senders: clusters.clone(),
@@ -251,7 +251,7 @@ struct Manager {
 impl Manager {
     async fn run(mut self, client: kube::Client, shutdown: CancellationToken) {
         let api: Api<Secret> = Api::namespaced(client, &self.shared.cfg.namespace);
-        let health = self.shared.health.clone();
+        let health = self.shared.ctx.health.clone();
         let mut stream = watcher(api, crate::observe::watch::config(Some(CLUSTER_LABEL))).boxed();
         let mut listed: BTreeMap<String, Registration> = BTreeMap::new();
         let mut listing: Option<BTreeMap<String, Registration>> = None;
@@ -293,6 +293,7 @@ impl Manager {
                     let error = crate::operate::api_errors::describe_watch(&e);
                     health.watch_failed(WATCH_NAME, error.clone());
                     self.shared
+                        .ctx
                         .metrics
                         .watch_errors
                         .get_or_create(&crate::operate::metrics::WatchLabels { watch: WATCH_NAME })
@@ -381,8 +382,14 @@ impl Manager {
             let kubeconfig = match &r.kubeconfig {
                 Ok(k) => k.clone(),
                 Err(refused) => {
-                    self.shared.metrics.cluster_up.get_or_create(&labels).set(0);
                     self.shared
+                        .ctx
+                        .metrics
+                        .cluster_up
+                        .get_or_create(&labels)
+                        .set(0);
+                    self.shared
+                        .ctx
                         .health
                         .set_cluster_degraded(name, Some(refused.to_string()));
                     continue;
@@ -391,8 +398,14 @@ impl Manager {
             let clients = match kubeconfig::clients(kubeconfig).await {
                 Ok(c) => c,
                 Err(refused) => {
-                    self.shared.metrics.cluster_up.get_or_create(&labels).set(0);
                     self.shared
+                        .ctx
+                        .metrics
+                        .cluster_up
+                        .get_or_create(&labels)
+                        .set(0);
+                    self.shared
+                        .ctx
                         .health
                         .set_cluster_degraded(name, Some(refused.to_string()));
                     self.refuse(
@@ -406,7 +419,12 @@ impl Manager {
                     continue;
                 }
             };
-            self.shared.metrics.cluster_up.get_or_create(&labels).set(0);
+            self.shared
+                .ctx
+                .metrics
+                .cluster_up
+                .get_or_create(&labels)
+                .set(0);
             let told = Arc::new(Told::default());
             let stop = CancellationToken::new();
             let site = site::Site {
@@ -443,7 +461,7 @@ impl Manager {
             );
         }
         // Registered clusters whose kubeconfig is refused count as well.
-        self.shared.metrics.clusters.set(wanted.len() as i64);
+        self.shared.ctx.metrics.clusters.set(wanted.len() as i64);
         // Series and notes only for registered clusters (bounded cardinality).
         let gone: Vec<String> = self
             .labelled
@@ -452,8 +470,8 @@ impl Manager {
             .cloned()
             .collect();
         for name in gone {
-            self.shared.metrics.forget_cluster(&name);
-            self.shared.health.set_cluster_degraded(&name, None);
+            self.shared.ctx.metrics.forget_cluster(&name);
+            self.shared.ctx.health.set_cluster_degraded(&name, None);
             self.labelled.remove(&name);
         }
     }
@@ -466,12 +484,13 @@ impl Manager {
         }
         self.said.insert(r.secret.clone(), note.clone());
         self.shared
+            .ctx
             .metrics
             .registrations_refused
             .get_or_create(&crate::operate::metrics::RegistrationLabels { reason })
             .inc();
         tracing::warn!(secret = %r.secret, "cluster registration refused: {note}");
-        let events = &self.shared.events;
+        let events = &self.shared.ctx.events;
         let reference = r.reference_in(&self.shared.cfg.namespace);
         events
             .publish(
@@ -499,6 +518,7 @@ impl Manager {
         }
         self.said.insert(key, note.clone());
         self.shared
+            .ctx
             .metrics
             .registrations_refused
             .get_or_create(&crate::operate::metrics::RegistrationLabels { reason: "source" })
@@ -506,6 +526,7 @@ impl Manager {
         tracing::warn!(secret = %r.secret, "a cluster registration carries the source label; it is not a source");
         let reference = r.reference_in(&self.shared.cfg.namespace);
         self.shared
+            .ctx
             .events
             .publish(
                 &reference,
@@ -522,7 +543,7 @@ impl Manager {
         tracing::info!(cluster = %name, "cluster registration removed; its copies there are left in place and no longer managed");
         let reference = secret_ref(&self.shared.cfg.namespace, &run.secret, &run.uid);
         self.shared
-            .events
+            .ctx.events
             .publish(
                 &reference,
                 EventType::Normal,

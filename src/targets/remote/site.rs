@@ -31,26 +31,21 @@ use tokio_util::sync::CancellationToken;
 use super::owners::{Owners, Pass};
 use super::probe::{Report, probe};
 use crate::observe::batch::DirtyKey;
-use crate::observe::cache::Caches;
 use crate::observe::watch;
 use crate::operate::config::Config;
 use crate::operate::http::Health;
 use crate::operate::metrics::Metrics;
 use crate::targets::cluster::lane::{Inputs, Lane, Told};
 use crate::targets::cluster::writer::{Remote, Writer};
-use crate::write::events::Events;
-use crate::write::gate::WriteGate;
+use crate::write::Context;
 use crate::write::pace::Pacer;
 
 /// What every remote cluster shares with the control loop.
 pub struct Shared {
     pub cfg: Config,
-    /// This cluster's caches: the sources come from here.
-    pub caches: Arc<Caches>,
-    pub gate: Arc<WriteGate>,
-    pub events: Arc<Events>,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    /// This cluster's caches (the sources come from here), the write gate,
+    /// Events, the process's metrics and health.
+    pub ctx: Context,
     pub leading: tokio::sync::watch::Receiver<bool>,
     /// The source-cluster stamp our copies carry there (`CLUSTER_NAME`).
     pub stamp: String,
@@ -104,8 +99,8 @@ pub async fn run(
     let kinds = cfg.kinds();
     let own_health = Arc::new(Health::new(cfg.ready_watch_failure));
     own_health.beat();
-    let metrics = Arc::new(Metrics::for_cluster(cluster, &shared.metrics));
-    let caches = Arc::new(shared.caches.sharing_sources(&kinds));
+    let metrics = Arc::new(Metrics::for_cluster(cluster, &shared.ctx.metrics));
+    let caches = Arc::new(shared.ctx.caches.sharing_sources(&kinds));
     let (dirty_tx, dirty) = tokio::sync::mpsc::unbounded_channel::<DirtyKey>();
     let pass = Arc::new(Pass::new(cluster, owners.clone(), stop.clone()));
     let back = Arc::new(Notify::new());
@@ -133,9 +128,9 @@ pub async fn run(
         (cluster, &site.registration),
         (own_health.clone(), caches.clone()),
         (
-            shared.metrics.clone(),
-            shared.health.clone(),
-            shared.events.clone(),
+            shared.ctx.metrics.clone(),
+            shared.ctx.health.clone(),
+            shared.ctx.events.clone(),
         ),
     );
     guard.tasks.push(tokio::spawn(probe(
@@ -150,10 +145,10 @@ pub async fn run(
         site.client.clone(),
         cfg.namespace.clone(),
         Pacer::new(cfg.rate_limit, cfg.rate_burst),
-        shared.events.clone(),
+        shared.ctx.events.clone(),
         metrics.clone(),
         caches.clone(),
-        shared.gate.clone(),
+        shared.ctx.gate.clone(),
     )
     .into_remote(Remote {
         cluster: cluster.to_string(),
@@ -171,7 +166,7 @@ pub async fn run(
         writer,
         metrics,
         health: own_health,
-        gate: shared.gate.clone(),
+        gate: shared.ctx.gate.clone(),
         // Not served now (down, or another registration owns the server):
         // nothing is planned; "back" plans everything.
         pass: Some(pass),
@@ -192,6 +187,9 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::fixtures::{self, ApiServer};
+    use crate::observe::cache::Caches;
+    use crate::write::events::Events;
+    use crate::write::gate::WriteGate;
     use ::http::{Method, StatusCode};
     use k8s_openapi::api::core::v1::Secret;
     use std::sync::atomic::Ordering;
@@ -301,16 +299,18 @@ mod tests {
         };
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
-            caches: home.clone(),
-            gate: gate.clone(),
-            events: Arc::new(Events::new(
-                client.clone(),
-                reporter,
-                "src".into(),
-                gate.clone(),
-            )),
-            metrics: Arc::new(Metrics::new()),
-            health: Arc::new(Health::new(cfg.ready_watch_failure)),
+            ctx: Context {
+                caches: home.clone(),
+                gate: gate.clone(),
+                events: Arc::new(Events::new(
+                    client.clone(),
+                    reporter,
+                    "src".into(),
+                    gate.clone(),
+                )),
+                metrics: Arc::new(Metrics::new()),
+                health: Arc::new(Health::new(cfg.ready_watch_failure)),
+            },
             leading,
             stamp: "home".into(),
         });
