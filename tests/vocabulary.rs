@@ -202,3 +202,38 @@ fn the_source_label_and_field_manager_are_documented() {
         );
     }
 }
+
+/// Issue 17: one vocabulary module. Outside `src/model/vocabulary.rs` no
+/// product code spells a `push-to-k8s.io` key, prefix or selector; it names
+/// the constant.
+#[test]
+fn every_key_is_spelled_only_in_the_vocabulary_module() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    product_sources(&root.join("src"), &mut files);
+    let home = root.join("src/model/vocabulary.rs");
+    let mut found_home = false;
+    let mut elsewhere = Vec::new();
+    for (path, text) in &files {
+        let lits: Vec<String> = literals(text)
+            .into_iter()
+            // A key, prefix or selector (prose that mentions one, a help
+            // text or a message, has spaces).
+            .filter(|l| (l.contains(DOMAIN) || l.starts_with("push-to-k8s=")) && !l.contains(' '))
+            .collect();
+        if Path::new(path) == home {
+            found_home = !lits.is_empty();
+        } else {
+            elsewhere.extend(lits.into_iter().map(|l| format!("{path}: \"{l}\"")));
+        }
+    }
+    assert!(found_home, "the vocabulary module is read");
+    // The scan finds a spelled key: this line of text stands for a file.
+    let probe = "const X: &str = \"push-to-k8s.io/vault-path\";";
+    assert_eq!(literals(probe), ["push-to-k8s.io/vault-path"]);
+    assert!(
+        elsewhere.is_empty(),
+        "keys spelled outside src/model/vocabulary.rs (name its constant):\n  {}",
+        elsewhere.join("\n  ")
+    );
+}

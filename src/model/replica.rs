@@ -35,7 +35,7 @@ const DROPPED_KEYS: &[&str] = &[
     "app.kubernetes.io/instance",
 ];
 const DROPPED_PREFIXES: &[&str] = &[
-    "push-to-k8s.io/",
+    crate::model::vocabulary::CONTROL_PREFIX,
     "helm.sh/",
     "meta.helm.sh/",
     "argocd.argoproj.io/",
