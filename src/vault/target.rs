@@ -163,6 +163,9 @@ pub struct Target<S: Store> {
     /// Of those, the ones to look at in Vault even if the source did not
     /// change: a check, a retry.
     looks: BTreeSet<SourceId>,
+    /// When a change of each source was handed over (its propagation
+    /// latency to Vault is measured from there to its entry written).
+    handed: HashMap<SourceId, std::time::Instant>,
     logins_seen: u64,
 }
 
@@ -194,6 +197,7 @@ impl<S: Store> Target<S> {
             retry: RetryQueue::new(),
             pending: BTreeSet::new(),
             looks: BTreeSet::new(),
+            handed: HashMap::new(),
             logins_seen: 0,
         }
     }
@@ -252,6 +256,9 @@ impl<S: Store> Target<S> {
         match work {
             Work::Sources(ids) => {
                 for id in ids {
+                    self.handed
+                        .entry(id.clone())
+                        .or_insert_with(std::time::Instant::now);
                     // A source in backoff waits for its retry.
                     if !self.retry.holds(&id) {
                         self.pending.insert(id);
@@ -287,6 +294,7 @@ impl<S: Store> Target<S> {
         match self.reconcile_inner(id, look).await {
             Ok(()) => {
                 self.retry.succeeded(id);
+                self.handed.remove(id);
                 if self.failures.remove(id).is_some() {
                     tracing::info!(source = %id, "Vault entry written again after failures");
                 }
@@ -502,6 +510,10 @@ impl<S: Store> Target<S> {
         .await?;
         self.remember(id, desired);
         self.conflicts.remove(id);
+        if let Some(at) = self.handed.remove(id) {
+            self.metrics
+                .observe_propagation_to("vault", at.elapsed().as_secs_f64());
+        }
         let what = if reason == "VaultAdopted" {
             "adopted"
         } else {
