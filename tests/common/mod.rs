@@ -36,6 +36,9 @@ mod metrics;
 // Issue 11: two more control planes as remote clusters.
 pub mod remote;
 
+// Issue 20: the real Prometheus and promtool, the alert rules rendered from the chart.
+pub mod prometheus;
+
 #[allow(unused_imports)] // each test binary uses some of them
 pub use {
     control_plane::ControlPlane,
