@@ -914,6 +914,7 @@ fn alerts_use_metrics_the_controller_exports() {
         "PushToK8sConflicts",
         "PushToK8sOutOfSync",
         "PushToK8sRemoteClusterDown",
+        "PushToK8sVaultDown",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),
