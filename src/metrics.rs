@@ -99,6 +99,13 @@ pub struct Metrics {
     /// [`Metrics::set_out_of_sync_since`].
     pub oldest_out_of_sync: Gauge<f64, AtomicU64>,
     out_of_sync_since: Mutex<Option<std::time::Instant>>,
+    /// `SECRET_SYNC_DEBOUNCE_SECONDS` and `SECRET_SYNC_RATE_LIMIT`, so a
+    /// dashboard can draw the propagation bound D + N/R beside the latency.
+    pub debounce_seconds: Gauge,
+    pub write_rate_limit: Gauge,
+    /// The process's resident memory (VmRSS of /proc/self/status), read as
+    /// `/metrics` is scraped; 0 where /proc is not there.
+    pub resident_memory: Gauge,
     pub adoptions: Counter,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub resyncs: Family<ResultLabels, Counter>,
@@ -197,6 +204,25 @@ impl Metrics {
             "oldest_out_of_sync_seconds",
             "Age of the oldest copy waiting to be written again (first failed write or fight), 0 when none waits",
             oldest_out_of_sync.clone(),
+        );
+        let debounce_seconds = Gauge::default();
+        registry.register(
+            "debounce_seconds",
+            "The quiet window D (SECRET_SYNC_DEBOUNCE_SECONDS)",
+            debounce_seconds.clone(),
+        );
+        let write_rate_limit = Gauge::default();
+        registry.register(
+            "write_rate_limit",
+            "Write requests per second R to the API server (SECRET_SYNC_RATE_LIMIT)",
+            write_rate_limit.clone(),
+        );
+        let resident_memory = Gauge::default();
+        registry.register_with_unit(
+            "resident_memory",
+            "Resident memory of this process (VmRSS), read at each scrape",
+            prometheus_client::registry::Unit::Bytes,
+            resident_memory.clone(),
         );
         let adoptions = Counter::default();
         registry.register(
@@ -336,6 +362,9 @@ impl Metrics {
             ready,
             oldest_out_of_sync,
             out_of_sync_since: Mutex::new(None),
+            debounce_seconds,
+            write_rate_limit,
+            resident_memory,
             adoptions,
             invalid_annotations,
             resyncs,
@@ -440,11 +469,20 @@ impl Metrics {
             .expect("lock")
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
         self.oldest_out_of_sync.set(age);
+        self.resident_memory.set(resident_bytes().unwrap_or(0));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// VmRSS of /proc/self/status, in bytes.
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl Default for Metrics {
@@ -481,6 +519,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("push_to_k8s_conflicted_copies 0"), "{text}");
+        assert!(text.contains("push_to_k8s_debounce_seconds 0"), "{text}");
+        assert!(text.contains("push_to_k8s_write_rate_limit 0"), "{text}");
+        let rss: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("push_to_k8s_resident_memory_bytes "))
+            .expect("resident memory is exported")
+            .parse()
+            .unwrap();
+        assert!(rss > 1_000_000, "{rss}");
         let then = std::time::Instant::now() - std::time::Duration::from_secs(90);
         global.set_out_of_sync_since(Some(then));
         let age: f64 = global
