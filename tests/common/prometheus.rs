@@ -283,3 +283,82 @@ pub fn encode(s: &str) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------- the dashboard
+
+pub const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/helm/push-to-k8s/dashboards/push-to-k8s.json"
+);
+
+/// The dashboard JSON in the repository (the chart's ConfigMap carries it).
+pub fn dashboard() -> Value {
+    let text = std::fs::read_to_string(DASHBOARD).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{DASHBOARD} is not JSON: {e}"))
+}
+
+/// Every panel, those inside rows included.
+pub fn panels(dashboard: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().expect("panels") {
+        out.push(p.clone());
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner.iter().cloned());
+        }
+    }
+    out
+}
+
+/// Every PromQL query of the dashboard, with where it is: each panel target's
+/// `expr`, and each query variable's `label_values(metric, label)` as the
+/// PromQL Grafana runs for it (`count by (label) (metric)`).
+pub fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in panels(dashboard) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("a target without expr");
+            out.push((
+                format!("panel {:?} target {}", p["title"], t["refId"]),
+                expr.to_string(),
+            ));
+        }
+    }
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if v["type"] != "query" {
+            continue;
+        }
+        let q = v["query"]["query"]
+            .as_str()
+            .expect("a query variable's query");
+        let inner = q
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable {}: not label_values(...): {q}", v["name"]));
+        let (metric, label) = inner.rsplit_once(',').expect("label_values(metric, label)");
+        out.push((
+            format!("variable {}", v["name"]),
+            format!("count by ({}) ({})", label.trim(), metric.trim()),
+        ));
+    }
+    out
+}
+
+/// `expr` with Grafana's variables replaced: the built-in intervals by
+/// `interval`, and `$name` / `${name}` by `vars`. Panics on a variable left.
+pub fn concrete(expr: &str, interval: &str, vars: &[(&str, &str)]) -> String {
+    let mut s = expr.to_string();
+    for builtin in ["$__rate_interval", "$__interval", "$__range"] {
+        s = s.replace(builtin, interval);
+    }
+    for (k, v) in vars {
+        s = s
+            .replace(&format!("${{{k}}}"), v)
+            .replace(&format!("${k}"), v);
+    }
+    assert!(!s.contains('$'), "a Grafana variable is left in {s}");
+    s
+}
