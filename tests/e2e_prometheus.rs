@@ -75,6 +75,7 @@ async fn await_alert(prom: &Prometheus, name: &str, want: Option<&str>, timeout:
         "alert {name} {}",
         want.map_or("inactive".to_string(), |s| format!("in state {s}"))
     );
+    let since = std::time::Instant::now();
     until(&what, timeout, || async {
         let state = prom.alert_state(name).await?;
         if state.as_deref() == want {
@@ -84,6 +85,7 @@ async fn await_alert(prom: &Prometheus, name: &str, want: Option<&str>, timeout:
         }
     })
     .await;
+    eprintln!("{what}: after {:.1?}", since.elapsed());
 }
 
 /// The value of an instant query returning one sample (`None`: no sample).
