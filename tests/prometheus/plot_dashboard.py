@@ -96,10 +96,12 @@ def main(recording, out):
                 style = "--" if "bound" in (t["legend"] or "") else "-"
                 ax.plot(xs, ys, style, color=COLORS[i % len(COLORS)], linewidth=1.2, label=legend(t["legend"], s["metric"]))
                 i += 1
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_value(v, unit)))
+        # unit bound now: a plain closure would see the last panel's unit at draw time.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _, unit=unit: fmt_value(v, unit)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}s"))
         if i:
-            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=3, frameon=False, labelcolor=FG)
+            ncol = 4 if g["w"] >= 12 else 3
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=ncol, frameon=False, labelcolor=FG)
     fig.savefig(out, dpi=110, facecolor=BG)
     print(f"wrote {out}")
 
