@@ -403,7 +403,7 @@ async fn control(
                     if let Some(vault) = &vault {
                         vault.tell(&keys);
                     }
-                    remote.tell(&keys);
+                    remote.tell(&keys, since);
                     metrics.batch_size.observe(keys.len() as f64);
                     let mut gate = Gate { retry: &mut retry, fights: &mut fights };
                     flush(&kinds, &caches, &scope, &writer, &metrics, &keys, since, &health, &mut gate, true).await;

@@ -470,6 +470,32 @@ async fn every_dashboard_query_returns_data_from_a_working_controller() {
         }
     })
     .await;
+    // The latency the panel draws is from the first change of a batch: no copy,
+    // here or in the remote cluster, is written before the batch's quiet window
+    // D is over, so no observation of either target lies in a bucket below D.
+    let quiet = value(&prom, "max(push_to_k8s_debounce_seconds)").await;
+    let quiet = quiet.expect("push_to_k8s_debounce_seconds");
+    for target in ["home", "remote"] {
+        let q =
+            format!(r#"sum by (le) (push_to_k8s_propagation_seconds_bucket{{target="{target}"}})"#);
+        let buckets = prom.query(&q).await.unwrap();
+        let mut total = 0.0;
+        let mut early = Vec::new();
+        for b in buckets["result"].as_array().unwrap() {
+            let le = b["metric"]["le"].as_str().unwrap();
+            let n: f64 = b["value"][1].as_str().unwrap().parse().unwrap();
+            if le == "+Inf" {
+                total = n;
+            } else if le.parse::<f64>().unwrap() < quiet && n > 0.0 {
+                early.push(format!("{n} within {le} s"));
+            }
+        }
+        assert!(total > 0.0, "no {target} propagation observed: {buckets}");
+        assert!(
+            early.is_empty(),
+            "{target} copies counted as propagated before D = {quiet} s: {early:?} of {total}"
+        );
+    }
     // DASHBOARD_RECORD=FILE: every panel's series over the whole run, for
     // docs/operations/plot_dashboard.py (the picture in docs/operations.md).
     if let Some(path) = record {

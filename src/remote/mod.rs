@@ -23,6 +23,7 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -45,16 +46,30 @@ type Senders = Arc<Mutex<BTreeMap<String, Arc<Told>>>>;
 /// batches are flushed meanwhile.
 #[derive(Default)]
 pub struct Told {
-    keys: Mutex<BTreeSet<DirtyKey>>,
+    keys: Mutex<Pending>,
     more: tokio::sync::Notify,
 }
 
+/// The keys told and not taken yet, and when the first change among them was
+/// seen (the earliest batch's: its propagation is measured from there).
+#[derive(Default)]
+struct Pending {
+    keys: BTreeSet<DirtyKey>,
+    since: Option<Instant>,
+}
+
 impl Told {
-    /// Add `keys` (coalesced: a key already pending is not added twice,
-    /// and "everything" makes every other key redundant).
-    pub fn add(&self, keys: &[DirtyKey]) {
+    /// Add `keys` of a batch whose first change was seen at `since`
+    /// (coalesced: a key already pending is not added twice, and "everything"
+    /// makes every other key redundant; the earliest `since` is kept).
+    pub fn add(&self, keys: &[DirtyKey], since: Instant) {
         {
-            let mut pending = self.keys.lock().expect("lock");
+            let mut guard = self.keys.lock().expect("lock");
+            let Pending {
+                keys: pending,
+                since: first,
+            } = &mut *guard;
+            *first = Some(first.map_or(since, |f| f.min(since)));
             if pending.contains(&DirtyKey::All) {
                 // Already everything.
             } else if keys.contains(&DirtyKey::All) {
@@ -67,16 +82,19 @@ impl Told {
         self.more.notify_one();
     }
 
-    /// Everything pending, taken (empty if nothing is).
-    pub fn take(&self) -> Vec<DirtyKey> {
-        std::mem::take(&mut *self.keys.lock().expect("lock"))
-            .into_iter()
-            .collect()
+    /// Everything pending, taken (empty if nothing is), and when the first
+    /// change among it was seen (now, if nothing was pending).
+    pub fn take(&self) -> (Vec<DirtyKey>, Instant) {
+        let taken = std::mem::take(&mut *self.keys.lock().expect("lock"));
+        (
+            taken.keys.into_iter().collect(),
+            taken.since.unwrap_or_else(Instant::now),
+        )
     }
 
     /// How many keys are pending.
     pub fn len(&self) -> usize {
-        self.keys.lock().expect("lock").len()
+        self.keys.lock().expect("lock").keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -104,7 +122,8 @@ impl Handle {
     /// The sources of a flushed batch (and "everything") concern every
     /// cluster; namespace and copy keys belong to this cluster's own.
     /// Never waits, and never grows beyond one key per source per cluster.
-    pub fn tell(&self, keys: &[DirtyKey]) {
+    /// `since`: when the batch's first change was seen.
+    pub fn tell(&self, keys: &[DirtyKey], since: Instant) {
         let keys: Vec<DirtyKey> = keys
             .iter()
             .filter(|k| matches!(k, DirtyKey::All | DirtyKey::Source(..)))
@@ -114,7 +133,7 @@ impl Handle {
             return;
         }
         for told in self.clusters.lock().expect("lock").values() {
-            told.add(&keys);
+            told.add(&keys, since);
         }
     }
 }
@@ -725,13 +744,14 @@ mod tests {
     #[tokio::test]
     async fn told_batches_coalesce_into_a_bounded_set() {
         let told = Told::default();
+        let now = Instant::now();
         for round in 0..10_000 {
             let name = format!("s{}", round % 3);
-            told.add(&[DirtyKey::Source(Kind::Secret, name)]);
+            told.add(&[DirtyKey::Source(Kind::Secret, name)], now);
         }
         assert_eq!(told.len(), 3);
         told.wait().await;
-        let mut taken = told.take();
+        let (mut taken, _) = told.take();
         taken.sort();
         assert_eq!(
             taken,
@@ -741,10 +761,10 @@ mod tests {
         );
         assert!(told.is_empty());
         // "Everything" swallows the rest, before and after.
-        told.add(&[DirtyKey::Source(Kind::Secret, "x".into())]);
-        told.add(&[DirtyKey::All]);
-        told.add(&[DirtyKey::Source(Kind::Secret, "y".into())]);
-        assert_eq!(told.take(), [DirtyKey::All]);
+        told.add(&[DirtyKey::Source(Kind::Secret, "x".into())], now);
+        told.add(&[DirtyKey::All], now);
+        told.add(&[DirtyKey::Source(Kind::Secret, "y".into())], now);
+        assert_eq!(told.take().0, [DirtyKey::All]);
         // A handle tells every cluster, and only sources and "everything".
         let senders = Senders::default();
         let (one, two) = (Arc::new(Told::default()), Arc::new(Told::default()));
@@ -752,12 +772,34 @@ mod tests {
         senders.lock().unwrap().insert("two".into(), two.clone());
         let handle = Handle { clusters: senders };
         for _ in 0..100 {
-            handle.tell(&[
-                DirtyKey::Source(Kind::Secret, "db".into()),
-                DirtyKey::Namespace("team-a".into()),
-            ]);
+            handle.tell(
+                &[
+                    DirtyKey::Source(Kind::Secret, "db".into()),
+                    DirtyKey::Namespace("team-a".into()),
+                ],
+                now,
+            );
         }
-        assert_eq!(one.take(), [DirtyKey::Source(Kind::Secret, "db".into())]);
+        assert_eq!(one.take().0, [DirtyKey::Source(Kind::Secret, "db".into())]);
         assert_eq!(two.len(), 1);
+    }
+
+    // Issue 20: a remote cluster's propagation is measured from the first
+    // change of the batches it was told, not from when its task takes them
+    // (which is after the home quiet window D).
+    #[tokio::test]
+    async fn told_keys_keep_the_first_change_of_their_batches() {
+        let told = Told::default();
+        let first = Instant::now() - std::time::Duration::from_secs(5);
+        let later = first + std::time::Duration::from_secs(2);
+        told.add(&[DirtyKey::Source(Kind::Secret, "a".into())], later);
+        told.add(&[DirtyKey::Source(Kind::Secret, "b".into())], first);
+        told.add(&[DirtyKey::All], later);
+        let (keys, since) = told.take();
+        assert_eq!(keys, [DirtyKey::All]);
+        assert_eq!(since, first);
+        // Taken: the next batch starts its own clock.
+        told.add(&[DirtyKey::Source(Kind::Secret, "c".into())], later);
+        assert_eq!(told.take().1, later);
     }
 }

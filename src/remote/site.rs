@@ -378,10 +378,11 @@ pub async fn run(
             // Already batched by the control loop (its quiet window is
             // over): planned at once, not after a second window.
             () = told.wait() => {
-                let keys = told.take();
+                // Measured from the batch's first change, as at home.
+                let (keys, told_since) = told.take();
                 if shared.gate.leading() && pass.open() {
                     let mut gate = Gate { retry: &mut retry, fights: &mut fights };
-                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, Instant::now(), &own_health, &mut gate, false).await;
+                    flush(&kinds, &caches, &scope, &writer, &metrics, &keys, told_since, &own_health, &mut gate, false).await;
                 }
             }
             _ = resync_timer.tick() => {
