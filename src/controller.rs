@@ -401,7 +401,7 @@ async fn control(
                 // leader starts with everything (below).
                 if gate.leading() {
                     if let Some(vault) = &vault {
-                        vault.tell(&keys);
+                        vault.tell(&keys, since);
                     }
                     remote.tell(&keys, since);
                     metrics.batch_size.observe(keys.len() as f64);

@@ -471,11 +471,12 @@ async fn every_dashboard_query_returns_data_from_a_working_controller() {
     })
     .await;
     // The latency the panel draws is from the first change of a batch: no copy,
-    // here or in the remote cluster, is written before the batch's quiet window
-    // D is over, so no observation of either target lies in a bucket below D.
+    // here, in the remote cluster or in Vault, is written before the batch's
+    // quiet window D is over, so no observation of a target lies in a bucket
+    // below D.
     let quiet = value(&prom, "max(push_to_k8s_debounce_seconds)").await;
     let quiet = quiet.expect("push_to_k8s_debounce_seconds");
-    for target in ["home", "remote"] {
+    for target in ["home", "remote", "vault"] {
         let q =
             format!(r#"sum by (le) (push_to_k8s_propagation_seconds_bucket{{target="{target}"}})"#);
         let buckets = prom.query(&q).await.unwrap();

@@ -30,7 +30,8 @@ pub struct Handle {
 impl Handle {
     /// Forward a flushed batch: its sources (and "everything") concern Vault;
     /// namespace and copy keys do not.
-    pub fn tell(&self, keys: &[DirtyKey]) {
+    /// `since`: when the batch's first change was seen.
+    pub fn tell(&self, keys: &[DirtyKey], since: tokio::time::Instant) {
         let mut ids = Vec::new();
         for key in keys {
             match key {
@@ -45,7 +46,7 @@ impl Handle {
             }
         }
         if !ids.is_empty() {
-            let _ = self.work.send(Work::Sources(ids));
+            let _ = self.work.send(Work::Sources(ids, since.into_std()));
         }
     }
 }
