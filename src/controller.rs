@@ -89,6 +89,12 @@ pub async fn run(
 ) -> Result<(), Error> {
     let namespace_uid = preflight(&client, &cfg).await?;
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .debounce_seconds
+        .set(i64::try_from(cfg.debounce.as_secs()).unwrap_or(i64::MAX));
+    metrics
+        .write_rate_limit
+        .set(i64::from(cfg.rate_limit.get()));
     let health = Arc::new(Health::new(cfg.ready_watch_failure));
     health.beat();
     let listener = http::bind(cfg.metrics_port)

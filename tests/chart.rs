@@ -613,6 +613,7 @@ fn optional_objects_render_only_when_enabled() {
         ("serviceMonitor.enabled", "ServiceMonitor"),
         ("prometheusRule.enabled", "PrometheusRule"),
         ("networkPolicy.enabled", "NetworkPolicy"),
+        ("grafanaDashboard.enabled", "ConfigMap"),
     ];
     let default = kinds_of(&template(&[]).unwrap());
     for kind in [
@@ -681,7 +682,7 @@ fn optional_objects_render_only_when_enabled() {
         "--strict",
         CHART,
         "--set",
-        "serviceMonitor.enabled=true,prometheusRule.enabled=true,networkPolicy.enabled=true",
+        "serviceMonitor.enabled=true,prometheusRule.enabled=true,networkPolicy.enabled=true,grafanaDashboard.enabled=true",
     ]);
     assert!(
         lint.status.success(),
@@ -914,6 +915,7 @@ fn alerts_use_metrics_the_controller_exports() {
         "PushToK8sConflicts",
         "PushToK8sOutOfSync",
         "PushToK8sRemoteClusterDown",
+        "PushToK8sVaultDown",
     ] {
         assert!(
             rules.contains(&format!("alert: {alert}")),

@@ -1,4 +1,4 @@
-//! The Vault client (`src/vault/client.rs`) against a real Vault (`cp.sh
+//! The Vault client (`src/targets/vault/client.rs`) against a real Vault (`cp.sh
 //! vault-up`: dev mode on loopback, KV v2 at `secret/`) with Kubernetes auth
 //! against the real test control plane: logins with ServiceAccount tokens from
 //! the TokenRequest API, check-and-set writes, metadata, soft deletes through

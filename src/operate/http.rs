@@ -303,6 +303,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    s.metrics.ready.set(i64::from(s.health.ready()));
     (
         [(
             axum::http::header::CONTENT_TYPE,

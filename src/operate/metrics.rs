@@ -5,6 +5,7 @@
 //! registration's series are removed with it), so its cardinality is bounded
 //! by the number of registrations, not by anything a source author chooses.
 
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -56,6 +57,19 @@ pub struct ClusterWriteLabels {
     pub result: &'static str,
 }
 
+/// Where a copy was written: `home` (this cluster's namespaces), `remote`
+/// (a registered cluster's), `vault` (Vault KV). Bounded: three values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn propagation_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 14))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
@@ -68,9 +82,30 @@ pub struct Metrics {
     pub watch_errors: Family<WatchLabels, Counter>,
     pub queue_depth: Gauge,
     pub batch_size: Histogram,
-    pub propagation: Histogram,
+    /// By target (`home`, `remote`, `vault`): [`Metrics::observe_propagation`].
+    pub propagation: HistogramFamily<TargetLabels>,
+    /// The target this instance's writes land in (`home`; `remote` in a
+    /// remote cluster's own metrics, which share the exported histogram).
+    target: &'static str,
     pub managed_replicas: Gauge,
     pub conflicts: Counter,
+    /// Copies not written now because an unmanaged object of their name is in
+    /// the way (the conflicts known at this moment).
+    pub conflicted_copies: Gauge,
+    /// 1 while `/readyz` answers 200; set as `/metrics` is scraped.
+    pub ready: Gauge,
+    /// Seconds since the oldest copy still waiting in the retry queue first
+    /// failed; 0 when none waits. Computed as it is scraped, from
+    /// [`Metrics::set_out_of_sync_since`].
+    pub oldest_out_of_sync: Gauge<f64, AtomicU64>,
+    out_of_sync_since: Mutex<Option<std::time::Instant>>,
+    /// `SECRET_SYNC_DEBOUNCE_SECONDS` and `SECRET_SYNC_RATE_LIMIT`, so a
+    /// dashboard can draw the propagation bound D + N/R beside the latency.
+    pub debounce_seconds: Gauge,
+    pub write_rate_limit: Gauge,
+    /// The process's resident memory (VmRSS of /proc/self/status), read as
+    /// `/metrics` is scraped; 0 where /proc is not there.
+    pub resident_memory: Gauge,
     pub adoptions: Counter,
     pub invalid_annotations: Family<AnnotationLabels, Counter>,
     pub resyncs: Family<ResultLabels, Counter>,
@@ -133,10 +168,11 @@ impl Metrics {
             "Dirty keys per flushed batch",
             batch_size.clone(),
         );
-        let propagation = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        let propagation: HistogramFamily<TargetLabels> =
+            Family::new_with_constructor(propagation_histogram);
         registry.register(
             "propagation_seconds",
-            "Time from the first change of a batch to each of its writes completing",
+            "Time from the first change of a batch to each of its writes completing, by target (home: this cluster's namespaces, remote: a registered cluster's, vault: Vault KV, from the flush that handed the source over)",
             propagation.clone(),
         );
         let managed_replicas = Gauge::default();
@@ -150,6 +186,43 @@ impl Metrics {
             "conflicts",
             "Copies skipped because an unmanaged object of the same name exists",
             conflicts.clone(),
+        );
+        let conflicted_copies = Gauge::default();
+        registry.register(
+            "conflicted_copies",
+            "Copies not written because an object of the same name that push-to-k8s does not manage is in the way (known now)",
+            conflicted_copies.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (caches synced, no watch failing for long, last resync succeeded), 0 otherwise",
+            ready.clone(),
+        );
+        let oldest_out_of_sync = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_out_of_sync_seconds",
+            "Age of the oldest copy waiting to be written again (first failed write or fight), 0 when none waits",
+            oldest_out_of_sync.clone(),
+        );
+        let debounce_seconds = Gauge::default();
+        registry.register(
+            "debounce_seconds",
+            "The quiet window D (SECRET_SYNC_DEBOUNCE_SECONDS)",
+            debounce_seconds.clone(),
+        );
+        let write_rate_limit = Gauge::default();
+        registry.register(
+            "write_rate_limit",
+            "Write requests per second R to the API server (SECRET_SYNC_RATE_LIMIT)",
+            write_rate_limit.clone(),
+        );
+        let resident_memory = Gauge::default();
+        registry.register_with_unit(
+            "resident_memory",
+            "Resident memory of this process (VmRSS), read at each scrape",
+            prometheus_client::registry::Unit::Bytes,
+            resident_memory.clone(),
         );
         let adoptions = Counter::default();
         registry.register(
@@ -282,8 +355,16 @@ impl Metrics {
             queue_depth,
             batch_size,
             propagation,
+            target: "home",
             managed_replicas,
             conflicts,
+            conflicted_copies,
+            ready,
+            oldest_out_of_sync,
+            out_of_sync_since: Mutex::new(None),
+            debounce_seconds,
+            write_rate_limit,
+            resident_memory,
             adoptions,
             invalid_annotations,
             resyncs,
@@ -315,8 +396,27 @@ impl Metrics {
     pub fn for_cluster(cluster: &str, global: &Metrics) -> Metrics {
         Metrics {
             forward: Some((cluster.to_string(), global.cluster_writes.clone())),
+            propagation: global.propagation.clone(),
+            target: "remote",
             ..Metrics::new()
         }
+    }
+
+    /// A write completed `secs` after the first change of its batch.
+    pub fn observe_propagation(&self, secs: f64) {
+        self.observe_propagation_to(self.target, secs);
+    }
+
+    /// A write to `target` (`home`, `remote`, `vault`) completed after `secs`.
+    pub fn observe_propagation_to(&self, target: &'static str, secs: f64) {
+        self.propagation
+            .get_or_create(&TargetLabels { target })
+            .observe(secs);
+    }
+
+    /// When the oldest copy in the retry queue first failed (`None`: none waits).
+    pub fn set_out_of_sync_since(&self, since: Option<std::time::Instant>) {
+        *self.out_of_sync_since.lock().expect("lock") = since;
     }
 
     /// Forget everything labelled with the remote cluster `cluster` (its
@@ -363,6 +463,13 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        let age = self
+            .out_of_sync_since
+            .lock()
+            .expect("lock")
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.oldest_out_of_sync.set(age);
+        self.resident_memory.set(resident_bytes().unwrap_or(0));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -370,8 +477,66 @@ impl Metrics {
     }
 }
 
+/// VmRSS of /proc/self/status, in bytes.
+fn resident_bytes() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Issue 20: what the alerts and the dashboard read.
+    #[test]
+    fn readiness_age_and_per_target_latency_are_exported() {
+        let global = Metrics::new();
+        let remote = Metrics::for_cluster("east", &global);
+        global.observe_propagation(0.2);
+        remote.observe_propagation(0.3);
+        global.observe_propagation_to("vault", 0.4);
+        global.ready.set(1);
+        let text = global.encode();
+        for target in ["home", "remote", "vault"] {
+            assert!(
+                text.contains(&format!(
+                    "push_to_k8s_propagation_seconds_count{{target=\"{target}\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+        assert!(text.contains("push_to_k8s_ready 1"), "{text}");
+        assert!(
+            text.contains("push_to_k8s_oldest_out_of_sync_seconds 0.0"),
+            "{text}"
+        );
+        assert!(text.contains("push_to_k8s_conflicted_copies 0"), "{text}");
+        assert!(text.contains("push_to_k8s_debounce_seconds 0"), "{text}");
+        assert!(text.contains("push_to_k8s_write_rate_limit 0"), "{text}");
+        let rss: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("push_to_k8s_resident_memory_bytes "))
+            .expect("resident memory is exported")
+            .parse()
+            .unwrap();
+        assert!(rss > 1_000_000, "{rss}");
+        let then = std::time::Instant::now() - std::time::Duration::from_secs(90);
+        global.set_out_of_sync_since(Some(then));
+        let age: f64 = global
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("push_to_k8s_oldest_out_of_sync_seconds "))
+            .expect("the age is exported")
+            .parse()
+            .unwrap();
+        assert!((90.0..100.0).contains(&age), "{age}");
     }
 }

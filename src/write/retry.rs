@@ -23,6 +23,8 @@ struct Entry {
     queued: Option<delay_queue::Key>,
     attempts: u32,
     due: Instant,
+    /// When it first failed (kept across attempts, for its age).
+    since: Instant,
 }
 
 /// Keyed by a copy ([`ObjectKey`]) for namespaces, by a source for Vault.
@@ -81,6 +83,7 @@ impl<K: Clone + Eq + std::hash::Hash> RetryQueue<K> {
                         queued,
                         attempts,
                         due,
+                        since: Instant::now(),
                     },
                 );
             }
@@ -105,6 +108,11 @@ impl<K: Clone + Eq + std::hash::Hash> RetryQueue<K> {
 
     pub fn attempts(&self, key: &K) -> u32 {
         self.entries.get(key).map_or(0, |e| e.attempts)
+    }
+
+    /// When the longest-waiting entry first failed, if any waits.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.entries.values().map(|e| e.since).min()
     }
 
     pub fn len(&self) -> usize {
@@ -203,5 +211,22 @@ mod tests {
     fn backoff_grows_to_a_cap() {
         let secs: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn oldest_is_the_first_failure_of_the_longest_waiting_copy() {
+        let mut q = RetryQueue::new();
+        assert_eq!(q.oldest(), None);
+        let t0 = Instant::now();
+        q.failed(key("a"));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        q.failed(key("b"));
+        // A repeated failure keeps its first time.
+        q.failed(key("a"));
+        assert_eq!(q.oldest(), Some(t0));
+        q.succeeded(&key("a"));
+        assert_eq!(q.oldest(), Some(t0 + Duration::from_secs(10)));
+        q.succeeded(&key("b"));
+        assert_eq!(q.oldest(), None);
     }
 }

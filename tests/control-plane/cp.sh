@@ -19,6 +19,11 @@
 #   cp.sh node-down     stop exactly what node-up started, restore the host's settings
 #   cp.sh helm ARGS...  run helm (built the same way, cached by its own version)
 #                       against the chart under helm/; used by the chart's tests
+#   cp.sh prom-build    fetch (or reuse) Debian's `prometheus` package (server and
+#                       promtool, static Go binaries) with `apt-get download` and unpack
+#                       it with `dpkg-deb -x` into a cache keyed by its version; no root,
+#                       nothing installed on the system (issue 20)
+#   cp.sh prom-bin      print the directory holding `prometheus` and `promtool`
 #
 # Vault (issue 10), built the same way and cached by its own version:
 #   cp.sh vault-build   build (or reuse) the vault binary
@@ -55,6 +60,7 @@ BIN="$CACHE/bin"
 HELM_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/helm-${HELM_VERSION}"
 VAULT_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s/vault-${VAULT_VERSION}"
 VAULT_BIN="$VAULT_CACHE/bin/vault"
+PROM_CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}/push-to-k8s"
 STATE="${PUSH_TO_K8S_CP_DIR:-${TMPDIR:-/tmp}/push-to-k8s-cp-$(id -u)}"
 # Downloads that take longer than this are treated as "the module proxy is unreachable".
 DOWNLOAD_TIMEOUT="${PUSH_TO_K8S_CP_DOWNLOAD_TIMEOUT:-900}"
@@ -167,6 +173,53 @@ cmd_build_vault() {
     [[ -x "$tmp/vault" ]] || die "the Vault build produced no binary in $tmp"
     rm -rf "$VAULT_CACHE/bin"; mv "$tmp" "$VAULT_CACHE/bin"
     say "built: $VAULT_BIN"
+}
+
+# Debian's prometheus package (issue 20): the server and promtool are static Go
+# binaries; the package's other dependencies are for its web console and init
+# scripts, which the tests do not use. Unpacked, never installed: no root, no
+# change to the system. Cached by the package version the archive offers.
+prom_version() {
+    local v
+    v="$(apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ { print $2 }')"
+    [[ -n "$v" && "$v" != "(none)" ]] || return 1
+    echo "$v"
+}
+
+prom_dir() {
+    local v
+    v="$(prom_version)" || die "Debian's 'prometheus' package is not known to apt (apt-cache policy prometheus); run apt-get update"
+    echo "$PROM_CACHE_ROOT/prometheus-${v//[^A-Za-z0-9.+_-]/_}"
+}
+
+cmd_build_prom() {
+    local dir; dir="$(prom_dir)"
+    [[ -x "$dir/bin/prometheus" && -x "$dir/bin/promtool" ]] && return 0
+    command -v apt-get >/dev/null || die "apt-get is required to fetch Debian's prometheus package"
+    command -v dpkg-deb >/dev/null || die "dpkg-deb is required to unpack Debian's prometheus package"
+    mkdir -p "$dir"
+    exec 8>"$dir/.build.lock"
+    flock 8
+    [[ -x "$dir/bin/prometheus" && -x "$dir/bin/promtool" ]] && return 0
+    local v tmp="$dir/fetch.partial"
+    v="$(prom_version)"
+    say "fetching Debian's prometheus $v into $dir (once per machine)"
+    rm -rf "$tmp"; mkdir -p "$tmp"
+    # apt-get download writes into the current directory, as the calling user.
+    if ! (cd "$tmp" && timeout "$DOWNLOAD_TIMEOUT" apt-get download "prometheus=$v" >"$tmp/download.log" 2>&1); then
+        sed 's/^/    /' "$tmp/download.log" | tail -n 15 >&2
+        die "apt-get download prometheus=$v failed: is Debian's package archive reachable?"
+    fi
+    local deb; deb="$(ls "$tmp"/prometheus_*.deb 2>/dev/null | head -n 1)"
+    [[ -n "$deb" ]] || die "apt-get download left no prometheus .deb in $tmp"
+    dpkg-deb -x "$deb" "$tmp/root" || die "dpkg-deb -x $deb failed"
+    mkdir -p "$tmp/bin"
+    mv "$tmp/root/usr/bin/prometheus" "$tmp/root/usr/bin/promtool" "$tmp/bin/" \
+        || die "the prometheus package holds no usr/bin/prometheus and usr/bin/promtool"
+    "$tmp/bin/promtool" --version >/dev/null 2>&1 || die "the unpacked promtool does not run: $tmp/bin/promtool --version"
+    "$tmp/bin/prometheus" --version >/dev/null 2>&1 || die "the unpacked prometheus does not run: $tmp/bin/prometheus --version"
+    rm -rf "$dir/bin"; mv "$tmp/bin" "$dir/bin"; rm -rf "$tmp"
+    say "prometheus: $("$dir/bin/prometheus" --version 2>&1 | head -n 1) in $dir/bin"
 }
 
 # ---------------------------------------------------------------- up / down
@@ -692,6 +745,8 @@ cmd_vault_k8s_auth() {
 case "${1:-}" in
     build) cmd_build; cmd_build_helm ;;
     node-build) cmd_build_node ;;
+    prom-build) cmd_build_prom ;;
+    prom-bin) cmd_build_prom; echo "$(prom_dir)/bin" ;;
     node-up|node-down|node-status)
         [[ $1 == node-up ]] && cmd_build_node
         export STATE BIN NODE_BIN
@@ -749,5 +804,5 @@ case "${1:-}" in
         [[ -f "$STATE/vault.cmd" ]] || die "Vault in $STATE was never started (cp.sh vault-up)"
         vault_resume || die "could not start Vault again; log: $STATE/vault.log"
         say "Vault ready: VAULT_ADDR=$(cat "$STATE/vault.addr")" ;;
-    *) echo "usage: $0 build|up|down|env|status|kill NAME...|start [NAME...]|restart NAME...|helm ARGS...|vault-build|vault-up|vault-k8s-auth [OPTIONS] SA NS|vault-env|vault ARGS...|vault-kill|vault-start|vault-down" >&2; exit 64 ;;
+    *) echo "usage: $0 build|prom-build|prom-bin|up|down|env|status|kill NAME...|start [NAME...]|restart NAME...|helm ARGS...|vault-build|vault-up|vault-k8s-auth [OPTIONS] SA NS|vault-env|vault ARGS...|vault-kill|vault-start|vault-down" >&2; exit 64 ;;
 esac

@@ -659,6 +659,10 @@ impl Lane {
         }
         gate.prune(caches, writer);
         metrics.retry_queue.set(gate.retry.len() as i64);
+        metrics.set_out_of_sync_since(gate.retry.oldest().map(|t| t.into_std()));
+        metrics
+            .conflicted_copies
+            .set(writer.conflicts.lock().expect("lock").len() as i64);
     }
 
     /// One Warning Event (and one count) per refused source and change of its

@@ -336,8 +336,7 @@ impl Writer {
                 if matches!(outcome, Outcome::Done | Outcome::Adopted) {
                     // Observed as each write completes, not when the batch does.
                     self.metrics
-                        .propagation
-                        .observe(since.elapsed().as_secs_f64());
+                        .observe_propagation(since.elapsed().as_secs_f64());
                 }
                 Some((a, outcome))
             })

@@ -744,4 +744,24 @@ mod tests {
         assert_eq!(keys(&one), [DirtyKey::Source(Kind::Secret, "db".into())]);
         assert_eq!(two.len(), 1);
     }
+
+    // Issue 20: a remote cluster's propagation is measured from the first
+    // change of the batches it was told, not from when its task takes them
+    // (which is after the home quiet window D).
+    #[tokio::test]
+    async fn told_keys_keep_the_first_change_of_their_batches() {
+        let told = Told::default();
+        let first = tokio::time::Instant::now() - std::time::Duration::from_secs(5);
+        let later = first + std::time::Duration::from_secs(2);
+        let at = |keys: Vec<DirtyKey>, since| Batch { keys, since };
+        told.add(&at(vec![DirtyKey::Source(Kind::Secret, "a".into())], later));
+        told.add(&at(vec![DirtyKey::Source(Kind::Secret, "b".into())], first));
+        told.add(&at(vec![DirtyKey::All], later));
+        let taken = told.take().expect("a batch");
+        assert_eq!(taken.keys, [DirtyKey::All]);
+        assert_eq!(taken.since, first);
+        // Taken: the next batch starts its own clock.
+        told.add(&at(vec![DirtyKey::Source(Kind::Secret, "c".into())], later));
+        assert_eq!(told.take().expect("a batch").since, later);
+    }
 }

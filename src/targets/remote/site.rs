@@ -493,7 +493,8 @@ mod tests {
         let text = metrics.encode();
         let sum: f64 = text
             .lines()
-            .find_map(|l| l.strip_prefix("push_to_k8s_propagation_seconds_sum "))
+            .find(|l| l.starts_with("push_to_k8s_propagation_seconds_sum"))
+            .and_then(|l| l.rsplit(' ').next())
             .expect("the latency histogram")
             .parse()
             .unwrap();

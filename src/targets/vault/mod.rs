@@ -47,7 +47,7 @@ impl crate::targets::Target for Handle {
             }
         }
         if !ids.is_empty() {
-            let _ = self.work.send(Work::Sources(ids));
+            let _ = self.work.send(Work::Sources(ids, batch.since.into_std()));
         }
     }
 }

@@ -102,8 +102,10 @@ enum Halt<E> {
 /// What the control loop tells the worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
-    /// These sources changed (or went): look at their entries.
-    Sources(Vec<SourceId>),
+    /// These sources changed (or went): look at their entries. The instant:
+    /// when the first change of their batch was seen (propagation is measured
+    /// from there, as for copies).
+    Sources(Vec<SourceId>, std::time::Instant),
     /// Look at every entry again, reading its metadata (a resync, a new leader).
     All,
 }
@@ -164,6 +166,10 @@ pub struct Target<S: Store> {
     /// Of those, the ones to look at in Vault even if the source did not
     /// change: a check, a retry.
     looks: BTreeSet<SourceId>,
+    /// When the first unwritten change of each source was seen (its batch's
+    /// first change; its propagation latency to Vault is measured from there
+    /// to its entry written).
+    handed: HashMap<SourceId, std::time::Instant>,
     logins_seen: u64,
 }
 
@@ -193,6 +199,7 @@ impl<S: Store> Target<S> {
             retry: RetryQueue::new(),
             pending: BTreeSet::new(),
             looks: BTreeSet::new(),
+            handed: HashMap::new(),
             logins_seen: 0,
         }
     }
@@ -249,8 +256,10 @@ impl<S: Store> Target<S> {
 
     fn take(&mut self, work: Work) {
         match work {
-            Work::Sources(ids) => {
+            Work::Sources(ids, since) => {
                 for id in ids {
+                    // The earliest change not yet written.
+                    self.handed.entry(id.clone()).or_insert(since);
                     // A source in backoff waits for its retry.
                     if !self.retry.holds(&id) {
                         self.pending.insert(id);
@@ -289,6 +298,7 @@ impl<S: Store> Target<S> {
         match self.reconcile_inner(id, look).await {
             Ok(()) => {
                 self.retry.succeeded(id);
+                self.handed.remove(id);
                 if self.failures.remove(id).is_some() {
                     tracing::info!(source = %id, "Vault entry written again after failures");
                 }
@@ -504,6 +514,10 @@ impl<S: Store> Target<S> {
         .await?;
         self.remember(id, desired);
         self.conflicts.remove(id);
+        if let Some(at) = self.handed.remove(id) {
+            self.metrics
+                .observe_propagation_to("vault", at.elapsed().as_secs_f64());
+        }
         let what = if reason == "VaultAdopted" {
             "adopted"
         } else {
@@ -903,6 +917,40 @@ mod tests {
         );
     }
 
+    // Issue 20: Vault's propagation latency is measured from the first change
+    // of the batch that handed the source over, the earliest one not written
+    // yet, not from when the worker took it.
+    #[tokio::test]
+    async fn vault_propagation_is_measured_from_the_first_change() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        set(
+            &caches,
+            Some(&secret(
+                &[(crate::model::vocabulary::PATH_ANNOTATION, "team/db")],
+                "s3cret",
+            )),
+        );
+        let first = std::time::Instant::now() - Duration::from_secs(5);
+        t.take(Work::Sources(vec![id()], first));
+        t.take(Work::Sources(vec![id()], std::time::Instant::now()));
+        let next = t.pending.pop_first().unwrap();
+        t.reconcile(&next).await;
+        assert!(fake.data("team/db").is_some());
+        let text = t.metrics.encode();
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("push_to_k8s_propagation_seconds_sum{target=\"vault\"} "))
+            .unwrap_or_else(|| panic!("no vault propagation in\n{text}"))
+            .parse()
+            .unwrap();
+        assert!(
+            text.contains("push_to_k8s_propagation_seconds_count{target=\"vault\"} 1"),
+            "{text}"
+        );
+        assert!((5.0..60.0).contains(&sum), "vault propagation {sum} s");
+    }
+
     #[tokio::test]
     async fn create_update_and_delete_cost_what_they_must() {
         let (fake, caches) = (Arc::new(Fake::default()), caches());
@@ -932,7 +980,7 @@ mod tests {
         let next = t.pending.pop_first().unwrap();
         t.reconcile(&next).await;
         assert_eq!(fake.take_requests(), ["read_metadata team/db"]);
-        t.take(Work::Sources(vec![id()]));
+        t.take(Work::Sources(vec![id()], std::time::Instant::now()));
         let next = t.pending.pop_first().unwrap();
         t.reconcile(&next).await;
         assert!(fake.take_requests().is_empty());
@@ -1077,7 +1125,7 @@ mod tests {
         assert!(matches!(t.standings()[&id()], Standing::Failing(_)));
         assert_eq!(t.metrics.vault_up.get(), 0);
         // A change while held waits for the retry.
-        t.take(Work::Sources(vec![id()]));
+        t.take(Work::Sources(vec![id()], std::time::Instant::now()));
         assert!(t.pending.is_empty());
         fake.down.store(false, std::sync::atomic::Ordering::SeqCst);
         let due = t.retry.next().await;
@@ -1240,7 +1288,7 @@ mod tests {
         let theirs = BTreeMap::from([("owner".to_string(), "team-b".to_string())]);
         fake.entries.lock().unwrap().get_mut("p").unwrap().custom = theirs.clone();
         set(&caches, Some(&secret(&path, "y")));
-        t.take(Work::Sources(vec![id()]));
+        t.take(Work::Sources(vec![id()], std::time::Instant::now()));
         let id = t.pending.pop_first().unwrap();
         t.reconcile(&id).await;
         let entry = fake.entries.lock().unwrap()["p"].clone();
