@@ -1216,8 +1216,23 @@ async fn prometheus_scrapes_both_pods() {
     )
     .await;
     eprintln!("Prometheus sees both Pods after {:?}", started.elapsed());
-    // No alert of the chart's rules pending or firing while both run (20 s: four times
-    // the shortened `for:`, twenty evaluations).
+    // No alert of the chart's rules pending or firing while both run. PushToK8sDown is
+    // rightly active from Prometheus' start until its first scrapes of the Pods are
+    // evaluated: wait for the last evaluation before those to be gone, then 20 s (four
+    // times the shortened `for:`, twenty evaluations) with none.
+    until(
+        "no alert active once both Pods are scraped",
+        WAIT,
+        || async {
+            let alerts = prom.alerts().await?;
+            if alerts.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{alerts:?}"))
+            }
+        },
+    )
+    .await;
     let quiet = Instant::now();
     while quiet.elapsed() < Duration::from_secs(20) {
         let alerts = prom.alerts().await.unwrap();
