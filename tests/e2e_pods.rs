@@ -1123,3 +1123,172 @@ async fn bench_failover_frozen_leader_1000_namespaces() {
     }
     r.finish().await;
 }
+
+/// The samples of an instant query, by the series' `pod` label.
+async fn samples(
+    prom: &common::prometheus::Prometheus,
+    promql: &str,
+) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let data = prom.query(promql).await?;
+    data["result"]
+        .as_array()
+        .ok_or_else(|| format!("no result in {data}"))?
+        .iter()
+        .map(|s| {
+            let pod = s["metric"]["pod"].as_str().unwrap_or("").to_string();
+            let v = s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("not a value: {s}"))?;
+            Ok((pod, v))
+        })
+        .collect()
+}
+
+/// 8. (Issue 20) The real Prometheus on the host scrapes both Pods of a release over the
+///    node's bridge (file service discovery: `job` = the release, `namespace`, `pod`), with
+///    the chart's rules rendered for that release (`for:` 5 s, windows 1 m): both targets
+///    up, `sum(push_to_k8s_leader)` 1 and the leader the Lease holder, both Pods ready, no
+///    alert pending or firing; the leader's Pod deleted: its target goes down, and the
+///    series of the Pod now holding the Lease (the standby, or the replacement Pod, which
+///    is added to the targets once Ready) becomes 1 while the sum stays 1.
+#[tokio::test]
+async fn prometheus_scrapes_both_pods() {
+    use common::prometheus::{
+        Prometheus, chart_rule_groups, file_sd_job, rules_file, shortened, write_file_sd,
+    };
+    let _one = one_at_a_time();
+    let r = Release::install("prom", 1, &[]).await;
+    let (leader, standby) = r.leader().await;
+
+    let dir = std::env::temp_dir().join(unique("push-to-k8s-pods-prom"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let groups = shortened(&chart_rule_groups(&r.name, &r.ns, &[]), "5s", "1m");
+    let rules = rules_file(&groups, &dir);
+    let sd = dir.join("pods.json");
+    let target = |p: &Pod| {
+        (
+            format!("{}:9090", pod_ip(p)),
+            vec![("namespace", r.ns.clone()), ("pod", pod_name(p))],
+        )
+    };
+    let mut targets = vec![target(&leader), target(&standby)];
+    write_file_sd(&sd, &targets);
+    let prom =
+        Prometheus::start_with(vec![file_sd_job(&r.name, &sd, "1s")], Some(&rules), "1s").await;
+    let loaded = prom.api("rules").await.unwrap();
+    assert_eq!(
+        loaded["groups"][0]["rules"].as_array().map(Vec::len),
+        Some(7),
+        "{loaded}"
+    );
+    let sel = format!(r#"job="{}",namespace="{}""#, r.name, r.ns);
+    let (l, s) = (pod_name(&leader), pod_name(&standby));
+
+    let started = Instant::now();
+    until("both Pods scraped: up 1", WAIT, || async {
+        let up = samples(&prom, &format!("up{{{sel}}}")).await?;
+        if up.get(&l) == Some(&1.0) && up.get(&s) == Some(&1.0) && up.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("up {up:?}"))
+        }
+    })
+    .await;
+    until(
+        "one leader (the Lease holder), both ready, on Prometheus",
+        WAIT,
+        || async {
+            let lead = samples(&prom, &format!("push_to_k8s_leader{{{sel}}}")).await?;
+            let sum = samples(&prom, &format!("sum(push_to_k8s_leader{{{sel}}})")).await?;
+            let ready = samples(&prom, &format!("push_to_k8s_ready{{{sel}}}")).await?;
+            if lead.get(&l) == Some(&1.0)
+                && lead.get(&s) == Some(&0.0)
+                && sum.values().eq([&1.0])
+                && ready.get(&l) == Some(&1.0)
+                && ready.get(&s) == Some(&1.0)
+            {
+                Ok(())
+            } else {
+                Err(format!("leader {lead:?}, sum {sum:?}, ready {ready:?}"))
+            }
+        },
+    )
+    .await;
+    eprintln!("Prometheus sees both Pods after {:?}", started.elapsed());
+    // No alert of the chart's rules pending or firing while both run. PushToK8sDown is
+    // rightly active from Prometheus' start until its first scrapes of the Pods are
+    // evaluated: wait for the last evaluation before those to be gone, then 20 s (four
+    // times the shortened `for:`, twenty evaluations) with none.
+    until(
+        "no alert active once both Pods are scraped",
+        WAIT,
+        || async {
+            let alerts = prom.alerts().await?;
+            if alerts.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{alerts:?}"))
+            }
+        },
+    )
+    .await;
+    let quiet = Instant::now();
+    while quiet.elapsed() < Duration::from_secs(20) {
+        let alerts = prom.alerts().await.unwrap();
+        assert!(alerts.is_empty(), "alerts while both Pods run: {alerts:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // The leader's Pod deleted (as in test 3).
+    let start = Instant::now();
+    Api::<Pod>::namespaced(r.c.clone(), &r.ns)
+        .delete(&l, &DeleteParams::default())
+        .await
+        .unwrap();
+    // Its replacement, once Ready, joins the targets (it may win the Lease).
+    let pods = await_ready_pods(&r.c, &r.ns, &r.name, 2).await;
+    let replacement = pods
+        .iter()
+        .find(|p| pod_name(p) != s && pod_name(p) != l)
+        .expect("a replacement Pod");
+    targets.push(target(replacement));
+    write_file_sd(&sd, &targets);
+    let new = until(
+        "Prometheus sees the Lease holder's leader series 1, the sum 1, the deleted Pod down",
+        WAIT,
+        || async {
+            let h = holder(&r.c, &r.ns, &r.name)
+                .await
+                .filter(|h| *h != l)
+                .ok_or("the Lease not yet moved")?;
+            let lead = samples(&prom, &format!("push_to_k8s_leader{{{sel}}}")).await?;
+            let sum = samples(&prom, &format!("sum(push_to_k8s_leader{{{sel}}})")).await?;
+            let up = samples(&prom, &format!("up{{{sel}}}")).await?;
+            if lead.get(&h) == Some(&1.0)
+                && sum.values().eq([&1.0])
+                && !lead.contains_key(&l)
+                && up.get(&l) == Some(&0.0)
+            {
+                Ok(h)
+            } else {
+                Err(format!(
+                    "holder {h}, leader {lead:?}, sum {sum:?}, up {up:?}"
+                ))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "Prometheus saw the leadership move to {new} ({}) {:?} after the leader's Pod was deleted",
+        if new == s {
+            "the standby"
+        } else {
+            "the replacement"
+        },
+        start.elapsed()
+    );
+    drop(prom);
+    let _ = std::fs::remove_dir_all(&dir);
+    r.finish().await;
+}

@@ -132,8 +132,6 @@ impl Prometheus {
     /// Start Prometheus scraping `targets` every `interval` and evaluating
     /// `rules` (a rules file) as often; wait until it is ready.
     pub async fn start(targets: &[Target<'_>], rules: Option<&Path>, interval: &str) -> Prometheus {
-        let dir = std::env::temp_dir().join(unique("push-to-k8s-prometheus"));
-        std::fs::create_dir_all(&dir).unwrap();
         let scrape: Vec<Value> = targets
             .iter()
             .map(|t| {
@@ -150,6 +148,19 @@ impl Prometheus {
                 })
             })
             .collect();
+        Prometheus::start_with(scrape, rules, interval).await
+    }
+
+    /// Start Prometheus with `scrape` as its `scrape_configs` (any Prometheus
+    /// scrape configuration, e.g. [`file_sd_job`]), evaluating `rules` every
+    /// `interval`; wait until it is ready. It listens on loopback.
+    pub async fn start_with(
+        scrape: Vec<Value>,
+        rules: Option<&Path>,
+        interval: &str,
+    ) -> Prometheus {
+        let dir = std::env::temp_dir().join(unique("push-to-k8s-prometheus"));
+        std::fs::create_dir_all(&dir).unwrap();
         let mut config = json!({
             "global": { "scrape_interval": interval, "evaluation_interval": interval },
             "scrape_configs": scrape,
@@ -269,6 +280,36 @@ impl Drop for Prometheus {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A scrape job `job` whose targets Prometheus reads from the file `file`
+/// (file-based service discovery, re-read when it changes): for targets that
+/// come and go while it runs, such as Pods. Scraped every `interval`.
+pub fn file_sd_job(job: &str, file: &Path, interval: &str) -> Value {
+    json!({
+        "job_name": job,
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "file_sd_configs": [{ "files": [file], "refresh_interval": "2s" }],
+    })
+}
+
+/// Write `targets` (an address `host:port` and its labels, each) to the file
+/// service discovery file `file`, atomically (Prometheus never reads half).
+pub fn write_file_sd(file: &Path, targets: &[(String, Vec<(&str, String)>)]) {
+    let groups: Vec<Value> = targets
+        .iter()
+        .map(|(addr, labels)| {
+            let labels: serde_json::Map<String, Value> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            json!({ "targets": [addr], "labels": labels })
+        })
+        .collect();
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&groups).unwrap()).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
 }
 
 /// Percent-encoding of a query parameter's value.
