@@ -57,7 +57,8 @@ impl DirtyKey {
     /// Due at once rather than after the quiet window: a copy's key. A
     /// copy's drift, or its retry once its backoff is over, has nothing to
     /// coalesce with; writing it still goes through pacing, the retry
-    /// backoff and the fight tracker ([`crate::write::gate::Gate`]).
+    /// backoff and the fight tracker
+    /// ([`crate::targets::cluster::admit::Admission`]).
     pub fn urgent(&self) -> bool {
         matches!(self, DirtyKey::Copy(_))
     }

@@ -31,7 +31,7 @@ const IDENTITY_NAMESPACE: &str = "kube-system";
 
 /// Beside the cluster's task, whatever it is doing: every [`REPORT_EVERY`]
 /// ask the API server for its identity (answer within [`PROBE_TIMEOUT`]),
-/// claim it ([`Owners`]), open or close the [`Pass`], and report. Wakes the
+/// claim it ([`Owners`](super::owners::Owners)), open or close the [`Pass`], and report. Wakes the
 /// task (`back`) when the cluster may be served again after it could not.
 pub async fn probe(
     client: kube::Client,
