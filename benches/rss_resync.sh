@@ -7,6 +7,9 @@
 #
 #   BEFORE=path/to/old/push-to-k8s AFTER=target/release/push-to-k8s MINUTES=10 \
 #     bash benches/rss_resync.sh
+#
+# CONTROLLER_ENV="NAME=value ..." adds variables to both controllers' environment
+# (e.g. MALLOC_ARENA_MAX=1).
 set -euo pipefail
 MINUTES=${MINUTES:-10}
 : "${BEFORE:?the first build (creates the copies)}" "${AFTER:?the second build}"
@@ -32,7 +35,7 @@ done
 start() { # name bin port
   env -i PATH=$PATH HOME=/tmp KUBECONFIG=$KUBECONFIG METRICS_PORT=$3 NAMESPACE=bench-src \
     SECRET_SYNC_DEBOUNCE_SECONDS=1 SECRET_SYNC_RATE_LIMIT=100 SECRET_SYNC_RATE_BURST=1 SYNC_INTERVAL=1 \
-    PROTECTED_NAMESPACES=kube-system,kube-public,kube-node-lease,default \
+    PROTECTED_NAMESPACES=kube-system,kube-public,kube-node-lease,default ${CONTROLLER_ENV:-} \
     "$2" > $OUT/$1.log 2>&1 &
 }
 count() { kubectl get secrets -A -l push-to-k8s.io/managed-by=push-to-k8s --no-headers 2>/dev/null | wc -l; }
