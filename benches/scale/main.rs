@@ -10,6 +10,8 @@
 //! Issue 16 adds `chaos` (only with `--only chaos`): two instances, one remote
 //! cluster and Vault under random faults for 20 minutes, then every copy and
 //! entry checked against its source and the audit logs against the Lease.
+//! Issue 17 adds `drift`: how soon an edited or deleted copy is repaired
+//! (D = 1 s), and the writes a copy fought by another writer costs.
 //!
 //! ```text
 //! cargo bench --bench scale                 # quick size, a few minutes
@@ -35,8 +37,8 @@
 //!   `benches/plot.py` with matplotlib from a venv under `target/bench-venv`
 //!   (created on first use; `--no-plot` skips it).
 //!
-//! Layout: one file per scenario (`propagation`, `burst`, `memory`, with
-//! `steady` and `restart` run over the memory scenario's copies; CPU is
+//! Layout: one file per scenario (`propagation`, `drift`, `burst`, `memory`,
+//! with `steady` and `restart` run over the memory scenario's copies; CPU is
 //! measured inside each; `kinds` and `scale`, which start the controller over
 //! copies the bench seeded through the project's own renderer and reuse
 //! `restart`'s measured start and `steady`'s resync), `cluster` (seeding),
@@ -65,6 +67,7 @@ mod burst;
 mod chaos;
 mod cluster;
 mod controller;
+mod drift;
 mod kinds;
 mod memory;
 mod output;
@@ -255,6 +258,7 @@ async fn run(
         let r = match *sc {
             "burst" => bench.burst().await,
             "propagation" => bench.propagation().await,
+            "drift" => bench.drift().await,
             "kinds" => bench.kinds().await,
             "scale" => bench.scale().await,
             "vault" => bench.vault().await,

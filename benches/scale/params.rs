@@ -53,6 +53,7 @@ pub struct Params {
 pub const SCENARIOS: &[&str] = &[
     "burst",
     "propagation",
+    "drift",
     "memory",
     "kinds",
     "vault",
@@ -73,8 +74,9 @@ usage: cargo bench --bench scale -- [options]
                          vault 1 source x 1000 namespaces and 100 sources, remote
                          3 clusters x 300 namespaces
   --prop-n A,B,..        propagation target namespace counts (quick: 50,100)
-  --runs K               propagation runs per N, vault part A and remote updates;
-                         median reported (quick: 3, full: 5)
+  --runs K               propagation runs per N, vault part A and remote updates,
+                         drift's edited and deleted copies; median reported
+                         (quick: 3, full: 5)
   --burst-sources S      sources changed within 2 s (quick: 20, full: 100)
   --burst-n N            target namespaces of the burst (quick: 50, full: 100)
   --burst-b B            SECRET_SYNC_RATE_BURST of the burst scenario (default 10)
@@ -99,10 +101,12 @@ usage: cargo bench --bench scale -- [options]
   --chaos-n N            chaos: target namespaces in each of its 2 clusters (quick: 10,
                          full: 30)
   --chaos-sources S      chaos: Secret sources, plus S/4 ConfigMaps (quick: 8, full: 16)
-  --only a,b             run only these of: burst, propagation, memory, kinds, vault,
-                         remote, scale, chaos
-                         (memory also measures steady state, CPU and restart; chaos
-                         runs only when named here)
+  --only a,b             run only these of: burst, propagation, drift, memory, kinds,
+                         vault, remote, scale, chaos
+                         (memory also measures steady state, CPU and restart; drift
+                         times the repair of K edited and K deleted copies and counts
+                         the writes to a copy another writer rewrites every 100 ms
+                         for 20 s; chaos runs only when named here)
   --keep-cp              leave the bench control plane up at the end
   --no-plot              do not draw the PNG plots (no Python venv needed)
   --docs DIR             also copy the plots and results.json into DIR (e.g. docs/benchmarks)
