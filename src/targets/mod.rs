@@ -91,7 +91,8 @@ pub async fn batches(
             // A due batch goes before new keys, so a flood of events cannot
             // push a batch past its maximum wait.
             keys = batcher.ready() => {
-                metrics.queue_depth.set(0);
+                // Copy keys leave early: source keys may still wait.
+                metrics.queue_depth.set(batcher.pending() as i64);
                 if gate.leading() {
                     metrics.batch_size.observe(keys.len() as f64);
                 }
@@ -111,5 +112,53 @@ pub async fn batches(
             pending = batcher.pending(),
             "shutting down; pending keys are re-planned at the next start"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kinds::Kind;
+    use crate::model::records::ObjectKey;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A target that keeps what it is told.
+    struct Record(Arc<Mutex<Vec<Batch>>>);
+
+    impl Target for Record {
+        fn tell(&self, batch: &Batch) {
+            self.0.lock().unwrap().push(batch.clone());
+        }
+    }
+
+    // A copy's key leaves ahead of the quiet window; the queue depth then
+    // still counts the source key that waits (it was set to 0).
+    #[tokio::test(start_paused = true)]
+    async fn the_queue_depth_counts_what_still_waits_after_a_copy_batch() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(batches(
+            rx,
+            Batcher::new(Duration::from_secs(5), Duration::from_secs(15)),
+            FanOut::default().with(Record(told.clone())),
+            Arc::new(WriteGate::single(stop.clone())),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        tx.send(DirtyKey::Source(Kind::Secret, "db".into()))
+            .unwrap();
+        tx.send(DirtyKey::Copy(ObjectKey::new(Kind::Secret, "team-a", "db")))
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(told.lock().unwrap().len(), 1, "the copy key went ahead");
+        assert_eq!(metrics.queue_depth.get(), 1, "the source key waits");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(told.lock().unwrap().len(), 2);
+        assert_eq!(metrics.queue_depth.get(), 0);
+        stop.cancel();
+        task.await.unwrap();
     }
 }

@@ -325,7 +325,7 @@ impl Lane {
                 // A due batch goes before new keys, so a flood of events cannot
                 // push a batch past its maximum wait.
                 due = keys.batcher.ready() => {
-                    self.metrics.queue_depth.set(0);
+                    self.metrics.queue_depth.set(keys.batcher.pending() as i64);
                     let batch = Batch { keys: due, since: keys.since };
                     self.take(&batch, &mut Admission { retry: &mut retry, fights: &mut fights }).await;
                 }
