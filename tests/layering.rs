@@ -22,6 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+mod source_tree;
+
 /// The stages from the bottom up: a top-level module's rank.
 const STAGES: &[&str] = &[
     "model",
@@ -40,33 +42,21 @@ const STAGES: &[&str] = &[
 
 /// Module path (`targets::remote::site`) → product source text.
 fn modules(src: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-            .map(|e| e.expect("dir entry").path())
-            .collect();
-        entries.sort();
-        for path in entries {
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let rel = path.strip_prefix(root).expect("under src");
-                let mut parts: Vec<String> = rel
-                    .with_extension("")
-                    .iter()
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .collect();
-                if parts.last().is_some_and(|p| p == "mod") {
-                    parts.pop();
-                }
-                let text = std::fs::read_to_string(&path).expect("read source");
-                out.insert(parts.join("::"), product(&text));
+    source_tree::files(src)
+        .into_iter()
+        .map(|(path, text)| {
+            let rel = path.strip_prefix(src).expect("under src");
+            let mut parts: Vec<String> = rel
+                .with_extension("")
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            if parts.last().is_some_and(|p| p == "mod") {
+                parts.pop();
             }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(src, src, &mut out);
-    out
+            (parts.join("::"), product(&text))
+        })
+        .collect()
 }
 
 /// The product part of a file: up to its first `#[cfg(test)]`, comments out.
@@ -354,7 +344,7 @@ fn problems(mods: &BTreeMap<String, String>) -> Vec<String> {
 
 #[test]
 fn src_has_no_import_cycle_and_no_upward_import() {
-    let mods = modules(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let mods = modules(&source_tree::src());
     assert!(mods.len() > 30, "read only {} modules", mods.len());
     // The reader sees real dependencies (so an empty graph cannot pass).
     let g = graph(&mods);

@@ -10,29 +10,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-const DOMAIN: &str = "push-to-k8s.io/";
+mod source_tree;
 
-/// The product's source text of `dir`, each file cut at its unit tests.
-fn product_sources(dir: &Path, out: &mut Vec<(String, String)>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            product_sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(&path).expect("read source");
-            let product: String = text
-                .lines()
-                .take_while(|l| l.trim() != "#[cfg(test)]")
-                .map(|l| format!("{l}\n"))
-                .collect();
-            out.push((path.display().to_string(), product));
-        }
-    }
-}
+const DOMAIN: &str = "push-to-k8s.io/";
 
 /// The string literals of `text` (plain `"..."` ones; the product has no raw
 /// string holding a key).
@@ -87,9 +67,7 @@ fn keys_in(lit: &str) -> Vec<String> {
 }
 
 fn code_keys() -> BTreeSet<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    product_sources(&root.join("src"), &mut files);
+    let files = source_tree::files(&source_tree::src());
     let mut keys = BTreeSet::new();
     for (_, text) in &files {
         for lit in literals(text) {
@@ -180,11 +158,7 @@ fn the_source_label_and_field_manager_are_documented() {
     );
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
         .expect("read README.md");
-    let mut files = Vec::new();
-    product_sources(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        &mut files,
-    );
+    let files = source_tree::files(&source_tree::src());
     let managers: BTreeSet<String> = files
         .iter()
         .flat_map(|(_, text)| text.lines())
@@ -208,10 +182,8 @@ fn the_source_label_and_field_manager_are_documented() {
 /// the constant.
 #[test]
 fn every_key_is_spelled_only_in_the_vocabulary_module() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    product_sources(&root.join("src"), &mut files);
-    let home = root.join("src/model/vocabulary.rs");
+    let files = source_tree::files(&source_tree::src());
+    let home = source_tree::src().join("model/vocabulary.rs");
     let mut found_home = false;
     let mut elsewhere = Vec::new();
     for (path, text) in &files {
@@ -221,10 +193,13 @@ fn every_key_is_spelled_only_in_the_vocabulary_module() {
             // text or a message, has spaces).
             .filter(|l| (l.contains(DOMAIN) || l.starts_with("push-to-k8s=")) && !l.contains(' '))
             .collect();
-        if Path::new(path) == home {
+        if *path == home {
             found_home = !lits.is_empty();
         } else {
-            elsewhere.extend(lits.into_iter().map(|l| format!("{path}: \"{l}\"")));
+            elsewhere.extend(
+                lits.into_iter()
+                    .map(|l| format!("{}: \"{l}\"", path.display())),
+            );
         }
     }
     assert!(found_home, "the vocabulary module is read");
