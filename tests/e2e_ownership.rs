@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -234,6 +234,17 @@ async fn identity_granting_secret_types_are_never_copied() {
     let bootstrap = "bootstrap-token-abcdef".to_string();
     let good = format!("{}-good", env.id);
     let targets = format!("kube-system,{t0}");
+    // kube-controller-manager deletes a token Secret whose ServiceAccount
+    // does not exist; the source namespace is new, so its `default` account
+    // may not be there yet (CI saw the Secret vanish before the controller
+    // planned it).
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &env.source_ns);
+    eventually(
+        "the source namespace's default ServiceAccount",
+        WAIT,
+        || async { accounts.get_opt("default").await.ok().flatten() },
+    )
+    .await;
     let mut s = source_secret(&sa_token, &[]);
     s.type_ = Some("kubernetes.io/service-account-token".into());
     let ann = s.metadata.annotations.get_or_insert_default();
