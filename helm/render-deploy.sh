@@ -16,6 +16,8 @@ cat <<'EOF'
 #   events      create/patch in the source namespace (Events on sources)
 #   leases      create, get/update of the Lease `push-to-k8s`, and events
 #               create/patch, in the release namespace (leader election)
+# A ValidatingAdmissionPolicy (Kubernetes 1.30+) refuses edits and deletes of the
+# copies by anyone but the controller (docs/security.md, "Copies cannot be edited").
 apiVersion: v1
 kind: Namespace
 metadata:
@@ -24,4 +26,7 @@ metadata:
     # The controller runs under the restricted Pod Security profile.
     pod-security.kubernetes.io/enforce: restricted
 EOF
-bash tests/control-plane/cp.sh helm template push-to-k8s helm/push-to-k8s --namespace push-to-k8s
+# Rendered for Kubernetes 1.30+ (the chart's admission policy included; on an older
+# cluster `kubectl apply` refuses those two objects and applies the rest).
+bash tests/control-plane/cp.sh helm template push-to-k8s helm/push-to-k8s --namespace push-to-k8s \
+    --api-versions admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy

@@ -651,6 +651,42 @@ fn optional_objects_render_only_when_enabled() {
     }
     let off = kinds_of(&template(&["--set", "podDisruptionBudget.enabled=false"]).unwrap());
     assert!(!off.iter().any(|k| k == "PodDisruptionBudget"), "{off:?}");
+    // The admission policy (issue 19): on by default where the API exists
+    // (`helm install` asks the cluster; here `--api-versions` says so), not
+    // rendered where it does not (helm template's own list lacks it, as a
+    // cluster before 1.30 does), off when switched off.
+    let vap = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy";
+    assert!(
+        !default
+            .iter()
+            .any(|k| k.starts_with("ValidatingAdmissionPolicy")),
+        "without the API: {default:?}"
+    );
+    let with_api = kinds_of(&template(&["--api-versions", vap]).unwrap());
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        assert_eq!(
+            with_api.iter().filter(|k| *k == kind).count(),
+            1,
+            "{kind} by default where the API exists: {with_api:?}"
+        );
+    }
+    let off = kinds_of(
+        &template(&[
+            "--api-versions",
+            vap,
+            "--set",
+            "admissionPolicy.enabled=false",
+        ])
+        .unwrap(),
+    );
+    assert!(
+        !off.iter()
+            .any(|k| k.starts_with("ValidatingAdmissionPolicy")),
+        "{off:?}"
+    );
     let err = template(&[
         "--set",
         "serviceMonitor.enabled=true",

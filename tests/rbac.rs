@@ -256,3 +256,232 @@ async fn events_role_is_where_the_sources_are_when_namespace_differs_from_the_re
             .unwrap();
     }
 }
+
+/// `kubectl` as `user`: whether it succeeded, and what it printed on stderr.
+fn kubectl_as(user: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("kubectl")
+        .arg(format!("--as={user}"))
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 19, item 6: the chart's ValidatingAdmissionPolicy. With the
+/// controller running as the release's ServiceAccount: a namespace admin (and
+/// a cluster admin) cannot edit or delete a copy, and the refusal names the
+/// source; the controller still updates and deletes copies; deleting a
+/// namespace that holds a copy completes; an unmanaged object of the same name
+/// stays editable; `helm uninstall` completes and leaves the copies editable.
+#[tokio::test]
+async fn the_admission_policy_refuses_edits_of_copies_and_never_blocks_what_it_must_not() {
+    let _serial = serial();
+    let release = "p2k-vap";
+    helm(&[
+        "upgrade",
+        "--install",
+        release,
+        CHART,
+        "--namespace",
+        release,
+        "--create-namespace",
+        "--set",
+        "env.SECRET_SYNC_DEBOUNCE_SECONDS=1",
+    ]);
+    let policy = format!("{release}-{release}-copies");
+    kubectl(&["get", "validatingadmissionpolicy", &policy]);
+    kubectl(&["get", "validatingadmissionpolicybinding", &policy]);
+    let (sa, env) = pod_identity(release, release).await;
+
+    let test = TestEnv::new("vap", 3).await;
+    let _on_panic = test.cleanup_on_panic();
+    let tenant = format!("{}-tenant", test.id);
+    let name = format!("{}-s", test.id);
+    let (copy_ns, doomed_ns, taken_ns) = (
+        test.targets[0].clone(),
+        test.targets[1].clone(),
+        test.targets[2].clone(),
+    );
+    for ns in [&copy_ns, &taken_ns] {
+        kubectl(&[
+            "create",
+            "rolebinding",
+            "tenant-admin",
+            "--clusterrole=admin",
+            &format!("--user={tenant}"),
+            "-n",
+            ns,
+        ]);
+    }
+    // Not ours: a Secret of the same name, made before the source exists.
+    test.secrets(&taken_ns)
+        .create(
+            &PostParams::default(),
+            &source_secret(&name, &[("mine", "x")]),
+        )
+        .await
+        .unwrap();
+    let sources: Api<Secret> = Api::namespaced(test.client.clone(), release);
+    sources
+        .create(
+            &PostParams::default(),
+            &source_secret(&name, &[("k", "v1")]),
+        )
+        .await
+        .unwrap();
+
+    let kubeconfig = service_account_kubeconfig(release, &sa);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+    let mut daemon = Daemon::start_exact(&env);
+    daemon.await_ready().await;
+    let wanted = vec![copy_ns.clone(), doomed_ns.clone()];
+    test.await_copies(&wanted, &name, &[("k", "v1")]).await;
+
+    // Edits and deletes of a copy are refused, for the tenant and for a
+    // cluster admin alike, and the message names the source.
+    let source_ref = format!("{release}/{name}");
+    let refusals = [
+        vec![
+            "label",
+            "secret",
+            name.as_str(),
+            "edited=yes",
+            "-n",
+            copy_ns.as_str(),
+        ],
+        vec![
+            "annotate",
+            "secret",
+            name.as_str(),
+            "push-to-k8s.io/source-",
+            "-n",
+            copy_ns.as_str(),
+        ],
+        vec![
+            "label",
+            "secret",
+            name.as_str(),
+            "push-to-k8s.io/managed-by-",
+            "-n",
+            copy_ns.as_str(),
+        ],
+        vec!["delete", "secret", name.as_str(), "-n", copy_ns.as_str()],
+    ];
+    for args in &refusals {
+        for user in [tenant.as_str(), "admin-not-the-controller"] {
+            let user_args: Vec<&str> = if user == tenant {
+                args.clone()
+            } else {
+                // A cluster admin: system:masters.
+                [&["--as-group=system:masters"][..], args].concat()
+            };
+            let (ok, stderr) = kubectl_as(user, &user_args);
+            assert!(!ok, "{user}: kubectl {args:?} must be refused");
+            assert!(
+                stderr.contains(&source_ref) && stderr.contains("copy kept by push-to-k8s"),
+                "{user}: the refusal names the source {source_ref}: {stderr}"
+            );
+        }
+    }
+    let copy = test
+        .copy(&copy_ns, &name)
+        .await
+        .expect("the copy is still there");
+    assert!(
+        !copy
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("edited"),
+        "the refused edit changed nothing"
+    );
+
+    // An object that is not ours stays editable by its namespace's admin.
+    let (ok, stderr) = kubectl_as(
+        &tenant,
+        &["label", "secret", &name, "edited=yes", "-n", &taken_ns],
+    );
+    assert!(ok, "the unmanaged Secret is the tenant's to edit: {stderr}");
+
+    // The controller still updates and deletes copies.
+    let patch = serde_json::json!({"stringData": {"k": "v2"}});
+    sources
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    test.await_copies(&wanted, &name, &[("k", "v2")]).await;
+
+    // Deleting a namespace that holds a copy completes.
+    Api::<Namespace>::all(test.client.clone())
+        .delete(&doomed_ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        &format!("namespace {doomed_ns} (holding a copy) to be deleted"),
+        Duration::from_secs(120),
+        || async {
+            Api::<Namespace>::all(test.client.clone())
+                .get_opt(&doomed_ns)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    sources
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    test.await_no_copies(std::slice::from_ref(&copy_ns), &name)
+        .await;
+
+    // Again a copy, then `helm uninstall` with the controller stopped: it
+    // completes, the copy stays (README "Uninstalling") and is editable now.
+    sources
+        .create(
+            &PostParams::default(),
+            &source_secret(&name, &[("k", "v3")]),
+        )
+        .await
+        .unwrap();
+    test.await_copies(std::slice::from_ref(&copy_ns), &name, &[("k", "v3")])
+        .await;
+    let status = daemon.stop();
+    let logs = daemon.logs();
+    assert!(status.success(), "exit status {status}; log:\n{logs}");
+    assert!(
+        !logs.contains("Forbidden") && !logs.contains(" 403 ") && !logs.contains("denied"),
+        "the controller was refused something:\n{logs}"
+    );
+    helm(&["uninstall", release, "--namespace", release, "--wait"]);
+    // The API server drops the deleted policy from its cache within moments.
+    eventually(
+        "the copy to be editable again once the policy is uninstalled",
+        Duration::from_secs(60),
+        || async {
+            kubectl_as(
+                &tenant,
+                &["label", "secret", &name, "edited=yes", "-n", &copy_ns],
+            )
+            .0
+            .then_some(())
+        },
+    )
+    .await;
+
+    let _ = std::fs::remove_file(kubeconfig);
+    let _ = sources.delete(&name, &DeleteParams::default()).await;
+    test.cleanup().await;
+    Api::<Namespace>::all(client().await)
+        .delete(release, &DeleteParams::default())
+        .await
+        .unwrap();
+}

@@ -527,7 +527,7 @@ launch() {
             start kube-controller-manager "$BIN/kube-controller-manager" \
                 --kubeconfig "$STATE/admin.kubeconfig" \
                 --authentication-kubeconfig "$STATE/admin.kubeconfig" --authorization-kubeconfig "$STATE/admin.kubeconfig" \
-                --controllers namespace-controller,garbage-collector-controller,serviceaccount-controller \
+                --controllers namespace-controller,garbage-collector-controller,serviceaccount-controller,clusterrole-aggregation-controller \
                 --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
                 --root-ca-file "$STATE/pki/ca.crt" --service-account-private-key-file "$STATE/pki/sa.key"
             started_kcm=1
