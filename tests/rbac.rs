@@ -40,6 +40,24 @@ fn helm(args: &[&str]) -> String {
     run(cmd)
 }
 
+/// `helm upgrade --install` of the chart as `release` in its own namespace,
+/// with `--set` of each of `sets`.
+fn install_release(release: &str, sets: &[&str]) {
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        release,
+        CHART,
+        "--namespace",
+        release,
+        "--create-namespace",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    helm(&args);
+}
+
 /// The ServiceAccount and environment of Deployment `ns/name`'s pod, as the
 /// kubelet would give them (downward-API fields resolved). The metrics port is
 /// left out: tests share the machine's ports, so the test picks one.
@@ -74,39 +92,15 @@ async fn pod_identity(ns: &str, name: &str) -> (String, Vec<(String, String)>) {
 async fn replicates_as(source_ns: &str, (sa_ns, sa): (&str, &str), env: &[(String, String)]) {
     let test = TestEnv::new("rbac", 3).await;
     let name = format!("{}-s", test.id);
-    let taken = test.targets[2].clone();
     // An unmanaged Secret of the same name: the conflict Event needs the events Role.
-    test.secrets(&taken)
-        .create(
-            &PostParams::default(),
-            &source_secret(&name, &[("mine", "x")]),
-        )
-        .await
-        .unwrap();
-    let sources: Api<Secret> = Api::namespaced(test.client.clone(), source_ns);
-    sources
-        .create(
-            &PostParams::default(),
-            &source_secret(&name, &[("k", "v1")]),
-        )
-        .await
-        .unwrap();
-
-    let kubeconfig = service_account_kubeconfig(sa_ns, sa);
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
-    let mut daemon = Daemon::start_exact(&env);
-    daemon.await_ready().await;
+    let taken = test.targets[2].clone();
+    let (sources, mut daemon, kubeconfig) =
+        source_and_controller(&test, source_ns, &name, &taken, (sa_ns, sa), env).await;
     let wanted = test.targets[..2].to_vec();
     test.await_copies(&wanted, &name, &[("k", "v1")]).await;
 
     // update (apply) ...
-    let patch = serde_json::json!({"stringData": {"k": "v2"}});
-    sources
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    test.await_copies(&wanted, &name, &[("k", "v2")]).await;
+    update_source(&test, &sources, &name, &wanted, "v2").await;
 
     // ... the conflict Event on the source ...
     let events: Api<Event> = Api::namespaced(test.client.clone(), source_ns);
@@ -141,15 +135,69 @@ async fn replicates_as(source_ns: &str, (sa_ns, sa): (&str, &str), env: &[(Strin
         "unmanaged Secret must stay"
     );
 
+    stop_unrefused(&mut daemon);
+    let _ = std::fs::remove_file(kubeconfig);
+    test.cleanup().await;
+}
+
+/// Test `test`'s source `source_ns/name` (data `k: v1`), made after an
+/// unmanaged Secret of the same name in `taken`, and the controller running
+/// as `sa_ns/sa` with the pod's `env`, Ready: the sources' Api, the daemon and
+/// its kubeconfig file.
+async fn source_and_controller(
+    test: &TestEnv,
+    source_ns: &str,
+    name: &str,
+    taken: &str,
+    (sa_ns, sa): (&str, &str),
+    env: &[(String, String)],
+) -> (Api<Secret>, Daemon, std::path::PathBuf) {
+    test.secrets(taken)
+        .create(
+            &PostParams::default(),
+            &source_secret(name, &[("mine", "x")]),
+        )
+        .await
+        .unwrap();
+    let sources: Api<Secret> = Api::namespaced(test.client.clone(), source_ns);
+    sources
+        .create(&PostParams::default(), &source_secret(name, &[("k", "v1")]))
+        .await
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(sa_ns, sa);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+    let mut daemon = Daemon::start_exact(&env);
+    daemon.await_ready().await;
+    (sources, daemon, kubeconfig)
+}
+
+/// Set the source's `k` to `value` and wait for it in the copies of `wanted`.
+async fn update_source(
+    test: &TestEnv,
+    sources: &Api<Secret>,
+    name: &str,
+    wanted: &[String],
+    value: &str,
+) {
+    let patch = serde_json::json!({"stringData": {"k": value}});
+    sources
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    test.await_copies(wanted, name, &[("k", value)]).await;
+}
+
+/// Stop the controller: it exits cleanly, and nothing it asked was refused
+/// (by RBAC or by an admission policy).
+fn stop_unrefused(daemon: &mut Daemon) {
     let status = daemon.stop();
     let logs = daemon.logs();
     assert!(status.success(), "exit status {status}; log:\n{logs}");
     assert!(
-        !logs.contains("Forbidden") && !logs.contains(" 403 "),
-        "RBAC denied something:\n{logs}"
+        !logs.contains("Forbidden") && !logs.contains(" 403 ") && !logs.contains("denied"),
+        "the controller was refused something:\n{logs}"
     );
-    let _ = std::fs::remove_file(kubeconfig);
-    test.cleanup().await;
 }
 
 #[test]
@@ -185,19 +233,13 @@ async fn runs_as_the_deploy_yaml_service_account() {
 async fn runs_as_a_helm_release_with_its_own_env() {
     let _serial = serial();
     let release = "p2k-chart";
-    helm(&[
-        "upgrade",
-        "--install",
+    install_release(
         release,
-        CHART,
-        "--namespace",
-        release,
-        "--create-namespace",
-        "--set",
-        "env.SECRET_SYNC_DEBOUNCE_SECONDS=2",
-        "--set",
-        "env.SECRET_SYNC_RATE_LIMIT=20",
-    ]);
+        &[
+            "env.SECRET_SYNC_DEBOUNCE_SECONDS=2",
+            "env.SECRET_SYNC_RATE_LIMIT=20",
+        ],
+    );
     let (sa, env) = pod_identity(release, release).await;
     assert_eq!(sa, release);
     let get = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
@@ -233,19 +275,13 @@ async fn events_role_is_where_the_sources_are_when_namespace_differs_from_the_re
         )
         .await
         .unwrap();
-    helm(&[
-        "upgrade",
-        "--install",
+    install_release(
         release,
-        CHART,
-        "--namespace",
-        release,
-        "--create-namespace",
-        "--set",
-        &format!("env.NAMESPACE={sources_ns}"),
-        "--set",
-        "env.SECRET_SYNC_DEBOUNCE_SECONDS=2",
-    ]);
+        &[
+            &format!("env.NAMESPACE={sources_ns}"),
+            "env.SECRET_SYNC_DEBOUNCE_SECONDS=2",
+        ],
+    );
     let (sa, env) = pod_identity(release, release).await;
     replicates_as(&sources_ns, (release, &sa), &env).await;
     helm(&["uninstall", release, "--namespace", release, "--wait"]);
@@ -282,17 +318,7 @@ fn kubectl_as(user: &str, args: &[&str]) -> (bool, String) {
 async fn the_admission_policy_refuses_edits_of_copies_and_never_blocks_what_it_must_not() {
     let _serial = serial();
     let release = "p2k-vap";
-    helm(&[
-        "upgrade",
-        "--install",
-        release,
-        CHART,
-        "--namespace",
-        release,
-        "--create-namespace",
-        "--set",
-        "env.SECRET_SYNC_DEBOUNCE_SECONDS=1",
-    ]);
+    install_release(release, &["env.SECRET_SYNC_DEBOUNCE_SECONDS=1"]);
     let policy = format!("{release}-{release}-copies");
     kubectl(&["get", "validatingadmissionpolicy", &policy]);
     kubectl(&["get", "validatingadmissionpolicybinding", &policy]);
@@ -318,28 +344,9 @@ async fn the_admission_policy_refuses_edits_of_copies_and_never_blocks_what_it_m
             ns,
         ]);
     }
-    // Not ours: a Secret of the same name, made before the source exists.
-    test.secrets(&taken_ns)
-        .create(
-            &PostParams::default(),
-            &source_secret(&name, &[("mine", "x")]),
-        )
-        .await
-        .unwrap();
-    let sources: Api<Secret> = Api::namespaced(test.client.clone(), release);
-    sources
-        .create(
-            &PostParams::default(),
-            &source_secret(&name, &[("k", "v1")]),
-        )
-        .await
-        .unwrap();
-
-    let kubeconfig = service_account_kubeconfig(release, &sa);
-    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
-    let mut daemon = Daemon::start_exact(&env);
-    daemon.await_ready().await;
+    // Not ours: a Secret of the same name in taken_ns, made before the source.
+    let (sources, mut daemon, kubeconfig) =
+        source_and_controller(&test, release, &name, &taken_ns, (release, &sa), &env).await;
     let wanted = vec![copy_ns.clone(), doomed_ns.clone()];
     test.await_copies(&wanted, &name, &[("k", "v1")]).await;
 
@@ -410,12 +417,7 @@ async fn the_admission_policy_refuses_edits_of_copies_and_never_blocks_what_it_m
     assert!(ok, "the unmanaged Secret is the tenant's to edit: {stderr}");
 
     // The controller still updates and deletes copies.
-    let patch = serde_json::json!({"stringData": {"k": "v2"}});
-    sources
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    test.await_copies(&wanted, &name, &[("k", "v2")]).await;
+    update_source(&test, &sources, &name, &wanted, "v2").await;
 
     // Deleting a namespace that holds a copy completes.
     Api::<Namespace>::all(test.client.clone())
@@ -454,13 +456,7 @@ async fn the_admission_policy_refuses_edits_of_copies_and_never_blocks_what_it_m
         .unwrap();
     test.await_copies(std::slice::from_ref(&copy_ns), &name, &[("k", "v3")])
         .await;
-    let status = daemon.stop();
-    let logs = daemon.logs();
-    assert!(status.success(), "exit status {status}; log:\n{logs}");
-    assert!(
-        !logs.contains("Forbidden") && !logs.contains(" 403 ") && !logs.contains("denied"),
-        "the controller was refused something:\n{logs}"
-    );
+    stop_unrefused(&mut daemon);
     helm(&["uninstall", release, "--namespace", release, "--wait"]);
     // The API server drops the deleted policy from its cache within moments.
     eventually(
