@@ -7,6 +7,9 @@
 //! A test drives both ends: the code under test on the client, the test on
 //! the [`ApiServer`], answering each request it expects and asserting at the
 //! end that no other came ([`ApiServer::done`]).
+//!
+//! Also the objects more than one test module builds: a labelled source
+//! Secret and the record of its copy as we would write it.
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -211,4 +214,76 @@ impl tracing::Subscriber for AskEveryTime {
     fn event(&self, _: &tracing::Event<'_>) {}
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
+}
+
+// ---- Objects the planner's and the report's tests build ----
+
+/// A labelled source Secret `namespace/name` holding `k: value`, with
+/// `annotations`.
+pub fn source_secret(
+    namespace: &str,
+    name: &str,
+    value: &str,
+    annotations: &[(&str, &str)],
+) -> k8s_openapi::api::core::v1::Secret {
+    labelled_secret(namespace, name, annotations, &[("k", value.as_bytes())])
+}
+
+/// A labelled source Secret `namespace/name` (uid `uid-<name>`) with
+/// `annotations` and `data`.
+pub fn labelled_secret(
+    namespace: &str,
+    name: &str,
+    annotations: &[(&str, &str)],
+    data: &[(&str, &[u8])],
+) -> k8s_openapi::api::core::v1::Secret {
+    use crate::model::vocabulary::{SOURCE_LABEL_KEY, SOURCE_LABEL_VALUE};
+    use std::collections::BTreeMap;
+    k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            uid: Some(format!("uid-{name}")),
+            labels: Some(BTreeMap::from([(
+                SOURCE_LABEL_KEY.to_string(),
+                SOURCE_LABEL_VALUE.to_string(),
+            )])),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The record of a copy of `s` (a source in `source_namespace`) in `ns`,
+/// exactly as we would write it.
+pub fn copy_record(
+    source_namespace: &str,
+    ns: &str,
+    s: &k8s_openapi::api::core::v1::Secret,
+) -> (
+    crate::model::records::ObjectKey,
+    crate::model::records::ReplicaRecord,
+) {
+    use crate::model::records::{ReplicaRecord, as_written_by_us};
+    let mut c =
+        as_written_by_us(crate::model::replica::Replica::render(s, source_namespace).to_secret(ns));
+    c.metadata.uid = Some(format!("uid-{ns}"));
+    c.metadata.resource_version = Some("7".into());
+    ReplicaRecord::from_meta(
+        crate::model::kinds::Kind::Secret,
+        &c.metadata,
+        source_namespace,
+    )
+    .unwrap()
 }

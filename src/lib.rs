@@ -15,7 +15,8 @@
 //! - [`operate`]: configuration, CLI, lease, health, metrics, logging, API clients.
 //! - [`model`]: the vocabulary (every label and annotation), kinds, names, the
 //!   annotation rules, replica rendering and records.
-//! - `fixtures` (test builds only): the mock API server of the unit tests.
+//! - `fixtures` (test builds only): the mock API server of the unit tests, and
+//!   the source Secrets and copy records they build.
 
 pub mod controller;
 pub mod decide;

@@ -816,48 +816,20 @@ fn table(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use crate::model::records::{ReplicaRecord, SourceRecord};
-    use crate::model::replica::Replica;
     use crate::model::rules::NamespaceInfo;
     use crate::observe::batch::DirtyKey;
-    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::HashMap;
 
     const SRC: &str = "src";
 
     fn secret(name: &str, value: &str, annotations: &[(&str, &str)]) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(SRC.into()),
-                uid: Some(format!("uid-{name}")),
-                labels: Some(BTreeMap::from([(
-                    crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
-                    crate::model::vocabulary::SOURCE_LABEL_VALUE.to_string(),
-                )])),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([(
-                "k".to_string(),
-                ByteString(value.as_bytes().to_vec()),
-            )])),
-            ..Default::default()
-        }
+        crate::fixtures::source_secret(SRC, name, value, annotations)
     }
 
     /// The record of a copy of `s` in `ns` exactly as we would write it.
     fn copy(ns: &str, s: &Secret) -> (ObjectKey, ReplicaRecord) {
-        let mut c = crate::model::records::as_written_by_us(Replica::render(s, SRC).to_secret(ns));
-        c.metadata.uid = Some(format!("uid-{ns}"));
-        c.metadata.resource_version = Some("7".into());
-        ReplicaRecord::from_meta(Kind::Secret, &c.metadata, SRC).unwrap()
+        crate::fixtures::copy_record(SRC, ns, s)
     }
 
     /// A cluster: namespaces (plus the source namespace and kube-system),

@@ -315,7 +315,6 @@ mod tests {
     use crate::model::vocabulary::{MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, SOURCE_ANNOTATION};
     use crate::observe::cache::Caches;
     use http::StatusCode;
-    use k8s_openapi::api::core::v1::Secret;
 
     use crate::fixtures::{self, ApiServer as ApiHandle};
     use serde_json::{Value, json};
@@ -415,29 +414,7 @@ mod tests {
         name: &str,
         annotations: &[(&str, &str)],
     ) -> (String, crate::model::records::SourceRecord) {
-        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-        let s = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("src".into()),
-                uid: Some(format!("{name}-uid")),
-                labels: Some(
-                    [(
-                        crate::model::vocabulary::SOURCE_LABEL_KEY.to_string(),
-                        "source".to_string(),
-                    )]
-                    .into(),
-                ),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
+        let s = crate::fixtures::labelled_secret("src", name, annotations, &[]);
         crate::model::records::SourceRecord::from_secret(&s, "src").expect("a source")
     }
 

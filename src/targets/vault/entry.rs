@@ -420,33 +420,11 @@ pub fn deletable(obs: &Observed, us: Us<'_>, source: &SourceId) -> Deletable {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
-    use kube::api::ObjectMeta;
 
     /// Source `src/db`, labelled, with these annotations and data.
     pub(crate) fn secret(annotations: &[(&str, &str)], data: &[(&str, &[u8])]) -> Secret {
-        Secret {
-            metadata: ObjectMeta {
-                name: Some("db".into()),
-                namespace: Some("src".into()),
-                uid: Some("u1".into()),
-                labels: Some(BTreeMap::from([("push-to-k8s".into(), "source".into())])),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
-                    .collect(),
-            ),
-            ..Default::default()
-        }
+        crate::fixtures::labelled_secret("src", "db", annotations, data)
     }
 
     fn source(annotations: &[(&str, &str)], data: &[(&str, &[u8])]) -> SourceRecord {
