@@ -20,7 +20,8 @@
 # The kubelet sets vm.overcommit_memory, kernel.panic and kernel.panic_on_oops at start:
 # they are restored once the node is Ready, and again at node-down.
 # node-down stops exactly those processes (pid files + command line naming $STATE/node),
-# removes the Pods' containers, the bridge, the cgroups and the files.
+# removes the Pods' containers, the bridge, the cgroups and the files (and
+# /var/lib/kubelet, /var/lib/cni when node-up found them absent).
 set -euo pipefail
 : "${STATE:?run through cp.sh}" "${BIN:?}" "${NODE_BIN:?}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -106,6 +107,12 @@ up() {
     mkdir -p "$N"/{cni,ipam,kubelet,pki}
     # containerd 1.6's shims put their sockets in /run/containerd/s whatever its config says.
     [[ -e /run/containerd ]] || touch "$N/made-run-containerd"
+    # The kubelet puts its device-plugin socket in /var/lib/kubelet/device-plugins
+    # whatever --root-dir says, and the CNI library caches results in /var/lib/cni:
+    # removed again at node-down when they were not there before.
+    for d in /var/lib/kubelet /var/lib/cni; do
+        [[ -e $d ]] || echo "$d" >>"$N/made-dirs"
+    done
     # Record the host settings the kubelet (or anything here) may change.
     for k in "${SYSCTLS[@]}"; do echo "$k $(sysctl -n "$k")"; done >"$N/sysctl.saved"
 
@@ -237,6 +244,11 @@ down() {
     if [[ -f "$N/made-run-containerd" ]]; then
         rmdir /run/containerd/s 2>/dev/null || true
         rmdir /run/containerd 2>/dev/null || say "warning: /run/containerd not empty after the node stopped"
+    fi
+    if [[ -f "$N/made-dirs" ]]; then
+        while read -r d; do
+            case "$d" in /var/lib/kubelet | /var/lib/cni) rm -rf "$d" ;; esac
+        done <"$N/made-dirs"
     fi
     rm -rf "$N"
     [[ "${1:-}" == quiet ]] || say "down"
