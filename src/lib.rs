@@ -14,7 +14,8 @@
 //! - [`observe`]: watches, caches, the periodic resync, batching of dirty keys.
 //! - [`operate`]: configuration, CLI, lease, health, metrics, logging, API clients.
 //! - [`model`]: the vocabulary (every label and annotation), kinds, names, the
-//!   annotation rules, replica rendering and records.
+//!   annotation rules, replica rendering and records, and the PushRule API
+//!   (issue 19; not wired into the controller yet).
 //! - `fixtures` (test builds only): the mock API server of the unit tests, and
 //!   the source Secrets and copy records they build.
 

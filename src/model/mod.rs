@@ -2,6 +2,7 @@
 
 pub mod kinds;
 pub mod names;
+pub mod pushrule;
 pub mod records;
 pub mod replica;
 pub mod rules;

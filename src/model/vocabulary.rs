@@ -113,3 +113,12 @@ pub const META_CLUSTER: &str = "source-cluster";
 /// written (the metadata is written first, the data second, then the
 /// metadata again without it).
 pub const META_PENDING: &str = "pending";
+
+// ---- The PushRule API (issue 19, deploy/crds/pushrule.yaml) ----
+
+/// The API group of [`crate::model::pushrule::PushRule`].
+pub const PUSHRULE_GROUP: &str = "push-to-k8s.io";
+/// Its served and stored version.
+pub const PUSHRULE_VERSION: &str = "v1alpha1";
+pub const PUSHRULE_KIND: &str = "PushRule";
+pub const PUSHRULE_PLURAL: &str = "pushrules";
