@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -18,36 +17,9 @@ use serde_json::{Value, json};
 const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds/pushrule.yaml");
 
 /// `kubectl` (as `user`, when given) with `manifest` on stdin: whether it
-/// succeeded, and its stdout and stderr together.
+/// succeeded, and what it printed.
 fn kubectl_in(user: Option<&str>, args: &[&str], manifest: Option<&Value>) -> (bool, String) {
-    let mut cmd = Command::new("kubectl");
-    if let Some(user) = user {
-        cmd.arg(format!("--as={user}"));
-    }
-    let mut child = cmd
-        .args(args)
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(m) = manifest {
-            stdin.write_all(m.to_string().as_bytes()).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    kubectl_try(user, args, manifest.map(Value::to_string).as_deref())
 }
 
 fn kubectl(args: &[&str]) -> String {

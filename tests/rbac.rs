@@ -293,19 +293,9 @@ async fn events_role_is_where_the_sources_are_when_namespace_differs_from_the_re
     }
 }
 
-/// `kubectl` as `user`: whether it succeeded, and what it printed on stderr.
+/// `kubectl` as `user`: whether it succeeded, and what it printed.
 fn kubectl_as(user: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("kubectl")
-        .arg(format!("--as={user}"))
-        .args(args)
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    kubectl_try(Some(user), args, None)
 }
 
 /// Issue 19, item 6: the chart's ValidatingAdmissionPolicy. With the

@@ -162,29 +162,17 @@ pub enum SpecError {
 /// an annotation; [`spec_field`] names the field in that refusal.
 pub fn annotations(spec: &PushRuleSpec) -> Result<BTreeMap<String, String>, SpecError> {
     let mut out = BTreeMap::new();
-    let lists: [(&'static str, &'static str, &Vec<String>); 5] = [
-        ("spec.namespaces", NAMESPACES_ANNOTATION, &spec.namespaces),
-        (
-            "spec.excludeNamespaces",
-            EXCLUDE_NAMESPACES_ANNOTATION,
-            &spec.exclude_namespaces,
-        ),
-        (
-            "spec.includeKeys",
-            INCLUDE_KEYS_ANNOTATION,
-            &spec.include_keys,
-        ),
-        (
-            "spec.excludeKeys",
-            EXCLUDE_KEYS_ANNOTATION,
-            &spec.exclude_keys,
-        ),
-        ("spec.clusters", CLUSTERS_ANNOTATION, &spec.clusters),
+    let lists: [(&'static str, &Vec<String>); 5] = [
+        (NAMESPACES_ANNOTATION, &spec.namespaces),
+        (EXCLUDE_NAMESPACES_ANNOTATION, &spec.exclude_namespaces),
+        (INCLUDE_KEYS_ANNOTATION, &spec.include_keys),
+        (EXCLUDE_KEYS_ANNOTATION, &spec.exclude_keys),
+        (CLUSTERS_ANNOTATION, &spec.clusters),
     ];
-    for (field, key, items) in lists {
+    for (key, items) in lists {
         if let Some(item) = items.iter().find(|i| i.contains(',')) {
             return Err(SpecError::Comma {
-                field,
+                field: spec_field(key).unwrap_or(key),
                 item: item.clone(),
             });
         }
@@ -195,7 +183,10 @@ pub fn annotations(spec: &PushRuleSpec) -> Result<BTreeMap<String, String>, Spec
     if let Some(selector) = &spec.namespace_selector {
         out.insert(
             NAMESPACE_SELECTOR_ANNOTATION.to_string(),
-            selector_string("spec.namespaceSelector", selector)?,
+            selector_string(
+                spec_field(NAMESPACE_SELECTOR_ANNOTATION).unwrap_or_default(),
+                selector,
+            )?,
         );
     }
     if let Some(name) = &spec.copy_name {

@@ -77,6 +77,40 @@ pub fn run(mut cmd: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `kubectl` against the test control plane, as `user` when given, with
+/// `input` on stdin: whether it succeeded, and its stdout and stderr together
+/// (for commands that are meant to be refused).
+pub fn kubectl_try(user: Option<&str>, args: &[&str], input: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new("kubectl");
+    if let Some(user) = user {
+        cmd.arg(format!("--as={user}"));
+    }
+    let mut child = cmd
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        if let Some(input) = input {
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// The control plane (the instance `PUSH_TO_K8S_CP_DIR` names, or cp.sh's
 /// default), started (or reused) once per test binary.
 pub fn control_plane() -> &'static ControlPlane {
