@@ -1,4 +1,6 @@
-//! Deciding, purely: the planner (desired against observed) and adoption.
+//! Deciding, purely: the planner (desired against observed), adoption, and
+//! where each source stands by the plan.
 
 pub mod adoption;
 pub mod plan;
+pub mod standing;

@@ -4,7 +4,7 @@
 //! through [`crate::decide::plan::rules`]) decides what a rule targets and what
 //! is valid, for rules and annotations alike.
 //!
-//! Not wired into the controller yet (docs/pushrule.md says what is left).
+//! The controller applies rules in [`crate::targets::rules`].
 
 use std::collections::BTreeMap;
 
@@ -198,21 +198,44 @@ pub fn annotations(spec: &PushRuleSpec) -> Result<BTreeMap<String, String>, Spec
     Ok(out)
 }
 
+/// Each annotation of [`annotations`] and the spec field it comes from.
+const SPEC_FIELDS: [(&str, &str); 8] = [
+    (NAMESPACES_ANNOTATION, "spec.namespaces"),
+    (EXCLUDE_NAMESPACES_ANNOTATION, "spec.excludeNamespaces"),
+    (NAMESPACE_SELECTOR_ANNOTATION, "spec.namespaceSelector"),
+    (INCLUDE_KEYS_ANNOTATION, "spec.includeKeys"),
+    (EXCLUDE_KEYS_ANNOTATION, "spec.excludeKeys"),
+    (CLUSTERS_ANNOTATION, "spec.clusters"),
+    (COPY_NAME_ANNOTATION, "spec.copyName"),
+    (PATH_ANNOTATION, "spec.vault.path"),
+];
+
 /// The spec field an annotation of [`annotations`] came from, to name it in a
 /// rule's condition instead of the annotation.
 pub fn spec_field(annotation: &str) -> Option<&'static str> {
-    [
-        (NAMESPACES_ANNOTATION, "spec.namespaces"),
-        (EXCLUDE_NAMESPACES_ANNOTATION, "spec.excludeNamespaces"),
-        (NAMESPACE_SELECTOR_ANNOTATION, "spec.namespaceSelector"),
-        (INCLUDE_KEYS_ANNOTATION, "spec.includeKeys"),
-        (EXCLUDE_KEYS_ANNOTATION, "spec.excludeKeys"),
-        (CLUSTERS_ANNOTATION, "spec.clusters"),
-        (COPY_NAME_ANNOTATION, "spec.copyName"),
-        (PATH_ANNOTATION, "spec.vault.path"),
-    ]
-    .into_iter()
-    .find_map(|(a, f)| (a == annotation).then_some(f))
+    SPEC_FIELDS
+        .into_iter()
+        .find_map(|(a, f)| (a == annotation).then_some(f))
+}
+
+/// A refusal of the annotation rules, said of a rule: `annotation
+/// push-to-k8s.io/namespaces: ...` becomes `spec.namespaces: ...`.
+pub fn in_spec_terms(message: &str) -> String {
+    SPEC_FIELDS
+        .into_iter()
+        .fold(message.to_string(), |m, (a, f)| {
+            m.replace(&format!("annotation {a}"), f)
+        })
+}
+
+/// `spec.source.selector` in kubectl's syntax (`None` for a rule naming its
+/// source), for [`crate::model::rules::LabelQuery`].
+pub fn source_selector(spec: &PushRuleSpec) -> Result<Option<String>, SpecError> {
+    spec.source
+        .selector
+        .as_ref()
+        .map(|s| selector_string("spec.source.selector", s))
+        .transpose()
 }
 
 /// A `LabelSelector` in kubectl's syntax, the form the annotation takes

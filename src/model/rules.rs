@@ -388,6 +388,22 @@ fn glob_match(glob: &str, name: &str) -> bool {
     glob[g..].iter().all(|&c| c == b'*')
 }
 
+/// A label selector in kubectl's syntax, parsed once: what a PushRule's
+/// `spec.source.selector` picks in its namespace (the same parser and
+/// matching as [`NAMESPACE_SELECTOR_ANNOTATION`]'s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelQuery(Vec<Requirement>);
+
+impl LabelQuery {
+    pub fn parse(selector: &str) -> Result<LabelQuery, AnnotationError> {
+        parse_selector(selector).map(LabelQuery)
+    }
+
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|req| req.matches(labels))
+    }
+}
+
 /// One AND-ed term of a label selector. `k=v` is stored as `k in (v)` and
 /// `k!=v` as `k notin (v)`: the semantics are identical.
 #[derive(Clone, Debug, PartialEq)]

@@ -122,3 +122,9 @@ pub const PUSHRULE_GROUP: &str = "push-to-k8s.io";
 pub const PUSHRULE_VERSION: &str = "v1alpha1";
 pub const PUSHRULE_KIND: &str = "PushRule";
 pub const PUSHRULE_PLURAL: &str = "pushrules";
+/// The CRD that serves PushRules.
+pub const PUSHRULE_CRD: &str = "pushrules.push-to-k8s.io";
+/// On a rule's copy: the rule it came from (a labelled source's copy has none).
+pub const RULE_ANNOTATION: &str = "push-to-k8s.io/rule";
+/// On a rule with `deletionPolicy: Delete`: its copies are deleted before it goes.
+pub const RULE_FINALIZER: &str = "push-to-k8s.io/copies";

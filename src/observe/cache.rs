@@ -7,6 +7,8 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use crate::model::kinds::Kind;
 use crate::model::records::{ObjectKey, ReplicaRecord, SourceRecord};
 use crate::model::rules::NamespaceInfo;
@@ -211,6 +213,21 @@ impl KindCaches {
     }
 }
 
+/// The metadata a `kind` object is planned with, or `None` if not a source.
+pub type SourceView = Box<dyn Fn(Kind, &ObjectMeta) -> Option<ObjectMeta> + Send + Sync>;
+
+/// How a pipeline that serves PushRules reads its source namespace
+/// ([`crate::targets::rules`]): which objects there are sources, planned
+/// with what metadata, and which copies are its own.
+pub struct Ruled {
+    /// The metadata a `kind` object is planned with, or `None` if no rule picks it.
+    pub source: SourceView,
+    /// Whether a copy of a source in this namespace belongs to a rule held
+    /// here: a copy of a rule that is not (deleted while we were down, or
+    /// missing from a listing) is left alone, never deleted.
+    pub owns: Box<dyn Fn(&ObjectMeta) -> bool + Send + Sync>,
+}
+
 /// Every cache: the namespaces, and per kind its sources and copies.
 pub struct Caches {
     pub namespaces: Arc<Cache<String, NamespaceInfo>>,
@@ -219,6 +236,8 @@ pub struct Caches {
     /// source namespace is seen (see [`Caches::source_namespace_lost`]).
     home_namespaces: Arc<Cache<String, NamespaceInfo>>,
     kinds: [KindCaches; 2],
+    /// Set for a pipeline serving PushRules; `None`: labelled sources.
+    pub ruled: Option<Arc<Ruled>>,
 }
 
 impl Caches {
@@ -228,6 +247,7 @@ impl Caches {
             home_namespaces: namespaces.clone(),
             namespaces,
             kinds: Kind::ALL.map(KindCaches::new),
+            ruled: None,
         }
     }
 
@@ -291,6 +311,7 @@ impl Caches {
                 sources: self.of(kind).sources.clone(),
                 replicas: Arc::default(),
             }),
+            ruled: self.ruled.clone(),
         };
         for kind in Kind::ALL {
             if !kinds.contains(&kind) {
@@ -298,6 +319,12 @@ impl Caches {
             }
         }
         caches
+    }
+
+    /// These caches, for a pipeline serving PushRules.
+    pub fn ruled_by(mut self, ruled: Ruled) -> Caches {
+        self.ruled = Some(Arc::new(ruled));
+        self
     }
 
     pub fn synced(&self) -> bool {

@@ -76,7 +76,10 @@ pub fn namespaces(client: &kube::Client, caches: &Caches) -> Namespaces {
     }
 }
 
-/// The sources of `kind` in `source_namespace`.
+/// The sources of `kind` in `source_namespace`: the labelled ones, or, in a
+/// pipeline serving PushRules, the objects its rules pick, as the rules say
+/// ([`crate::observe::cache::Ruled`]; the watch is then not label-selected,
+/// and what no rule picks is not kept).
 pub fn sources(
     client: &kube::Client,
     caches: &Caches,
@@ -84,15 +87,28 @@ pub fn sources(
     source_namespace: &str,
 ) -> Sources {
     let ns = source_namespace.to_string();
+    let ruled = caches.ruled.clone();
     Tracked {
         name: match kind {
             Kind::Secret => "sources",
             Kind::ConfigMap => "configmap-sources",
         },
         api: Api::namespaced_with(client.clone(), source_namespace, &kind.api_resource()),
-        selector: Some(crate::model::vocabulary::SOURCE_SELECTOR),
+        selector: ruled
+            .is_none()
+            .then_some(crate::model::vocabulary::SOURCE_SELECTOR),
         cache: caches.of(kind).sources.clone(),
-        record: Arc::new(move |o: &DynamicObject| source_record(kind, o, &ns)),
+        record: Arc::new(move |o: &DynamicObject| match &ruled {
+            None => source_record(kind, o, &ns),
+            Some(ruled) => {
+                let meta = (ruled.source)(kind, &o.metadata)?;
+                let picked = DynamicObject {
+                    metadata: meta,
+                    ..o.clone()
+                };
+                source_record(kind, &picked, &ns)
+            }
+        }),
         key: Arc::new(|o: &DynamicObject| o.metadata.name.clone()),
         dirty: Arc::new(move |name: &String, _, _| Some(DirtyKey::Source(kind, name.clone()))),
     }
@@ -128,6 +144,7 @@ pub fn replicas(
     let ns = source_namespace.to_string();
     let stamp = stamp.map(str::to_string);
     let sources = caches.of(kind).sources.clone();
+    let ruled = caches.ruled.clone();
     Tracked {
         name: match kind {
             Kind::Secret => "replicas",
@@ -138,6 +155,7 @@ pub fn replicas(
         cache: caches.of(kind).replicas.clone(),
         record: Arc::new(move |o: &PartialObjectMeta<DynamicObject>| {
             ReplicaRecord::from_meta_in(kind, &o.metadata, &ns, stamp.as_deref())
+                .filter(|_| ruled.as_ref().is_none_or(|r| (r.owns)(&o.metadata)))
         }),
         key: Arc::new(move |o: &PartialObjectMeta<DynamicObject>| {
             Some(ObjectKey::new(

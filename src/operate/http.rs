@@ -64,6 +64,9 @@ struct HealthState {
     /// The source namespace is being deleted or is gone: nothing is deleted
     /// meanwhile, and `/readyz` is unready with this reason.
     source_namespace_lost: Option<String>,
+    /// Why PushRules are not served now (their CRD removed or being
+    /// deleted): their copies are left as they are.
+    rules_held: Option<String>,
 }
 
 #[derive(Default)]
@@ -153,6 +156,10 @@ impl Health {
 
     /// The source namespace's state: `Some(why)` while it is being deleted or
     /// gone (no copy is deleted meanwhile; `/readyz` says so).
+    pub fn set_rules_held(&self, why: Option<String>) {
+        self.state().rules_held = why;
+    }
+
     pub fn set_source_namespace_lost(&self, why: Option<String>) {
         self.state().source_namespace_lost = why;
     }
@@ -256,6 +263,9 @@ impl Health {
         }
         if let Some(lost) = &state.source_namespace_lost {
             why.push(lost.clone());
+        }
+        if let Some(held) = &state.rules_held {
+            why.push(held.clone());
         }
         if let Some((at, e)) = &state.resync_failed {
             why.push(format!(

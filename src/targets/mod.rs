@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod remote;
+pub mod rules;
 pub mod vault;
 
 use std::sync::Arc;

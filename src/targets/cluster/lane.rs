@@ -57,6 +57,19 @@ pub const RESYNC_RETRY: Duration = Duration::from_secs(30);
 const SWEEP_BATCH: usize = 32;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// What the planner may target, by the settings: in this cluster
+/// (`remote: None`) or in a registered one (its name and our stamp there).
+pub fn scope<'a>(cfg: &'a Config, remote: Option<&'a (String, String)>) -> Scope<'a> {
+    Scope {
+        source_namespace: &cfg.namespace,
+        exclude_label: cfg.exclude_namespace_label.as_deref(),
+        protected: &cfg.protected_namespaces,
+        require_consent: cfg.require_namespace_consent,
+        cluster: remote.map(|(c, _)| c.as_str()),
+        stamp: remote.map(|(_, s)| s.as_str()),
+    }
+}
+
 /// The loop beats at least this often (`/healthz`).
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
@@ -77,7 +90,7 @@ pub struct Lane {
     /// Requests to this cluster's API server.
     pub client: kube::Client,
     pub caches: Arc<Caches>,
-    pub writer: Writer,
+    pub writer: Arc<Writer>,
     pub metrics: Arc<Metrics>,
     /// This cluster's health (the process's own for the source cluster).
     pub health: Arc<Health>,
@@ -252,14 +265,7 @@ impl Lane {
     }
 
     fn scope(&self) -> Scope<'_> {
-        Scope {
-            source_namespace: &self.cfg.namespace,
-            exclude_label: self.cfg.exclude_namespace_label.as_deref(),
-            protected: &self.cfg.protected_namespaces,
-            require_consent: self.cfg.require_namespace_consent,
-            cluster: self.remote.as_ref().map(|(c, _)| c.as_str()),
-            stamp: self.remote.as_ref().map(|(_, s)| s.as_str()),
-        }
+        scope(&self.cfg, self.remote.as_ref())
     }
 
     /// The cluster that holds the sources reports refused sources and a lost

@@ -57,7 +57,7 @@ pub enum Outcome {
 pub struct Writer {
     client: kube::Client,
     source_namespace: String,
-    pacer: Pacer,
+    pacer: Arc<Pacer>,
     pub events: Arc<Events>,
     metrics: Arc<Metrics>,
     caches: Arc<Caches>,
@@ -122,7 +122,7 @@ impl Writer {
     pub fn new(
         client: kube::Client,
         source_namespace: String,
-        pacer: Pacer,
+        pacer: Arc<Pacer>,
         events: Arc<Events>,
         metrics: Arc<Metrics>,
         caches: Arc<Caches>,
@@ -973,7 +973,7 @@ mod tests {
         let w = Writer::new(
             client.clone(),
             SRC.into(),
-            Pacer::new(nz(100), nz(10)),
+            Arc::new(Pacer::new(nz(100), nz(10))),
             Arc::new(Events::new(
                 client.clone(),
                 reporter,

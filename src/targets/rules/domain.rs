@@ -1,0 +1,219 @@
+//! One source namespace that rules name: the same pipeline as the labelled
+//! sources' — its own watches (the namespaces, the objects its rules pick,
+//! their copies), caches, writer and one lane serving this cluster — with
+//! the rules deciding what is a source ([`crate::observe::cache::Ruled`]).
+//! Ownership between domains is what it is between two installations: a
+//! copy whose source is in another namespace is not ours, so a rule and a
+//! labelled source wanting one copy name each see the other's copy as a
+//! conflict, and neither overwrites it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use kube::runtime::events::Reporter;
+use tokio::sync::{mpsc, watch as tokio_watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::kinds::Kind;
+use crate::model::records::ReplicaRecord;
+use crate::model::vocabulary::RULE_ANNOTATION;
+use crate::observe::batch::DirtyKey;
+use crate::observe::cache::{Caches, Ruled};
+use crate::observe::watch;
+use crate::operate::config::Config;
+use crate::operate::http::Health;
+use crate::operate::metrics::Metrics;
+use crate::targets::cluster::lane::{Inputs, Lane, Told};
+use crate::targets::cluster::writer::Writer;
+use crate::targets::rules::held::{self, Held};
+use crate::write::events::Events;
+use crate::write::gate::WriteGate;
+use crate::write::pace::Pacer;
+
+/// What every domain shares with the controller.
+#[derive(Clone)]
+pub struct Parts {
+    /// The controller's settings (each domain's own has its namespace).
+    pub cfg: Config,
+    pub client: kube::Client,
+    pub metrics: Arc<Metrics>,
+    pub gate: Arc<WriteGate>,
+    pub leading: tokio_watch::Receiver<bool>,
+    /// This cluster's one write limiter, shared with the labelled sources' lane.
+    pub pacer: Arc<Pacer>,
+    pub reporter: Reporter,
+    pub shutdown: CancellationToken,
+}
+
+/// The rules of one source namespace, by rule name.
+pub type Rules = BTreeMap<String, Held>;
+
+/// A running domain.
+pub struct Domain {
+    pub namespace: String,
+    pub rules: Arc<RwLock<Rules>>,
+    pub caches: Arc<Caches>,
+    pub writer: Arc<Writer>,
+    cfg: Config,
+    health: Arc<Health>,
+    dirty: mpsc::UnboundedSender<DirtyKey>,
+    watchers: Vec<JoinHandle<()>>,
+    lane: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Domain {
+    /// Start serving the rules of `namespace`.
+    pub fn spawn(parts: &Parts, namespace: &str, rules: Rules) -> Domain {
+        let mut cfg = parts.cfg.clone();
+        cfg.namespace = namespace.to_string();
+        // The picked objects are watched (not left to the resync).
+        cfg.enable_secret_watcher = true;
+        let kinds = cfg.kinds();
+        let rules = Arc::new(RwLock::new(rules));
+        let caches = Arc::new(Caches::for_kinds(&kinds, &kinds).ruled_by(ruled(rules.clone())));
+        let stop = parts.shutdown.child_token();
+        let health = Arc::new(Health::new(cfg.ready_watch_failure));
+        let (dirty, dirty_rx) = mpsc::unbounded_channel();
+        let events = Arc::new(Events::new(
+            parts.client.clone(),
+            parts.reporter.clone(),
+            namespace.to_string(),
+            parts.gate.clone(),
+        ));
+        let writer = Arc::new(
+            Writer::new(
+                parts.client.clone(),
+                namespace.to_string(),
+                parts.pacer.clone(),
+                events,
+                parts.metrics.clone(),
+                caches.clone(),
+                parts.gate.clone(),
+            )
+            .sweeping_apart(),
+        );
+        let lane = Lane {
+            cfg: cfg.clone(),
+            kinds: kinds.clone(),
+            source_kinds: kinds,
+            remote: None,
+            client: parts.client.clone(),
+            caches: caches.clone(),
+            writer: writer.clone(),
+            metrics: parts.metrics.clone(),
+            health: health.clone(),
+            gate: parts.gate.clone(),
+            pass: None,
+            upstream: None,
+        };
+        let inputs = Inputs {
+            dirty: dirty_rx,
+            told: Arc::new(Told::default()),
+            leading: parts.leading.clone(),
+            back: None,
+            stop: stop.clone(),
+        };
+        let lane = tokio::spawn(lane.run(inputs));
+        let mut domain = Domain {
+            namespace: namespace.to_string(),
+            rules,
+            caches,
+            writer,
+            cfg,
+            health,
+            dirty,
+            watchers: Vec::new(),
+            lane,
+            stop,
+        };
+        domain.watch(parts);
+        domain
+    }
+
+    /// (Re)start the watches: each lists first, so objects the rules pick now
+    /// (or no longer pick) and copies of rules held now become dirty keys.
+    fn watch(&mut self, parts: &Parts) {
+        for w in self.watchers.drain(..) {
+            w.abort();
+        }
+        let kinds = self.cfg.kinds();
+        self.watchers = watch::spawn_all(
+            parts.client.clone(),
+            &watch::Watched {
+                source_namespace: &self.namespace,
+                stamp: None,
+                kinds: &kinds,
+                sources: &kinds,
+            },
+            self.caches.clone(),
+            &watch::Context {
+                dirty: self.dirty.clone(),
+                metrics: parts.metrics.clone(),
+                health: self.health.clone(),
+                shutdown: self.stop.clone(),
+            },
+        );
+    }
+
+    /// The rules of this namespace changed: hold the new ones, and read the
+    /// namespace again with them.
+    pub fn set_rules(&mut self, parts: &Parts, rules: Rules) {
+        if *self.rules.read().expect("lock") == rules {
+            return;
+        }
+        *self.rules.write().expect("lock") = rules;
+        self.watch(parts);
+    }
+
+    /// The copies the domain knows of `rule` (of every kind).
+    pub fn copies_of(&self, rule: &str) -> usize {
+        Kind::ALL
+            .iter()
+            .map(|&kind| {
+                self.caches.of(kind).replicas.read(|all| {
+                    all.values()
+                        .filter(|r: &&ReplicaRecord| {
+                            r.annotations.get(RULE_ANNOTATION).map(String::as_str) == Some(rule)
+                        })
+                        .count()
+                })
+            })
+            .sum()
+    }
+
+    /// Its settings (its source namespace).
+    pub fn cfg(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Whether its caches have listed (before, nothing is known of its copies).
+    pub fn synced(&self) -> bool {
+        self.caches.synced()
+    }
+
+    /// Stop its lane and watches (its copies are left as they are).
+    pub fn stop(self) {
+        self.stop.cancel();
+        for w in self.watchers {
+            w.abort();
+        }
+        drop(self.lane);
+    }
+}
+
+/// How a domain reads its namespace: an object is a source as the rule that
+/// picks it says; a copy is its own if it names a rule held here.
+fn ruled(rules: Arc<RwLock<Rules>>) -> Ruled {
+    let owns = rules.clone();
+    Ruled {
+        source: Box::new(move |kind, meta| {
+            let rules = rules.read().expect("lock");
+            held::picker(rules.values(), kind, meta).map(|h| held::as_source(h, meta))
+        }),
+        owns: Box::new(move |meta| {
+            held::rule_of(meta).is_some_and(|r| owns.read().expect("lock").contains_key(r))
+        }),
+    }
+}
