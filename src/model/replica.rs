@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::model::kinds::Kind;
 use crate::model::rules::KeyFilter;
 use crate::model::vocabulary::{
-    COPY_NAME_ANNOTATION, HASH_ANNOTATION, MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE,
+    COPY_NAME_ANNOTATION, HASH_ANNOTATION, MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, RULE_ANNOTATION,
     SOURCE_ANNOTATION, SOURCE_LABEL_KEY, SOURCE_NAME_LABEL, SOURCE_NAMESPACE_LABEL,
 };
 
@@ -179,6 +179,14 @@ impl Replica {
         );
         if name != source {
             annotations.insert(COPY_NAME_ANNOTATION.into(), name.clone());
+        }
+        // A rule's copy names its rule (its other control annotations are not copied).
+        if let Some(rule) = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RULE_ANNOTATION))
+        {
+            annotations.insert(RULE_ANNOTATION.into(), rule.clone());
         }
         let keys_hash = keys_hash(
             data.keys()
