@@ -224,20 +224,22 @@ async fn control(
     // This cluster's one write limiter: the labelled sources' lane and the
     // rules' (their copies, finalizers and statuses) share it.
     let pacer = Arc::new(Pacer::new(cfg.rate_limit, cfg.rate_burst));
-    let rules = crate::targets::rules::spawn(
-        crate::targets::rules::domain::Parts {
-            cfg: cfg.clone(),
-            client: client.clone(),
-            metrics: metrics.clone(),
-            gate: gate.clone(),
-            leading: leading_rx.clone(),
-            pacer: pacer.clone(),
-            reporter: reporter.clone(),
-            shutdown: shutdown.clone(),
-        },
-        events.clone(),
-        health.clone(),
-    );
+    let rules = cfg.enable_push_rules.then(|| {
+        crate::targets::rules::spawn(
+            crate::targets::rules::domain::Parts {
+                cfg: cfg.clone(),
+                client: client.clone(),
+                metrics: metrics.clone(),
+                gate: gate.clone(),
+                leading: leading_rx.clone(),
+                pacer: pacer.clone(),
+                reporter: reporter.clone(),
+                shutdown: shutdown.clone(),
+            },
+            events.clone(),
+            health.clone(),
+        )
+    });
     let writer = Writer::new(
         client.clone(),
         cfg.namespace.clone(),
@@ -301,7 +303,9 @@ async fn control(
 
     health.set_synced(false);
     let _ = batching.await;
-    let _ = rules.await;
+    if let Some(rules) = rules {
+        let _ = rules.await;
+    }
     for w in watchers {
         w.abort();
     }

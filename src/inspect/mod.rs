@@ -154,7 +154,57 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
         report.vault = look_at_vault(vault, cfg, &caches, &stamp).await?;
     }
     report.clusters = look_at_clusters(client, cfg, &caches, &stamp, &metrics).await?;
+    report.rules = look_at_rules(client, cfg, &metrics).await?;
     Ok(report)
+}
+
+/// Each source namespace PushRules name, read and planned as the daemon's
+/// pipeline for it would at its start (the rules held alike,
+/// [`crate::targets::rules::held::hold_all`]). Without the CRD: none.
+async fn look_at_rules(
+    client: &kube::Client,
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<Vec<Report>, Error> {
+    use crate::model::pushrule::PushRule;
+    use crate::targets::rules::{domain, held};
+    if !cfg.enable_push_rules {
+        return Ok(Vec::new());
+    }
+    let api: Api<PushRule> = Api::all(client.clone());
+    let rules = match api.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Vec::new()),
+        Err(e) => return Err(Error::List(describe_error(&e))),
+    };
+    let (per_namespace, _) = held::hold_all(&rules, &cfg.namespace);
+    let kinds = cfg.kinds();
+    let mut out = Vec::new();
+    for (ns, held) in per_namespace {
+        let mut there = cfg.clone();
+        there.namespace = ns.clone();
+        let ruled = domain::ruled(std::sync::Arc::new(std::sync::RwLock::new(held)));
+        let caches = Caches::for_kinds(&kinds, &kinds).ruled_by(ruled);
+        resync::relist(client, (&ns, None), &kinds, &kinds, &caches, metrics)
+            .await
+            .map_err(|e| Error::List(describe_error(&e)))?;
+        let scope = crate::targets::cluster::lane::scope(&there, None);
+        let mut report = Report::new(&ns);
+        for &kind in &kinds {
+            let of = caches.of(kind);
+            let found =
+                conflicts::at_start(client, of, &caches.namespaces, &scope, false, metrics).await;
+            plan_kind(
+                &caches,
+                kind,
+                &scope,
+                &conflict_keys(of, &found),
+                |world, plan| report.add(world, &scope, plan),
+            );
+        }
+        out.push(report);
+    }
+    Ok(out)
 }
 
 /// Each registered remote cluster, read and planned as the daemon's task

@@ -35,6 +35,9 @@ pub struct Report {
     /// Remote clusters: each registered one, and each a source names that
     /// is not registered.
     pub clusters: Vec<ClusterStatus>,
+    /// PushRules: per source namespace rules name, where their sources stand
+    /// in this cluster and what would be written (the same report, nested).
+    pub rules: Vec<Report>,
 }
 
 /// A remote cluster, as `status` sees it (read in `inspect`).
@@ -146,6 +149,7 @@ impl Report {
         self.sources.iter().all(SourceStatus::is_in_sync)
             && self.vault.iter().all(|v| v.state == "in-sync")
             && self.clusters.iter().all(ClusterStatus::in_sync)
+            && self.rules.iter().all(Report::in_sync)
     }
 
     /// The remote clusters' table of `status`; with `verbose` every
@@ -230,6 +234,9 @@ impl Report {
         for c in &self.clusters {
             t += c.totals();
         }
+        for r in &self.rules {
+            t += r.totals();
+        }
         t
     }
 
@@ -238,11 +245,28 @@ impl Report {
             .iter()
             .filter(|s| matches!(s.state, State::Refused { .. }))
             .count()
+            + self.rules.iter().map(Report::refused).sum::<usize>()
     }
 
     /// `status` for people: a table, with `verbose` every namespace by state,
     /// and a summary line.
     pub fn status_text(&self, verbose: bool) -> String {
+        let mut out = self.sources_text(verbose, "Sources");
+        out.push_str(&self.vault_text());
+        out.push_str(&self.clusters_text(verbose));
+        for r in &self.rules {
+            out.push('\n');
+            out.push_str(&r.sources_text(verbose, "PushRule sources"));
+        }
+        let t = self.totals();
+        let copies = if t.wanted == 1 { "copy" } else { "copies" };
+        self.summary(&mut out, t, copies);
+        out
+    }
+
+    /// The sources' table of `status` (`what` in namespace ...), with
+    /// `verbose` every namespace by state.
+    fn sources_text(&self, verbose: bool, what: &str) -> String {
         let mut rows = vec![
             [
                 "KIND", "SOURCE", "WANTED", "IN-SYNC", "MISSING", "STALE", "CONFLICT", "ORPHANED",
@@ -273,9 +297,13 @@ impl Report {
             rows.push(row);
         }
         let mut out = if self.sources.is_empty() {
-            format!("No sources in namespace {}.\n", self.namespace)
+            format!(
+                "No {} in namespace {}.\n",
+                what.to_lowercase(),
+                self.namespace
+            )
         } else {
-            format!("Sources in namespace {}:\n{}", self.namespace, table(&rows))
+            format!("{what} in namespace {}:\n{}", self.namespace, table(&rows))
         };
         if verbose {
             // One line per namespace: `grep missing` finds them all.
@@ -294,10 +322,11 @@ impl Report {
             }
             out.push('\n');
         }
-        out.push_str(&self.vault_text());
-        out.push_str(&self.clusters_text(verbose));
-        let t = self.totals();
-        let copies = if t.wanted == 1 { "copy" } else { "copies" };
+        out
+    }
+
+    /// The summary line of `status`.
+    fn summary(&self, out: &mut String, t: Counts, copies: &str) {
         if self.in_sync() {
             out.push_str(&format!(
                 "in sync: {} of {} {copies}\n",
@@ -307,6 +336,7 @@ impl Report {
             .sources
             .iter()
             .chain(self.clusters.iter().flat_map(|c| &c.sources))
+            .chain(self.rules.iter().flat_map(|r| &r.sources))
             .all(SourceStatus::is_in_sync)
         {
             // Then what is not in sync is a Vault entry or a cluster not served.
@@ -333,7 +363,6 @@ impl Report {
                 if self.refused() == 1 { "" } else { "s" }
             ));
         }
-        out
     }
 
     /// `status -o json`: counts per source and in total; with `verbose` the
@@ -393,6 +422,16 @@ impl Report {
             vault: &'a [VaultStatus],
             #[serde(skip_serializing_if = "Vec::is_empty")]
             clusters: Vec<Cluster<'a>>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            rules: Vec<RuleSources<'a>>,
+        }
+        /// The sources PushRules pick in one namespace.
+        #[derive(Serialize)]
+        struct RuleSources<'a> {
+            namespace: &'a str,
+            in_sync: bool,
+            counts: Counts,
+            sources: Vec<Source<'a>>,
         }
         let source = |s: &'a SourceStatus| Source {
             kind: s.kind.name(),
@@ -441,6 +480,16 @@ impl Report {
             sources,
             vault: &self.vault,
             clusters,
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleSources {
+                    namespace: &r.namespace,
+                    in_sync: r.in_sync(),
+                    counts: r.totals(),
+                    sources: r.sources.iter().map(source).collect(),
+                })
+                .collect(),
         };
         let mut text = serde_json::to_string_pretty(&status).expect("status serializes");
         text.push('\n');
@@ -449,31 +498,44 @@ impl Report {
 
     /// Writes by op, in the order create, apply, replace, delete.
     fn ops(&self) -> [(&'static str, usize); 4] {
-        ["create", "apply", "replace", "delete"]
-            .map(|op| (op, self.all_actions().filter(|(_, a)| a.op() == op).count()))
+        ["create", "apply", "replace", "delete"].map(|op| {
+            (
+                op,
+                self.all_actions().filter(|(_, _, a)| a.op() == op).count(),
+            )
+        })
     }
 
-    /// Every planned write: here (`None`), then per remote cluster.
-    fn all_actions(&self) -> impl Iterator<Item = (Option<&str>, &Action)> {
-        let here = self.actions.iter().map(|a| (None, a));
-        let remote = self
-            .clusters
-            .iter()
-            .flat_map(|c| c.actions.iter().map(|a| (Some(c.name.as_str()), a)));
-        here.chain(remote)
+    /// Every planned write, with the remote cluster it goes to (`None`:
+    /// here) and its source's namespace: here, per remote cluster, then the
+    /// PushRules' sources.
+    fn all_actions(&self) -> impl Iterator<Item = (Option<&str>, &str, &Action)> {
+        let ns = self.namespace.as_str();
+        let here = self.actions.iter().map(move |a| (None, ns, a));
+        let remote = self.clusters.iter().flat_map(move |c| {
+            c.actions
+                .iter()
+                .map(move |a| (Some(c.name.as_str()), ns, a))
+        });
+        let rules = self.rules.iter().flat_map(|r| {
+            r.actions
+                .iter()
+                .map(move |a| (None, r.namespace.as_str(), a))
+        });
+        here.chain(remote).chain(rules)
     }
 
     /// `plan` for people: one line per write, then a summary.
     pub fn plan_text(&self) -> String {
         let rows: Vec<Vec<String>> = self
             .all_actions()
-            .map(|(cluster, a)| {
+            .map(|(cluster, from, a)| {
                 let key = a.key();
                 let mut row = vec![
                     a.op().to_string(),
                     a.kind().name().to_string(),
                     format!("{}/{}", key.namespace, key.name),
-                    format!("from {}/{}", self.namespace, a.source()),
+                    format!("from {from}/{}", a.source()),
                 ];
                 if let Some(c) = cluster {
                     row.push(format!("in cluster {c}"));
@@ -531,6 +593,9 @@ impl Report {
             /// A remote cluster's registration name; absent here.
             #[serde(skip_serializing_if = "Option::is_none")]
             cluster: Option<&'a str>,
+            /// A PushRule's source's namespace; absent for a labelled source.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            source_namespace: Option<&'a str>,
         }
         #[derive(Serialize)]
         struct Blocked<'a> {
@@ -558,7 +623,7 @@ impl Report {
         }
         let writes: Vec<Write<'_>> = self
             .all_actions()
-            .map(|(cluster, a)| {
+            .map(|(cluster, from, a)| {
                 let key = a.key();
                 Write {
                     op: a.op(),
@@ -567,6 +632,7 @@ impl Report {
                     name: key.name,
                     source: a.source(),
                     cluster,
+                    source_namespace: (from != self.namespace).then_some(from),
                 }
             })
             .collect();
@@ -574,7 +640,11 @@ impl Report {
         summary.insert("total", writes.len());
         let mut conflicts = Vec::new();
         let mut refused = Vec::new();
-        for s in &self.sources {
+        for s in self
+            .sources
+            .iter()
+            .chain(self.rules.iter().flat_map(|r| &r.sources))
+        {
             let copy = s.copy.as_deref().unwrap_or(&s.source);
             conflicts.extend(s.conflict.iter().map(|ns| Blocked {
                 kind: s.kind.name(),

@@ -60,6 +60,8 @@ pub struct Config {
     pub namespace: String,
     /// `ENABLE_SECRET_WATCHER`: `false` means periodic sync only.
     pub enable_secret_watcher: bool,
+    /// `ENABLE_PUSH_RULES`: serve PushRules while their CRD is installed.
+    pub enable_push_rules: bool,
     /// `ENABLE_CONFIGMAPS`: ConfigMaps are sources too (default); `false`:
     /// no ConfigMap is watched or written, existing ConfigMap copies stay.
     pub enable_configmaps: bool,
@@ -207,6 +209,7 @@ const VARIABLES: &[&str] = &[
     "NAMESPACE",
     "POD_NAMESPACE",
     "ENABLE_SECRET_WATCHER",
+    "ENABLE_PUSH_RULES",
     "ENABLE_CONFIGMAPS",
     "ALLOW_ADOPTION",
     "SECRET_SYNC_DEBOUNCE_SECONDS",
@@ -343,6 +346,12 @@ pub const ENV_VARS: &[EnvVar] = &[
         kind: ValueKind::Bool,
         default: EnvDefault::Value("true"),
         description: "Watch the sources; false: read them at start and at each periodic sync only.",
+    },
+    EnvVar {
+        name: "ENABLE_PUSH_RULES",
+        kind: ValueKind::Bool,
+        default: EnvDefault::Value("true"),
+        description: "Serve PushRules (docs/pushrule.md) while their CRD is installed; false: rules are not watched (their copies are left as they are). One release per cluster serves them.",
     },
     EnvVar {
         name: "ENABLE_CONFIGMAPS",
@@ -775,6 +784,7 @@ struct RawEnv {
     namespace: Option<String>,
     pod_namespace: Option<String>,
     enable_secret_watcher: Option<String>,
+    enable_push_rules: Option<String>,
     enable_configmaps: Option<String>,
     allow_adoption: Option<String>,
     secret_sync_debounce_seconds: Option<String>,
@@ -879,6 +889,10 @@ impl Config {
         let enable_secret_watcher = match &raw.enable_secret_watcher {
             None => true,
             Some(v) => parse_bool("ENABLE_SECRET_WATCHER", v)?,
+        };
+        let enable_push_rules = match &raw.enable_push_rules {
+            None => true,
+            Some(v) => parse_bool("ENABLE_PUSH_RULES", v)?,
         };
         let (enable_configmaps, cleanup_configmaps) = match &raw.enable_configmaps {
             None => (true, false),
@@ -1012,6 +1026,7 @@ impl Config {
         Ok(Config {
             namespace,
             enable_secret_watcher,
+            enable_push_rules,
             enable_configmaps,
             cleanup_configmaps,
             allow_adoption,
@@ -1475,6 +1490,7 @@ mod tests {
             Config {
                 namespace: "push-to-k8s".into(),
                 enable_secret_watcher: true,
+                enable_push_rules: true,
                 enable_configmaps: true,
                 cleanup_configmaps: false,
                 allow_adoption: false,

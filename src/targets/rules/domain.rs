@@ -7,7 +7,6 @@
 //! labelled source wanting one copy name each see the other's copy as a
 //! conflict, and neither overwrites it.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use kube::runtime::events::Reporter;
@@ -26,7 +25,7 @@ use crate::operate::http::Health;
 use crate::operate::metrics::Metrics;
 use crate::targets::cluster::lane::{Inputs, Lane, Told};
 use crate::targets::cluster::writer::Writer;
-use crate::targets::rules::held::{self, Held};
+use crate::targets::rules::held;
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
@@ -46,8 +45,7 @@ pub struct Parts {
     pub shutdown: CancellationToken,
 }
 
-/// The rules of one source namespace, by rule name.
-pub type Rules = BTreeMap<String, Held>;
+pub use crate::targets::rules::held::Rules;
 
 /// A running domain.
 pub struct Domain {
@@ -205,7 +203,7 @@ impl Domain {
 
 /// How a domain reads its namespace: an object is a source as the rule that
 /// picks it says; a copy is its own if it names a rule held here.
-fn ruled(rules: Arc<RwLock<Rules>>) -> Ruled {
+pub fn ruled(rules: Arc<RwLock<Rules>>) -> Ruled {
     let owns = rules.clone();
     Ruled {
         source: Box::new(move |kind, meta| {

@@ -63,6 +63,15 @@ impl Held {
                 "spec.source.namespace: {own_namespace} is the controller's own namespace; label the source push-to-k8s=source there instead"
             )));
         }
+        // Registered clusters and Vault are served for labelled sources only
+        // so far: a rule asking for them is refused whole rather than served
+        // in part (docs/pushrule.md).
+        if !spec.clusters.is_empty() || spec.vault.is_some() {
+            return Err(Unheld {
+                reason: "NotSupported",
+                message: "spec.clusters and spec.vault are not served for rules yet; the rule copies nothing (docs/pushrule.md)".into(),
+            });
+        }
         let mut annotations = pushrule::annotations(spec).map_err(|e| invalid(e.to_string()))?;
         let rule_name = rule.metadata.name.clone().unwrap_or_default();
         annotations.insert(RULE_ANNOTATION.to_string(), rule_name.clone());
@@ -140,6 +149,49 @@ pub fn as_source(held: &Held, meta: &ObjectMeta) -> ObjectMeta {
         .get_or_insert_with(BTreeMap::new)
         .insert(SOURCE_LABEL_KEY.to_string(), SOURCE_LABEL_VALUE.to_string());
     meta
+}
+
+/// The rules of one source namespace, by rule name.
+pub type Rules = BTreeMap<String, Held>;
+
+/// Every rule as held, by source namespace, and why the others are not
+/// (pure: the controller and `status` hold rules alike). A rule being
+/// deleted with our finalizer and `deletionPolicy: Delete` is held
+/// [`Held::deleting`] (its copies are deleted); any other rule being deleted
+/// is not held (its copies are left as they are).
+pub fn hold_all<'a>(
+    rules: impl IntoIterator<Item = &'a PushRule>,
+    own_namespace: &str,
+) -> (BTreeMap<String, Rules>, BTreeMap<String, Unheld>) {
+    let mut held: BTreeMap<String, Rules> = BTreeMap::new();
+    let mut unheld = BTreeMap::new();
+    for rule in rules {
+        let name = rule.metadata.name.clone().unwrap_or_default();
+        let mut h = match Held::from_rule(rule, own_namespace) {
+            Ok(h) => h,
+            Err(why) => {
+                unheld.insert(name, why);
+                continue;
+            }
+        };
+        if rule.metadata.deletion_timestamp.is_some() {
+            if !(has_finalizer(rule) && h.policy == DeletionPolicy::Delete) {
+                continue;
+            }
+            h.deleting = true;
+        }
+        held.entry(h.namespace.clone()).or_default().insert(name, h);
+    }
+    (held, unheld)
+}
+
+/// Does `rule` carry our finalizer?
+pub fn has_finalizer(rule: &PushRule) -> bool {
+    rule.metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == crate::model::vocabulary::RULE_FINALIZER)
 }
 
 /// The rule a copy names, if any.
@@ -252,5 +304,34 @@ mod tests {
         comma.spec.namespaces = vec!["a,b".into()];
         let e = Held::from_rule(&comma, "push-to-k8s").unwrap_err();
         assert!(e.message.contains("spec.namespaces"), "{}", e.message);
+        let mut remote = rule("remote", 1, named("tls"));
+        remote.spec.clusters = vec!["east".into()];
+        assert_eq!(
+            Held::from_rule(&remote, "push-to-k8s").unwrap_err().reason,
+            "NotSupported"
+        );
+    }
+
+    #[test]
+    fn deleted_rules_are_held_only_to_delete_their_copies() {
+        let mut deleting = rule("deleting", 1, named("a"));
+        deleting.metadata.deletion_timestamp =
+            Some(Time(k8s_openapi::jiff::Timestamp::from_second(9).unwrap()));
+        deleting.metadata.finalizers = Some(vec![crate::model::vocabulary::RULE_FINALIZER.into()]);
+        let mut orphaning = deleting.clone();
+        orphaning.metadata.name = Some("orphaning".into());
+        orphaning.spec.deletion_policy = DeletionPolicy::Orphan;
+        let mut foreign = deleting.clone();
+        foreign.metadata.name = Some("foreign".into());
+        foreign.metadata.finalizers = Some(vec!["someone-else".into()]);
+        let live = rule("live", 1, named("b"));
+        let (held, unheld) = hold_all([&deleting, &orphaning, &foreign, &live], "push-to-k8s");
+        assert!(unheld.is_empty());
+        let ingress = &held["ingress"];
+        assert_eq!(
+            ingress.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["deleting", "live"]
+        );
+        assert!(ingress["deleting"].deleting && !ingress["live"].deleting);
     }
 }

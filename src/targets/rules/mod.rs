@@ -48,7 +48,7 @@ use crate::targets::cluster::lane;
 use crate::write::events::Events;
 
 use self::domain::{Domain, Parts, Rules};
-use self::held::{Held, Unheld};
+use self::held::Unheld;
 
 /// How often the CRD is looked for while rules are not watched.
 pub const CRD_POLL: Duration = Duration::from_secs(15);
@@ -88,6 +88,13 @@ struct RuleController {
     problems: BTreeMap<String, Unheld>,
     /// The status last written per rule (until the watch shows it).
     written: HashMap<String, PushRuleStatus>,
+}
+
+/// Is `rule` (named `name`) held in its source namespace?
+fn is_held(per_namespace: &BTreeMap<String, Rules>, rule: &PushRule, name: &str) -> bool {
+    per_namespace
+        .get(&rule.spec.source.namespace)
+        .is_some_and(|rules| rules.contains_key(name))
 }
 
 /// A finalizer change.
@@ -213,19 +220,11 @@ impl RuleController {
     /// Hold every rule in its namespace's domain, start and stop domains,
     /// and add or remove finalizers.
     async fn reconcile(&mut self) {
-        let own = self.parts.cfg.namespace.clone();
         let terminating = |r: &PushRule| r.metadata.deletion_timestamp.is_some();
-        let has_finalizer = |r: &PushRule| {
-            r.metadata
-                .finalizers
-                .iter()
-                .flatten()
-                .any(|f| f == RULE_FINALIZER)
-        };
         let crd_deleting = if self
             .seen
             .values()
-            .any(|r| terminating(r) && has_finalizer(r))
+            .any(|r| terminating(r) && held::has_finalizer(r))
         {
             self.crd_deleting().await
         } else {
@@ -236,52 +235,44 @@ impl RuleController {
                 "the PushRule CRD {PUSHRULE_CRD} is being deleted: rules' copies are left as they are, none is deleted"
             )));
         }
-        let mut per_namespace: BTreeMap<String, Rules> = BTreeMap::new();
+        let (mut per_namespace, problems) =
+            held::hold_all(self.seen.values(), &self.parts.cfg.namespace);
+        self.problems = problems;
         let mut changes: Vec<(String, Finalizer)> = Vec::new();
-        self.problems.clear();
         for (name, rule) in &self.seen {
-            let mut held = match Held::from_rule(rule, &own) {
-                Ok(h) => h,
-                Err(unheld) => {
-                    self.problems.insert(name.clone(), unheld);
-                    if terminating(rule) && has_finalizer(rule) {
-                        changes.push((name.clone(), Finalizer::Remove));
-                    }
-                    continue;
+            let ours = held::has_finalizer(rule);
+            let policy = rule.spec.deletion_policy;
+            match (terminating(rule), policy, ours) {
+                // Being deleted: Orphan (or not held) lets it go at once.
+                (true, _, true) if !is_held(&per_namespace, rule, name) => {
+                    changes.push((name.clone(), Finalizer::Remove))
                 }
-            };
-            if terminating(rule) {
-                if !has_finalizer(rule) {
-                    // Going without us: its copies are left as they are.
-                    continue;
+                (false, DeletionPolicy::Delete, false) if !self.problems.contains_key(name) => {
+                    changes.push((name.clone(), Finalizer::Add))
                 }
-                if held.policy == DeletionPolicy::Orphan || crd_deleting {
-                    changes.push((name.clone(), Finalizer::Remove));
-                    continue;
+                (false, DeletionPolicy::Orphan, true) => {
+                    changes.push((name.clone(), Finalizer::Remove))
                 }
-                held.deleting = true;
-                let gone = self
-                    .domains
-                    .get(&held.namespace)
-                    .is_some_and(|d| d.synced() && d.copies_of(name) == 0);
-                if gone {
-                    changes.push((name.clone(), Finalizer::Remove));
-                    continue;
-                }
-            } else {
-                match (held.policy, has_finalizer(rule)) {
-                    (DeletionPolicy::Delete, false) => changes.push((name.clone(), Finalizer::Add)),
-                    (DeletionPolicy::Orphan, true) => {
-                        changes.push((name.clone(), Finalizer::Remove))
-                    }
-                    _ => {}
-                }
+                _ => {}
             }
-            per_namespace
-                .entry(held.namespace.clone())
-                .or_default()
-                .insert(name.clone(), held);
         }
+        // Being deleted, policy Delete: with the CRD going, its copies are
+        // left; otherwise they are deleted, and once none is left, so is it.
+        for (ns, rules) in per_namespace.iter_mut() {
+            let domain = self.domains.get(ns);
+            rules.retain(|name, h| {
+                if !h.deleting {
+                    return true;
+                }
+                let gone = domain.is_some_and(|d| d.synced() && d.copies_of(name) == 0);
+                if crd_deleting || gone {
+                    changes.push((name.clone(), Finalizer::Remove));
+                    return false;
+                }
+                true
+            });
+        }
+        per_namespace.retain(|_, rules| !rules.is_empty());
         for (ns, rules) in &per_namespace {
             match self.domains.get_mut(ns) {
                 Some(d) => d.set_rules(&self.parts, rules.clone()),
