@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,100 +23,6 @@ const DURATION: u64 = 6;
 const RENEW_DEADLINE: u64 = 4;
 const DEBOUNCE: u64 = 1;
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Both instances' identity: a ServiceAccount each, with the chart's rules
-/// (Secrets, ConfigMaps, namespaces, Events) and the Lease in the source
-/// namespace.
-fn grant(env: &TestEnv, accounts: &[&str]) -> String {
-    let ns = &env.source_ns;
-    let role = format!("{}-leader", env.id);
-    let subjects: String = accounts
-        .iter()
-        .map(|sa| format!("  - kind: ServiceAccount\n    name: {sa}\n    namespace: {ns}\n"))
-        .collect();
-    let accounts_yaml: String = accounts
-        .iter()
-        .map(|sa| format!("---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: {ns}\n"))
-        .collect();
-    let manifest = format!(
-        "{accounts_yaml}---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata:
-  name: {role}
-rules:
-  - apiGroups: [\"\"]
-    resources: [\"secrets\", \"configmaps\"]
-    verbs: [\"get\", \"list\", \"watch\", \"create\", \"update\", \"patch\", \"delete\"]
-  - apiGroups: [\"\"]
-    resources: [\"namespaces\"]
-    verbs: [\"get\", \"list\", \"watch\"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata:
-  name: {role}
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: ClusterRole
-  name: {role}
-subjects:
-{subjects}---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata:
-  name: leader
-  namespace: {ns}
-rules:
-  - apiGroups: [\"coordination.k8s.io\"]
-    resources: [\"leases\"]
-    verbs: [\"get\", \"create\", \"update\"]
-  - apiGroups: [\"events.k8s.io\"]
-    resources: [\"events\"]
-    verbs: [\"create\", \"patch\"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata:
-  name: leader
-  namespace: {ns}
-roleRef:
-  apiGroup: rbac.authorization.k8s.io
-  kind: Role
-  name: leader
-subjects:
-{subjects}"
-    );
-    let path = std::env::temp_dir().join(format!("{}.yaml", unique("leader-rbac")));
-    std::fs::write(&path, manifest).unwrap();
-    kubectl(&["apply", "-f", path.to_str().unwrap()]);
-    let _ = std::fs::remove_file(path);
-    role
-}
-
-fn kubectl(args: &[&str]) -> String {
-    let mut cmd = Command::new("kubectl");
-    cmd.args(args)
-        .env("KUBECONFIG", &control_plane().kubeconfig);
-    run(cmd)
-}
-
-/// Removes the test's cluster-scoped RBAC objects, also when it fails.
-struct DeleteRole(String);
-
-impl Drop for DeleteRole {
-    fn drop(&mut self) {
-        let mut cmd = Command::new("kubectl");
-        cmd.args([
-            "delete",
-            "clusterrole,clusterrolebinding",
-            &self.0,
-            "--ignore-not-found",
-        ])
-        .env("KUBECONFIG", &control_plane().kubeconfig);
-        let _ = cmd.output();
-    }
-}
 
 /// An instance as ServiceAccount `sa`, electing on this test's Lease.
 fn instance(env: &TestEnv, sa: &str, server: Option<&str>) -> Daemon {
@@ -212,7 +117,7 @@ async fn only_the_leader_writes_and_the_standby_says_so() {
     );
     let env = TestEnv::new("lead-one", 2).await;
     let _on_panic = env.cleanup_on_panic();
-    let _role = DeleteRole(grant(&env, &["leader-a", "leader-b"]));
+    let _role = DeleteRole(grant_instances(&env, &["leader-a", "leader-b"], ""));
     let name = format!("{}-db", env.id);
     env.create_source(&name, &[("k", "v1")]).await;
 
@@ -258,7 +163,7 @@ async fn the_standby_takes_over_when_the_leader_dies_or_stops() {
     let _serial = serial();
     let env = TestEnv::new("lead-two", 2).await;
     let _on_panic = env.cleanup_on_panic();
-    let _role = DeleteRole(grant(&env, &["leader-a", "leader-b"]));
+    let _role = DeleteRole(grant_instances(&env, &["leader-a", "leader-b"], ""));
     let name = format!("{}-db", env.id);
     env.create_source(&name, &[("k", "v1")]).await;
     let mut a = instance(&env, "leader-a", None);
@@ -372,7 +277,7 @@ async fn a_leader_that_cannot_renew_stops_writing() {
     let _serial = serial();
     let env = TestEnv::new("lead-cut", 2).await;
     let _on_panic = env.cleanup_on_panic();
-    let _role = DeleteRole(grant(&env, &["leader-a", "leader-b"]));
+    let _role = DeleteRole(grant_instances(&env, &["leader-a", "leader-b"], ""));
     let name = format!("{}-db", env.id);
     env.create_source(&name, &[("k", "v1")]).await;
     let apiserver: u16 = std::fs::read_to_string(
@@ -622,7 +527,7 @@ async fn a_leader_whose_lease_requests_hang_stops_writing_by_its_deadline() {
     );
     let env = TestEnv::new("lead-hang", 2).await;
     let _on_panic = env.cleanup_on_panic();
-    let _role = DeleteRole(grant(&env, &["leader-a", "leader-b"]));
+    let _role = DeleteRole(grant_instances(&env, &["leader-a", "leader-b"], ""));
     let name = format!("{}-db", env.id);
     env.create_source(&name, &[("k", "v1")]).await;
     let proxy = LeaseHold::start().await;

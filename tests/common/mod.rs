@@ -811,3 +811,93 @@ pub async fn quota_without_secrets(client: &kube::Client, ns: &str) {
     )
     .await;
 }
+
+/// Controller instances' identities: a ServiceAccount each in the source
+/// namespace, with the chart's rules (Secrets, ConfigMaps, namespaces,
+/// Events) and the Lease in the source namespace, and `extra_rules` (YAML
+/// items of the ClusterRole's `rules`, indented by two spaces) cluster-wide.
+/// The name of the ClusterRole (see [`DeleteRole`]).
+pub fn grant_instances(env: &TestEnv, accounts: &[&str], extra_rules: &str) -> String {
+    let ns = &env.source_ns;
+    let role = format!("{}-leader", env.id);
+    let subjects: String = accounts
+        .iter()
+        .map(|sa| format!("  - kind: ServiceAccount\n    name: {sa}\n    namespace: {ns}\n"))
+        .collect();
+    let accounts_yaml: String = accounts
+        .iter()
+        .map(|sa| format!("---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {sa}\n  namespace: {ns}\n"))
+        .collect();
+    let manifest = format!(
+        "{accounts_yaml}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {role}
+rules:
+  - apiGroups: [\"\"]
+    resources: [\"secrets\", \"configmaps\"]
+    verbs: [\"get\", \"list\", \"watch\", \"create\", \"update\", \"patch\", \"delete\"]
+  - apiGroups: [\"\"]
+    resources: [\"namespaces\"]
+    verbs: [\"get\", \"list\", \"watch\"]
+{extra_rules}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {role}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {role}
+subjects:
+{subjects}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: leader
+  namespace: {ns}
+rules:
+  - apiGroups: [\"coordination.k8s.io\"]
+    resources: [\"leases\"]
+    verbs: [\"get\", \"create\", \"update\"]
+  - apiGroups: [\"events.k8s.io\"]
+    resources: [\"events\"]
+    verbs: [\"create\", \"patch\"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: leader
+  namespace: {ns}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: leader
+subjects:
+{subjects}"
+    );
+    let path = std::env::temp_dir().join(format!("{}.yaml", unique("leader-rbac")));
+    std::fs::write(&path, manifest).unwrap();
+    let (ok, out) = kubectl_try(None, &["apply", "-f", path.to_str().unwrap()], None);
+    assert!(ok, "grant: {out}");
+    let _ = std::fs::remove_file(path);
+    role
+}
+
+/// Removes the test's cluster-scoped RBAC objects, also when it fails.
+pub struct DeleteRole(pub String);
+
+impl Drop for DeleteRole {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("kubectl");
+        cmd.args([
+            "delete",
+            "clusterrole,clusterrolebinding",
+            &self.0,
+            "--ignore-not-found",
+        ])
+        .env("KUBECONFIG", &control_plane().kubeconfig);
+        let _ = cmd.output();
+    }
+}

@@ -46,8 +46,8 @@
 #   PUSH_TO_K8S_CP_DIR   state directory (default: ${TMPDIR:-/tmp}/push-to-k8s-cp-$UID)
 #   XDG_CACHE_HOME       cache root (binaries go to .../push-to-k8s/control-plane/<version>/)
 #
-# kube-apiserver writes an audit log of writes to Secrets, ConfigMaps and
-# Leases (metadata level: who, what, when; never a value) to $STATE/audit.log.
+# kube-apiserver writes an audit log of writes to Secrets, ConfigMaps,
+# Leases and PushRules (metadata level: who, what, when; never a value) to $STATE/audit.log.
 set -euo pipefail
 
 KUBE_VERSION=v1.36.3
@@ -406,6 +406,8 @@ rules:
     resources: ["secrets", "configmaps"]
   - group: "coordination.k8s.io"
     resources: ["leases"]
+  - group: "push-to-k8s.io"
+    resources: ["pushrules", "pushrules/status"]
 - level: None
 EOF
 }

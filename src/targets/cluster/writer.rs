@@ -505,14 +505,23 @@ impl Writer {
                 // Ours but not yet in the cache, or somebody else's? Ask (metadata only).
                 match api.get_metadata_opt(&key.name).await {
                     Ok(Some(meta)) => {
-                        if owned_source_in(&meta.metadata, &self.source_namespace, self.stamp())
-                            .as_deref()
-                            == Some(desired.source.as_str())
-                        {
+                        // Ours: our source's, and (serving PushRules) a rule held here.
+                        let ours =
+                            owned_source_in(&meta.metadata, &self.source_namespace, self.stamp())
+                                .as_deref()
+                                == Some(desired.source.as_str())
+                                && self
+                                    .caches
+                                    .ruled
+                                    .as_ref()
+                                    .is_none_or(|r| (r.owns)(&meta.metadata));
+                        if ours {
                             Outcome::Failed("copy exists but was not yet in the cache".into())
                         } else if self.adopts(desired) {
                             self.adopt(api, key, desired, &meta.metadata).await
                         } else {
+                            self.tell_the_other_source(key, desired, &meta.metadata)
+                                .await;
                             Outcome::Conflict
                         }
                     }
@@ -522,6 +531,62 @@ impl Writer {
             }
             Err(e) => classify(&e),
         }
+    }
+
+    /// The object in the way of a copy is another source's copy in this
+    /// cluster (a labelled source's or a PushRule's): say so on that source
+    /// too, so both sides of the conflict see it; neither copy is changed.
+    async fn tell_the_other_source(&self, key: &ObjectKey, desired: &Replica, meta: &ObjectMeta) {
+        use crate::model::vocabulary::{
+            MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, RULE_ANNOTATION, SOURCE_ANNOTATION,
+            SOURCE_CLUSTER_ANNOTATION,
+        };
+        if self.remote.is_some() {
+            return;
+        }
+        let managed = meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_LABEL_KEY))
+            .is_some_and(|v| v == MANAGED_LABEL_VALUE);
+        let Some(annotations) = meta.annotations.as_ref() else {
+            return;
+        };
+        let Some((ns, name)) = annotations
+            .get(SOURCE_ANNOTATION)
+            .and_then(|s| s.split_once('/'))
+        else {
+            return;
+        };
+        if !managed || annotations.contains_key(SOURCE_CLUSTER_ANNOTATION) {
+            return;
+        }
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some(key.kind.name().into()),
+            namespace: Some(ns.to_string()),
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        let asker = match desired.annotations.get(RULE_ANNOTATION) {
+            Some(rule) => format!(
+                "PushRule {rule} (source {}/{})",
+                self.source_namespace, desired.source
+            ),
+            None => format!("the source {}/{}", self.source_namespace, desired.source),
+        };
+        self.events
+            .publish(
+                &reference,
+                EventType::Warning,
+                "Conflict",
+                "Push",
+                format!(
+                    "{asker} also asks for a {} named {} in namespace {}, where this source's copy is; both were left as they are",
+                    key.kind, key.name, key.namespace
+                ),
+            )
+            .await;
     }
 
     /// Do the copies of `desired`'s source take over what is in their way?
@@ -1110,6 +1175,9 @@ mod tests {
                                     "labels": {MANAGED_LABEL_KEY: "push-to-k8s"},
                                     "annotations": {"push-to-k8s.io/source": "other-ns/db"}}}),
             );
+            // Another source's copy (issue 19: a rule's or another
+            // namespace's): that source is told too, then ours.
+            fixtures::expect_event(h, "other-ns", "Conflict", "\"v\"").await;
             expect_event(h, "Conflict").await;
         })
         .await;
