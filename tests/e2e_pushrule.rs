@@ -1,5 +1,5 @@
 //! Issue 19, PushRules against the real control plane (the CRD from
-//! `deploy/crds/pushrule.yaml`, the controller binary):
+//! `helm/push-to-k8s/files/pushrule-crd.yaml`, the controller binary):
 //!
 //! - a TLS Secret in another namespace copied by a rule to `team-*`
 //!   namespaces (one excluded), updates and a new namespace followed, the
@@ -26,7 +26,10 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds/pushrule.yaml");
+const CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/helm/push-to-k8s/files/pushrule-crd.yaml"
+);
 const WAIT: Duration = Duration::from_secs(90);
 const RULE: &str = "push-to-k8s.io/rule";
 const SOURCE: &str = "push-to-k8s.io/source";

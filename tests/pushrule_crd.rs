@@ -1,11 +1,12 @@
 //! The PushRule API (issue 19), against the real API server: what the CRD's
-//! schema accepts and refuses (`deploy/crds/pushrule.yaml`), the columns
-//! `kubectl get pushrules` shows, and who may create or read rules (nobody
-//! but a cluster admin creates one; `view`, `edit` and `admin` users read
-//! them through the aggregated ClusterRole).
+//! schema accepts and refuses (`helm/push-to-k8s/files/pushrule-crd.yaml`,
+//! which the chart installs), the columns `kubectl get pushrules` shows, and
+//! who may create or read rules (nobody but a cluster admin creates one;
+//! `view`, `edit` and `admin` users read them through the aggregated
+//! ClusterRole).
 //!
-//! The controller does not act on rules yet (docs/pushrule.md): this proves
-//! the API the rule work builds on, nothing more.
+//! The API only: the controller serving rules is tests/e2e_pushrule.rs, with
+//! the chart's grants tests/rbac.rs.
 
 mod common;
 
@@ -14,7 +15,10 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-const CRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds/pushrule.yaml");
+const CRD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/helm/push-to-k8s/files/pushrule-crd.yaml"
+);
 
 /// `kubectl` (as `user`, when given) with `manifest` on stdin: whether it
 /// succeeded, and what it printed.

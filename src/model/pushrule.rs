@@ -1,4 +1,4 @@
-//! The PushRule API (issue 19, `deploy/crds/pushrule.yaml`): the object as
+//! The PushRule API (issue 19, `helm/push-to-k8s/files/pushrule-crd.yaml`): the object as
 //! the API server serves it, and its spec put into the annotations a labelled
 //! source would carry, so that one implementation ([`crate::model::rules`],
 //! through [`crate::decide::plan::rules`]) decides what a rule targets and what
@@ -389,7 +389,7 @@ mod tests {
     fn the_spec_has_the_fields_of_the_crd_schema() {
         let crd = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/deploy/crds/pushrule.yaml"
+            "/helm/push-to-k8s/files/pushrule-crd.yaml"
         ))
         .unwrap();
         let doc = crd.split("\n---\n").next().unwrap();

@@ -114,7 +114,7 @@ pub const META_CLUSTER: &str = "source-cluster";
 /// metadata again without it).
 pub const META_PENDING: &str = "pending";
 
-// ---- The PushRule API (issue 19, deploy/crds/pushrule.yaml) ----
+// ---- The PushRule API (issue 19, helm/push-to-k8s/files/pushrule-crd.yaml) ----
 
 /// The API group of [`crate::model::pushrule::PushRule`].
 pub const PUSHRULE_GROUP: &str = "push-to-k8s.io";
