@@ -16,8 +16,14 @@ cat <<'EOF'
 #   events      create/patch in the source namespace (Events on sources)
 #   leases      create, get/update of the Lease `push-to-k8s`, and events
 #               create/patch, in the release namespace (leader election)
+#   PushRules   pushrules get/list/watch/patch, pushrules/status patch, the CRD
+#               pushrules.push-to-k8s.io get (by name), events create/patch
+#               cluster-wide (Events on rules' sources and on rules)
+# The PushRule CRD (kept by `helm uninstall`) and its read role, aggregated into
+# view/edit/admin, are included (docs/pushrule.md).
 # A ValidatingAdmissionPolicy (Kubernetes 1.30+) refuses edits and deletes of the
-# copies by anyone but the controller (docs/security.md, "Copies cannot be edited").
+# copies, a labelled source's and a PushRule's, by anyone but the controller
+# (docs/security.md, "Copies cannot be edited").
 apiVersion: v1
 kind: Namespace
 metadata:

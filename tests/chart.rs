@@ -7,6 +7,10 @@
 //!   controller's own parser then accepts;
 //! - the optional ServiceMonitor, PrometheusRule and NetworkPolicy render only
 //!   when enabled, and the alerts use metrics the controller exports;
+//! - PushRules (issue 19): the CRD (kept by `helm uninstall`) and its read
+//!   role, the controller's grants for rules and the admission policy's match
+//!   on rule copies all follow `pushRules.enabled`, which also sets
+//!   ENABLE_PUSH_RULES;
 //! - the pod template is admitted by the real API server in a namespace that
 //!   enforces the restricted Pod Security profile, and the Lease RBAC allows
 //!   exactly the release's Lease.
@@ -727,6 +731,262 @@ fn optional_objects_render_only_when_enabled() {
     );
 }
 
+/// The rendered objects, parsed (comment-only documents left out).
+fn objects(manifests: &str) -> Vec<Value> {
+    manifests
+        .split("\n---")
+        .filter(|doc| doc.lines().any(|l| l.starts_with("kind: ")))
+        .map(|doc| {
+            serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("rendered YAML: {e}\n{doc}"))
+        })
+        .collect()
+}
+
+fn object<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+/// Every rule of every Role and ClusterRole, as (role, apiGroups, resources,
+/// resourceNames, verbs).
+type Grant = (String, Vec<String>, Vec<String>, Vec<String>, Vec<String>);
+
+fn grants(objects: &[Value]) -> Vec<Grant> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role")
+        .flat_map(|o| {
+            let role = format!("{} {}", o["kind"].as_str().unwrap(), o["metadata"]["name"]);
+            o["rules"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |r| {
+                    (
+                        role.clone(),
+                        strings(&r["apiGroups"]),
+                        strings(&r["resources"]),
+                        strings(&r["resourceNames"]),
+                        strings(&r["verbs"]),
+                    )
+                })
+        })
+        .collect()
+}
+
+/// The rules the release's ClusterRole `p2k` has that concern PushRules:
+/// the push-to-k8s.io and apiextensions.k8s.io groups, and Events.
+fn rule_grants(objects: &[Value]) -> Vec<Grant> {
+    grants(objects)
+        .into_iter()
+        .filter(|(role, groups, ..)| {
+            role == "ClusterRole \"p2k\""
+                && groups.iter().any(|g| {
+                    g == "push-to-k8s.io" || g == "apiextensions.k8s.io" || g == "events.k8s.io"
+                })
+        })
+        .collect()
+}
+
+/// Issue 19: PushRules in the chart. By default the CRD (with
+/// helm.sh/resource-policy: keep, exactly files/pushrule-crd.yaml) and its
+/// read role aggregated into view/edit/admin are rendered, the controller
+/// gets what serving rules needs and nobody gets create on pushrules, and the
+/// admission policy also matches rule copies. With pushRules.enabled=false:
+/// none of that, and the controller runs with ENABLE_PUSH_RULES=false.
+#[test]
+fn push_rules_are_served_by_default_and_switch_off_as_a_whole() {
+    let vap = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy";
+    let on_text = template(&["--api-versions", vap]).unwrap();
+    let on = objects(&on_text);
+
+    // The CRD and the read role, as the file has them.
+    let file = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/push-to-k8s/files/pushrule-crd.yaml"
+    ))
+    .unwrap();
+    for doc in file.split("\n---\n") {
+        assert!(
+            on_text.contains(doc.trim_end()),
+            "files/pushrule-crd.yaml rendered as it is"
+        );
+    }
+    let crd = object(&on, "CustomResourceDefinition", "pushrules.push-to-k8s.io")
+        .expect("the PushRule CRD by default");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "helm uninstall must never delete the CRD (and with it every rule)"
+    );
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    let view = object(&on, "ClusterRole", "push-to-k8s-pushrules-view").expect("the read role");
+    for to in ["view", "edit", "admin"] {
+        assert_eq!(
+            view["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")],
+            "true",
+            "{view}"
+        );
+    }
+    assert_eq!(
+        view["rules"],
+        json!([{"apiGroups": ["push-to-k8s.io"], "resources": ["pushrules", "pushrules/status"],
+                "verbs": ["get", "list", "watch"]}])
+    );
+
+    // The controller's grants for rules, exactly.
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let role = "ClusterRole \"p2k\"".to_string();
+    assert_eq!(
+        rule_grants(&on),
+        vec![
+            (
+                role.clone(),
+                s(&["push-to-k8s.io"]),
+                s(&["pushrules"]),
+                vec![],
+                s(&["get", "list", "watch", "patch"])
+            ),
+            (
+                role.clone(),
+                s(&["push-to-k8s.io"]),
+                s(&["pushrules/status"]),
+                vec![],
+                s(&["patch"])
+            ),
+            (
+                role.clone(),
+                s(&["apiextensions.k8s.io"]),
+                s(&["customresourcedefinitions"]),
+                s(&["pushrules.push-to-k8s.io"]),
+                s(&["get"])
+            ),
+            (
+                role.clone(),
+                s(&["events.k8s.io"]),
+                s(&["events"]),
+                vec![],
+                s(&["create", "patch"])
+            ),
+        ]
+    );
+    // Nobody creates, updates or deletes rules through a role of the chart.
+    for (role, groups, resources, _, verbs) in grants(&on) {
+        let rules = groups.iter().any(|g| g == "push-to-k8s.io" || g == "*")
+            && resources
+                .iter()
+                .any(|r| r.starts_with("pushrules") || r == "*");
+        let writes = verbs
+            .iter()
+            .any(|v| ["create", "update", "delete", "deletecollection", "*"].contains(&v.as_str()));
+        assert!(!(rules && writes), "{role} may write rules: {verbs:?}");
+    }
+    // The controller's own default serves rules (ENABLE_PUSH_RULES unset).
+    assert!(
+        !rendered_env(&on_text).contains_key("ENABLE_PUSH_RULES"),
+        "{:?}",
+        rendered_env(&on_text)
+    );
+
+    // The admission policy also matches rule copies, and names the rule.
+    let policy = on
+        .iter()
+        .find(|o| o["kind"] == "ValidatingAdmissionPolicy")
+        .expect("the policy");
+    let matched = policy["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        matched.contains("'push-to-k8s.io/rule' in oldObject.metadata.annotations")
+            && matched.contains(".startsWith(\"p2k-ns/\")")
+            && matched.contains("!('push-to-k8s.io/source-cluster' in"),
+        "{matched}"
+    );
+    let message = policy["spec"]["validations"][0]["messageExpression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("for PushRule ") && message.contains("edit the rule or its source "),
+        "{message}"
+    );
+
+    // Switched off: no CRD, no read role, no grant for rules, no rule copy
+    // matched, and the controller told not to serve rules.
+    let off_text = template(&["--api-versions", vap, "--set", "pushRules.enabled=false"]).unwrap();
+    let off = objects(&off_text);
+    assert!(
+        !off.iter().any(|o| o["kind"] == "CustomResourceDefinition"
+            || o["metadata"]["name"] == "push-to-k8s-pushrules-view"),
+        "{off_text}"
+    );
+    assert_eq!(rule_grants(&off), vec![], "no grant for rules when off");
+    assert_eq!(rendered_env(&off_text)["ENABLE_PUSH_RULES"], "false");
+    let policy = off
+        .iter()
+        .find(|o| o["kind"] == "ValidatingAdmissionPolicy")
+        .expect("the policy stays for labelled sources' copies");
+    let matched = policy["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        !matched.contains("push-to-k8s.io/rule") && matched.contains(".startsWith(\"p2k-ns/\")"),
+        "{matched}"
+    );
+    assert!(
+        !policy["spec"]["validations"][0]["messageExpression"]
+            .as_str()
+            .unwrap()
+            .contains("PushRule")
+    );
+
+    // env.ENABLE_PUSH_RULES: false with pushRules off is rendered once; true
+    // with pushRules off is refused (it would run without the grants); false
+    // with pushRules on pauses serving rules, CRD and grants kept.
+    let both_off = template(&[
+        "--set",
+        "pushRules.enabled=false",
+        "--set",
+        "env.ENABLE_PUSH_RULES=false",
+    ])
+    .unwrap();
+    assert_eq!(
+        both_off.matches("name: ENABLE_PUSH_RULES").count(),
+        1,
+        "{both_off}"
+    );
+    assert_eq!(rendered_env(&both_off)["ENABLE_PUSH_RULES"], "false");
+    let err = template(&[
+        "--set",
+        "pushRules.enabled=false",
+        "--set",
+        "env.ENABLE_PUSH_RULES=true",
+    ])
+    .expect_err("ENABLE_PUSH_RULES=true without the rule grants");
+    assert!(err.contains("pushRules.enabled"), "{err}");
+    let paused_text = template(&["--set", "env.ENABLE_PUSH_RULES=false"]).unwrap();
+    assert_eq!(rendered_env(&paused_text)["ENABLE_PUSH_RULES"], "false");
+    assert_eq!(rule_grants(&objects(&paused_text)).len(), 4);
+    // The value is checked by the schema.
+    let err = refused(
+        template(&["--set", "pushRules.enabled=maybe"]),
+        "pushRules.enabled=maybe",
+    );
+    assert!(
+        err.contains(SCHEMA_ERROR) && err.contains("pushRules"),
+        "{err}"
+    );
+}
+
 /// The NetworkPolicy the chart renders with `args` (networkPolicy.enabled on).
 fn network_policy(args: &[&str]) -> Result<NetworkPolicy, String> {
     let mut all = vec![
@@ -1022,6 +1282,9 @@ fn can_i(sa: &str, verb: &str, resource: &str, ns: &str) -> bool {
 /// Lease Role allows the release's Lease and nothing more.
 #[tokio::test]
 async fn pod_template_is_admitted_under_restricted_pod_security() {
+    // The release's admission policy matches every PushRule copy in the
+    // cluster while it is installed: not while another test serves rules.
+    let _serial = serial();
     let client = client().await;
     let ns = unique("p2k-restricted");
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -1055,6 +1318,10 @@ async fn pod_template_is_admitted_under_restricted_pod_security() {
         &ns,
         "--kubeconfig",
         &kubeconfig,
+        // The PushRule CRD is a cluster object other tests apply with kubectl
+        // and earlier releases leave behind (helm.sh/resource-policy: keep):
+        // adopt it as a later release would.
+        "--take-ownership",
         "--set",
         "networkPolicy.enabled=true",
         "--set",
@@ -1085,6 +1352,18 @@ async fn pod_template_is_admitted_under_restricted_pod_security() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+
+    // The PushRule CRD is this release's now (and stays after it, kept).
+    let out = kubectl(&[
+        "get",
+        "crd",
+        "pushrules.push-to-k8s.io",
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ]);
+    let annotations: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(annotations["meta.helm.sh/release-name"], release.as_str());
+    assert_eq!(annotations["helm.sh/resource-policy"], "keep");
 
     // The pod template, as a Pod, server-side dry run.
     let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)

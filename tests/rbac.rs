@@ -4,7 +4,10 @@
 //! - the controller, run as the ServiceAccount of deploy.yaml, and as the
 //!   ServiceAccount of a `helm install ... --set env.X=...` with the installed
 //!   Deployment's own environment, creates, updates and deletes copies and
-//!   publishes Events without a single Forbidden.
+//!   publishes Events without a single Forbidden;
+//! - the same for PushRules (issue 19): a release's controller serves a rule
+//!   with the chart's grants alone, and the chart's admission policy keeps the
+//!   rule's copies, naming the rule.
 //!
 //! There is no kubelet in the test control plane, so the Deployment's pod never
 //! runs; the test runs the built binary with that pod's identity (a token of
@@ -51,6 +54,10 @@ fn install_release(release: &str, sets: &[&str]) {
         "--namespace",
         release,
         "--create-namespace",
+        // The PushRule CRD (pushRules.enabled, the default) is a cluster object
+        // other tests apply with kubectl and earlier releases leave behind
+        // (helm.sh/resource-policy: keep): adopt it as a later release would.
+        "--take-ownership",
     ];
     for set in sets {
         args.extend(["--set", set]);
@@ -217,9 +224,27 @@ fn deploy_yaml_is_the_rendered_chart() {
     );
 }
 
+/// Deletes a ValidatingAdmissionPolicy and its binding (same name) when dropped.
+struct DeletePolicy(&'static str);
+
+impl Drop for DeletePolicy {
+    fn drop(&mut self) {
+        for kind in [
+            "validatingadmissionpolicybinding",
+            "validatingadmissionpolicy",
+        ] {
+            let _ = kubectl_try(None, &["delete", kind, self.0, "--ignore-not-found"], None);
+        }
+    }
+}
+
 #[tokio::test]
 async fn runs_as_the_deploy_yaml_service_account() {
     let _serial = serial();
+    // deploy.yaml's admission policy matches every PushRule copy in the
+    // cluster: it must not outlive this test (other tests' controllers serve
+    // rules as the cluster admin). The rest of deploy.yaml stays.
+    let _policy = DeletePolicy("push-to-k8s-push-to-k8s-copies");
     kubectl(&[
         "apply",
         "-f",
@@ -470,4 +495,292 @@ async fn the_admission_policy_refuses_edits_of_copies_and_never_blocks_what_it_m
         .delete(release, &DeleteParams::default())
         .await
         .unwrap();
+}
+
+/// `helm uninstall` of `release` and deletion of its namespace when dropped,
+/// best effort (a test that failed must not leave its admission policy, which
+/// matches every PushRule copy, in the shared control plane).
+struct Uninstall(String);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let kubeconfig = control_plane().kubeconfig.clone();
+        let _ = Command::new("bash")
+            .arg(cp_script())
+            .args([
+                "helm",
+                "uninstall",
+                &self.0,
+                "--namespace",
+                &self.0,
+                "--wait",
+            ])
+            .arg("--ignore-not-found")
+            .env("KUBECONFIG", &kubeconfig)
+            .output();
+        let _ = kubectl_try(
+            None,
+            &[
+                "delete",
+                "namespace",
+                &self.0,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+            None,
+        );
+    }
+}
+
+/// Deletes the PushRules named here when dropped, their finalizers first
+/// (the controller may be stopped).
+struct Rules(Vec<String>);
+
+impl Drop for Rules {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = kubectl_try(
+                None,
+                &[
+                    "patch",
+                    "pushrule",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ],
+                None,
+            );
+            let _ = kubectl_try(
+                None,
+                &[
+                    "delete",
+                    "pushrule",
+                    name,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ],
+                None,
+            );
+        }
+    }
+}
+
+fn get_rule(name: &str) -> Option<serde_json::Value> {
+    let out = kubectl(&["get", "pushrule", name, "-o", "json", "--ignore-not-found"]);
+    (!out.trim().is_empty()).then(|| serde_json::from_str(&out).expect("rule json"))
+}
+
+/// Wait until rule `name` is `Ready=status` with `reason`; the rule.
+async fn await_rule(name: &str, status: &str, reason: &str) -> serde_json::Value {
+    until(
+        &format!("rule {name} Ready={status} ({reason})"),
+        Duration::from_secs(90),
+        || async {
+            let rule = get_rule(name).ok_or("no such rule")?;
+            let ready = rule["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| (c["status"].clone(), c["reason"].clone()));
+            match ready {
+                Some((s, r)) if s == status && r == reason => Ok(rule),
+                other => Err(format!("{other:?}; status {}", rule["status"])),
+            }
+        },
+    )
+    .await
+}
+
+/// Issue 19: PushRules served by a release's controller. The chart installs
+/// the CRD, and the controller running as the release's ServiceAccount (its
+/// pod's environment, rules on by default) serves a rule whose source is in
+/// another namespace: copies made, the finalizer added, the status written
+/// (Ready=True), Events on the source (its namespace) and on a bad rule
+/// (`default`), the rule's deletion deleting its copies, and not one request
+/// refused: the chart's grants are enough. A namespace admin (and a cluster
+/// admin) cannot edit or delete a rule's copy, and the refusal names the
+/// rule and its source; the controller still updates it.
+#[tokio::test]
+async fn a_release_serves_push_rules_with_its_grants_and_keeps_their_copies() {
+    let _serial = serial();
+    // Its own name each run: a namespace of an earlier run may still be terminating.
+    let release = unique("p2k-rules");
+    let _uninstall = Uninstall(release.clone());
+    install_release(&release, &["env.SECRET_SYNC_DEBOUNCE_SECONDS=1"]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/pushrules.push-to-k8s.io",
+    ]);
+    let (sa, env) = pod_identity(&release, &release).await;
+    assert!(
+        !env.iter().any(|(k, _)| k == "ENABLE_PUSH_RULES"),
+        "rules are served by default: {env:?}"
+    );
+
+    let mut test = TestEnv::new("rulerbac", 0).await;
+    let _on_panic = test.cleanup_on_panic();
+    let [certs, team_a, team_b] = ["certs", "team-a", "team-b"].map(|s| format!("{}-{s}", test.id));
+    for ns in [&certs, &team_a, &team_b] {
+        test.create_namespace(ns, &[]).await;
+    }
+    let tenant = format!("{}-tenant", test.id);
+    kubectl(&[
+        "create",
+        "rolebinding",
+        "tenant-admin",
+        "--clusterrole=admin",
+        &format!("--user={tenant}"),
+        "-n",
+        &team_a,
+    ]);
+    // The source: a plain Secret (no label) in a namespace of its own.
+    let sources: Api<Secret> = Api::namespaced(test.client.clone(), &certs);
+    for name in ["cert", "other"] {
+        let mut source = source_secret(name, &[("k", "v1")]);
+        source.metadata.labels = None;
+        sources
+            .create(&PostParams::default(), &source)
+            .await
+            .unwrap();
+    }
+
+    let kubeconfig = service_account_kubeconfig(&release, &sa);
+    let mut daemon_env: Vec<(&str, &str)> =
+        env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    daemon_env.push(("KUBECONFIG", kubeconfig.to_str().unwrap()));
+    let mut daemon = Daemon::start_exact(&daemon_env);
+    daemon.await_ready().await;
+
+    let (rule, bad) = (format!("{}-cert", test.id), format!("{}-bad", test.id));
+    let _rules = Rules(vec![rule.clone(), bad.clone()]);
+    let apply = |name: &str, source: &str, namespaces: &str| {
+        let manifest = serde_json::json!({
+            "apiVersion": "push-to-k8s.io/v1alpha1",
+            "kind": "PushRule",
+            "metadata": {"name": name},
+            "spec": {
+                "source": {"kind": "Secret", "namespace": certs, "name": source},
+                "namespaces": [namespaces],
+            },
+        });
+        let (ok, out) = kubectl_try(None, &["apply", "-f", "-"], Some(&manifest.to_string()));
+        assert!(ok, "kubectl apply {name}: {out}");
+    };
+    apply(&rule, "cert", &format!("{}-team-*", test.id));
+    // (Its own source: a bad rule refuses the source it names.)
+    apply(&bad, "other", &format!("{}-team-[", test.id));
+    let wanted = vec![team_a.clone(), team_b.clone()];
+    test.await_copies(&wanted, "cert", &[("k", "v1")]).await;
+
+    // Status (pushrules/status patch) and finalizer (pushrules patch).
+    let served = await_rule(&rule, "True", "Ready").await;
+    assert!(
+        served["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "push-to-k8s.io/copies")),
+        "{}",
+        served["metadata"]
+    );
+    await_rule(&bad, "False", "InvalidAnnotation").await;
+    // Events: on the source in its own namespace, on the bad rule in `default`.
+    eventually(
+        "a Pushed Event on the rule's source",
+        Duration::from_secs(60),
+        || async {
+            Api::<Event>::namespaced(test.client.clone(), &certs)
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("Pushed")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("cert")
+                })
+        },
+    )
+    .await;
+    eventually(
+        "a Warning Event on the bad rule",
+        Duration::from_secs(60),
+        || async {
+            Api::<Event>::namespaced(test.client.clone(), "default")
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                            == Some(bad.as_str())
+                })
+        },
+    )
+    .await;
+
+    // The policy keeps the rule's copies: refused for the namespace admin
+    // and for a cluster admin, naming the rule and its source.
+    let source_ref = format!("{certs}/cert");
+    let refusals = [
+        vec![
+            "label",
+            "secret",
+            "cert",
+            "edited=yes",
+            "-n",
+            team_a.as_str(),
+        ],
+        vec![
+            "annotate",
+            "secret",
+            "cert",
+            "push-to-k8s.io/rule-",
+            "-n",
+            team_a.as_str(),
+        ],
+        vec!["delete", "secret", "cert", "-n", team_a.as_str()],
+    ];
+    for args in &refusals {
+        for admin in [None, Some("system:masters")] {
+            let user_args: Vec<&str> = match admin {
+                None => args.clone(),
+                Some(group) => [&["--as-group", group][..], args].concat(),
+            };
+            let user = if admin.is_none() {
+                tenant.as_str()
+            } else {
+                "admin-not-the-controller"
+            };
+            let (ok, stderr) = kubectl_as(user, &user_args);
+            assert!(!ok, "{user}: kubectl {args:?} must be refused");
+            assert!(
+                stderr.contains(&format!("copy kept by push-to-k8s for PushRule {rule}"))
+                    && stderr.contains(&format!("edit the rule or its source {source_ref}")),
+                "{user}: the refusal names the rule {rule} and its source {source_ref}: {stderr}"
+            );
+        }
+    }
+    // The controller still updates them.
+    update_source(&test, &sources, "cert", &wanted, "v2").await;
+
+    // The rule deleted: the finalizer path deletes its copies (the CRD is
+    // looked at), then lets the rule go.
+    kubectl(&["delete", "pushrule", &rule, "--wait=false"]);
+    test.await_no_copies(&wanted, "cert").await;
+    eventually("the rule is gone", Duration::from_secs(90), || async {
+        get_rule(&rule).is_none().then_some(())
+    })
+    .await;
+    kubectl(&["delete", "pushrule", &bad, "--wait=false"]);
+    eventually("the bad rule is gone", Duration::from_secs(90), || async {
+        get_rule(&bad).is_none().then_some(())
+    })
+    .await;
+
+    stop_unrefused(&mut daemon);
+    let _ = std::fs::remove_file(kubeconfig);
+    test.cleanup().await;
 }
