@@ -368,13 +368,17 @@ async fn rule_problems_are_conditions_and_touch_nothing_else() {
         &typed,
         json!({"source": named("token"), "namespaces": [teams]}),
     );
+
+    // A bad glob: Ready=False naming the field, a Warning Event; nothing copied.
+    let r = await_ready(&bad, "False", "InvalidAnnotation").await;
+    // The namespace's pipeline runs now: the conflicting rule's copies are
+    // attempted (and refused) by its writer, which tells both sides. (One
+    // the pipeline's start-up finds is reported on the rule only:
+    // docs/pushrule.md.)
     apply_rule(
         &conflicted,
         json!({"source": named("shared"), "namespaces": [teams]}),
     );
-
-    // A bad glob: Ready=False naming the field, a Warning Event; nothing copied.
-    let r = await_ready(&bad, "False", "InvalidAnnotation").await;
     let (_, _, message) = condition(&r, "Ready").unwrap();
     assert!(message.contains("spec.namespaces"), "{message}");
     eventually("a Warning Event on the bad rule", WAIT, || async {
@@ -413,6 +417,18 @@ async fn rule_problems_are_conditions_and_touch_nothing_else() {
         now.metadata.resource_version,
         held.metadata.resource_version
     );
+    // Reported on both: the labelled source hears of the rule too.
+    eventually(
+        "a Conflict Event on the labelled source naming the rule",
+        WAIT,
+        || async {
+            env.events_on("shared", "Conflict")
+                .await
+                .into_iter()
+                .find(|(_, note)| note.contains(&conflicted) && note.contains(team_a))
+        },
+    )
+    .await;
 
     // The other rule of that namespace is not affected by the bad one.
     apply_rule(
@@ -544,5 +560,150 @@ async fn deletion_follows_the_finalizer_and_a_removed_crd_deletes_nothing() {
     );
     let status = daemon.stop();
     assert!(status.success(), "{status}");
+    env.teardown().await;
+}
+
+/// What a controller instance needs for rules beyond the chart's base grants
+/// (the chart's own list: helm/push-to-k8s/templates/rbac.yaml).
+const RULE_GRANTS: &str = r#"  - apiGroups: ["push-to-k8s.io"]
+    resources: ["pushrules"]
+    verbs: ["get", "list", "watch", "patch"]
+  - apiGroups: ["push-to-k8s.io"]
+    resources: ["pushrules/status"]
+    verbs: ["patch"]
+  - apiGroups: ["apiextensions.k8s.io"]
+    resources: ["customresourcedefinitions"]
+    resourceNames: ["pushrules.push-to-k8s.io"]
+    verbs: ["get"]
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+"#;
+
+/// Writes to PushRules (status included) recorded in the audit log after
+/// byte `from`, as `(user, verb, name/subresource)`.
+fn audited_rule_writes(from: u64) -> Vec<(String, String, String)> {
+    let text = std::fs::read(audit_log()).expect("the audit log");
+    let from = usize::try_from(from).unwrap().min(text.len());
+    String::from_utf8_lossy(&text[from..])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["stage"] == "ResponseComplete" && e["objectRef"]["resource"] == "pushrules")
+        .map(|e| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                s(&e["user"]["username"]),
+                s(&e["verb"]),
+                format!(
+                    "{}/{}",
+                    s(&e["objectRef"]["name"]),
+                    s(&e["objectRef"]["subresource"])
+                ),
+            )
+        })
+        .collect()
+}
+
+fn audit_offset() -> u64 {
+    std::fs::metadata(audit_log()).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Item 5: with two instances, only the leader writes a rule (its finalizer
+/// and status, by the audit log), and a rule at rest is not written at all
+/// for five minutes (nor are its copies).
+#[tokio::test]
+async fn only_the_leader_writes_rules_and_nothing_is_written_at_rest() {
+    let _serial = serial();
+    assert!(
+        audit_log().exists(),
+        "the control plane has no audit log: cp.sh down && cp.sh up"
+    );
+    install_crd();
+    let mut env = TestEnv::new("rulelead", 0).await;
+    let _on_panic = env.cleanup_on_panic();
+    let ns = namespaces(&mut env, &["certs", "team-a", "team-b"]).await;
+    let (certs, wanted) = (&ns[0], ns[1..].to_vec());
+    env.secrets(certs)
+        .create(
+            &PostParams::default(),
+            &secret_in("ca", None, &[("ca.crt", "c1")]),
+        )
+        .await
+        .unwrap();
+    let _role = DeleteRole(grant_instances(&env, &["rules-a", "rules-b"], RULE_GRANTS));
+    let instance = |sa: &str| {
+        let kubeconfig = service_account_kubeconfig_via(&env.source_ns, sa, None);
+        Daemon::start(
+            &env.source_ns,
+            &[
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+                ("POD_NAME", sa),
+                ("LEADER_ELECTION", "true"),
+                ("LEASE_NAMESPACE", &env.source_ns),
+            ],
+        )
+    };
+    let mut a = instance("rules-a");
+    a.await_ready().await;
+    eventually("rules-a leads", WAIT, || async {
+        a.readyz()
+            .await
+            .filter(|(code, body)| *code == 200 && body.contains("leader"))
+    })
+    .await;
+    let mut b = instance("rules-b");
+    b.await_ready().await;
+
+    let rule = format!("{}-ca", env.id);
+    let _rules = Rules(vec![rule.clone()]);
+    let from = audit_offset();
+    apply_rule(
+        &rule,
+        json!({
+            "source": {"kind": "Secret", "namespace": certs, "name": "ca"},
+            "namespaces": [format!("{}-team-*", env.id)],
+        }),
+    );
+    env.await_copies(&wanted, "ca", &[("ca.crt", "c1")]).await;
+    await_ready(&rule, "True", "Ready").await;
+    let leader = format!("system:serviceaccount:{}:rules-a", env.source_ns);
+    let writes: Vec<_> = audited_rule_writes(from)
+        .into_iter()
+        .filter(|(user, ..)| user.starts_with("system:serviceaccount:"))
+        .collect();
+    assert!(
+        writes.iter().any(|(_, _, what)| what.ends_with("/status")),
+        "the status was written: {writes:?}"
+    );
+    assert!(
+        writes.iter().all(|(user, ..)| *user == leader),
+        "only the leader writes rules: {writes:?}"
+    );
+
+    // At rest: five minutes without a write to the rule or its copies.
+    let rest = audit_offset();
+    let rv = get_rule(&rule).unwrap()["metadata"]["resourceVersion"].clone();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(audited_rule_writes(rest), vec![], "no rule write at rest");
+    assert_eq!(
+        get_rule(&rule).unwrap()["metadata"]["resourceVersion"],
+        rv,
+        "the rule is unchanged"
+    );
+    let copies_written = std::fs::read(audit_log()).expect("the audit log")
+        [usize::try_from(rest).unwrap()..]
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+        .filter(|e| {
+            e["stage"] == "ResponseComplete"
+                && e["objectRef"]["resource"] == "secrets"
+                && wanted
+                    .iter()
+                    .any(|ns| e["objectRef"]["namespace"] == ns.as_str())
+        })
+        .count();
+    assert_eq!(copies_written, 0, "no copy write at rest");
+    a.stop();
+    b.stop();
     env.teardown().await;
 }

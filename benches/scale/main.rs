@@ -10,6 +10,8 @@
 //! Issue 16 adds `chaos` (only with `--only chaos`): two instances, one remote
 //! cluster and Vault under random faults for 20 minutes, then every copy and
 //! entry checked against its source and the audit logs against the Lease.
+//! Issue 19 adds `rules` (only with `--only rules`): 1,000 PushRules x 100
+//! namespaces at the full size; start-up, writes at rest, propagation, RSS.
 //! Issue 17 adds `drift`: how soon an edited or deleted copy is repaired
 //! (D = 1 s), and the writes a copy fought by another writer costs.
 //!
@@ -76,6 +78,7 @@ mod propagation;
 mod remote;
 mod report;
 mod restart;
+mod rules;
 mod scale;
 mod setup;
 mod steady;
@@ -264,6 +267,7 @@ async fn run(
             "vault" => bench.vault().await,
             "remote" => bench.remote().await,
             "chaos" => bench.chaos().await,
+            "rules" => bench.rules().await,
             _ => bench.memory().await,
         };
         if let Err(e) = r {

@@ -37,6 +37,9 @@ pub struct Params {
     /// The chaos scenario (issue 16): how long faults are injected, the
     /// seed of its random choices, target namespaces in each of its two
     /// clusters, Secret sources (and a quarter as many ConfigMaps).
+    /// PushRules (issue 19): rules, and the target namespaces each copies to.
+    pub rules_count: usize,
+    pub rules_ns: usize,
     pub chaos_minutes: f64,
     pub chaos_seed: u64,
     pub chaos_ns: usize,
@@ -60,10 +63,12 @@ pub const SCENARIOS: &[&str] = &[
     "remote",
     "scale",
     "chaos",
+    "rules",
 ];
 
 /// Run only when asked for (`--only chaos`): it takes 20 minutes by default.
-const NOT_BY_DEFAULT: &[&str] = &["chaos"];
+/// `rules` seeds R x N copies of its own (100,000 at the full size).
+const NOT_BY_DEFAULT: &[&str] = &["chaos", "rules"];
 
 const USAGE: &str = "\
 usage: cargo bench --bench scale -- [options]
@@ -101,6 +106,9 @@ usage: cargo bench --bench scale -- [options]
   --chaos-n N            chaos: target namespaces in each of its 2 clusters (quick: 10,
                          full: 30)
   --chaos-sources S      chaos: Secret sources, plus S/4 ConfigMaps (quick: 8, full: 16)
+  --rules R              rules (only with --only rules): PushRules, one source each
+                         (quick: 100, full: 1000)
+  --rules-n N            rules: target namespaces of every rule (quick: 20, full: 100)
   --only a,b             run only these of: burst, propagation, drift, memory, kinds,
                          vault, remote, scale, chaos
                          (memory also measures steady state, CPU and restart; drift
@@ -139,6 +147,8 @@ impl Params {
             vault_sources: 20,
             vault_rate: 100,
             remote_ns: 100,
+            rules_count: 100,
+            rules_ns: 20,
             chaos_minutes: 20.0,
             chaos_seed: 16,
             chaos_ns: 10,
@@ -166,6 +176,8 @@ impl Params {
             p.vault_sources = 100;
             p.remote_ns = 300;
             p.chaos_ns = 30;
+            p.rules_count = 1000;
+            p.rules_ns = 100;
             p.chaos_sources = 16;
         }
         if let Ok(m) = std::env::var("CHAOS_MINUTES") {
@@ -196,6 +208,8 @@ impl Params {
                 "--vault-sources" => p.vault_sources = value()?.parse()?,
                 "--vault-rate" => p.vault_rate = value()?.parse()?,
                 "--remote-n" => p.remote_ns = value()?.parse()?,
+                "--rules" => p.rules_count = value()?.parse()?,
+                "--rules-n" => p.rules_ns = value()?.parse()?,
                 "--chaos-minutes" => p.chaos_minutes = value()?.parse()?,
                 "--chaos-seed" => p.chaos_seed = value()?.parse()?,
                 "--chaos-n" => p.chaos_ns = value()?.parse()?,
@@ -236,6 +250,8 @@ impl Params {
             || p.remote_ns == 0
             || p.chaos_ns == 0
             || p.chaos_sources == 0
+            || p.rules_count == 0
+            || p.rules_ns == 0
         {
             bail!("counts must be at least 1");
         }

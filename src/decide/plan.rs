@@ -190,6 +190,35 @@ pub struct World<'a> {
     pub accepted: &'a HashMap<ObjectKey, String>,
 }
 
+impl World<'_> {
+    /// The world of `kind` as `caches` hold it (read-locked while `f` runs),
+    /// with the known conflicts and accepted copies: what every planner
+    /// call reads (a lane's flush, `status`, a PushRule's status).
+    pub fn of<R>(
+        caches: &crate::observe::cache::Caches,
+        kind: Kind,
+        conflicts: &HashSet<ObjectKey>,
+        accepted: &HashMap<ObjectKey, String>,
+        f: impl FnOnce(&World<'_>) -> R,
+    ) -> R {
+        let of = caches.of(kind);
+        of.sources.read(|sources| {
+            caches.namespaces.read(|namespaces| {
+                of.replicas.read(|replicas| {
+                    f(&World {
+                        kind,
+                        sources,
+                        namespaces,
+                        replicas,
+                        conflicts,
+                        accepted,
+                    })
+                })
+            })
+        })
+    }
+}
+
 /// Is `r` exactly the copy `desired` describes, as far as we set it? Its
 /// content hash says what our last write set; its managed fields say that
 /// nobody changed the content since (see [`crate::model::records::Content`]).

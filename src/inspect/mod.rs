@@ -390,23 +390,9 @@ fn plan_kind(
     known: &HashSet<ObjectKey>,
     take: impl FnOnce(&World<'_>, plan::Plan),
 ) {
-    let of = caches.of(kind);
-    let accepted = HashMap::new();
-    of.sources.read(|sources| {
-        caches.namespaces.read(|namespaces| {
-            of.replicas.read(|replicas| {
-                let world = World {
-                    kind,
-                    sources,
-                    namespaces,
-                    replicas,
-                    conflicts: known,
-                    accepted: &accepted,
-                };
-                let plan = plan::plan(&world, scope, &[DirtyKey::All]);
-                take(&world, plan)
-            })
-        })
+    World::of(caches, kind, known, &HashMap::new(), |world| {
+        let plan = plan::plan(world, scope, &[DirtyKey::All]);
+        take(world, plan)
     });
 }
 

@@ -603,23 +603,8 @@ impl Lane {
             let of = caches.of(kind);
             of.sources
                 .read(|sources| writer.record_asked(kind, sources));
-            let plan = of.sources.read(|sources| {
-                caches.namespaces.read(|namespaces| {
-                    of.replicas.read(|replicas| {
-                        plan::plan(
-                            &World {
-                                kind,
-                                sources,
-                                namespaces,
-                                replicas,
-                                conflicts: &conflicts,
-                                accepted: &accepted,
-                            },
-                            &scope,
-                            keys,
-                        )
-                    })
-                })
+            let plan = World::of(caches, kind, &conflicts, &accepted, |world| {
+                plan::plan(world, &scope, keys)
             });
             {
                 let mut conflicts = writer.conflicts.lock().expect("lock");

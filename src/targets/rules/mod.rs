@@ -55,6 +55,8 @@ pub const CRD_POLL: Duration = Duration::from_secs(15);
 /// How often the rules' statuses are computed (written only when changed),
 /// and finalizers of deleted rules looked at.
 pub const STATUS_EVERY: Duration = Duration::from_secs(3);
+/// Rule changes are acted on together, at most this often.
+const SETTLE: Duration = Duration::from_millis(250);
 /// Namespaces in conflict named in a rule's status.
 const CONFLICTS_SHOWN: usize = 5;
 
@@ -72,6 +74,7 @@ pub fn spawn(
         domains: BTreeMap::new(),
         problems: BTreeMap::new(),
         written: HashMap::new(),
+        tried: HashMap::new(),
     };
     tokio::spawn(rules.run())
 }
@@ -88,6 +91,10 @@ struct RuleController {
     problems: BTreeMap<String, Unheld>,
     /// The status last written per rule (until the watch shows it).
     written: HashMap<String, PushRuleStatus>,
+    /// Per rule, the resourceVersion at which a finalizer change failed: not
+    /// tried again until the rule changes (a conflict means a newer version
+    /// is on its way).
+    tried: HashMap<String, String>,
 }
 
 /// Is `rule` (named `name`) held in its source namespace?
@@ -161,9 +168,15 @@ impl RuleController {
         let api = self.rules_api();
         let mut stream = std::pin::pin!(watcher::watcher(api, crate::observe::watch::config(None)));
         let mut tick = tokio::time::interval(STATUS_EVERY);
+        // Changes are taken as they come and acted on together, at most
+        // every SETTLE: a burst of events (a thousand rules, each getting
+        // its finalizer and status) costs a few passes, not one per event.
+        let mut settle = tokio::time::interval(SETTLE);
+        let mut changed = false;
         let mut buffer: Option<BTreeMap<String, PushRule>> = None;
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return None,
                 next = stream.next() => {
                     let event = match next {
@@ -180,22 +193,27 @@ impl RuleController {
                         }
                         Event::InitDone => {
                             self.seen = buffer.take().unwrap_or_default();
-                            self.reconcile().await;
+                            changed = true;
                         }
                         Event::Apply(rule) => {
                             if let Some(name) = rule.metadata.name.clone() {
                                 self.seen.insert(name, rule);
                             }
-                            self.reconcile().await;
+                            changed = true;
                         }
                         Event::Delete(rule) => {
                             if let Some(name) = &rule.metadata.name {
                                 self.seen.remove(name);
                                 self.written.remove(name);
+                                self.tried.remove(name);
                             }
-                            self.reconcile().await;
+                            changed = true;
                         }
                     }
+                }
+                _ = settle.tick(), if changed => {
+                    changed = false;
+                    self.reconcile().await;
                 }
                 _ = tick.tick() => {
                     self.reconcile().await;
@@ -302,11 +320,12 @@ impl RuleController {
 
     /// Add or remove our finalizer (leader only, paced; a conflict is
     /// tried again at the next change or tick).
-    async fn set_finalizer(&self, name: &str, change: Finalizer) {
+    async fn set_finalizer(&mut self, name: &str, change: Finalizer) {
         let Some(rule) = self.seen.get(name) else {
             return;
         };
-        if !self.parts.gate.open() {
+        let version = rule.metadata.resource_version.clone().unwrap_or_default();
+        if !self.parts.gate.open() || self.tried.get(name) == Some(&version) {
             return;
         }
         let mut finalizers: Vec<String> = rule
@@ -322,7 +341,7 @@ impl RuleController {
         }
         let patch = serde_json::json!({
             "metadata": {
-                "resourceVersion": rule.metadata.resource_version,
+                "resourceVersion": version,
                 "finalizers": finalizers,
             }
         });
@@ -339,13 +358,20 @@ impl RuleController {
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => tracing::info!(rule = name, finalizer = what, "rule finalizer set"),
-            Err(e) => tracing::info!(
-                rule = name,
-                finalizer = what,
-                error = %crate::operate::api_errors::describe(&e),
-                "rule finalizer not set; tried again"
-            ),
+            Ok(updated) => {
+                tracing::info!(rule = name, finalizer = what, "rule finalizer set");
+                self.tried.remove(name);
+                self.seen.insert(name.to_string(), updated);
+            }
+            Err(e) => {
+                tracing::info!(
+                    rule = name,
+                    finalizer = what,
+                    error = %crate::operate::api_errors::describe(&e),
+                    "rule finalizer not set; tried again when the rule changes"
+                );
+                self.tried.insert(name.to_string(), version);
+            }
         }
     }
 
@@ -361,29 +387,18 @@ impl RuleController {
             let conflicts = d.writer.conflicts.lock().expect("lock").clone();
             let accepted = d.writer.accepted.lock().expect("lock").clone();
             for kind in Kind::ALL {
-                let of = d.caches.of(kind);
-                let (statuses, rules_of) = of.sources.read(|sources| {
-                    d.caches.namespaces.read(|namespaces| {
-                        of.replicas.read(|replicas| {
-                            let world = World {
-                                kind,
-                                sources,
-                                namespaces,
-                                replicas,
-                                conflicts: &conflicts,
-                                accepted: &accepted,
-                            };
-                            let plan = plan::plan(&world, &scope, &[DirtyKey::All]);
-                            let rules_of: HashMap<String, String> = sources
-                                .iter()
-                                .filter_map(|(n, s)| {
-                                    Some((n.clone(), s.annotations.get(RULE_ANNOTATION)?.clone()))
-                                })
-                                .collect();
-                            (standing::classify(&world, &scope, &plan), rules_of)
-                        })
-                    })
-                });
+                let (statuses, rules_of) =
+                    World::of(&d.caches, kind, &conflicts, &accepted, |world| {
+                        let plan = plan::plan(world, &scope, &[DirtyKey::All]);
+                        let rules_of: HashMap<String, String> = world
+                            .sources
+                            .iter()
+                            .filter_map(|(n, s)| {
+                                Some((n.clone(), s.annotations.get(RULE_ANNOTATION)?.clone()))
+                            })
+                            .collect();
+                        (standing::classify(world, &scope, &plan), rules_of)
+                    });
                 for s in statuses {
                     let Some(rule) = rules_of.get(&s.source) else {
                         continue;
@@ -438,14 +453,15 @@ impl RuleController {
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {
+                Ok(updated) => {
                     self.parts
                         .metrics
                         .writes
                         .get_or_create(&status_write())
                         .inc();
                     self.announce(&name, &want).await;
-                    self.written.insert(name, want);
+                    self.written.insert(name.clone(), want);
+                    self.seen.insert(name, updated);
                 }
                 Err(e) => tracing::info!(
                     rule = %name,
