@@ -455,7 +455,7 @@ async fn deletion_follows_the_finalizer_and_a_removed_crd_deletes_nothing() {
     let ns = namespaces(&mut env, &["certs", "team-a", "team-b"]).await;
     let (certs, team_a, team_b) = (&ns[0], &ns[1], &ns[2]);
     let wanted = vec![team_a.clone(), team_b.clone()];
-    for name in ["one", "two"] {
+    for name in ["one", "two", "three"] {
         env.secrets(certs)
             .create(
                 &PostParams::default(),
@@ -465,8 +465,12 @@ async fn deletion_follows_the_finalizer_and_a_removed_crd_deletes_nothing() {
             .unwrap();
     }
     let teams = format!("{}-team-*", env.id);
-    let (first, second) = (format!("{}-one", env.id), format!("{}-two", env.id));
-    let _rules = Rules(vec![first.clone(), second.clone()]);
+    let (first, second, third) = (
+        format!("{}-one", env.id),
+        format!("{}-two", env.id),
+        format!("{}-three", env.id),
+    );
+    let _rules = Rules(vec![first.clone(), second.clone(), third.clone()]);
     let spec = |name: &str| {
         json!({
             "source": {"kind": "Secret", "namespace": certs, "name": name},
@@ -497,6 +501,34 @@ async fn deletion_follows_the_finalizer_and_a_removed_crd_deletes_nothing() {
         get_rule(&first).is_none().then_some(())
     })
     .await;
+
+    // deletionPolicy Orphan: the copies stay, released (no longer ours:
+    // without our label and annotations, so their namespaces may edit them).
+    let mut orphaning = spec("three");
+    orphaning["deletionPolicy"] = json!("Orphan");
+    apply_rule(&third, orphaning);
+    env.await_copies(&wanted, "three", &[("k", "three")]).await;
+    await_ready(&third, "True", "Ready").await;
+    kubectl(&["delete", "pushrule", &third, "--wait=false"], None);
+    eventually("the orphaning rule is gone", WAIT, || async {
+        get_rule(&third).is_none().then_some(())
+    })
+    .await;
+    for ns in &wanted {
+        let copy = env.copy(ns, "three").await.expect("the copy stays");
+        let labels = copy.metadata.labels.unwrap_or_default();
+        let annotations = copy.metadata.annotations.unwrap_or_default();
+        assert!(
+            !labels.contains_key("push-to-k8s.io/managed-by") && !annotations.contains_key(RULE),
+            "released: {labels:?} {annotations:?}"
+        );
+        assert_eq!(
+            copy.data.unwrap_or_default()["k"].0,
+            b"three".to_vec(),
+            "its data kept"
+        );
+    }
+
     let before: Vec<Option<String>> = {
         let mut v = Vec::new();
         for ns in &wanted {

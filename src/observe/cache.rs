@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,6 +21,9 @@ pub struct Cache<K, V> {
     /// list began. Their cached values are at least as new as anything the
     /// list can say, so [`Cache::reconcile`] leaves them alone.
     listing: Mutex<Option<HashSet<K>>>,
+    /// Counts the changes: the same number twice means nothing changed in
+    /// between (a PushRule's status is not computed again for nothing).
+    generation: AtomicU64,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
@@ -29,7 +32,17 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
             map: RwLock::new(HashMap::new()),
             synced: AtomicBool::new(false),
             listing: Mutex::new(None),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// How many times the contents changed.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A resync is about to list: from now on remember which keys change,
@@ -77,10 +90,14 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
                 map.insert(k, v.clone())
             }
             None => match map.remove(&k) {
-                Some(old) => return Change::Removed(old),
+                Some(old) => {
+                    self.changed();
+                    return Change::Removed(old);
+                }
                 None => return Change::None,
             },
         };
+        self.changed();
         Change::Set(old)
     }
 
@@ -102,6 +119,7 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
         }
         *map = fresh;
         self.synced.store(true, Ordering::Release);
+        self.changed();
         changed
     }
     /// [`Cache::replace`] for a full list given in two parts: `same`, the keys
@@ -147,6 +165,7 @@ impl<K: Eq + Hash + Clone, V: Clone + PartialEq> Cache<K, V> {
             }
         }
         self.synced.store(true, Ordering::Release);
+        self.changed();
         changed
     }
 }

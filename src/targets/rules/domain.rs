@@ -161,6 +161,26 @@ impl Domain {
         if *self.rules.read().expect("lock") == rules {
             return;
         }
+        // The copies of a rule no longer held here are forgotten at once,
+        // before anything is planned: were they kept until the watches list
+        // again, the plan could see them without a source and delete them
+        // (absence, Orphan and a CRD going must never delete).
+        for kind in Kind::ALL {
+            let cache = &self.caches.of(kind).replicas;
+            let gone: Vec<_> = cache.read(|all| {
+                all.iter()
+                    .filter(|(_, r)| {
+                        r.annotations
+                            .get(RULE_ANNOTATION)
+                            .is_none_or(|rule| !rules.contains_key(rule))
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            });
+            for k in gone {
+                cache.set(k, None);
+            }
+        }
         *self.rules.write().expect("lock") = rules;
         self.watch(parts);
     }
@@ -184,6 +204,20 @@ impl Domain {
     /// Its settings (its source namespace).
     pub fn cfg(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Changes so far to what its rules' statuses are computed from (its
+    /// caches and known conflicts): the same number means the same statuses.
+    pub fn generation(&self) -> u64 {
+        let kinds: u64 = Kind::ALL
+            .iter()
+            .map(|&k| {
+                let of = self.caches.of(k);
+                of.sources.generation() + of.replicas.generation()
+            })
+            .sum();
+        let conflicts = self.writer.conflicts.lock().expect("lock").len() as u64;
+        kinds + self.caches.namespaces.generation() + (conflicts << 40)
     }
 
     /// Whether its caches have listed (before, nothing is known of its copies).
