@@ -532,65 +532,6 @@ impl Drop for Uninstall {
     }
 }
 
-/// Deletes the PushRules named here when dropped, their finalizers first
-/// (the controller may be stopped).
-struct Rules(Vec<String>);
-
-impl Drop for Rules {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = kubectl_try(
-                None,
-                &[
-                    "patch",
-                    "pushrule",
-                    name,
-                    "--type=merge",
-                    "-p",
-                    r#"{"metadata":{"finalizers":null}}"#,
-                ],
-                None,
-            );
-            let _ = kubectl_try(
-                None,
-                &[
-                    "delete",
-                    "pushrule",
-                    name,
-                    "--ignore-not-found",
-                    "--wait=false",
-                ],
-                None,
-            );
-        }
-    }
-}
-
-fn get_rule(name: &str) -> Option<serde_json::Value> {
-    let out = kubectl(&["get", "pushrule", name, "-o", "json", "--ignore-not-found"]);
-    (!out.trim().is_empty()).then(|| serde_json::from_str(&out).expect("rule json"))
-}
-
-/// Wait until rule `name` is `Ready=status` with `reason`; the rule.
-async fn await_rule(name: &str, status: &str, reason: &str) -> serde_json::Value {
-    until(
-        &format!("rule {name} Ready={status} ({reason})"),
-        Duration::from_secs(90),
-        || async {
-            let rule = get_rule(name).ok_or("no such rule")?;
-            let ready = rule["status"]["conditions"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                .map(|c| (c["status"].clone(), c["reason"].clone()));
-            match ready {
-                Some((s, r)) if s == status && r == reason => Ok(rule),
-                other => Err(format!("{other:?}; status {}", rule["status"])),
-            }
-        },
-    )
-    .await
-}
-
 /// Issue 19: PushRules served by a release's controller. The chart installs
 /// the CRD, and the controller running as the release's ServiceAccount (its
 /// pod's environment, rules on by default) serves a rule whose source is in
@@ -654,7 +595,7 @@ async fn a_release_serves_push_rules_with_its_grants_and_keeps_their_copies() {
     daemon.await_ready().await;
 
     let (rule, bad) = (format!("{}-cert", test.id), format!("{}-bad", test.id));
-    let _rules = Rules(vec![rule.clone(), bad.clone()]);
+    let _rules = rules::Rules(vec![rule.clone(), bad.clone()]);
     let apply = |name: &str, source: &str, namespaces: &str| {
         let manifest = serde_json::json!({
             "apiVersion": "push-to-k8s.io/v1alpha1",
@@ -675,7 +616,7 @@ async fn a_release_serves_push_rules_with_its_grants_and_keeps_their_copies() {
     test.await_copies(&wanted, "cert", &[("k", "v1")]).await;
 
     // Status (pushrules/status patch) and finalizer (pushrules patch).
-    let served = await_rule(&rule, "True", "Ready").await;
+    let served = rules::await_ready(&rule, "True", "Ready").await;
     assert!(
         served["metadata"]["finalizers"]
             .as_array()
@@ -683,7 +624,7 @@ async fn a_release_serves_push_rules_with_its_grants_and_keeps_their_copies() {
         "{}",
         served["metadata"]
     );
-    await_rule(&bad, "False", "InvalidAnnotation").await;
+    rules::await_ready(&bad, "False", "InvalidAnnotation").await;
     // Events: on the source in its own namespace, on the bad rule in `default`.
     eventually(
         "a Pushed Event on the rule's source",
@@ -771,12 +712,12 @@ async fn a_release_serves_push_rules_with_its_grants_and_keeps_their_copies() {
     kubectl(&["delete", "pushrule", &rule, "--wait=false"]);
     test.await_no_copies(&wanted, "cert").await;
     eventually("the rule is gone", Duration::from_secs(90), || async {
-        get_rule(&rule).is_none().then_some(())
+        rules::get_rule(&rule).is_none().then_some(())
     })
     .await;
     kubectl(&["delete", "pushrule", &bad, "--wait=false"]);
     eventually("the bad rule is gone", Duration::from_secs(90), || async {
-        get_rule(&bad).is_none().then_some(())
+        rules::get_rule(&bad).is_none().then_some(())
     })
     .await;
 

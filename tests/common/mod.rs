@@ -35,6 +35,7 @@ mod metrics;
 
 // Issue 11: two more control planes as remote clusters.
 pub mod remote;
+pub mod rules;
 
 // Issue 20: the real Prometheus and promtool, the alert rules rendered from the chart.
 pub mod prometheus;
