@@ -71,7 +71,8 @@ fn meta(name: &str, ns: Option<&str>) -> ObjectMeta {
 }
 
 /// ServiceAccount `SA` in `ns` that may only get and list namespaces,
-/// Secrets and ConfigMaps (no watch, no write, no Event); its kubeconfig.
+/// Secrets and ConfigMaps, and list PushRules (no watch, no write, no
+/// Event); its kubeconfig.
 async fn read_only_service_account(env: &TestEnv, role: &str) -> PathBuf {
     let c = &env.client;
     let ns = env.source_ns.as_str();
@@ -96,12 +97,20 @@ async fn read_only_service_account(env: &TestEnv, role: &str) -> PathBuf {
         verbs: vec!["get".into(), "list".into()],
         ..Default::default()
     };
+    // Where the PushRule CRD is installed (other tests install it), `status`
+    // lists the rules too.
+    let rules = PolicyRule {
+        api_groups: Some(vec!["push-to-k8s.io".into()]),
+        resources: Some(vec!["pushrules".into()]),
+        verbs: vec!["list".into()],
+        ..Default::default()
+    };
     Api::<ClusterRole>::all(c.clone())
         .create(
             &pp,
             &ClusterRole {
                 metadata: meta(role, None),
-                rules: Some(vec![read]),
+                rules: Some(vec![read, rules]),
                 ..Default::default()
             },
         )

@@ -8,7 +8,8 @@
 //! unmanaged objects in the way; then [`plan::plan`] plans everything
 //! ([`DirtyKey::All`], as at start) per kind, and [`crate::inspect::report`]
 //! classifies its actions. No watch, no write, no Event: it needs `get` and
-//! `list` on namespaces, Secrets and ConfigMaps, nothing else.
+//! `list` on namespaces, Secrets and ConfigMaps, and `list` on PushRules
+//! where their CRD is installed, nothing else.
 //!
 //! Not taken into account, because only a running controller knows them:
 //! copies held back by a retry backoff or a fight (they are planned here as
@@ -53,6 +54,11 @@ pub enum Error {
     Start(#[from] controller::Error),
     #[error("cannot list namespaces, Secrets and ConfigMaps (needs get and list on them): {0}")]
     List(String),
+    /// The PushRule CRD is installed and its rules cannot be listed.
+    #[error(
+        "cannot list PushRules (needs list on pushrules.push-to-k8s.io; ENABLE_PUSH_RULES=false leaves them out): {0}"
+    )]
+    Rules(String),
 }
 
 impl Error {
@@ -61,7 +67,7 @@ impl Error {
         let setting = match self {
             Error::Client(e) => e.exit_code() == 2,
             Error::Start(e) => e.exit_code() == 2,
-            Error::List(_) => false,
+            Error::List(_) | Error::Rules(_) => false,
         };
         if setting { BAD_SETTING } else { UNREADABLE }
     }
@@ -175,7 +181,7 @@ async fn look_at_rules(
     let rules = match api.list(&ListParams::default()).await {
         Ok(list) => list.items,
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Vec::new()),
-        Err(e) => return Err(Error::List(describe_error(&e))),
+        Err(e) => return Err(Error::Rules(describe_error(&e))),
     };
     let (per_namespace, _) = held::hold_all(&rules, &cfg.namespace);
     let kinds = cfg.kinds();
