@@ -51,6 +51,12 @@ pub enum Invalid {
     /// A data value that is not UTF-8 text (KV v2 holds JSON strings). Names
     /// the key, never the value.
     NotText(String),
+    /// A workload's path outside every prefix the rules allow it
+    /// (`crate::targets::workloads`): the path and the prefixes.
+    OutsidePrefix(String, String),
+    /// A workload's `vault-sync.io/*` annotation that cannot be read: which
+    /// one, and why.
+    Workload(&'static str, String),
 }
 
 impl Invalid {
@@ -61,6 +67,8 @@ impl Invalid {
             Invalid::Prefix(_) => "vault-key-prefix",
             Invalid::Preserve(_) => "vault-preserve-on-delete",
             Invalid::NotText(_) => "vault-value-not-text",
+            Invalid::OutsidePrefix(..) => "vault-path-outside-prefix",
+            Invalid::Workload(..) => "vault-sync-workload",
         }
     }
 }
@@ -78,6 +86,16 @@ impl fmt::Display for Invalid {
                 f,
                 "data key {key:?} is not UTF-8 text, which a Vault KV entry cannot hold as a string; nothing was written to Vault"
             ),
+            Invalid::OutsidePrefix(path, prefixes) => write!(
+                f,
+                "Vault path {path:?} is outside what the PushRules allow this namespace ({prefixes}); nothing was written to Vault"
+            ),
+            Invalid::Workload(annotation, reason) => {
+                write!(
+                    f,
+                    "annotation {annotation}: {reason}; nothing was written to Vault"
+                )
+            }
         }
     }
 }
@@ -130,6 +148,25 @@ impl Spec {
 pub struct SourceId {
     pub kind: Kind,
     pub name: String,
+}
+
+/// What an entry's custom metadata names as its source: a labelled source
+/// ([`SourceId`], in the source namespace) or a workload that pushes the
+/// Secrets it references (`crate::targets::workloads`).
+pub trait Names {
+    /// `namespace/name` of the object that owns the entry.
+    fn source(&self, us: Us<'_>) -> String;
+    /// Its kind (`Secret`, `ConfigMap`, `Deployment`).
+    fn kind(&self) -> &str;
+}
+
+impl Names for SourceId {
+    fn source(&self, us: Us<'_>) -> String {
+        format!("{}/{}", us.namespace, self.name)
+    }
+    fn kind(&self) -> &str {
+        self.kind.name()
+    }
 }
 
 impl fmt::Display for SourceId {
@@ -211,17 +248,14 @@ pub struct Us<'a> {
 }
 
 /// The custom metadata naming us and `source`, without content.
-fn ours(us: Us<'_>, source: &SourceId) -> BTreeMap<String, String> {
+fn ours(us: Us<'_>, source: &impl Names) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             META_MANAGED_BY.into(),
             crate::model::vocabulary::MANAGED_LABEL_VALUE.into(),
         ),
-        (
-            META_SOURCE.into(),
-            format!("{}/{}", us.namespace, source.name),
-        ),
-        (META_SOURCE_KIND.into(), source.kind.name().into()),
+        (META_SOURCE.into(), source.source(us)),
+        (META_SOURCE_KIND.into(), source.kind().into()),
         (META_CLUSTER.into(), us.cluster.into()),
     ])
 }
@@ -229,7 +263,7 @@ fn ours(us: Us<'_>, source: &SourceId) -> BTreeMap<String, String> {
 /// The custom metadata of an entry we wrote at `version`.
 pub fn custom_metadata(
     us: Us<'_>,
-    source: &SourceId,
+    source: &impl Names,
     hash: &str,
     version: u64,
 ) -> BTreeMap<String, String> {
@@ -241,7 +275,7 @@ pub fn custom_metadata(
 
 /// The custom metadata written before a create's data: ours, and the hash of
 /// the data about to be written.
-pub fn pending_metadata(us: Us<'_>, source: &SourceId, hash: &str) -> BTreeMap<String, String> {
+pub fn pending_metadata(us: Us<'_>, source: &impl Names, hash: &str) -> BTreeMap<String, String> {
     let mut custom = ours(us, source);
     custom.insert(META_PENDING.into(), hash.into());
     custom
@@ -296,7 +330,7 @@ impl Owner {
     }
 }
 
-pub fn owner(custom: &BTreeMap<String, String>, us: Us<'_>, source: &SourceId) -> Owner {
+pub fn owner(custom: &BTreeMap<String, String>, us: Us<'_>, source: &impl Names) -> Owner {
     if custom.get(META_MANAGED_BY).map(String::as_str)
         != Some(crate::model::vocabulary::MANAGED_LABEL_VALUE)
     {
@@ -310,7 +344,7 @@ pub fn owner(custom: &BTreeMap<String, String>, us: Us<'_>, source: &SourceId) -
     }
     let named = custom.get(META_SOURCE).cloned().unwrap_or_default();
     let kind = custom.get(META_SOURCE_KIND).map(String::as_str);
-    if named != format!("{}/{}", us.namespace, source.name) || kind != Some(source.kind.name()) {
+    if named != source.source(us) || kind != Some(source.kind()) {
         return Owner::OtherSource(format!("{} {named}", kind.unwrap_or("?")));
     }
     if stamp.is_none() {
@@ -350,7 +384,12 @@ pub fn pending(obs: &Observed) -> Option<&str> {
 }
 
 /// The step for `desired` given the entry as observed (`None`: no entry).
-pub fn step(desired: &Desired, observed: Option<&Observed>, us: Us<'_>, source: &SourceId) -> Step {
+pub fn step(
+    desired: &Desired,
+    observed: Option<&Observed>,
+    us: Us<'_>,
+    source: &impl Names,
+) -> Step {
     let Some(obs) = observed else {
         return Step::Create;
     };
@@ -403,7 +442,7 @@ pub enum Deletable {
     IfData(String),
 }
 
-pub fn deletable(obs: &Observed, us: Us<'_>, source: &SourceId) -> Deletable {
+pub fn deletable(obs: &Observed, us: Us<'_>, source: &impl Names) -> Deletable {
     if owner(&obs.custom, us, source) != Owner::Ours {
         return Deletable::No;
     }

@@ -72,13 +72,18 @@ pub fn spawn(
         source_namespace: cfg.namespace.clone(),
         cluster: cluster.to_owned(),
         kv_mount: vault.kv_mount.clone(),
-        allow_adoption: cfg.allow_adoption,
-        kinds: cfg.source_kinds(),
         rate: vault.rate_limit,
         check_interval: vault.check_interval,
     };
     tracing::info!(addr = %vault.addr, mount = %vault.kv_mount, "Vault target on");
-    let worker = Target::new(store, settings, ctx.clone());
+    let book = target::Sources {
+        caches: ctx.caches.clone(),
+        events: ctx.events.clone(),
+        source_namespace: cfg.namespace.clone(),
+        kinds: cfg.source_kinds(),
+        allow_adoption: cfg.allow_adoption,
+    };
+    let worker = Target::new(store, settings, book, ctx.clone());
     tokio::spawn(worker.run(rx, leading, shutdown));
     Ok(Handle {
         work: tx,

@@ -27,11 +27,15 @@ use kube::runtime::events::EventType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use k8s_openapi::api::core::v1::ObjectReference;
+
 use crate::model::kinds::Kind;
 use crate::observe::cache::Caches;
 use crate::operate::http::Health;
 use crate::operate::metrics::{AnnotationLabels, Metrics, VaultLabels};
-use crate::targets::vault::entry::{self, Deletable, Desired, Observed, Owner, SourceId, Step, Us};
+use crate::targets::vault::entry::{
+    self, Deletable, Desired, Invalid, Names, Observed, Owner, SourceId, Step, Us,
+};
 use crate::write::Context;
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
@@ -90,6 +94,85 @@ pub trait Store: Send + Sync + 'static {
     fn logins(&self) -> u64;
 }
 
+/// Where a worker's entries come from, the one seam between the Vault
+/// worker and what asks for entries: the labelled sources of the source
+/// namespace ([`Sources`]), or the Deployments PushRules let push the
+/// Secrets they reference (`crate::targets::workloads`).
+pub trait Book: Send + Sync + 'static {
+    /// Names one entry (and the object that owns it).
+    type Id: Names + Clone + Ord + std::hash::Hash + fmt::Display + Send + Sync + 'static;
+    /// Every id that asks for an entry now.
+    fn wanting(&self) -> Vec<Self::Id>;
+    /// The entry `id` asks for (`Ok(None)`: none, its owner or path went).
+    /// `Err`: its owner's uid and why it cannot be written; its entry is
+    /// left as it is.
+    fn desired(&self, id: &Self::Id) -> Result<Option<Desired>, (String, Invalid)>;
+    /// Why no entry of `id` may be deleted now, if so.
+    fn keep_entries(&self, id: &Self::Id) -> Option<String>;
+    /// The object an Event about `id` goes on, if it (still) exists.
+    fn event_ref(&self, id: &Self::Id) -> Option<ObjectReference>;
+}
+
+/// The labelled sources of the source namespace with a Vault path.
+pub struct Sources {
+    pub caches: Arc<Caches>,
+    pub events: Arc<Events>,
+    pub source_namespace: String,
+    pub kinds: Vec<Kind>,
+    pub allow_adoption: bool,
+}
+
+impl Sources {
+    fn record(&self, id: &SourceId) -> Option<crate::model::records::SourceRecord> {
+        self.kinds
+            .contains(&id.kind)
+            .then(|| self.caches.of(id.kind).sources.get(&id.name))
+            .flatten()
+    }
+}
+
+impl Book for Sources {
+    type Id = SourceId;
+
+    fn wanting(&self) -> Vec<SourceId> {
+        let mut ids = Vec::new();
+        for &kind in &self.kinds {
+            self.caches.of(kind).sources.read(|sources| {
+                for (name, rec) in sources {
+                    if rec
+                        .annotations
+                        .contains_key(crate::model::vocabulary::PATH_ANNOTATION)
+                    {
+                        ids.push(SourceId {
+                            kind,
+                            name: name.clone(),
+                        });
+                    }
+                }
+            });
+        }
+        ids
+    }
+
+    fn desired(&self, id: &SourceId) -> Result<Option<Desired>, (String, Invalid)> {
+        match self.record(id) {
+            None => Ok(None),
+            Some(rec) => entry::desired(&rec, self.allow_adoption).map_err(|e| (rec.uid, e)),
+        }
+    }
+
+    fn keep_entries(&self, _: &SourceId) -> Option<String> {
+        // Deleting the source namespace deletes every source: no entry goes
+        // for that (docs/architecture.md, "Losing the source namespace").
+        self.caches.source_namespace_lost(&self.source_namespace)
+    }
+
+    fn event_ref(&self, id: &SourceId) -> Option<ObjectReference> {
+        let rec = self.record(id)?;
+        Some(self.events.source_ref(id.kind, &id.name, &rec.uid))
+    }
+}
+
 /// Why a source's requests stopped.
 #[derive(Debug)]
 enum Halt<E> {
@@ -101,11 +184,11 @@ enum Halt<E> {
 
 /// What the control loop tells the worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Work {
+pub enum Work<I = SourceId> {
     /// These sources changed (or went): look at their entries. The instant:
     /// when the first change of their batch was seen (propagation is measured
     /// from there, as for copies).
-    Sources(Vec<SourceId>, std::time::Instant),
+    Sources(Vec<I>, std::time::Instant),
     /// Look at every entry again, reading its metadata (a resync, a new leader).
     All,
 }
@@ -132,51 +215,50 @@ pub enum Standing {
 }
 
 pub struct Settings {
+    /// The namespace labelled sources' entries name (`Us`).
     pub source_namespace: String,
     /// The cluster stamp our entries carry (`CLUSTER_NAME`, or the source
     /// namespace's uid): [`crate::model::vocabulary::META_CLUSTER`].
     pub cluster: String,
     pub kv_mount: String,
-    pub allow_adoption: bool,
-    pub kinds: Vec<Kind>,
     pub rate: std::num::NonZeroU32,
     pub check_interval: Duration,
 }
 
-pub struct Target<S: Store> {
+pub struct Target<S: Store, B: Book> {
     store: S,
     settings: Settings,
-    caches: Arc<Caches>,
+    book: B,
     pacer: Pacer,
     gate: Arc<WriteGate>,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    known: HashMap<SourceId, Known>,
+    known: HashMap<B::Id, Known>,
     /// Sources whose path holds an entry that is not theirs: the path and
     /// the owner last reported (one Event per change).
-    conflicts: HashMap<SourceId, (String, String)>,
+    conflicts: HashMap<B::Id, (String, String)>,
     /// The failure last reported per source (one Event per change).
-    failures: HashMap<SourceId, String>,
+    failures: HashMap<B::Id, String>,
     /// The refusal last reported per source and object (one Event per change).
-    refused: HashMap<SourceId, (String, String)>,
-    retry: RetryQueue<SourceId>,
+    refused: HashMap<B::Id, (String, String)>,
+    retry: RetryQueue<B::Id>,
     /// Sources to look at.
-    pending: BTreeSet<SourceId>,
+    pending: BTreeSet<B::Id>,
     /// Of those, the ones to look at in Vault even if the source did not
     /// change: a check, a retry.
-    looks: BTreeSet<SourceId>,
+    looks: BTreeSet<B::Id>,
     /// When the first unwritten change of each source was seen (its batch's
     /// first change; its propagation latency to Vault is measured from there
     /// to its entry written).
-    handed: HashMap<SourceId, std::time::Instant>,
+    handed: HashMap<B::Id, std::time::Instant>,
     logins_seen: u64,
 }
 
-impl<S: Store> Target<S> {
-    pub fn new(store: S, settings: Settings, ctx: Context) -> Target<S> {
+impl<S: Store, B: Book> Target<S, B> {
+    pub fn new(store: S, settings: Settings, book: B, ctx: Context) -> Target<S, B> {
         let Context {
-            caches,
+            caches: _,
             gate,
             events,
             metrics,
@@ -187,7 +269,7 @@ impl<S: Store> Target<S> {
             pacer: Pacer::new(settings.rate, one),
             store,
             settings,
-            caches,
+            book,
             gate,
             events,
             metrics,
@@ -209,7 +291,7 @@ impl<S: Store> Target<S> {
     /// check interval.
     pub async fn run(
         mut self,
-        mut work: mpsc::UnboundedReceiver<Work>,
+        mut work: mpsc::UnboundedReceiver<Work<B::Id>>,
         mut leading: tokio::sync::watch::Receiver<bool>,
         shutdown: CancellationToken,
     ) {
@@ -254,7 +336,7 @@ impl<S: Store> Target<S> {
         }
     }
 
-    fn take(&mut self, work: Work) {
+    fn take(&mut self, work: Work<B::Id>) {
         match work {
             Work::Sources(ids, since) => {
                 for id in ids {
@@ -267,22 +349,8 @@ impl<S: Store> Target<S> {
                 }
             }
             Work::All => {
-                let mut ids: BTreeSet<SourceId> = self.known.keys().cloned().collect();
-                for &kind in &self.settings.kinds {
-                    self.caches.of(kind).sources.read(|sources| {
-                        for (name, rec) in sources {
-                            if rec
-                                .annotations
-                                .contains_key(crate::model::vocabulary::PATH_ANNOTATION)
-                            {
-                                ids.insert(SourceId {
-                                    kind,
-                                    name: name.clone(),
-                                });
-                            }
-                        }
-                    });
-                }
+                let mut ids: BTreeSet<B::Id> = self.known.keys().cloned().collect();
+                ids.extend(self.book.wanting());
                 for id in ids {
                     self.retry.succeeded(&id);
                     self.looks.insert(id.clone());
@@ -293,7 +361,7 @@ impl<S: Store> Target<S> {
     }
 
     /// Bring one source's entry where it should be.
-    async fn reconcile(&mut self, id: &SourceId) {
+    async fn reconcile(&mut self, id: &B::Id) {
         let look = self.looks.remove(id);
         match self.reconcile_inner(id, look).await {
             Ok(()) => {
@@ -346,27 +414,20 @@ impl<S: Store> Target<S> {
 
     async fn reconcile_inner(
         &mut self,
-        id: &SourceId,
+        id: &B::Id,
         look: bool,
     ) -> Result<(), (String, Halt<S::Error>)> {
-        let source = self
-            .settings
-            .kinds
-            .contains(&id.kind)
-            .then(|| self.caches.of(id.kind).sources.get(&id.name))
-            .flatten();
-        let wanted = match &source {
-            None => None,
-            Some(rec) => match entry::desired(rec, self.settings.allow_adoption) {
-                Ok(d) => {
-                    self.refused.remove(id);
-                    d
-                }
-                Err(invalid) => {
+        let wanted = match self.book.desired(id) {
+            Ok(d) => {
+                self.refused.remove(id);
+                d
+            }
+            Err((uid, invalid)) => {
+                {
                     // Only this source's Vault entry is left alone; its
                     // namespace copies are not affected.
                     let note = invalid.to_string();
-                    let seen = (rec.uid.clone(), note.clone());
+                    let seen = (uid, note.clone());
                     if self.refused.get(id) != Some(&seen) {
                         self.refused.insert(id.clone(), seen);
                         self.metrics
@@ -381,7 +442,7 @@ impl<S: Store> Target<S> {
                     }
                     return Ok(());
                 }
-            },
+            }
         };
 
         // An entry this source no longer wants (the source, its label or its
@@ -402,14 +463,9 @@ impl<S: Store> Target<S> {
                     ),
                 )
                 .await;
-            } else if let Some(why) = self
-                .caches
-                .source_namespace_lost(&self.settings.source_namespace)
-            {
-                // Deleting the source namespace deletes every source: no
-                // entry goes for that (docs/architecture.md, "Losing the
-                // source namespace"). Still known, so a later look deletes
-                // it if its source does not come back.
+            } else if let Some(why) = self.book.keep_entries(id) {
+                // Still known, so a later look deletes it if its source
+                // does not come back.
                 tracing::warn!(source = %id, path = %known.path, "Vault entry not deleted: {why}");
                 return Ok(());
             } else {
@@ -440,7 +496,7 @@ impl<S: Store> Target<S> {
         }
     }
 
-    async fn converge(&mut self, id: &SourceId, desired: &Desired) -> Result<(), Halt<S::Error>> {
+    async fn converge(&mut self, id: &B::Id, desired: &Desired) -> Result<(), Halt<S::Error>> {
         let observed = self
             .call("read", false, |s| s.read_metadata(&desired.path))
             .await?;
@@ -497,7 +553,7 @@ impl<S: Store> Target<S> {
     /// makes it safe against anyone else's entry appearing meanwhile.
     async fn write(
         &mut self,
-        id: &SourceId,
+        id: &B::Id,
         desired: &Desired,
         cas: u64,
         reason: &str,
@@ -540,7 +596,7 @@ impl<S: Store> Target<S> {
     }
 
     /// Delete every version and the metadata at `path`, if it is still ours.
-    async fn delete(&mut self, id: &SourceId, path: &str) -> Result<(), Halt<S::Error>> {
+    async fn delete(&mut self, id: &B::Id, path: &str) -> Result<(), Halt<S::Error>> {
         let observed = self.call("read", false, |s| s.read_metadata(path)).await?;
         let Some(observed) = observed else {
             return Ok(());
@@ -569,7 +625,7 @@ impl<S: Store> Target<S> {
         Ok(())
     }
 
-    async fn conflict(&mut self, id: &SourceId, desired: &Desired, owner: Owner) {
+    async fn conflict(&mut self, id: &B::Id, desired: &Desired, owner: Owner) {
         self.known.remove(id);
         let whose = owner.whose();
         let now = (desired.path.clone(), whose.clone());
@@ -586,7 +642,7 @@ impl<S: Store> Target<S> {
             .await;
     }
 
-    fn remember(&mut self, id: &SourceId, desired: &Desired) {
+    fn remember(&mut self, id: &B::Id, desired: &Desired) {
         self.known.insert(
             id.clone(),
             Known {
@@ -650,17 +706,10 @@ impl<S: Store> Target<S> {
     }
 
     /// An Event on the source, if it (still) exists.
-    async fn event(&self, id: &SourceId, type_: EventType, reason: &str, note: String) {
-        let Some(rec) = self
-            .settings
-            .kinds
-            .contains(&id.kind)
-            .then(|| self.caches.of(id.kind).sources.get(&id.name))
-            .flatten()
-        else {
+    async fn event(&self, id: &B::Id, type_: EventType, reason: &str, note: String) {
+        let Some(reference) = self.book.event_ref(id) else {
             return;
         };
-        let reference = self.events.source_ref(id.kind, &id.name, &rec.uid);
         self.events
             .publish(&reference, type_, reason, "Vault", note)
             .await;
@@ -668,7 +717,7 @@ impl<S: Store> Target<S> {
 
     /// Where each source with a Vault path stands.
     #[cfg(test)]
-    pub fn standings(&self) -> BTreeMap<SourceId, Standing> {
+    pub fn standings(&self) -> BTreeMap<B::Id, Standing> {
         let mut out = BTreeMap::new();
         for id in self.known.keys() {
             out.insert(id.clone(), Standing::InSync);
@@ -821,7 +870,11 @@ mod tests {
 
     use crate::targets::vault::entry::tests::id;
 
-    fn target(fake: &Arc<Fake>, caches: &Arc<Caches>, allow_adoption: bool) -> Target<Arc<Fake>> {
+    fn target(
+        fake: &Arc<Fake>,
+        caches: &Arc<Caches>,
+        allow_adoption: bool,
+    ) -> Target<Arc<Fake>, Sources> {
         let (client, _server) = crate::fixtures::client();
         // Events go nowhere: their gate is closed. The worker's is open
         // until the fake closes it.
@@ -838,17 +891,23 @@ mod tests {
         let (leading, open) = tokio::sync::watch::channel(true);
         *fake.leading.lock().unwrap() = Some(leading);
         let gate = Arc::new(WriteGate::new(open, CancellationToken::new()));
+        let book = Sources {
+            caches: caches.clone(),
+            events: events.clone(),
+            source_namespace: "src".into(),
+            kinds: vec![Kind::Secret],
+            allow_adoption,
+        };
         Target::new(
             fake.clone(),
             Settings {
                 source_namespace: "src".into(),
                 cluster: "east".into(),
                 kv_mount: "secret".into(),
-                allow_adoption,
-                kinds: vec![Kind::Secret],
                 rate: std::num::NonZeroU32::new(100).unwrap(),
                 check_interval: Duration::from_secs(60),
             },
+            book,
             Context {
                 caches: caches.clone(),
                 gate,
@@ -865,7 +924,7 @@ mod tests {
     }
 
     /// Look at the source's entry, as a check or a retry does.
-    async fn look(t: &mut Target<Arc<Fake>>) {
+    async fn look(t: &mut Target<Arc<Fake>, Sources>) {
         t.looks.insert(id());
         t.reconcile(&id()).await;
     }
