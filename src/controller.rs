@@ -189,6 +189,7 @@ async fn control(
         metrics: metrics.clone(),
         health: health.clone(),
     };
+    let mut grants = None;
     if let Some(vault_cfg) = &cfg.vault {
         let vault = crate::targets::vault::spawn(
             vault_cfg,
@@ -199,6 +200,25 @@ async fn control(
             shutdown.clone(),
         )
         .map_err(|e| Error::Vault(e.to_string()))?;
+        // ... with the Deployments PushRules let push to it (one Vault
+        // limiter for both workers).
+        if cfg.enable_push_rules {
+            let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+            grants = Some(tx);
+            crate::targets::vault::workloads::spawn(crate::targets::vault::workloads::Parts {
+                client: client.clone(),
+                store: crate::targets::vault::client_for(vault_cfg)
+                    .map_err(|e| Error::Vault(e.to_string()))?,
+                settings: crate::targets::vault::settings(vault_cfg, cfg, &stamp),
+                ctx: ctx.clone(),
+                pacer: vault.pacer.clone(),
+                namespaces: caches.namespaces.clone(),
+                own_namespace: cfg.namespace.clone(),
+                grants: rx,
+                leading: leading_rx.clone(),
+                shutdown: shutdown.clone(),
+            });
+        }
         fan_out = fan_out.with(vault);
     }
     // ... and the registered clusters, each served by its own lane.
@@ -238,6 +258,7 @@ async fn control(
             },
             events.clone(),
             health.clone(),
+            grants,
         )
     });
     let writer = Writer::new(

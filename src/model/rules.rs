@@ -359,7 +359,7 @@ fn parse_key_entries(key: &'static str, value: &str) -> Result<Vec<String>, Anno
 /// Iterative with single-star backtracking, so it is linear-ish and cannot blow the
 /// stack. Works on bytes: entries are ASCII by validation, namespace names are
 /// RFC 1123 labels and data keys `[-._a-zA-Z0-9]+`. Case-sensitive, as both are.
-fn glob_match(glob: &str, name: &str) -> bool {
+pub fn glob_match(glob: &str, name: &str) -> bool {
     let (glob, name) = (glob.as_bytes(), name.as_bytes());
     let (mut g, mut n) = (0, 0);
     // Position after the last `*` seen, and the name position that star resumes from.

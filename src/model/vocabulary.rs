@@ -128,3 +128,14 @@ pub const PUSHRULE_CRD: &str = "pushrules.push-to-k8s.io";
 pub const RULE_ANNOTATION: &str = "push-to-k8s.io/rule";
 /// On a rule with `deletionPolicy: Delete`: its copies are deleted before it goes.
 pub const RULE_FINALIZER: &str = "push-to-k8s.io/copies";
+
+// Workload-driven Vault (vault-sync-operator's annotations, on Deployments in
+// the namespaces a PushRule's `workloadVault` names; docs/vault.md).
+/// The Vault path a Deployment pushes the Secrets it references to.
+pub const WORKLOAD_PATH_ANNOTATION: &str = "vault-sync.io/path";
+/// Which Secrets and keys, with which prefix (JSON), all in one entry.
+pub const WORKLOAD_SECRETS_ANNOTATION: &str = "vault-sync.io/secrets";
+/// `"true"`: the entries stay when the Deployment goes.
+pub const WORKLOAD_PRESERVE_ANNOTATION: &str = "vault-sync.io/preserve-on-delete";
+/// The kind an entry pushed for a workload names as its source.
+pub const WORKLOAD_KIND: &str = "Deployment";

@@ -49,6 +49,7 @@ use crate::write::events::Events;
 
 use self::domain::{Domain, Parts, Rules};
 use self::held::Unheld;
+use crate::targets::vault::workloads::Grant;
 
 /// How often the CRD is looked for while rules are not watched.
 pub const CRD_POLL: Duration = Duration::from_secs(15);
@@ -65,9 +66,12 @@ pub fn spawn(
     parts: Parts,
     events: Arc<Events>,
     health: Arc<Health>,
+    grants: Option<tokio::sync::watch::Sender<Vec<Grant>>>,
 ) -> tokio::task::JoinHandle<()> {
     let rules = RuleController {
         parts,
+        grants,
+        told_no_vault: false,
         events,
         health,
         seen: BTreeMap::new(),
@@ -82,6 +86,11 @@ pub fn spawn(
 
 struct RuleController {
     parts: Parts,
+    /// The held rules' `workloadVault`s, to the workloads' Vault worker
+    /// (`None`: no Vault is configured).
+    grants: Option<tokio::sync::watch::Sender<Vec<Grant>>>,
+    /// A rule asks for `workloadVault` without a Vault: said once.
+    told_no_vault: bool,
     events: Arc<Events>,
     health: Arc<Health>,
     /// The rules as last listed or watched.
@@ -262,6 +271,7 @@ impl RuleController {
         let (mut per_namespace, problems) =
             held::hold_all(self.seen.values(), &self.parts.cfg.namespace);
         self.problems = problems;
+        self.grant_workloads();
         let mut changes: Vec<(String, Finalizer)> = Vec::new();
         for (name, rule) in &self.seen {
             let ours = held::has_finalizer(rule);
@@ -330,6 +340,49 @@ impl RuleController {
                 }
                 change => self.set_finalizer(&name, change).await,
             }
+        }
+    }
+
+    /// Hand the valid, live rules' `workloadVault`s (oldest rule first) to
+    /// the workloads' Vault worker. A rule that is missing grants nothing,
+    /// and the entries its grant led to are left as they are.
+    fn grant_workloads(&mut self) {
+        let mut rules: Vec<(&String, &PushRule)> = self
+            .seen
+            .iter()
+            .filter(|(name, r)| {
+                !self.problems.contains_key(*name)
+                    && r.metadata.deletion_timestamp.is_none()
+                    && r.spec.workload_vault.is_some()
+            })
+            .collect();
+        rules.sort_by_key(|(name, r)| (r.metadata.creation_timestamp.clone(), (*name).clone()));
+        let grants: Vec<Grant> = rules
+            .into_iter()
+            .filter_map(|(name, r)| {
+                let w = r.spec.workload_vault.as_ref()?;
+                Some(Grant {
+                    rule: name.clone(),
+                    namespaces: w.namespaces.clone(),
+                    prefix: w.path_prefix.clone(),
+                })
+            })
+            .collect();
+        match &self.grants {
+            Some(tx) => {
+                tx.send_if_modified(|now| {
+                    let changed = *now != grants;
+                    if changed {
+                        *now = grants;
+                    }
+                    changed
+                });
+            }
+            None if !grants.is_empty() && !self.told_no_vault => {
+                self.told_no_vault = true;
+                tracing::warn!(rules = ?grants.iter().map(|g| &g.rule).collect::<Vec<_>>(), "rules ask for workloadVault, but no Vault is configured (VAULT_ADDR); it is not served");
+            }
+            None => {}
         }
     }
 

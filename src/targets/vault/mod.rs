@@ -6,6 +6,7 @@
 pub mod client;
 pub mod entry;
 pub mod target;
+pub mod workloads;
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ use target::{Target, Work};
 pub struct Handle {
     work: mpsc::UnboundedSender<Work>,
     gate: Arc<WriteGate>,
+    /// The worker's request limiter, shared with the workloads' worker.
+    pub pacer: Arc<crate::write::pace::Pacer>,
 }
 
 impl crate::targets::Target for Handle {
@@ -68,13 +71,7 @@ pub fn spawn(
     let resend_gate = ctx.gate.clone();
     store.resend_only_while(move || resend_gate.open());
     let (tx, rx) = mpsc::unbounded_channel();
-    let settings = target::Settings {
-        source_namespace: cfg.namespace.clone(),
-        cluster: cluster.to_owned(),
-        kv_mount: vault.kv_mount.clone(),
-        rate: vault.rate_limit,
-        check_interval: vault.check_interval,
-    };
+    let settings = settings(vault, cfg, cluster);
     tracing::info!(addr = %vault.addr, mount = %vault.kv_mount, "Vault target on");
     let book = target::Sources {
         caches: ctx.caches.clone(),
@@ -84,11 +81,24 @@ pub fn spawn(
         allow_adoption: cfg.allow_adoption,
     };
     let worker = Target::new(store, settings, book, ctx.clone());
+    let pacer = worker.pacer();
     tokio::spawn(worker.run(rx, leading, shutdown));
     Ok(Handle {
         work: tx,
         gate: ctx.gate.clone(),
+        pacer,
     })
+}
+
+/// A worker's settings: entries stamped with `cluster`.
+pub fn settings(vault: &VaultConfig, cfg: &Config, cluster: &str) -> target::Settings {
+    target::Settings {
+        source_namespace: cfg.namespace.clone(),
+        cluster: cluster.to_owned(),
+        kv_mount: vault.kv_mount.clone(),
+        rate: vault.rate_limit,
+        check_interval: vault.check_interval,
+    }
 }
 
 /// The client for `vault`'s settings (no I/O; a CA file that does not parse

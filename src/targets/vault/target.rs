@@ -229,7 +229,7 @@ pub struct Target<S: Store, B: Book> {
     store: S,
     settings: Settings,
     book: B,
-    pacer: Pacer,
+    pacer: Arc<Pacer>,
     gate: Arc<WriteGate>,
     events: Arc<Events>,
     metrics: Arc<Metrics>,
@@ -266,7 +266,7 @@ impl<S: Store, B: Book> Target<S, B> {
         } = ctx;
         let one = std::num::NonZeroU32::new(1).expect("1");
         Target {
-            pacer: Pacer::new(settings.rate, one),
+            pacer: Arc::new(Pacer::new(settings.rate, one)),
             store,
             settings,
             book,
@@ -284,6 +284,17 @@ impl<S: Store, B: Book> Target<S, B> {
             handed: HashMap::new(),
             logins_seen: 0,
         }
+    }
+
+    /// Share `pacer` (one Vault, one request rate for every worker).
+    pub fn pacing_with(mut self, pacer: Arc<Pacer>) -> Target<S, B> {
+        self.pacer = pacer;
+        self
+    }
+
+    /// This worker's request limiter.
+    pub fn pacer(&self) -> Arc<Pacer> {
+        self.pacer.clone()
     }
 
     /// Run until `shutdown`: everything once at the start (and whenever this
