@@ -19,6 +19,8 @@ cat <<'EOF'
 #   PushRules   pushrules get/list/watch/patch, pushrules/status patch, the CRD
 #               pushrules.push-to-k8s.io get (by name), events create/patch
 #               cluster-wide (Events on rules' sources and on rules)
+#               deployments list/watch cluster-wide (a rule's workloadVault; only
+#               the namespaces it names are watched)
 # The PushRule CRD (kept by `helm uninstall`) and its read role, aggregated into
 # view/edit/admin, are included (docs/pushrule.md).
 # A ValidatingAdmissionPolicy (Kubernetes 1.30+) refuses edits and deletes of the

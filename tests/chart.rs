@@ -793,7 +793,10 @@ fn rule_grants(objects: &[Value]) -> Vec<Grant> {
         .filter(|(role, groups, ..)| {
             role == "ClusterRole \"p2k\""
                 && groups.iter().any(|g| {
-                    g == "push-to-k8s.io" || g == "apiextensions.k8s.io" || g == "events.k8s.io"
+                    g == "push-to-k8s.io"
+                        || g == "apiextensions.k8s.io"
+                        || g == "events.k8s.io"
+                        || g == "apps"
                 })
         })
         .collect()
@@ -877,6 +880,13 @@ fn push_rules_are_served_by_default_and_switch_off_as_a_whole() {
                 s(&["events"]),
                 vec![],
                 s(&["create", "patch"])
+            ),
+            (
+                role.clone(),
+                s(&["apps"]),
+                s(&["deployments"]),
+                vec![],
+                s(&["list", "watch"])
             ),
         ]
     );

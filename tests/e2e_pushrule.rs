@@ -508,6 +508,9 @@ const RULE_GRANTS: &str = r#"  - apiGroups: ["push-to-k8s.io"]
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]
     verbs: ["create", "patch"]
+  - apiGroups: ["apps"]
+    resources: ["deployments"]
+    verbs: ["list", "watch"]
 "#;
 
 /// Writes to PushRules (status included) recorded in the audit log after

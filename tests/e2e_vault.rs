@@ -2203,3 +2203,286 @@ fn content_hash_is_length_prefixed() {
     assert_ne!(content_hash(&a), content_hash(&b));
     assert_eq!(content_hash(&BTreeMap::new()).len(), 64);
 }
+
+// ---------------------------------------------------------------- workloads
+
+/// A Deployment in `ns` annotated with `annotations`, referencing Secret
+/// `env_secret` by `secretKeyRef` and `from_secret` by `envFrom` (its pods
+/// need not run: only the template is read).
+fn deployment(ns: &str, name: &str, annotations: &[(&str, &str)], refs: (&str, &str)) -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns, "annotations": map(annotations)},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{
+                    "name": "app",
+                    "image": "none",
+                    "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": refs.0, "key": "password"}}}],
+                    "envFrom": [{"secretRef": {"name": refs.1}}],
+                }]},
+            },
+        },
+    })
+}
+
+async fn apply_deployment(env: &TestEnv, d: &Value) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let ns = d["metadata"]["namespace"].as_str().unwrap();
+    let api: Api<Deployment> = Api::namespaced(env.client.clone(), ns);
+    let name = d["metadata"]["name"].as_str().unwrap();
+    api.patch(
+        name,
+        &PatchParams::apply("e2e-vault").force(),
+        &Patch::Apply(d),
+    )
+    .await
+    .expect("apply the Deployment");
+}
+
+async fn delete_deployment(env: &TestEnv, ns: &str, name: &str) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: Api<Deployment> = Api::namespaced(env.client.clone(), ns);
+    api.delete(name, &DeleteParams::default())
+        .await
+        .expect("delete the Deployment");
+}
+
+async fn put_secret(env: &TestEnv, ns: &str, name: &str, data: &[(&str, &str)]) {
+    let s = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ns}, "stringData": map(data)});
+    env.secrets(ns)
+        .patch(
+            name,
+            &PatchParams::apply("e2e-vault").force(),
+            &Patch::Apply(&s),
+        )
+        .await
+        .expect("apply the Secret");
+}
+
+/// Wait until the entry at `path` holds exactly `want` and names Deployment
+/// `ns/deployment` of `cluster` as its owner, at its current version.
+async fn await_workload_entry(
+    path: &str,
+    (ns, deployment, cluster): (&str, &str, &str),
+    want: &[(&str, &str)],
+) -> Entry {
+    let want = map(want);
+    until(
+        &format!(
+            "Vault entry {MOUNT}/{path} = {:?}, of Deployment {ns}/{deployment}",
+            want.keys()
+        ),
+        WAIT,
+        || async {
+            let e = entry(path).ok_or("no entry")?;
+            let data = e.data.clone().ok_or("its current version is deleted")?;
+            if data != want {
+                return Err(format!("data has keys {:?} (other values)", data.keys()));
+            }
+            let custom = map(&[
+                ("managed-by", "push-to-k8s"),
+                ("source", &format!("{ns}/{deployment}")),
+                ("source-kind", "Deployment"),
+                ("source-cluster", cluster),
+                ("content-hash", &content_hash(&want)),
+                ("version", &e.version.to_string()),
+            ]);
+            if e.custom != custom {
+                return Err(format!(
+                    "custom metadata {:?} at version {}",
+                    e.custom, e.version
+                ));
+            }
+            Ok(e)
+        },
+    )
+    .await
+}
+
+/// Issue 19 item 8: workload-driven Vault. A PushRule's `workloadVault`
+/// names one namespace (`<id>-t0`) and a prefix (`push-to-k8s/<id>/apps`).
+/// There:
+/// - a Deployment annotated `vault-sync.io/path` (vault-sync-operator's
+///   `<mount>/data/...` form) gets each Secret it references into its own
+///   entry at `<path>/<secret>`, values compared exactly, with metadata
+///   naming the Deployment; an update of the Secret flows; a referenced
+///   Secret created later is picked up when it appears;
+/// - a second Deployment referencing the same Secret at another path is a
+///   second entry; `vault-sync.io/secrets` picks keys behind a prefix into
+///   one entry;
+/// - a path outside the prefix is refused (a Warning Event on the
+///   Deployment) and nothing is written;
+/// - a Deployment in a namespace the rule does not name is ignored;
+/// - deleting a Deployment deletes its entries, unless
+///   `vault-sync.io/preserve-on-delete`.
+///
+/// The controller runs with the chart's RBAC only, and no value reaches
+/// its log.
+#[tokio::test]
+async fn deployments_a_rule_names_push_their_secrets_under_its_prefix_only() {
+    let _serial = serial();
+    vault_up();
+    rules::install_crd();
+    let env = TestEnv::new("vault-work", 2).await;
+    let _on_panic = env.cleanup_on_panic();
+    let (named, other_ns) = (env.targets[0].clone(), env.targets[1].clone());
+    let rule = format!("{}-workloads", env.id);
+    let _rules = rules::Rules(vec![rule.clone()]);
+    let prefix = path_of(&env, "apps");
+    // The rule's own source (in a namespace of the test; it copies nothing
+    // that exists) is beside the point here: its workloadVault is.
+    rules::apply_rule(
+        &rule,
+        json!({
+            "source": {"kind": "Secret", "namespace": other_ns, "name": format!("{}-none", env.id)},
+            "namespaces": [format!("{}-t*", env.id)],
+            "workloadVault": {"namespaces": [named], "pathPrefix": format!("{prefix}/")},
+        }),
+    );
+    let who = ChartIdentity::new(&env, &[]).await;
+    let cluster = cluster_of(&env.source_ns);
+    let (pw, pw2, token) = (
+        format!("pw-{}", random()),
+        format!("pw2-{}", random()),
+        format!("tok-{}", random()),
+    );
+    put_secret(&env, &named, "db", &[("password", &pw), ("user", "app")]).await;
+    put_secret(&env, &other_ns, "db", &[("password", &pw)]).await;
+    // Before the controller starts: picked up by its first listing.
+    let app_path = format!("{MOUNT}/data/{prefix}/app");
+    apply_deployment(
+        &env,
+        &deployment(
+            &named,
+            "app",
+            &[("vault-sync.io/path", &app_path)],
+            ("db", "later"),
+        ),
+    )
+    .await;
+    // In a namespace the rule does not name: ignored.
+    let ignored = format!("{prefix}/ignored");
+    apply_deployment(
+        &env,
+        &deployment(
+            &other_ns,
+            "app",
+            &[("vault-sync.io/path", &ignored)],
+            ("db", "db"),
+        ),
+    )
+    .await;
+    let mut daemon = start(&env, &who, &[]).await;
+
+    let app_db = format!("{prefix}/app/db");
+    let first = await_workload_entry(
+        &app_db,
+        (&named, "app", &cluster),
+        &[("password", &pw), ("user", "app")],
+    )
+    .await;
+    // An update of the Secret flows.
+    put_secret(&env, &named, "db", &[("password", &pw2), ("user", "app")]).await;
+    let second = await_workload_entry(
+        &app_db,
+        (&named, "app", &cluster),
+        &[("password", &pw2), ("user", "app")],
+    )
+    .await;
+    assert!(second.version > first.version);
+    // A referenced Secret that did not exist is written when it appears.
+    put_secret(&env, &named, "later", &[("token", &token)]).await;
+    let app_later = format!("{prefix}/app/later");
+    await_workload_entry(&app_later, (&named, "app", &cluster), &[("token", &token)]).await;
+
+    // The same Secret, another Deployment and path: another entry; with
+    // vault-sync.io/secrets, the picked keys behind a prefix in one entry.
+    let picked = format!("{prefix}/picked");
+    apply_deployment(
+        &env,
+        &deployment(
+            &named,
+            "picker",
+            &[
+                ("vault-sync.io/path", &picked),
+                (
+                    "vault-sync.io/secrets",
+                    r#"[{"name": "db", "keys": ["password"], "prefix": "db_"}, {"name": "later"}]"#,
+                ),
+                ("vault-sync.io/preserve-on-delete", "true"),
+            ],
+            ("db", "later"),
+        ),
+    )
+    .await;
+    await_workload_entry(
+        &picked,
+        (&named, "picker", &cluster),
+        &[("db_password", &pw2), ("token", &token)],
+    )
+    .await;
+
+    // Outside the prefix: refused, named in a Warning, nothing written.
+    let outside = path_of(&env, "elsewhere");
+    apply_deployment(
+        &env,
+        &deployment(
+            &named,
+            "escape",
+            &[("vault-sync.io/path", &outside)],
+            ("db", "db"),
+        ),
+    )
+    .await;
+    let note = eventually(
+        "a Warning InvalidAnnotation Event on Deployment escape",
+        WAIT,
+        || async {
+            env.events_in(&named, "escape", "InvalidAnnotation")
+                .await
+                .into_iter()
+                .find(|(t, n)| t == "Warning" && n.contains("outside"))
+                .map(|(_, n)| n)
+        },
+    )
+    .await;
+    assert!(note.contains(&outside) && note.contains(&prefix), "{note}");
+    assert!(kv_metadata(&format!("{outside}/db")).is_none() && kv_metadata(&outside).is_none());
+    assert!(
+        kv_metadata(&format!("{ignored}/db")).is_none(),
+        "a Deployment of a namespace the rule does not name is ignored"
+    );
+
+    // Deleting a Deployment deletes its entries; preserve-on-delete keeps them.
+    delete_deployment(&env, &named, "app").await;
+    await_no_entry(&app_db).await;
+    await_no_entry(&app_later).await;
+    delete_deployment(&env, &named, "picker").await;
+    eventually(
+        "a VaultPreserved Event on Deployment picker",
+        WAIT,
+        || async {
+            (!env
+                .events_in(&named, "picker", "VaultPreserved")
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    assert!(entry(&picked).is_some(), "preserved");
+
+    assert_no_failed_requests(&daemon).await;
+    stop(&mut daemon);
+    let log = daemon.logs();
+    for value in [&pw, &pw2, &token] {
+        assert!(!log.contains(value.as_str()), "a value reached the log");
+    }
+    env.teardown().await;
+}

@@ -302,10 +302,15 @@ impl TestEnv {
     /// events.k8s.io/v1 and core/v1 serve the same Events, so both are read
     /// (an Event is found whichever API wrote it) and merged by name.
     pub async fn events_on(&self, name: &str, reason: &str) -> Vec<(String, String)> {
+        self.events_in(&self.source_ns, name, reason).await
+    }
+
+    /// Events with `reason` on object `name` in namespace `ns` (as [`Self::events_on`]).
+    pub async fn events_in(&self, ns: &str, name: &str, reason: &str) -> Vec<(String, String)> {
         use k8s_openapi::api::core::v1::Event as CoreEvent;
         use k8s_openapi::api::events::v1::Event as EventsEvent;
         let mut out = BTreeMap::new();
-        let new: Api<EventsEvent> = Api::namespaced(self.client.clone(), &self.source_ns);
+        let new: Api<EventsEvent> = Api::namespaced(self.client.clone(), ns);
         for e in new
             .list(&ListParams::default())
             .await
@@ -318,7 +323,7 @@ impl TestEnv {
                 out.insert(e.metadata.name.unwrap_or_default(), text);
             }
         }
-        let old: Api<CoreEvent> = Api::namespaced(self.client.clone(), &self.source_ns);
+        let old: Api<CoreEvent> = Api::namespaced(self.client.clone(), ns);
         for e in old
             .list(&ListParams::default())
             .await
