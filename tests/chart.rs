@@ -985,7 +985,7 @@ fn push_rules_are_served_by_default_and_switch_off_as_a_whole() {
     assert!(err.contains("pushRules.enabled"), "{err}");
     let paused_text = template(&["--set", "env.ENABLE_PUSH_RULES=false"]).unwrap();
     assert_eq!(rendered_env(&paused_text)["ENABLE_PUSH_RULES"], "false");
-    assert_eq!(rule_grants(&objects(&paused_text)).len(), 4);
+    assert_eq!(rule_grants(&objects(&paused_text)).len(), 5);
     // The value is checked by the schema.
     let err = refused(
         template(&["--set", "pushRules.enabled=maybe"]),
