@@ -487,19 +487,21 @@ impl Book for Workloads {
         }
     }
 
+    /// On the Deployment; one that is gone (its entries deleted or
+    /// preserved) by name, in its namespace while that is served.
     fn event_ref(&self, id: &WorkloadId) -> Option<ObjectReference> {
         let state = self.lock();
-        let seen = state
-            .namespaces
-            .get(&id.namespace)?
+        let served = state.namespaces.get(&id.namespace)?;
+        let uid = served
             .deployments
-            .get(&id.deployment)?;
+            .get(&id.deployment)
+            .map(|seen| seen.uid.clone());
         Some(ObjectReference {
             api_version: Some("apps/v1".into()),
             kind: Some(WORKLOAD_KIND.into()),
             namespace: Some(id.namespace.clone()),
             name: Some(id.deployment.clone()),
-            uid: Some(seen.uid.clone()),
+            uid,
             ..ObjectReference::default()
         })
     }
