@@ -214,9 +214,25 @@ async fn await_ours(
     want: &[(&str, &str)],
     timeout: Duration,
 ) -> Entry {
+    let source = format!("{source_ns}/{name}");
+    await_owned(path, (kind, &source, &cluster_of(source_ns)), want, timeout).await
+}
+
+/// Wait until the entry at `path` holds exactly `want`, with custom
+/// metadata naming `kind` `source` of `cluster` as its owner at the version
+/// it is (and nothing else); the entry.
+async fn await_owned(
+    path: &str,
+    (kind, source, cluster): (&str, &str, &str),
+    want: &[(&str, &str)],
+    timeout: Duration,
+) -> Entry {
     let want = map(want);
     until(
-        &format!("Vault entry {MOUNT}/{path} = {:?}, ours", want.keys()),
+        &format!(
+            "Vault entry {MOUNT}/{path} = {:?}, of {kind} {source}",
+            want.keys()
+        ),
         timeout,
         || async {
             let e = entry(path).ok_or("no entry")?;
@@ -226,9 +242,9 @@ async fn await_ours(
             }
             let custom = map(&[
                 ("managed-by", "push-to-k8s"),
-                ("source", &format!("{source_ns}/{name}")),
+                ("source", source),
                 ("source-kind", kind),
-                ("source-cluster", &cluster_of(source_ns)),
+                ("source-cluster", cluster),
                 ("content-hash", &content_hash(&want)),
                 ("version", &e.version.to_string()),
             ]);
@@ -2272,37 +2288,8 @@ async fn await_workload_entry(
     (ns, deployment, cluster): (&str, &str, &str),
     want: &[(&str, &str)],
 ) -> Entry {
-    let want = map(want);
-    until(
-        &format!(
-            "Vault entry {MOUNT}/{path} = {:?}, of Deployment {ns}/{deployment}",
-            want.keys()
-        ),
-        WAIT,
-        || async {
-            let e = entry(path).ok_or("no entry")?;
-            let data = e.data.clone().ok_or("its current version is deleted")?;
-            if data != want {
-                return Err(format!("data has keys {:?} (other values)", data.keys()));
-            }
-            let custom = map(&[
-                ("managed-by", "push-to-k8s"),
-                ("source", &format!("{ns}/{deployment}")),
-                ("source-kind", "Deployment"),
-                ("source-cluster", cluster),
-                ("content-hash", &content_hash(&want)),
-                ("version", &e.version.to_string()),
-            ]);
-            if e.custom != custom {
-                return Err(format!(
-                    "custom metadata {:?} at version {}",
-                    e.custom, e.version
-                ));
-            }
-            Ok(e)
-        },
-    )
-    .await
+    let source = format!("{ns}/{deployment}");
+    await_owned(path, ("Deployment", &source, cluster), want, WAIT).await
 }
 
 /// Issue 19 item 8: workload-driven Vault. A PushRule's `workloadVault`

@@ -136,25 +136,11 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
         stamp: None,
     };
     let mut report = Report::new(&cfg.namespace);
-    for &kind in &kinds {
-        let of = caches.of(kind);
-        let found = conflicts::at_start(
-            client,
-            of,
-            &caches.namespaces,
-            &scope,
-            cfg.allow_adoption,
-            &metrics,
-        )
-        .await;
-        plan_kind(
-            &caches,
-            kind,
-            &scope,
-            &conflict_keys(of, &found),
-            |world, plan| report.add(world, &scope, plan),
-        );
-    }
+    let found = (client, cfg.allow_adoption, &metrics);
+    plan_kinds(&caches, &kinds, &scope, found, |world, plan| {
+        report.add(world, &scope, plan)
+    })
+    .await;
     let stamp = cfg.cluster_name.clone().unwrap_or(namespace_uid);
     if let Some(vault) = &cfg.vault {
         report.vault = look_at_vault(vault, cfg, &caches, &stamp).await?;
@@ -196,18 +182,14 @@ async fn look_at_rules(
             .map_err(|e| Error::List(describe_error(&e)))?;
         let scope = crate::targets::cluster::lane::scope(&there, None);
         let mut report = Report::new(&ns);
-        for &kind in &kinds {
-            let of = caches.of(kind);
-            let found =
-                conflicts::at_start(client, of, &caches.namespaces, &scope, false, metrics).await;
-            plan_kind(
-                &caches,
-                kind,
-                &scope,
-                &conflict_keys(of, &found),
-                |world, plan| report.add(world, &scope, plan),
-            );
-        }
+        plan_kinds(
+            &caches,
+            &kinds,
+            &scope,
+            (client, false, metrics),
+            |world, plan| report.add(world, &scope, plan),
+        )
+        .await;
         out.push(report);
     }
     Ok(out)
@@ -278,25 +260,11 @@ async fn look_at_clusters(
             cluster: Some(name),
             stamp: Some(stamp),
         };
-        for &kind in &kinds {
-            let of = there.of(kind);
-            let found = conflicts::at_start(
-                &remote_client,
-                of,
-                &there.namespaces,
-                &scope,
-                false,
-                metrics,
-            )
-            .await;
-            plan_kind(
-                &there,
-                kind,
-                &scope,
-                &conflict_keys(of, &found),
-                |world, plan| status.add(world, &scope, plan),
-            );
-        }
+        let found = (&remote_client, false, metrics);
+        plan_kinds(&there, &kinds, &scope, found, |world, plan| {
+            status.add(world, &scope, plan)
+        })
+        .await;
         out.push(status);
     }
     // Named by a source, registered by nothing.
@@ -389,17 +357,33 @@ async fn look_at_vault(
 
 /// Plan everything of `kind` in `caches` (as at a start) and hand the
 /// world and the plan to `take`.
-fn plan_kind(
+/// Plan every kind of `caches` as a lane's start would: the start-up
+/// conflict scan (`found`: the client it lists with, whether adoption is
+/// allowed, the metrics it counts into), then the plan, handed to `take`.
+async fn plan_kinds(
     caches: &Caches,
-    kind: crate::model::kinds::Kind,
+    kinds: &[crate::model::kinds::Kind],
     scope: &Scope<'_>,
-    known: &HashSet<ObjectKey>,
-    take: impl FnOnce(&World<'_>, plan::Plan),
+    (client, allow_adoption, metrics): (&kube::Client, bool, &Metrics),
+    mut take: impl FnMut(&World<'_>, plan::Plan),
 ) {
-    World::of(caches, kind, known, &HashMap::new(), |world| {
-        let plan = plan::plan(world, scope, &[DirtyKey::All]);
-        take(world, plan)
-    });
+    for &kind in kinds {
+        let of = caches.of(kind);
+        let found = conflicts::at_start(
+            client,
+            of,
+            &caches.namespaces,
+            scope,
+            allow_adoption,
+            metrics,
+        )
+        .await;
+        let known = conflict_keys(of, &found);
+        World::of(caches, kind, &known, &HashMap::new(), |world| {
+            let plan = plan::plan(world, scope, &[DirtyKey::All]);
+            take(world, plan)
+        });
+    }
 }
 
 /// The copies the start-up LISTs found blocked (source → namespaces), as
