@@ -190,6 +190,7 @@ async fn control(
         health: health.clone(),
     };
     let mut grants = None;
+    let mut rules_vault = None;
     if let Some(vault_cfg) = &cfg.vault {
         let vault = crate::targets::vault::spawn(
             vault_cfg,
@@ -219,6 +220,12 @@ async fn control(
                 shutdown: shutdown.clone(),
             });
         }
+        // ... and the rules' sources (each rule namespace's own worker).
+        rules_vault = Some(crate::targets::rules::domain::DomainVault {
+            stamp: stamp.clone(),
+            pacer: vault.pacer.clone(),
+            health: health.clone(),
+        });
         fan_out = fan_out.with(vault);
     }
     // ... and the registered clusters, each served by its own lane.
@@ -248,6 +255,7 @@ async fn control(
         crate::targets::rules::spawn(
             crate::targets::rules::domain::Parts {
                 cfg: cfg.clone(),
+                vault: rules_vault,
                 client: client.clone(),
                 metrics: metrics.clone(),
                 gate: gate.clone(),

@@ -2473,3 +2473,89 @@ async fn deployments_a_rule_names_push_their_secrets_under_its_prefix_only() {
     }
     env.teardown().await;
 }
+
+/// Issue 19: a PushRule's `spec.vault`. The rule's source (in another
+/// namespace) is written to Vault as a labelled source is, its entry naming
+/// `<namespace>/<name>`; an update flows. Deleting a rule with
+/// `deletionPolicy: Orphan` leaves its entry (and the rule goes); deleting
+/// one with `Delete` deletes the entry before the rule's finalizer is
+/// removed.
+#[tokio::test]
+async fn a_rules_source_reaches_vault_and_only_its_deletion_deletes_the_entry() {
+    let _serial = serial();
+    vault_up();
+    rules::install_crd();
+    let env = TestEnv::new("vault-rule", 2).await;
+    let _on_panic = env.cleanup_on_panic();
+    let (target, rule_ns) = (env.targets[0].clone(), env.targets[1].clone());
+    let (deleted, orphaned) = (format!("{}-del", env.id), format!("{}-orph", env.id));
+    let _rules = rules::Rules(vec![deleted.clone(), orphaned.clone()]);
+    let (path_d, path_o) = (path_of(&env, "rule-del"), path_of(&env, "rule-orph"));
+    let (v1, v2) = (format!("v1-{}", random()), format!("v2-{}", random()));
+    put_secret(&env, &rule_ns, "cert", &[("tls.crt", &v1)]).await;
+    put_secret(&env, &rule_ns, "other", &[("token", &v1)]).await;
+    let spec = |name: &str, path: &str, policy: &str| {
+        json!({
+            "source": {"kind": "Secret", "namespace": rule_ns, "name": name},
+            "namespaces": [target],
+            "vault": {"path": path},
+            "deletionPolicy": policy,
+        })
+    };
+    rules::apply_rule(&deleted, spec("cert", &path_d, "Delete"));
+    rules::apply_rule(&orphaned, spec("other", &path_o, "Orphan"));
+    let who = ChartIdentity::new(&env, &[]).await;
+    let cluster = cluster_of(&env.source_ns);
+    let mut daemon = start(&env, &who, &[]).await;
+
+    let cert = format!("{rule_ns}/cert");
+    await_owned(
+        &path_d,
+        ("Secret", &cert, &cluster),
+        &[("tls.crt", &v1)],
+        WAIT,
+    )
+    .await;
+    let other = format!("{rule_ns}/other");
+    await_owned(
+        &path_o,
+        ("Secret", &other, &cluster),
+        &[("token", &v1)],
+        WAIT,
+    )
+    .await;
+    put_secret(&env, &rule_ns, "cert", &[("tls.crt", &v2)]).await;
+    await_owned(
+        &path_d,
+        ("Secret", &cert, &cluster),
+        &[("tls.crt", &v2)],
+        WAIT,
+    )
+    .await;
+    rules::await_ready(&deleted, "True", "Ready").await;
+
+    // Orphan: the rule goes, its entry stays.
+    rules::kubectl(&["delete", "pushrule", &orphaned, "--wait=false"], None);
+    eventually("the Orphan rule gone", WAIT, || async {
+        rules::get_rule(&orphaned).is_none().then_some(())
+    })
+    .await;
+    // Delete: the entry is deleted, then the rule goes.
+    rules::kubectl(&["delete", "pushrule", &deleted, "--wait=false"], None);
+    await_no_entry(&path_d).await;
+    eventually("the Delete rule gone", WAIT, || async {
+        rules::get_rule(&deleted).is_none().then_some(())
+    })
+    .await;
+    let kept = entry(&path_o).expect("the Orphan rule's entry is kept");
+    assert_eq!(kept.data, Some(map(&[("token", &v1)])));
+
+    assert_no_failed_requests(&daemon).await;
+    stop(&mut daemon);
+    let log = daemon.logs();
+    assert!(
+        !log.contains(&v1) && !log.contains(&v2),
+        "a value reached the log"
+    );
+    env.teardown().await;
+}

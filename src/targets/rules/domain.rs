@@ -7,6 +7,7 @@
 //! labelled source wanting one copy name each see the other's copy as a
 //! conflict, and neither overwrites it.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use kube::runtime::events::Reporter;
@@ -26,6 +27,8 @@ use crate::operate::metrics::Metrics;
 use crate::targets::cluster::lane::{Inputs, Lane, Told};
 use crate::targets::cluster::writer::Writer;
 use crate::targets::rules::held;
+use crate::targets::vault::entry::SourceId;
+use crate::targets::vault::target::{Sources, Target, Work};
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
@@ -43,6 +46,24 @@ pub struct Parts {
     pub pacer: Arc<Pacer>,
     pub reporter: Reporter,
     pub shutdown: CancellationToken,
+    /// With Vault configured: what each domain's Vault worker shares.
+    pub vault: Option<DomainVault>,
+}
+
+/// What a domain's Vault worker (a rule's `spec.vault`) shares with the
+/// labelled sources': the cluster stamp, Vault's one request limiter, and
+/// the process's health (Vault degraded).
+#[derive(Clone)]
+pub struct DomainVault {
+    pub stamp: String,
+    pub pacer: Arc<Pacer>,
+    pub health: Arc<Health>,
+}
+
+/// A domain's Vault worker: told its sources' changes; the entries it knows.
+struct VaultWorker {
+    work: mpsc::UnboundedSender<Work>,
+    known: Arc<RwLock<BTreeSet<SourceId>>>,
 }
 
 pub use crate::targets::rules::held::Rules;
@@ -56,6 +77,7 @@ pub struct Domain {
     cfg: Config,
     health: Arc<Health>,
     dirty: mpsc::UnboundedSender<DirtyKey>,
+    vault: Option<VaultWorker>,
     watchers: Vec<JoinHandle<()>>,
     lane: JoinHandle<()>,
     stop: CancellationToken,
@@ -80,6 +102,15 @@ impl Domain {
             namespace.to_string(),
             parts.gate.clone(),
         ));
+        let (vault, dirty_rx) = match spawn_vault(parts, &cfg, &caches, &events, &stop) {
+            Some((worker, work)) => {
+                // The lane's keys, and the sources' to Vault.
+                let (lane_tx, lane_rx) = mpsc::unbounded_channel();
+                tokio::spawn(tee(dirty_rx, lane_tx, work, stop.clone()));
+                (Some(worker), lane_rx)
+            }
+            None => (None, dirty_rx),
+        };
         let writer = Arc::new(
             Writer::new(
                 parts.client.clone(),
@@ -122,6 +153,7 @@ impl Domain {
             cfg,
             health,
             dirty,
+            vault,
             watchers: Vec::new(),
             lane,
             stop,
@@ -161,6 +193,17 @@ impl Domain {
         if *self.rules.read().expect("lock") == rules {
             return;
         }
+        // A rule no longer held (missing, orphaning): the Vault entries of
+        // its sources are forgotten, never deleted.
+        let dropped = self
+            .rules
+            .read()
+            .expect("lock")
+            .keys()
+            .any(|name| !rules.contains_key(name));
+        if dropped && let Some(v) = &self.vault {
+            let _ = v.work.send(Work::Forget);
+        }
         // The copies of a rule no longer held here are forgotten at once,
         // before anything is planned: were they kept until the watches list
         // again, the plan could see them without a source and delete them
@@ -199,6 +242,29 @@ impl Domain {
                 })
             })
             .sum()
+    }
+
+    /// Vault entries of `rule`'s sources not deleted yet: entries the
+    /// domain's Vault worker knows whose source is gone or still picked by
+    /// `rule` (being deleted, it picks nothing once the watches relist).
+    pub fn vault_entries_of(&self, rule: &str) -> usize {
+        let Some(v) = &self.vault else {
+            return 0;
+        };
+        v.known
+            .read()
+            .expect("lock")
+            .iter()
+            .filter(|id| {
+                self.caches
+                    .of(id.kind)
+                    .sources
+                    .get(&id.name)
+                    .is_none_or(|s| {
+                        s.annotations.get(RULE_ANNOTATION).map(String::as_str) == Some(rule)
+                    })
+            })
+            .count()
     }
 
     /// Its settings (its source namespace).
@@ -247,5 +313,88 @@ pub fn ruled(rules: Arc<RwLock<Rules>>) -> Ruled {
         owns: Box::new(move |meta| {
             held::rule_of(meta).is_some_and(|r| owns.read().expect("lock").contains_key(r))
         }),
+    }
+}
+
+/// The domain's Vault worker, when Vault is configured: its rules' sources
+/// with `spec.vault` are written as labelled sources' are (the same
+/// [`Sources`] book over the domain's caches, entries naming
+/// `<namespace>/<name>`); never adopting.
+fn spawn_vault(
+    parts: &Parts,
+    cfg: &Config,
+    caches: &Arc<Caches>,
+    events: &Arc<Events>,
+    stop: &CancellationToken,
+) -> Option<(VaultWorker, mpsc::UnboundedSender<Work>)> {
+    let (vault_cfg, shared) = (cfg.vault.as_ref()?, parts.vault.as_ref()?);
+    let store = match crate::targets::vault::client_for(vault_cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(namespace = %cfg.namespace, error = %e, "no Vault worker for this rule namespace");
+            return None;
+        }
+    };
+    let gate = parts.gate.clone();
+    store.resend_only_while(move || gate.open());
+    let book = Sources {
+        caches: caches.clone(),
+        events: events.clone(),
+        source_namespace: cfg.namespace.clone(),
+        kinds: cfg.kinds(),
+        allow_adoption: false,
+    };
+    let ctx = crate::write::Context {
+        caches: caches.clone(),
+        gate: parts.gate.clone(),
+        events: events.clone(),
+        metrics: parts.metrics.clone(),
+        health: shared.health.clone(),
+    };
+    let settings = crate::targets::vault::settings(vault_cfg, cfg, &shared.stamp);
+    let target = Target::new(store, settings, book, ctx).pacing_with(shared.pacer.clone());
+    let known = target.known_ids();
+    let (work, rx) = mpsc::unbounded_channel();
+    tokio::spawn(target.run(rx, parts.leading.clone(), stop.clone()));
+    Some((
+        VaultWorker {
+            work: work.clone(),
+            known,
+        },
+        work,
+    ))
+}
+
+/// Hand every dirty key to the lane, and the sources' to Vault.
+async fn tee(
+    mut keys: mpsc::UnboundedReceiver<DirtyKey>,
+    lane: mpsc::UnboundedSender<DirtyKey>,
+    vault: mpsc::UnboundedSender<Work>,
+    stop: CancellationToken,
+) {
+    loop {
+        let key = tokio::select! {
+            _ = stop.cancelled() => return,
+            key = keys.recv() => match key {
+                Some(k) => k,
+                None => return,
+            },
+        };
+        match &key {
+            DirtyKey::All => {
+                let _ = vault.send(Work::All);
+            }
+            DirtyKey::Source(kind, name) => {
+                let id = SourceId {
+                    kind: *kind,
+                    name: name.clone(),
+                };
+                let _ = vault.send(Work::Sources(vec![id], std::time::Instant::now()));
+            }
+            _ => {}
+        }
+        if lane.send(key).is_err() {
+            return;
+        }
     }
 }

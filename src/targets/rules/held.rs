@@ -63,13 +63,15 @@ impl Held {
                 "spec.source.namespace: {own_namespace} is the controller's own namespace; label the source push-to-k8s=source there instead"
             )));
         }
-        // Registered clusters and Vault are served for labelled sources only
-        // so far: a rule asking for them is refused whole rather than served
-        // in part (docs/pushrule.md).
-        if !spec.clusters.is_empty() || spec.vault.is_some() {
+        // Registered clusters are served for labelled sources only so far:
+        // a rule asking for them is refused whole rather than served in part
+        // (docs/pushrule.md). `spec.vault` is served by the domain's Vault
+        // worker (with Vault configured; otherwise ignored, as the path
+        // annotation of a labelled source is).
+        if !spec.clusters.is_empty() {
             return Err(Unheld {
                 reason: "NotSupported",
-                message: "spec.clusters and spec.vault are not served for rules yet; the rule copies nothing (docs/pushrule.md)".into(),
+                message: "spec.clusters is not served for rules yet; the rule copies nothing (docs/pushrule.md)".into(),
             });
         }
         let mut annotations = pushrule::annotations(spec).map_err(|e| invalid(e.to_string()))?;

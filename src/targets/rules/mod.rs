@@ -300,7 +300,9 @@ impl RuleController {
                 if !h.deleting {
                     return true;
                 }
-                let gone = domain.is_some_and(|d| d.synced() && d.copies_of(name) == 0);
+                let gone = domain.is_some_and(|d| {
+                    d.synced() && d.copies_of(name) == 0 && d.vault_entries_of(name) == 0
+                });
                 if crd_deleting || gone {
                     changes.push((name.clone(), Finalizer::Remove));
                     return false;

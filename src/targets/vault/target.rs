@@ -191,6 +191,11 @@ pub enum Work<I = SourceId> {
     Sources(Vec<I>, std::time::Instant),
     /// Look at every entry again, reading its metadata (a resync, a new leader).
     All,
+    /// Forget every entry known (without deleting any), then look at every
+    /// entry still asked for: what asked for the others is no longer known
+    /// to have gone (a PushRule missing from a listing), so their entries
+    /// are left as they are.
+    Forget,
 }
 
 /// An entry the worker wrote or found in sync: what it needs when the
@@ -253,9 +258,25 @@ pub struct Target<S: Store, B: Book> {
     /// to its entry written).
     handed: HashMap<B::Id, std::time::Instant>,
     logins_seen: u64,
+    /// The ids of the entries known, for whoever must wait until an entry
+    /// is deleted (a PushRule's finalizer).
+    shown: Arc<std::sync::RwLock<BTreeSet<B::Id>>>,
 }
 
 impl<S: Store, B: Book> Target<S, B> {
+    /// The ids of the entries it knows (wrote or found in sync, and not
+    /// deleted since), kept up to date.
+    pub fn known_ids(&self) -> Arc<std::sync::RwLock<BTreeSet<B::Id>>> {
+        self.shown.clone()
+    }
+
+    fn publish_known(&self) {
+        let mut shown = self.shown.write().expect("lock");
+        if shown.len() != self.known.len() || self.known.keys().any(|id| !shown.contains(id)) {
+            *shown = self.known.keys().cloned().collect();
+        }
+    }
+
     pub fn new(store: S, settings: Settings, book: B, ctx: Context) -> Target<S, B> {
         let Context {
             caches: _,
@@ -283,6 +304,7 @@ impl<S: Store, B: Book> Target<S, B> {
             looks: BTreeSet::new(),
             handed: HashMap::new(),
             logins_seen: 0,
+            shown: Arc::default(),
         }
     }
 
@@ -359,6 +381,11 @@ impl<S: Store, B: Book> Target<S, B> {
                     }
                 }
             }
+            Work::Forget => {
+                self.known.clear();
+                self.publish_known();
+                self.take(Work::All);
+            }
             Work::All => {
                 let mut ids: BTreeSet<B::Id> = self.known.keys().cloned().collect();
                 ids.extend(self.book.wanting());
@@ -412,6 +439,7 @@ impl<S: Store, B: Book> Target<S, B> {
                 }
             }
         }
+        self.publish_known();
         self.metrics.vault_entries.set(self.known.len() as i64);
         self.metrics
             .vault_conflicts
