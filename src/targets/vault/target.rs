@@ -1206,6 +1206,35 @@ mod tests {
         assert!(fake.data("b").is_some());
     }
 
+    /// A PushRule no longer held (missing from a listing): the worker
+    /// forgets its sources' entries, so the source leaving the caches then
+    /// deletes nothing; a source still there is found in sync again.
+    #[tokio::test]
+    async fn a_forgotten_entry_is_never_deleted() {
+        let (fake, caches) = (Arc::new(Fake::default()), caches());
+        let mut t = target(&fake, &caches, false);
+        let path = [(crate::model::vocabulary::PATH_ANNOTATION, "a")];
+        set(&caches, Some(&secret(&path, "x")));
+        look(&mut t).await;
+        assert!(fake.data("a").is_some());
+        assert_eq!(t.known_ids().read().unwrap().len(), 1);
+        t.take(Work::Forget);
+        assert!(t.known_ids().read().unwrap().is_empty());
+        // Still asked for: looked at again (Forget looks at everything).
+        assert!(t.pending.contains(&id()));
+        t.reconcile(&id()).await;
+        assert_eq!(t.known_ids().read().unwrap().len(), 1, "found in sync");
+        t.take(Work::Forget);
+        set(&caches, None);
+        fake.take_requests();
+        t.take(Work::All);
+        while let Some(id) = t.pending.pop_first() {
+            t.reconcile(&id).await;
+        }
+        assert!(fake.data("a").is_some(), "forgotten, so not deleted");
+        assert!(fake.take_requests().is_empty());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn vault_down_holds_the_source_with_backoff_and_recovers() {
         let (fake, caches) = (Arc::new(Fake::default()), caches());
