@@ -27,8 +27,9 @@ use crate::operate::metrics::Metrics;
 use crate::targets::cluster::lane::{Inputs, Lane, Told};
 use crate::targets::cluster::writer::Writer;
 use crate::targets::rules::held;
+use crate::targets::vault::entry::Invalid;
 use crate::targets::vault::entry::SourceId;
-use crate::targets::vault::target::{Sources, Target, Work};
+use crate::targets::vault::target::{Book, Sources, Target, Work};
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
@@ -62,8 +63,62 @@ pub struct DomainVault {
 
 /// A domain's Vault worker: told its sources' changes; the entries it knows.
 struct VaultWorker {
-    work: mpsc::UnboundedSender<Work>,
     known: Arc<RwLock<BTreeSet<SourceId>>>,
+    /// Sources of rules no longer held: their entries are forgotten.
+    dropped: Arc<std::sync::Mutex<BTreeSet<SourceId>>>,
+}
+
+/// A domain's Vault book: its sources as labelled sources' are, except that
+/// a source whose rule is no longer held (missing from a listing, or
+/// orphaning) is forgotten, never deleted: while the cache still has it
+/// (it names a rule not held), and after (it was recorded as dropped when
+/// its rule went).
+struct RuleSources {
+    sources: Sources,
+    rules: Arc<RwLock<Rules>>,
+    dropped: Arc<std::sync::Mutex<BTreeSet<SourceId>>>,
+}
+
+impl Book for RuleSources {
+    type Id = SourceId;
+
+    fn wanting(&self) -> Vec<SourceId> {
+        self.sources.wanting()
+    }
+
+    fn desired(
+        &self,
+        id: &SourceId,
+    ) -> Result<Option<crate::targets::vault::entry::Desired>, (String, Invalid)> {
+        self.sources.desired(id)
+    }
+
+    fn keep_entries(&self, id: &SourceId) -> Option<String> {
+        self.sources.keep_entries(id)
+    }
+
+    fn event_ref(&self, id: &SourceId) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+        self.sources.event_ref(id)
+    }
+
+    fn forgotten(&self, id: &SourceId) -> bool {
+        let mut dropped = self.dropped.lock().expect("lock");
+        let rule = self
+            .sources
+            .caches
+            .of(id.kind)
+            .sources
+            .get(&id.name)
+            .and_then(|s| s.annotations.get(RULE_ANNOTATION).cloned());
+        match rule {
+            Some(rule) if self.rules.read().expect("lock").contains_key(&rule) => {
+                dropped.remove(id);
+                false
+            }
+            Some(_) => true,
+            None => dropped.contains(id),
+        }
+    }
 }
 
 pub use crate::targets::rules::held::Rules;
@@ -102,7 +157,7 @@ impl Domain {
             namespace.to_string(),
             parts.gate.clone(),
         ));
-        let (vault, dirty_rx) = match spawn_vault(parts, &cfg, &caches, &events, &stop) {
+        let (vault, dirty_rx) = match spawn_vault(parts, &cfg, &rules, &caches, &events, &stop) {
             Some((worker, work)) => {
                 // The lane's keys, and the sources' to Vault.
                 let (lane_tx, lane_rx) = mpsc::unbounded_channel();
@@ -194,15 +249,24 @@ impl Domain {
             return;
         }
         // A rule no longer held (missing, orphaning): the Vault entries of
-        // its sources are forgotten, never deleted.
-        let dropped = self
-            .rules
-            .read()
-            .expect("lock")
-            .keys()
-            .any(|name| !rules.contains_key(name));
-        if dropped && let Some(v) = &self.vault {
-            let _ = v.work.send(Work::Forget);
+        // its sources are forgotten, never deleted ([`RuleSources`]).
+        if let Some(v) = &self.vault {
+            let mut dropped = v.dropped.lock().expect("lock");
+            for kind in Kind::ALL {
+                self.caches.of(kind).sources.read(|all| {
+                    for (name, s) in all {
+                        if s.annotations
+                            .get(RULE_ANNOTATION)
+                            .is_some_and(|r| !rules.contains_key(r))
+                        {
+                            dropped.insert(SourceId {
+                                kind,
+                                name: name.clone(),
+                            });
+                        }
+                    }
+                });
+            }
         }
         // The copies of a rule no longer held here are forgotten at once,
         // before anything is planned: were they kept until the watches list
@@ -323,6 +387,7 @@ pub fn ruled(rules: Arc<RwLock<Rules>>) -> Ruled {
 fn spawn_vault(
     parts: &Parts,
     cfg: &Config,
+    rules: &Arc<RwLock<Rules>>,
     caches: &Arc<Caches>,
     events: &Arc<Events>,
     stop: &CancellationToken,
@@ -337,12 +402,17 @@ fn spawn_vault(
     };
     let gate = parts.gate.clone();
     store.resend_only_while(move || gate.open());
-    let book = Sources {
-        caches: caches.clone(),
-        events: events.clone(),
-        source_namespace: cfg.namespace.clone(),
-        kinds: cfg.kinds(),
-        allow_adoption: false,
+    let dropped = Arc::default();
+    let book = RuleSources {
+        sources: Sources {
+            caches: caches.clone(),
+            events: events.clone(),
+            source_namespace: cfg.namespace.clone(),
+            kinds: cfg.kinds(),
+            allow_adoption: false,
+        },
+        rules: rules.clone(),
+        dropped: Arc::clone(&dropped),
     };
     let ctx = crate::write::Context {
         caches: caches.clone(),
@@ -356,13 +426,20 @@ fn spawn_vault(
     let known = target.known_ids();
     let (work, rx) = mpsc::unbounded_channel();
     tokio::spawn(target.run(rx, parts.leading.clone(), stop.clone()));
-    Some((
-        VaultWorker {
-            work: work.clone(),
-            known,
-        },
-        work,
-    ))
+    // Everything once the caches have listed (the watches' first listing
+    // is planned whole, not as keys), as the labelled sources' first flush.
+    let (first, listed, until) = (work.clone(), caches.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
+        while !listed.synced() {
+            tokio::select! {
+                _ = until.cancelled() => return,
+                _ = every.tick() => {}
+            }
+        }
+        let _ = first.send(Work::All);
+    });
+    Some((VaultWorker { known, dropped }, work))
 }
 
 /// Hand every dirty key to the lane, and the sources' to Vault.

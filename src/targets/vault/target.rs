@@ -111,6 +111,12 @@ pub trait Book: Send + Sync + 'static {
     fn keep_entries(&self, id: &Self::Id) -> Option<String>;
     /// The object an Event about `id` goes on, if it (still) exists.
     fn event_ref(&self, id: &Self::Id) -> Option<ObjectReference>;
+    /// Is `id`'s entry to be forgotten rather than written or deleted? What
+    /// asked for it is no longer known to have gone (a PushRule missing
+    /// from a listing): its entry is left as it is.
+    fn forgotten(&self, _id: &Self::Id) -> bool {
+        false
+    }
 }
 
 /// The labelled sources of the source namespace with a Vault path.
@@ -191,11 +197,6 @@ pub enum Work<I = SourceId> {
     Sources(Vec<I>, std::time::Instant),
     /// Look at every entry again, reading its metadata (a resync, a new leader).
     All,
-    /// Forget every entry known (without deleting any), then look at every
-    /// entry still asked for: what asked for the others is no longer known
-    /// to have gone (a PushRule missing from a listing), so their entries
-    /// are left as they are.
-    Forget,
 }
 
 /// An entry the worker wrote or found in sync: what it needs when the
@@ -381,11 +382,6 @@ impl<S: Store, B: Book> Target<S, B> {
                     }
                 }
             }
-            Work::Forget => {
-                self.known.clear();
-                self.publish_known();
-                self.take(Work::All);
-            }
             Work::All => {
                 let mut ids: BTreeSet<B::Id> = self.known.keys().cloned().collect();
                 ids.extend(self.book.wanting());
@@ -456,6 +452,12 @@ impl<S: Store, B: Book> Target<S, B> {
         id: &B::Id,
         look: bool,
     ) -> Result<(), (String, Halt<S::Error>)> {
+        if self.book.forgotten(id) {
+            if self.known.remove(id).is_some() {
+                tracing::info!(source = %id, "Vault entry forgotten, left as it is (its PushRule is no longer held)");
+            }
+            return Ok(());
+        }
         let wanted = match self.book.desired(id) {
             Ok(d) => {
                 self.refused.remove(id);
@@ -1204,35 +1206,6 @@ mod tests {
         look(&mut t).await;
         assert!(fake.take_requests().is_empty());
         assert!(fake.data("b").is_some());
-    }
-
-    /// A PushRule no longer held (missing from a listing): the worker
-    /// forgets its sources' entries, so the source leaving the caches then
-    /// deletes nothing; a source still there is found in sync again.
-    #[tokio::test]
-    async fn a_forgotten_entry_is_never_deleted() {
-        let (fake, caches) = (Arc::new(Fake::default()), caches());
-        let mut t = target(&fake, &caches, false);
-        let path = [(crate::model::vocabulary::PATH_ANNOTATION, "a")];
-        set(&caches, Some(&secret(&path, "x")));
-        look(&mut t).await;
-        assert!(fake.data("a").is_some());
-        assert_eq!(t.known_ids().read().unwrap().len(), 1);
-        t.take(Work::Forget);
-        assert!(t.known_ids().read().unwrap().is_empty());
-        // Still asked for: looked at again (Forget looks at everything).
-        assert!(t.pending.contains(&id()));
-        t.reconcile(&id()).await;
-        assert_eq!(t.known_ids().read().unwrap().len(), 1, "found in sync");
-        t.take(Work::Forget);
-        set(&caches, None);
-        fake.take_requests();
-        t.take(Work::All);
-        while let Some(id) = t.pending.pop_first() {
-            t.reconcile(&id).await;
-        }
-        assert!(fake.data("a").is_some(), "forgotten, so not deleted");
-        assert!(fake.take_requests().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
