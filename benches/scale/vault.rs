@@ -65,8 +65,9 @@ const POLL: Duration = Duration::from_millis(10);
 const VAULT_REQUESTS: &str = "push_to_k8s_vault_requests_total";
 /// Vault requests per source created, and per change of its value
 /// (docs/vault.md, "How fast"): the metadata read (none yet; still ours?),
-/// the data write (check-and-set), the metadata write.
-const CREATE_REQUESTS: f64 = 3.0;
+/// the data write (check-and-set), the metadata write; a create first
+/// writes its `pending` mark (metadata), so it costs four.
+const CREATE_REQUESTS: f64 = 4.0;
 const UPDATE_REQUESTS: f64 = 3.0;
 
 fn entry_path(name: &str) -> String {
