@@ -146,16 +146,18 @@ pub async fn inspect(client: &kube::Client, cfg: &Config) -> Result<Report, Erro
         report.vault = look_at_vault(vault, cfg, &caches, &stamp).await?;
     }
     report.clusters = look_at_clusters(client, cfg, &caches, &stamp, &metrics).await?;
-    report.rules = look_at_rules(client, cfg, &metrics).await?;
+    report.rules = look_at_rules(client, cfg, &stamp, &metrics).await?;
     Ok(report)
 }
 
 /// Each source namespace PushRules name, read and planned as the daemon's
 /// pipeline for it would at its start (the rules held alike,
-/// [`crate::targets::rules::held::hold_all`]). Without the CRD: none.
+/// [`crate::targets::rules::held::hold_all`]), with the Vault entries of
+/// sources whose rule has `spec.vault`. Without the CRD: none.
 async fn look_at_rules(
     client: &kube::Client,
     cfg: &Config,
+    stamp: &str,
     metrics: &Metrics,
 ) -> Result<Vec<Report>, Error> {
     use crate::model::pushrule::PushRule;
@@ -175,6 +177,8 @@ async fn look_at_rules(
     for (ns, held) in per_namespace {
         let mut there = cfg.clone();
         there.namespace = ns.clone();
+        // Rules never adopt (their copies, or Vault entries).
+        there.allow_adoption = false;
         let ruled = domain::ruled(std::sync::Arc::new(std::sync::RwLock::new(held)));
         let caches = Caches::for_kinds(&kinds, &kinds).ruled_by(ruled);
         resync::relist(client, (&ns, None), &kinds, &kinds, &caches, metrics)
@@ -190,6 +194,9 @@ async fn look_at_rules(
             |world, plan| report.add(world, &scope, plan),
         )
         .await;
+        if let Some(vault) = &cfg.vault {
+            report.vault = look_at_vault(vault, &there, &caches, stamp).await?;
+        }
         out.push(report);
     }
     Ok(out)

@@ -257,6 +257,7 @@ impl Report {
         for r in &self.rules {
             out.push('\n');
             out.push_str(&r.sources_text(verbose, "PushRule sources"));
+            out.push_str(&r.vault_text());
         }
         let t = self.totals();
         let copies = if t.wanted == 1 { "copy" } else { "copies" };
@@ -432,6 +433,8 @@ impl Report {
             in_sync: bool,
             counts: Counts,
             sources: Vec<Source<'a>>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            vault: &'a [VaultStatus],
         }
         let source = |s: &'a SourceStatus| Source {
             kind: s.kind.name(),
@@ -488,6 +491,7 @@ impl Report {
                     in_sync: r.in_sync(),
                     counts: r.totals(),
                     sources: r.sources.iter().map(source).collect(),
+                    vault: &r.vault,
                 })
                 .collect(),
         };
@@ -561,11 +565,13 @@ impl Report {
             ));
         }
         out.push_str("; nothing was written\n");
-        for v in self.vault.iter().filter(|v| v.writes()) {
-            out.push_str(&format!(
-                "vault write {} from {}/{} ({})\n",
-                v.path, self.namespace, v.source, v.state
-            ));
+        for r in std::iter::once(self).chain(&self.rules) {
+            for v in r.vault.iter().filter(|v| v.writes()) {
+                out.push_str(&format!(
+                    "vault write {} from {}/{} ({})\n",
+                    v.path, r.namespace, v.source, v.state
+                ));
+            }
         }
         let t = self.totals();
         let refused = self.refused();
@@ -667,7 +673,11 @@ impl Report {
             summary,
             conflicts,
             refused,
-            vault_writes: self.vault.iter().filter(|v| v.writes()).collect(),
+            // Its own sources' and the rule namespaces' (the path tells them apart).
+            vault_writes: std::iter::once(self)
+                .chain(&self.rules)
+                .flat_map(|r| r.vault.iter().filter(|v| v.writes()))
+                .collect(),
         };
         let mut text = serde_json::to_string_pretty(&plan).expect("plan serializes");
         text.push('\n');
@@ -1164,5 +1174,26 @@ not written: 1 copy blocked by an object push-to-k8s does not manage, 0 refused 
         );
         let json: serde_json::Value = serde_json::from_str(&report.status_json(false)).unwrap();
         assert_eq!(json["vault"][1]["state"], "stale");
+
+        // A PushRule's source with `spec.vault`: in its namespace's section.
+        let mut ingress = Report::new("ingress");
+        ingress.vault = vec![entry("cert", "missing")];
+        report.vault.clear();
+        report.rules.push(ingress);
+        assert!(!report.in_sync());
+        assert!(
+            report
+                .status_text(false)
+                .contains("vault: 0 of 1 entries in sync")
+        );
+        let plan = report.plan_text();
+        assert!(
+            plan.contains("vault write secret/apps/cert from ingress/cert (missing)"),
+            "{plan}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.status_json(false)).unwrap();
+        assert_eq!(json["rules"][0]["vault"][0]["state"], "missing");
+        let json: serde_json::Value = serde_json::from_str(&report.plan_json()).unwrap();
+        assert_eq!(json["vault_writes"][0]["path"], "secret/apps/cert");
     }
 }
