@@ -1,7 +1,9 @@
 //! One source namespace that rules name: the same pipeline as the labelled
 //! sources' — its own watches (the namespaces, the objects its rules pick,
-//! their copies), caches, writer and one lane serving this cluster — with
-//! the rules deciding what is a source ([`crate::observe::cache::Ruled`]).
+//! their copies), caches, one batcher whose batches are told to its targets
+//! (a writer and one lane serving this cluster; with Vault, its own Vault
+//! worker for `spec.vault`) — with the rules deciding what is a source
+//! ([`crate::observe::cache::Ruled`]).
 //! Ownership between domains is what it is between two installations: a
 //! copy whose source is in another namespace is not ours, so a rule and a
 //! labelled source wanting one copy name each see the other's copy as a
@@ -18,18 +20,20 @@ use tokio_util::sync::CancellationToken;
 use crate::model::kinds::Kind;
 use crate::model::records::ReplicaRecord;
 use crate::model::vocabulary::RULE_ANNOTATION;
+use crate::observe::batch::Batcher;
 use crate::observe::batch::DirtyKey;
 use crate::observe::cache::{Caches, Ruled};
 use crate::observe::watch;
 use crate::operate::config::Config;
 use crate::operate::http::Health;
 use crate::operate::metrics::Metrics;
-use crate::targets::cluster::lane::{Inputs, Lane, Told};
+use crate::targets::FanOut;
+use crate::targets::cluster::lane::{Inbox, Inputs, Lane, Told};
 use crate::targets::cluster::writer::Writer;
 use crate::targets::rules::held;
 use crate::targets::vault::entry::Invalid;
 use crate::targets::vault::entry::SourceId;
-use crate::targets::vault::target::{Book, Sources, Target, Work};
+use crate::targets::vault::target::{Book, Sources, Target};
 use crate::write::events::Events;
 use crate::write::gate::WriteGate;
 use crate::write::pace::Pacer;
@@ -157,15 +161,24 @@ impl Domain {
             namespace.to_string(),
             parts.gate.clone(),
         ));
-        let (vault, dirty_rx) = match spawn_vault(parts, &cfg, &rules, &caches, &events, &stop) {
-            Some((worker, work)) => {
-                // The lane's keys, and the sources' to Vault.
-                let (lane_tx, lane_rx) = mpsc::unbounded_channel();
-                tokio::spawn(tee(dirty_rx, lane_tx, work, stop.clone()));
-                (Some(worker), lane_rx)
-            }
-            None => (None, dirty_rx),
-        };
+        // As the controller's pipeline: the watches' keys and the lane's own
+        // are batched once, and each batch is told to every target — the
+        // lane, and with Vault the domain's Vault worker.
+        let told = Arc::new(Told::default());
+        let mut fan_out = FanOut::default().with(Inbox(told.clone()));
+        let vault =
+            spawn_vault(parts, &cfg, &rules, &caches, &events, &stop).map(|(worker, handle)| {
+                fan_out = std::mem::take(&mut fan_out).with(handle);
+                worker
+            });
+        tokio::spawn(crate::targets::batches(
+            dirty_rx,
+            Batcher::new(cfg.debounce, cfg.max_wait),
+            fan_out,
+            parts.gate.clone(),
+            parts.metrics.clone(),
+            stop.clone(),
+        ));
         let writer = Arc::new(
             Writer::new(
                 parts.client.clone(),
@@ -190,11 +203,13 @@ impl Domain {
             health: health.clone(),
             gate: parts.gate.clone(),
             pass: None,
-            upstream: None,
+            // Its own keys join the batch it is told.
+            upstream: Some(dirty.clone()),
         };
+        let (_, no_keys) = mpsc::unbounded_channel();
         let inputs = Inputs {
-            dirty: dirty_rx,
-            told: Arc::new(Told::default()),
+            dirty: no_keys,
+            told,
             leading: parts.leading.clone(),
             back: None,
             stop: stop.clone(),
@@ -391,7 +406,7 @@ fn spawn_vault(
     caches: &Arc<Caches>,
     events: &Arc<Events>,
     stop: &CancellationToken,
-) -> Option<(VaultWorker, mpsc::UnboundedSender<Work>)> {
+) -> Option<(VaultWorker, crate::targets::vault::Handle)> {
     let (vault_cfg, shared) = (cfg.vault.as_ref()?, parts.vault.as_ref()?);
     let store = match crate::targets::vault::client_for(vault_cfg) {
         Ok(s) => s,
@@ -426,52 +441,6 @@ fn spawn_vault(
     let known = target.known_ids();
     let (work, rx) = mpsc::unbounded_channel();
     tokio::spawn(target.run(rx, parts.leading.clone(), stop.clone()));
-    // Everything once the caches have listed (the watches' first listing
-    // is planned whole, not as keys), as the labelled sources' first flush.
-    let (first, listed, until) = (work.clone(), caches.clone(), stop.clone());
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
-        while !listed.synced() {
-            tokio::select! {
-                _ = until.cancelled() => return,
-                _ = every.tick() => {}
-            }
-        }
-        let _ = first.send(Work::All);
-    });
-    Some((VaultWorker { known, dropped }, work))
-}
-
-/// Hand every dirty key to the lane, and the sources' to Vault.
-async fn tee(
-    mut keys: mpsc::UnboundedReceiver<DirtyKey>,
-    lane: mpsc::UnboundedSender<DirtyKey>,
-    vault: mpsc::UnboundedSender<Work>,
-    stop: CancellationToken,
-) {
-    loop {
-        let key = tokio::select! {
-            _ = stop.cancelled() => return,
-            key = keys.recv() => match key {
-                Some(k) => k,
-                None => return,
-            },
-        };
-        match &key {
-            DirtyKey::All => {
-                let _ = vault.send(Work::All);
-            }
-            DirtyKey::Source(kind, name) => {
-                let id = SourceId {
-                    kind: *kind,
-                    name: name.clone(),
-                };
-                let _ = vault.send(Work::Sources(vec![id], std::time::Instant::now()));
-            }
-            _ => {}
-        }
-        if lane.send(key).is_err() {
-            return;
-        }
-    }
+    let handle = crate::targets::vault::Handle::new(work, parts.gate.clone(), shared.pacer.clone());
+    Some((VaultWorker { known, dropped }, handle))
 }

@@ -28,6 +28,17 @@ pub struct Handle {
     pub pacer: Arc<crate::write::pace::Pacer>,
 }
 
+impl Handle {
+    /// The handle on a worker fed by `work` (a rule namespace's own).
+    pub fn new(
+        work: mpsc::UnboundedSender<Work>,
+        gate: Arc<WriteGate>,
+        pacer: Arc<crate::write::pace::Pacer>,
+    ) -> Handle {
+        Handle { work, gate, pacer }
+    }
+}
+
 impl crate::targets::Target for Handle {
     /// Forward a batch: its sources (and "everything") concern Vault;
     /// namespace and copy keys do not. A standby forwards nothing (the
