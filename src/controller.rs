@@ -234,7 +234,9 @@ async fn control(
             cfg: cfg.clone(),
             ctx,
             leading: leading_rx.clone(),
-            stamp,
+            stamp: stamp.clone(),
+            registrations: cfg.namespace.clone(),
+            sites: Default::default(),
         },
         client.clone(),
         shutdown.clone(),
@@ -256,6 +258,7 @@ async fn control(
             crate::targets::rules::domain::Parts {
                 cfg: cfg.clone(),
                 vault: rules_vault,
+                stamp: stamp.clone(),
                 client: client.clone(),
                 metrics: metrics.clone(),
                 gate: gate.clone(),

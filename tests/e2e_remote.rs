@@ -2005,3 +2005,117 @@ async fn a_hung_remote_api_server_is_reported_down_and_unregistering_it_stops_it
     stop(&mut daemon, &tokens, &[WHOLE_LOG]);
     env.teardown().await;
 }
+
+/// Wait until `c` holds copy `ns/name` of rule `rule` with exactly `data`.
+async fn await_rule_copy(c: &Cluster, ns: &str, name: &str, rule: &str, data: &[(&str, &str)]) {
+    let want = data_map(data);
+    let api = c.secrets(ns);
+    until(
+        &format!(
+            "{}: copy {ns}/{name} of rule {rule} holding {:?}",
+            c.what(),
+            want.keys()
+        ),
+        WAIT,
+        || async {
+            let s = api
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no copy")?;
+            let marks = s.metadata.annotations.clone().unwrap_or_default();
+            if marks.get("push-to-k8s.io/rule").map(String::as_str) != Some(rule) {
+                return Err(format!("annotations {marks:?}"));
+            }
+            if s.data.clone().unwrap_or_default() != want {
+                return Err("other data".into());
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Issue 19: a PushRule's `spec.clusters`. The rule's source (in a
+/// namespace of the local cluster other than the controller's) reaches the
+/// namespaces it names in the registered cluster it names (registered in
+/// the controller's namespace, as for labelled sources), as well as at
+/// home; an update follows; deleting the rule deletes its copies in the
+/// remote cluster too before its finalizer lets it go.
+#[tokio::test]
+async fn a_rules_source_reaches_the_clusters_it_names_and_its_deletion_deletes_them_there() {
+    let _serial = serial();
+    rules::install_crd();
+    let env = TestEnv::new("rc-rule", 2).await;
+    let _on_panic = env.cleanup_on_panic();
+    let remote_ns = RemoteNamespaces::new(&env.id);
+    let a = Cluster::new(1, format!("{}-a", env.id)).await;
+    let [t0, t1] = [0, 1].map(|i| env.targets[i].clone());
+    for ns in [&t0, &t1] {
+        remote_ns.create(a.remote, ns, &[]).await;
+    }
+    let tokens = vec![a.register(&env).await];
+    let rule = format!("{}-rule", env.id);
+    let _rules = rules::Rules(vec![rule.clone()]);
+    let cert = Secret {
+        metadata: ObjectMeta {
+            name: Some("cert".into()),
+            ..Default::default()
+        },
+        string_data: Some(map(&[("tls.crt", "one")])),
+        ..Default::default()
+    };
+    env.secrets(&t1)
+        .create(&PostParams::default(), &cert)
+        .await
+        .expect("create the rule's source");
+    rules::apply_rule(
+        &rule,
+        json!({
+            "source": {"kind": "Secret", "namespace": t1, "name": "cert"},
+            "namespaces": [t0],
+            "clusters": [a.name],
+        }),
+    );
+    let mut daemon = start(&env, &[]).await;
+    let _log = LogOnPanic(daemon.log.clone());
+
+    await_rule_copy(&a, &t0, "cert", &rule, &[("tls.crt", "one")]).await;
+    env.await_copies(std::slice::from_ref(&t0), "cert", &[("tls.crt", "one")])
+        .await;
+    rules::await_ready(&rule, "True", "Ready").await;
+
+    env.secrets(&t1)
+        .patch(
+            "cert",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"stringData": {"tls.crt": "two"}})),
+        )
+        .await
+        .expect("update the rule's source");
+    await_rule_copy(&a, &t0, "cert", &rule, &[("tls.crt", "two")]).await;
+
+    // Deleting the rule deletes its copies, here and there, then the rule goes.
+    rules::kubectl(&["delete", "pushrule", &rule, "--wait=false"], None);
+    eventually("the rule's remote copy deleted", WAIT, || async {
+        a.secrets(&t0)
+            .get_opt("cert")
+            .await
+            .expect("read the remote copy")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("the rule gone", WAIT, || async {
+        rules::get_rule(&rule).is_none().then_some(())
+    })
+    .await;
+    assert!(
+        env.copy(&t0, "cert").await.is_none(),
+        "the local copy deleted"
+    );
+    // The remote identity was refused nothing, all along.
+    let whole_log = 0..usize::MAX;
+    stop(&mut daemon, &tokens, std::slice::from_ref(&whole_log));
+    env.teardown().await;
+}

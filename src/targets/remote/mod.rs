@@ -33,7 +33,7 @@ use crate::model::vocabulary::{CLUSTER_LABEL, KUBECONFIG_KEY};
 pub use crate::targets::cluster::lane::Told;
 use crate::targets::{Batch, Target};
 use crate::write::gate::WriteGate;
-pub use site::Shared;
+pub use site::{Shared, Sites};
 
 /// The `/readyz` and metrics name of the registrations watch.
 const WATCH_NAME: &str = "cluster-registrations";
@@ -250,7 +250,7 @@ struct Manager {
 
 impl Manager {
     async fn run(mut self, client: kube::Client, shutdown: CancellationToken) {
-        let api: Api<Secret> = Api::namespaced(client, &self.shared.cfg.namespace);
+        let api: Api<Secret> = Api::namespaced(client, &self.shared.registrations);
         let health = self.shared.ctx.health.clone();
         let mut stream = watcher(api, crate::observe::watch::config(Some(CLUSTER_LABEL))).boxed();
         let mut listed: BTreeMap<String, Registration> = BTreeMap::new();
@@ -431,7 +431,7 @@ impl Manager {
                 cluster: name.clone(),
                 client: clients.requests,
                 watch_client: clients.watches,
-                registration: r.reference_in(&self.shared.cfg.namespace),
+                registration: r.reference_in(&self.shared.registrations),
                 rank: (r.created, r.secret.clone()),
             };
             let span = tracing::info_span!("cluster", cluster = %name);
@@ -491,7 +491,7 @@ impl Manager {
             .inc();
         tracing::warn!(secret = %r.secret, "cluster registration refused: {note}");
         let events = &self.shared.ctx.events;
-        let reference = r.reference_in(&self.shared.cfg.namespace);
+        let reference = r.reference_in(&self.shared.registrations);
         events
             .publish(
                 &reference,
@@ -524,7 +524,7 @@ impl Manager {
             .get_or_create(&crate::operate::metrics::RegistrationLabels { reason: "source" })
             .inc();
         tracing::warn!(secret = %r.secret, "a cluster registration carries the source label; it is not a source");
-        let reference = r.reference_in(&self.shared.cfg.namespace);
+        let reference = r.reference_in(&self.shared.registrations);
         self.shared
             .ctx
             .events
@@ -541,7 +541,7 @@ impl Manager {
     /// The registration of `name` is gone: its copies stay, unmanaged.
     async fn removed(&mut self, name: &str, run: &Running) {
         tracing::info!(cluster = %name, "cluster registration removed; its copies there are left in place and no longer managed");
-        let reference = secret_ref(&self.shared.cfg.namespace, &run.secret, &run.uid);
+        let reference = secret_ref(&self.shared.registrations, &run.secret, &run.uid);
         self.shared
             .ctx.events
             .publish(

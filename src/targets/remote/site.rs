@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::owners::{Owners, Pass};
 use super::probe::{Report, probe};
 use crate::observe::batch::DirtyKey;
+use crate::observe::cache::Caches;
 use crate::observe::watch;
 use crate::operate::config::Config;
 use crate::operate::http::Health;
@@ -49,7 +50,17 @@ pub struct Shared {
     pub leading: tokio::sync::watch::Receiver<bool>,
     /// The source-cluster stamp our copies carry there (`CLUSTER_NAME`).
     pub stamp: String,
+    /// Where the registrations are read: the controller's own namespace,
+    /// also for a PushRule namespace's pipeline (whose sources are in
+    /// `cfg.namespace`): a tenant never registers a cluster.
+    pub registrations: String,
+    /// Each cluster's caches while it is served, by cluster name: what a
+    /// rule's finalizer counts its copies in.
+    pub sites: Sites,
 }
+
+/// Each served cluster's caches, by cluster name.
+pub type Sites = Arc<std::sync::Mutex<std::collections::BTreeMap<String, Arc<Caches>>>>;
 
 /// One remote cluster to serve.
 pub struct Site {
@@ -72,6 +83,7 @@ struct Guard {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     owners: Arc<Owners>,
     cluster: String,
+    sites: Sites,
 }
 
 impl Drop for Guard {
@@ -80,6 +92,7 @@ impl Drop for Guard {
             t.abort();
         }
         self.owners.release(&self.cluster);
+        self.sites.lock().expect("lock").remove(&self.cluster);
     }
 }
 
@@ -123,7 +136,13 @@ pub async fn run(
         ),
         owners: owners.clone(),
         cluster: cluster.to_string(),
+        sites: shared.sites.clone(),
     };
+    shared
+        .sites
+        .lock()
+        .expect("lock")
+        .insert(cluster.to_string(), caches.clone());
     let report = Report::new(
         (cluster, &site.registration),
         (own_health.clone(), caches.clone()),
@@ -313,6 +332,8 @@ mod tests {
             },
             leading,
             stamp: "home".into(),
+            registrations: "src".into(),
+            sites: Sites::default(),
         });
         let site = Site {
             cluster: "east".into(),

@@ -30,6 +30,7 @@ use crate::operate::metrics::Metrics;
 use crate::targets::FanOut;
 use crate::targets::cluster::lane::{Inbox, Inputs, Lane, Told};
 use crate::targets::cluster::writer::Writer;
+use crate::targets::remote::{self, Sites};
 use crate::targets::rules::held;
 use crate::targets::vault::entry::Invalid;
 use crate::targets::vault::entry::SourceId;
@@ -53,6 +54,18 @@ pub struct Parts {
     pub shutdown: CancellationToken,
     /// With Vault configured: what each domain's Vault worker shares.
     pub vault: Option<DomainVault>,
+    /// The source-cluster stamp copies in registered clusters carry.
+    pub stamp: String,
+}
+
+/// Does a rule of `rules` name registered clusters (`spec.clusters`)? Then
+/// the domain serves them, each with its own lane, as the controller does.
+pub fn names_clusters(rules: &Rules) -> bool {
+    rules.values().any(|h| {
+        h.annotations
+            .get(crate::model::vocabulary::CLUSTERS_ANNOTATION)
+            .is_some_and(|c| !c.trim().is_empty())
+    })
 }
 
 /// What a domain's Vault worker (a rule's `spec.vault`) shares with the
@@ -137,6 +150,8 @@ pub struct Domain {
     health: Arc<Health>,
     dirty: mpsc::UnboundedSender<DirtyKey>,
     vault: Option<VaultWorker>,
+    /// Serving registered clusters: each one's caches while served.
+    sites: Option<Sites>,
     watchers: Vec<JoinHandle<()>>,
     lane: JoinHandle<()>,
     stop: CancellationToken,
@@ -171,6 +186,28 @@ impl Domain {
                 fan_out = std::mem::take(&mut fan_out).with(handle);
                 worker
             });
+        // ... and, when a rule names clusters, the registered clusters
+        // (registrations read from the controller's namespace only).
+        let sites = names_clusters(&rules.read().expect("lock")).then(|| {
+            let sites = Sites::default();
+            let shared = remote::Shared {
+                cfg: cfg.clone(),
+                ctx: crate::write::Context {
+                    caches: caches.clone(),
+                    gate: parts.gate.clone(),
+                    events: events.clone(),
+                    metrics: parts.metrics.clone(),
+                    health: health.clone(),
+                },
+                leading: parts.leading.clone(),
+                stamp: parts.stamp.clone(),
+                registrations: parts.cfg.namespace.clone(),
+                sites: sites.clone(),
+            };
+            let handle = remote::spawn(shared, parts.client.clone(), stop.clone());
+            fan_out = std::mem::take(&mut fan_out).with(handle);
+            sites
+        });
         tokio::spawn(crate::targets::batches(
             dirty_rx,
             Batcher::new(cfg.debounce, cfg.max_wait),
@@ -224,6 +261,7 @@ impl Domain {
             health,
             dirty,
             vault,
+            sites,
             watchers: Vec::new(),
             lane,
             stop,
@@ -307,20 +345,43 @@ impl Domain {
         self.watch(parts);
     }
 
-    /// The copies the domain knows of `rule` (of every kind).
+    /// The copies the domain knows of `rule` (of every kind), here and in
+    /// every registered cluster it serves.
     pub fn copies_of(&self, rule: &str) -> usize {
-        Kind::ALL
-            .iter()
-            .map(|&kind| {
-                self.caches.of(kind).replicas.read(|all| {
-                    all.values()
-                        .filter(|r: &&ReplicaRecord| {
-                            r.annotations.get(RULE_ANNOTATION).map(String::as_str) == Some(rule)
-                        })
-                        .count()
+        let count = |caches: &Caches| -> usize {
+            Kind::ALL
+                .iter()
+                .map(|&kind| {
+                    caches.of(kind).replicas.read(|all| {
+                        all.values()
+                            .filter(|r: &&ReplicaRecord| {
+                                r.annotations.get(RULE_ANNOTATION).map(String::as_str) == Some(rule)
+                            })
+                            .count()
+                    })
                 })
-            })
-            .sum()
+                .sum()
+        };
+        let remote: usize = self.sites.as_ref().map_or(0, |sites| {
+            sites.lock().expect("lock").values().map(|c| count(c)).sum()
+        });
+        count(&self.caches) + remote
+    }
+
+    /// Must the domain start again to serve `rules`? When they name
+    /// clusters and it serves none; and, serving clusters, when a rule it
+    /// holds is no longer held: each cluster's caches would still hold that
+    /// rule's copies there (only this cluster's are forgotten in place), and
+    /// starting again lists them without (never deleting them).
+    pub fn restart_for(&self, rules: &Rules) -> bool {
+        if self.sites.is_none() {
+            return names_clusters(rules);
+        }
+        self.rules
+            .read()
+            .expect("lock")
+            .keys()
+            .any(|name| !rules.contains_key(name))
     }
 
     /// Vault entries of `rule`'s sources not deleted yet: entries the

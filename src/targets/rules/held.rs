@@ -63,17 +63,9 @@ impl Held {
                 "spec.source.namespace: {own_namespace} is the controller's own namespace; label the source push-to-k8s=source there instead"
             )));
         }
-        // Registered clusters are served for labelled sources only so far:
-        // a rule asking for them is refused whole rather than served in part
-        // (docs/pushrule.md). `spec.vault` is served by the domain's Vault
-        // worker (with Vault configured; otherwise ignored, as the path
-        // annotation of a labelled source is).
-        if !spec.clusters.is_empty() {
-            return Err(Unheld {
-                reason: "NotSupported",
-                message: "spec.clusters is not served for rules yet; the rule copies nothing (docs/pushrule.md)".into(),
-            });
-        }
+        // `spec.clusters` is served by the domain's registered clusters, and
+        // `spec.vault` by its Vault worker (with Vault configured; otherwise
+        // ignored, as the annotation of a labelled source is).
         let mut annotations = pushrule::annotations(spec).map_err(|e| invalid(e.to_string()))?;
         let rule_name = rule.metadata.name.clone().unwrap_or_default();
         annotations.insert(RULE_ANNOTATION.to_string(), rule_name.clone());
@@ -306,12 +298,16 @@ mod tests {
         comma.spec.namespaces = vec!["a,b".into()];
         let e = Held::from_rule(&comma, "push-to-k8s").unwrap_err();
         assert!(e.message.contains("spec.namespaces"), "{}", e.message);
+        // Registered clusters and Vault are the annotations' own.
         let mut remote = rule("remote", 1, named("tls"));
-        remote.spec.clusters = vec!["east".into()];
+        remote.spec.clusters = vec!["east".into(), "west-*".into()];
+        let held = Held::from_rule(&remote, "push-to-k8s").unwrap();
         assert_eq!(
-            Held::from_rule(&remote, "push-to-k8s").unwrap_err().reason,
-            "NotSupported"
+            held.annotations[crate::model::vocabulary::CLUSTERS_ANNOTATION],
+            "east,west-*"
         );
+        let rules = Rules::from([("remote".to_string(), held)]);
+        assert!(crate::targets::rules::domain::names_clusters(&rules));
     }
 
     #[test]

@@ -312,6 +312,12 @@ impl RuleController {
         }
         per_namespace.retain(|_, rules| !rules.is_empty());
         for (ns, rules) in &per_namespace {
+            if self.domains.get(ns).is_some_and(|d| d.restart_for(rules))
+                && let Some(d) = self.domains.remove(ns)
+            {
+                tracing::info!(namespace = %ns, "serving the rules of a source namespace again (registered clusters)");
+                d.stop();
+            }
             match self.domains.get_mut(ns) {
                 Some(d) => d.set_rules(&self.parts, rules.clone()),
                 None => {
