@@ -658,16 +658,9 @@ async fn deployments(
     more_secrets: watch::Sender<()>,
 ) {
     let api: Api<Deployment> = Api::namespaced(client, ns);
-    let mut stream = std::pin::pin!(watcher(api).default_backoff());
+    let mut stream = std::pin::pin!(watcher(api, ns, "Deployment"));
     let mut listing: Option<BTreeMap<String, Seen>> = None;
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(namespace = %ns, error = %e, "Deployment watch failed; retried");
-                continue;
-            }
-        };
         let mut state = book.lock();
         let Some(served) = state.namespaces.get_mut(ns) else {
             return;
@@ -744,7 +737,7 @@ async fn secrets(
             }
             continue;
         }
-        let mut stream = std::pin::pin!(watcher(api.clone()).default_backoff());
+        let mut stream = std::pin::pin!(watcher(api.clone(), ns, "Secret"));
         let mut listing: Option<BTreeMap<String, Replica>> = None;
         loop {
             let event = tokio::select! {
@@ -757,13 +750,6 @@ async fn secrets(
                         return;
                     }
                     break;
-                }
-            };
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::warn!(namespace = %ns, error = %e, "Secret watch failed; retried");
-                    continue;
                 }
             };
             let mut state = book.lock();
@@ -811,11 +797,29 @@ async fn secrets(
     }
 }
 
-fn watcher<K>(api: Api<K>) -> impl futures::Stream<Item = Result<Event<K>, watcher::Error>> + Send
+/// A namespace's `what` objects as watch events; a failed watch is said
+/// and retried after a backoff.
+fn watcher<K>(
+    api: Api<K>,
+    ns: &str,
+    what: &'static str,
+) -> impl futures::Stream<Item = Event<K>> + Send
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + fmt::Debug + Send + 'static,
 {
+    let ns = ns.to_owned();
     watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "{what} watch failed; retried");
+                    None
+                }
+            };
+            std::future::ready(out)
+        })
 }
 
 #[cfg(test)]
